@@ -1,0 +1,48 @@
+# GoBalancer — `make run` and `make test` are the whole quick start.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test install lint format typecheck pytest bench clean
+
+$(STAMP): pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "GoBalancer needs Python >= 3.11 ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -m venv $(VENV) 2>/dev/null || { scripts/need ensurepip-missing:python3-venv; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --upgrade pip uv
+	$(VENV)/bin/uv pip install -q --python $(PY) -r requirements.lock
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+run: install
+	@scripts/need redis-server:redis-server
+	$(VENV)/bin/gobalancer up --config config/config.yaml
+
+lint: install
+	$(VENV)/bin/ruff check services shared tests bench
+	$(VENV)/bin/ruff format --check services shared tests bench
+
+format: install
+	$(VENV)/bin/ruff check --fix services shared tests bench
+	$(VENV)/bin/ruff format services shared tests bench
+
+typecheck: install
+	$(VENV)/bin/mypy --strict services shared
+
+pytest: install
+	@scripts/need redis-server:redis-server
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck pytest
+
+bench: install
+	@scripts/need redis-server:redis-server haproxy:haproxy nginx:nginx wrk:wrk
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from services.admin.main import main
+
+raise SystemExit(main())

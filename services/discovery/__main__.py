@@ -1,0 +1,3 @@
+from services.discovery.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,3 @@
+from services.health.main import main
+
+raise SystemExit(main())

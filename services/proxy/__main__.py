@@ -1,0 +1,3 @@
+from services.proxy.main import main
+
+raise SystemExit(main())

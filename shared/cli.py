@@ -1,0 +1,66 @@
+"""The ``gobalancer`` command."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import yaml
+
+from shared.config import ConfigError, effective_settings, load_config
+from shared.redis_server import INSTALL_HINT, find_redis_server
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.file)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    print(f"# {args.file}: OK. Effective settings (environment applied, secrets redacted):")
+    print(yaml.safe_dump(effective_settings(config), sort_keys=False, default_flow_style=False), end="")
+    return 0
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from shared.launcher import run_up
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if not config.redis.url and find_redis_server() is None:
+        print(INSTALL_HINT, file=sys.stderr)
+        return 2
+    return run_up(config, args.config, args.proxies)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gobalancer", description="GoBalancer: an HTTP/TCP load balancer")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole suite locally")
+    up.add_argument("--config", default=os.environ.get("GOBALANCER_CONFIG"), help="YAML config file")
+    up.add_argument("--proxies", type=int, default=1, help="number of proxy replicas (default 1)")
+    up.set_defaults(func=_cmd_up)
+
+    check = sub.add_parser("check-config", help="validate a config file and print the effective settings")
+    check.add_argument("file")
+    check.set_defaults(func=_cmd_check_config)
+
+    from shared import admin_cli
+
+    admin_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,482 @@
+"""The configuration: one YAML file, decoded once into strict msgspec Structs.
+
+Every setting can be overridden by an environment variable named ``GOBALANCER_`` plus the setting's
+path in upper case joined by ``_`` (``redis.url`` -> ``GOBALANCER_REDIS_URL``). Values from the
+environment are read as YAML scalars, so ``GOBALANCER_PROXY_WORKERS=4`` is the integer 4.
+
+Errors are raised as :class:`ConfigError`, whose message is one line: ``SOURCE: PATH: PROBLEM``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
+
+import msgspec
+import yaml
+
+from shared.addresses import normalize_address, parse_address
+
+ENV_PREFIX = "GOBALANCER_"
+# Environment variables with the prefix that are not settings.
+RESERVED_ENV = frozenset({"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE"})
+
+Algorithm = Literal[
+    "round_robin",
+    "weighted",
+    "least_connections",
+    "weighted_least_connections",
+    "p2c",
+    "ip_hash",
+    "ewma",
+]
+ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
+
+Weight = Annotated[int, msgspec.Meta(ge=1, le=10000)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+
+class ConfigError(Exception):
+    """A configuration problem; ``str()`` is a single line naming source, field path and problem."""
+
+    def __init__(self, source: str, path: str, problem: str) -> None:
+        self.source, self.path, self.problem = source, path, problem
+        super().__init__(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+
+
+class Seconds(float):
+    """A duration in seconds: a number (``2``, ``0.5``) or a string with a unit (``500ms``, ``2s``, ``1m``)."""
+
+    _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    _RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)?\s*$")
+
+    @classmethod
+    def parse(cls, value: object) -> Seconds:
+        if isinstance(value, bool):
+            raise ValueError("expected a duration (seconds, or a string like '500ms', '2s')")
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str) and (m := cls._RE.match(value)):
+            number = float(m.group(1)) * cls._UNITS[m.group(2) or "s"]
+        else:
+            raise ValueError(f"expected a duration (seconds, or a string like '500ms', '2s'), got {value!r}")
+        if number < 0:
+            raise ValueError(f"a duration cannot be negative (got {value!r})")
+        return cls(number)
+
+
+def _check_address(value: str, field: str, *, listener: bool = False) -> str:
+    try:
+        hp = parse_address(value, allow_empty_host=listener)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return str(hp) if hp.host else f":{hp.port}"
+
+
+class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class BackendConfig(_Struct):
+    address: str
+    weight: Weight = 1
+
+    def __post_init__(self) -> None:
+        _check_address(self.address, "address")
+        self.address = normalize_address(self.address)
+
+
+class HealthCheckConfig(_Struct):
+    type: Literal["tcp", "http", "https"] = "tcp"
+    interval_sec: Seconds = Seconds(2.0)
+    timeout_sec: Seconds = Seconds(1.0)
+    # The original GoBalancer's name for the fall threshold; when set it wins over ``fall``.
+    retries: PositiveInt | None = None
+    rise: PositiveInt = 2
+    fall: PositiveInt = 3
+    path: str = "/"
+    method: str = "GET"
+    host: str = ""
+    expect_status: str = "200-399"
+    expect_body: str = ""
+    jitter: Fraction = 0.1
+    start_healthy: bool = False
+    concurrency: PositiveInt = 256
+    tls_verify: bool = False
+
+    def __post_init__(self) -> None:
+        if self.retries is not None:
+            self.fall = self.retries
+        if self.interval_sec <= 0:
+            raise ValueError("interval_sec: must be > 0")
+        if self.timeout_sec <= 0:
+            raise ValueError("timeout_sec: must be > 0")
+        if not self.path.startswith("/"):
+            raise ValueError(f"path: must start with '/', got {self.path!r}")
+        if not re.fullmatch(r"[A-Z]+", self.method):
+            raise ValueError(f"method: must be an upper-case HTTP method, got {self.method!r}")
+        try:
+            parse_status_ranges(self.expect_status)
+        except ValueError as exc:
+            raise ValueError(f"expect_status: {exc}") from None
+
+
+def parse_status_ranges(spec: str) -> tuple[tuple[int, int], ...]:
+    """``"200-399,404"`` -> ((200, 399), (404, 404)); raises ValueError when malformed."""
+    ranges: list[tuple[int, int]] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"\s*([1-5][0-9][0-9])\s*(?:-\s*([1-5][0-9][0-9])\s*)?", part)
+        if not m:
+            raise ValueError(f"must be like '200-399' or '200,204', got {spec!r}")
+        lo = int(m.group(1))
+        hi = int(m.group(2) or lo)
+        if hi < lo:
+            raise ValueError(f"range {part.strip()!r} is reversed")
+        ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+class TimeoutConfig(_Struct):
+    client_idle_sec: Seconds = Seconds(60.0)
+    backend_idle_sec: Seconds = Seconds(60.0)
+    connect_timeout: Seconds = Seconds(5.0)
+    # Time allowed to receive a whole request head (slowloris defence) -> 408.
+    header_read_sec: Seconds = Seconds(10.0)
+    # Time to wait for the backend's response head -> 504.
+    response_sec: Seconds = Seconds(60.0)
+    # On SIGTERM, how long in-flight requests may take before the process exits anyway.
+    drain_sec: Seconds = Seconds(30.0)
+
+
+class DockerDiscoveryConfig(_Struct):
+    url: str = ""  # empty: DOCKER_HOST or the local socket
+    network: str = ""  # preferred network when a container is on several
+    resync_sec: Seconds = Seconds(30.0)
+
+
+class KubernetesDiscoveryConfig(_Struct):
+    namespace: str = "default"
+    service: str = ""
+    port_name: str = ""  # empty: the first port of the slice
+    kubeconfig: str = ""  # empty: in-cluster config, else the default kubeconfig
+    watch_timeout_sec: Seconds = Seconds(300.0)
+
+
+class DiscoveryConfig(_Struct):
+    type: Literal["static", "docker", "kubernetes"] = "static"
+    docker: DockerDiscoveryConfig = msgspec.field(default_factory=DockerDiscoveryConfig)
+    kubernetes: KubernetesDiscoveryConfig = msgspec.field(default_factory=KubernetesDiscoveryConfig)
+    lease_ttl_sec: Seconds = Seconds(10.0)
+    watch_file: bool = True
+
+
+class RedisConfig(_Struct):
+    # Empty: `gobalancer up` starts a private redis-server. Accepted: redis://, rediss://, unix://,
+    # redis+sentinel://[user:password@]host:port[,host:port...]/master-name[/db]
+    url: str = ""
+    namespace: str = "gobalancer"
+    # Replicas renew their heartbeat every heartbeat_sec; their counters expire after replica_ttl_sec.
+    heartbeat_sec: Seconds = Seconds(1.0)
+    replica_ttl_sec: Seconds = Seconds(5.0)
+
+    def __post_init__(self) -> None:
+        if self.url and not re.match(r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://", self.url):
+            raise ValueError("url: must start with redis://, rediss://, unix:// or redis+sentinel://")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.namespace):
+            raise ValueError("namespace: may hold only letters, digits, '_', '.' and '-'")
+        if self.heartbeat_sec <= 0:
+            raise ValueError("heartbeat_sec: must be > 0")
+        if self.replica_ttl_sec <= self.heartbeat_sec:
+            raise ValueError("replica_ttl_sec: must be greater than heartbeat_sec")
+
+
+class AdminConfig(_Struct):
+    listen_address: str = "127.0.0.1:8081"
+    token: str = ""
+    protect_reads: bool = False
+    allow_insecure: bool = False
+
+    def __post_init__(self) -> None:
+        self.listen_address = _check_address(self.listen_address, "listen_address", listener=True)
+
+
+class TLSConfig(_Struct):
+    cert_file: str = ""
+    key_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("key_file: cert_file and key_file must be given together")
+
+
+class ProxyConfig(_Struct):
+    workers: PositiveInt = 1
+    max_header_bytes: PositiveInt = 32768  # whole request head -> 431 beyond
+    max_target_bytes: PositiveInt = 8192  # request target -> 414 beyond
+    max_body_bytes: NonNegativeInt = 0  # 0: unlimited; -> 413 beyond
+    pool_size: NonNegativeInt = 64  # idle upstream connections kept per backend
+    retries: NonNegativeInt = 2  # extra attempts on another backend
+    retry_budget: Fraction = 0.2  # retries allowed as a share of requests
+    high_water_bytes: PositiveInt = 256 * 1024
+    proxy_protocol: Literal["", "v1", "v2"] = ""  # tcp mode: header sent to the backend
+    tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
+
+
+class OutlierConfig(_Struct):
+    consecutive_failures: PositiveInt = 5
+    base_ejection_sec: Seconds = Seconds(10.0)
+    max_ejection_sec: Seconds = Seconds(300.0)
+    max_ejection_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+
+
+class BalancingConfig(_Struct):
+    # ip_hash key: "client_ip", "header:NAME" or "cookie:NAME"
+    hash_key: str = "client_ip"
+    hash_epsilon: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 0.25
+    slow_start_sec: Seconds = Seconds(0.0)
+    ewma_decay_sec: Seconds = Seconds(10.0)
+    outlier: OutlierConfig = msgspec.field(default_factory=OutlierConfig)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^\s;=]+", self.hash_key):
+            raise ValueError(f"hash_key: must be 'client_ip', 'header:NAME' or 'cookie:NAME', got {self.hash_key!r}")
+
+
+class LoggingConfig(_Struct):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    access_log: bool = False
+    access_log_sample: Fraction = 1.0
+
+
+class Config(_Struct):
+    listen_address: str = ":8080"
+    mode: Literal["http", "tcp"] = "http"
+    algorithm: Algorithm = "round_robin"
+    backends: list[BackendConfig] = msgspec.field(default_factory=list)
+    health_check: HealthCheckConfig = msgspec.field(default_factory=HealthCheckConfig)
+    timeout: TimeoutConfig = msgspec.field(default_factory=TimeoutConfig)
+    discovery: DiscoveryConfig = msgspec.field(default_factory=DiscoveryConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    proxy: ProxyConfig = msgspec.field(default_factory=ProxyConfig)
+    balancing: BalancingConfig = msgspec.field(default_factory=BalancingConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    # `gobalancer up` starts a small demo HTTP server on each loopback static backend.
+    demo: bool = False
+
+    def __post_init__(self) -> None:
+        self.listen_address = _check_address(self.listen_address, "listen_address", listener=True)
+        seen: set[str] = set()
+        for i, backend in enumerate(self.backends):
+            if backend.address in seen:
+                raise ValueError(f"backends[{i}]: duplicate address {backend.address}")
+            seen.add(backend.address)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses duplicate mapping keys instead of silently keeping the last."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _dec_hook(tp: type, obj: object) -> object:
+    if tp is Seconds:
+        return Seconds.parse(obj)
+    raise NotImplementedError(f"cannot decode {tp!r}")
+
+
+def _strip_annotated(tp: Any) -> Any:
+    while get_origin(tp) is Annotated:
+        tp = get_args(tp)[0]
+    return tp
+
+
+def _struct_fields(tp: Any) -> dict[str, Any] | None:
+    tp = _strip_annotated(tp)
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        hints = get_type_hints(tp, include_extras=True)
+        return {name: hints[name] for name in tp.__struct_fields__}
+    return None
+
+
+def env_settings(tp: type = Config, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Map every settable environment variable name to the field path it overrides."""
+    out: dict[str, tuple[str, ...]] = {}
+    for name, hint in (_struct_fields(tp) or {}).items():
+        path = (*prefix, name)
+        out[ENV_PREFIX + "_".join(path).upper()] = path
+        nested = _struct_fields(hint)
+        if nested is not None:
+            out.update(env_settings(_strip_annotated(hint), path))
+    return out
+
+
+_MSGSPEC_PATH = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+
+
+def _type_at(path: str) -> Any:
+    """The declared type at a msgspec error path such as ``.backends[0].weight`` (None if unknown)."""
+    tp: Any = Config
+    for part in re.findall(r"\.([A-Za-z_0-9]+)|\[\d+\]", path):
+        tp = _strip_annotated(tp)
+        if part == "":  # a list index
+            args = get_args(tp)
+            tp = args[0] if args else None
+            continue
+        fields = _struct_fields(tp)
+        if fields is None or part not in fields:
+            return None
+        tp = fields[part]
+    return _strip_annotated(tp)
+
+
+def _allowed_fields(path: str) -> list[str]:
+    tp = _type_at(path)
+    if get_origin(tp) is list:
+        tp = get_args(tp)[0]
+    return list(_struct_fields(tp) or {})
+
+
+def _describe(err: msgspec.ValidationError) -> tuple[str, str]:
+    m = _MSGSPEC_PATH.match(str(err))
+    assert m is not None
+    problem, raw_path = m.group("problem"), m.group("path") or ""
+    unknown = _UNKNOWN_FIELD.match(problem)
+    if unknown:
+        allowed = _allowed_fields(raw_path)
+        raw_path = f"{raw_path}.{unknown.group('field')}"
+        problem = "unknown field" + (f" (allowed: {', '.join(allowed)})" if allowed else "")
+    elif problem.startswith("Invalid enum value"):
+        choices = [str(a) for a in get_args(_type_at(raw_path))]
+        problem = problem.replace("Invalid enum value", "invalid value")
+        if choices:
+            problem += f" (expected one of: {', '.join(choices)})"
+    else:
+        problem = problem.replace("Expected", "expected")
+        # __post_init__ checks name their field as "field: problem".
+        named = re.match(r"^([a-z_]+): (.*)$", problem, re.S)
+        if named and named.group(1) in _allowed_fields(raw_path):
+            raw_path, problem = f"{raw_path}.{named.group(1)}", named.group(2)
+    return raw_path.lstrip("."), problem
+
+
+def _set_path(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[path[-1]] = value
+
+
+def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, override from the environment, and validate. Raises ConfigError."""
+    environ = os.environ if environ is None else environ
+    source = str(path) if path is not None else "<defaults>"
+    data: Any = {}
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(source, "", f"cannot read the file: {exc.strerror or exc}") from None
+        try:
+            data = yaml.load(text, Loader=_UniqueKeyLoader)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise ConfigError(source, "", f"invalid YAML: {where}{problem}") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(source, "", "the top level must be a mapping of settings")
+
+    settings = env_settings()
+    from_env: dict[str, str] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
+            continue
+        if name not in settings:
+            raise ConfigError("environment", name, "unknown setting")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        field_path = settings[name]
+        # String settings keep the raw text (a token "0123" must not become a number).
+        if _is_str_field(field_path):
+            value = raw
+        _set_path(data, field_path, value)
+        from_env[".".join(field_path)] = name
+
+    try:
+        return msgspec.convert(data, Config, strict=True, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        field, problem = _describe(exc)
+        for setting, env_name in from_env.items():
+            if field == setting or field.startswith(setting + ".") or field.startswith(setting + "["):
+                raise ConfigError(f"{env_name} (environment)", field, problem) from None
+        raise ConfigError(source, field, problem) from None
+
+
+def _is_str_field(path: tuple[str, ...]) -> bool:
+    tp: Any = Config
+    for part in path:
+        fields = _struct_fields(tp)
+        if fields is None:
+            return False
+        tp = fields[part]
+    tp = _strip_annotated(tp)
+    return tp is str
+
+
+# ---------------------------------------------------------------------------------------------
+# Presenting
+
+
+def to_builtins(obj: object) -> Any:
+    """Plain data (dicts, lists, numbers, strings) for any config object."""
+    return msgspec.to_builtins(obj, enc_hook=lambda value: float(value) if isinstance(value, float) else value)
+
+
+def redact_url(url: str) -> str:
+    """Hide the password in a Redis URL: redis://user:secret@host -> redis://user:***@host."""
+    return re.sub(r"^([a-z+]+://)([^:@/]*):([^@]*)@", lambda m: f"{m.group(1)}{m.group(2)}:***@", url)
+
+
+def effective_settings(config: Config) -> dict[str, Any]:
+    """The settings as plain data with secrets redacted (for `check-config` and logs)."""
+    data: dict[str, Any] = to_builtins(config)
+    if data["admin"]["token"]:
+        data["admin"]["token"] = "***"
+    data["redis"]["url"] = redact_url(data["redis"]["url"])
+    return data

@@ -1,0 +1,159 @@
+"""`gobalancer up`: the whole suite on one machine, as child processes.
+
+Starts a private redis-server when no Redis URL is configured, demo backends when asked to (or
+when no backend is configured at all), then the proxy replicas, admin, discovery and health.
+Ctrl-C or SIGTERM stops everything; children also die with the launcher (PR_SET_PDEATHSIG), so
+even a SIGKILLed launcher leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+
+from shared.config import Config, redact_url
+from shared.redis_server import RedisServer, free_port, wait_for_port
+
+SERVICES = ("admin", "discovery", "health")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen[bytes]
+
+
+@dataclass
+class Launcher:
+    config: Config
+    config_path: str | None
+    proxies: int = 1
+    out: object = field(default_factory=lambda: sys.stdout)
+    children: list[Child] = field(default_factory=list)
+    redis: RedisServer | None = None
+    demo_addresses: list[str] = field(default_factory=list)
+    _stopping: bool = False
+
+    def _say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)  # type: ignore[call-overload]
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
+        process = subprocess.Popen(args, env=env, preexec_fn=_die_with_parent, start_new_session=True)
+        child = Child(name, process)
+        self.children.append(child)
+        return child
+
+    def _environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.redis is not None:
+            env["GOBALANCER_REDIS_URL"] = self.redis.url
+        if self.demo_addresses and not self.config.backends:
+            env["GOBALANCER_BACKENDS"] = json.dumps([{"address": a, "weight": 1} for a in self.demo_addresses])
+        return env
+
+    def _plan_demo(self) -> list[str]:
+        static = self.config.discovery.type == "static"
+        if static and not self.config.backends:
+            return [f"127.0.0.1:{free_port()}" for _ in range(2)]
+        if self.config.demo:
+            return [b.address for b in self.config.backends if b.address.startswith(("127.", "localhost:"))]
+        return []
+
+    def start(self) -> None:
+        if not self.config.redis.url:
+            self.redis = RedisServer(persist=True).start()
+            self._say(f"redis      {self.redis.url} (private, stopped with the suite)")
+        else:
+            self._say(f"redis      {redact_url(self.config.redis.url)}")
+        self.demo_addresses = self._plan_demo()
+        env = self._environment()
+        for i, address in enumerate(self.demo_addresses):
+            name = chr(ord("A") + i) if i < 26 else str(i)
+            self._spawn(
+                f"demo-{name}",
+                [sys.executable, "-m", "shared.demo_backend", "--listen", address, "--name", name],
+                env,
+            )
+            self._say(f"demo       backend {name} on http://{address}")
+        for address in self.demo_addresses:
+            host, _, port = address.rpartition(":")
+            wait_for_port(host, int(port), 10.0)
+        config_args = ["--config", self.config_path] if self.config_path else []
+        for name in SERVICES:
+            self._spawn(name, [sys.executable, "-m", f"services.{name}", *config_args], env)
+        for i in range(self.proxies):
+            self._spawn(f"proxy-{i + 1}", [sys.executable, "-m", "services.proxy", *config_args], env)
+        listen = self.config.listen_address
+        shown = f"127.0.0.1{listen}" if listen.startswith(":") else listen
+        scheme = "https" if self.config.proxy.tls.enabled else "http"
+        self._say(f"proxy      {scheme}://{shown} ({self.proxies} replica(s), {self.config.mode} mode)")
+        self._say(f"admin      http://{self.config.admin.listen_address}")
+        self._say("Ctrl-C stops everything.")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for child in reversed(self.children):
+            if child.process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for child in self.children:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+        if self.redis is not None:
+            self.redis.cleanup()
+
+    def wait(self) -> int:
+        """Block until a signal or until a child exits on its own; return the exit code."""
+        stop_requested = False
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            nonlocal stop_requested
+            stop_requested = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            while not stop_requested:
+                for child in self.children:
+                    code = child.process.poll()
+                    if code is not None:
+                        self._say(f"{child.name} exited with code {code}; stopping the suite")
+                        return code or 1
+                time.sleep(0.2)
+            self._say("stopping...")
+            return 0
+        finally:
+            self.stop()
+
+
+def run_up(config: Config, config_path: str | None, proxies: int) -> int:
+    if config_path is not None:
+        config_path = str(Path(config_path).resolve())
+    launcher = Launcher(config, config_path, proxies)
+    try:
+        launcher.start()
+    except BaseException:
+        launcher.stop()
+        raise
+    return launcher.wait()

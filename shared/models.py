@@ -1,0 +1,137 @@
+"""The records kept in the store and the change events published for them."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Literal
+
+import msgspec
+
+from shared.config import ALGORITHMS, Algorithm
+
+Origin = Literal["static", "api", "docker", "kubernetes"]
+AdminState = Literal["enabled", "draining", "disabled"]
+HealthStatus = Literal["unknown", "up", "down"]
+EventKind = Literal[
+    "backend_added",
+    "backend_updated",
+    "backend_removed",
+    "health",
+    "ejection",
+    "algorithm",
+]
+
+__all__ = [
+    "ALGORITHMS",
+    "AdminState",
+    "Algorithm",
+    "AlgorithmSetting",
+    "Backend",
+    "BackendView",
+    "Ejection",
+    "Event",
+    "EventKind",
+    "Health",
+    "HealthStatus",
+    "Origin",
+    "ReplicaInfo",
+    "Snapshot",
+    "now",
+]
+
+
+def now() -> float:
+    return time.time()
+
+
+class Backend(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """A backend's configuration as stored: what an operator or a discovery source decided."""
+
+    address: str
+    weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 1
+    origin: Origin = "api"
+    state: AdminState = "enabled"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """The active health checker's verdict; only transitions are written."""
+
+    status: HealthStatus = "unknown"
+    changed_at: float = 0.0
+    reason: str = ""
+
+
+class Ejection(msgspec.Struct, kw_only=True):
+    """A passive (outlier) ejection published by a proxy replica."""
+
+    replica: str
+    until: float
+    count: int = 1
+    reason: str = ""
+
+
+class BackendView(msgspec.Struct, kw_only=True):
+    """A backend with everything known about it: configuration, health and ejection."""
+
+    backend: Backend
+    health: Health = msgspec.field(default_factory=Health)
+    ejection: Ejection | None = None
+
+    @property
+    def address(self) -> str:
+        return self.backend.address
+
+    def ejected(self, at: float | None = None) -> bool:
+        return self.ejection is not None and self.ejection.until > (now() if at is None else at)
+
+    def usable(self, *, start_healthy: bool = False, at: float | None = None) -> bool:
+        """May new traffic go to this backend?"""
+        if self.backend.state != "enabled" or self.ejected(at):
+            return False
+        if self.health.status == "unknown":
+            return start_healthy
+        return self.health.status == "up"
+
+
+class AlgorithmSetting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    name: Algorithm = "round_robin"
+    hash_key: str | None = None
+    hash_epsilon: float | None = None
+    slow_start_sec: float | None = None
+    updated_at: float = 0.0
+
+
+class Event(msgspec.Struct, kw_only=True):
+    """A change, as published on the events channel after the write it describes."""
+
+    version: int
+    kind: EventKind
+    at: float = 0.0
+    address: str | None = None
+    backend: Backend | None = None
+    health: Health | None = None
+    ejection: Ejection | None = None
+    algorithm: AlgorithmSetting | None = None
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """Everything a proxy needs, read in one atomic step."""
+
+    version: int
+    backends: dict[str, BackendView]
+    algorithm: AlgorithmSetting
+
+
+class ReplicaInfo(msgspec.Struct, kw_only=True):
+    """A live replica of a service, as registered by its heartbeat."""
+
+    id: str
+    service: str
+    started_at: float
+    heartbeat_at: float
+    host: str = ""
+    pid: int = 0
+    listen: str = ""
+    inflight: dict[str, int] = msgspec.field(default_factory=dict)

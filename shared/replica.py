@@ -1,0 +1,117 @@
+"""A service replica's presence in the store: heartbeat plus (for proxies) in-flight counters.
+
+The hot path only calls :meth:`Replica.add`, a dict update with no I/O. A background task pushes
+the accumulated deltas with HINCRBY in one round trip every ``flush_interval`` and renews the
+heartbeat, so a replica's contribution expires ``ttl`` after its last push — a crashed replica's
+counts leave the global sum by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections import defaultdict
+
+from shared.logs import get_logger
+from shared.models import ReplicaInfo
+from shared.store import UNAVAILABLE, Store
+
+log = get_logger("replica")
+
+
+def new_replica_id(service: str) -> str:
+    return (
+        os.environ.get("GOBALANCER_REPLICA_ID")
+        or f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    )
+
+
+class Replica:
+    def __init__(
+        self,
+        store: Store,
+        service: str,
+        *,
+        ttl: float,
+        heartbeat: float,
+        flush_interval: float = 0.05,
+        listen: str = "",
+        replica_id: str | None = None,
+    ) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.heartbeat = heartbeat
+        self.flush_interval = flush_interval
+        self.info = ReplicaInfo(
+            id=replica_id or new_replica_id(service),
+            service=service,
+            started_at=time.time(),
+            heartbeat_at=0.0,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            listen=listen,
+        )
+        self.local: dict[str, int] = defaultdict(int)  # exact in-flight counts of this replica
+        self._pending: dict[str, int] = defaultdict(int)
+        self._seq = 0
+        self._needs_absolute = True
+        self._last_push = 0.0
+        self._reachable = True
+        self.pushed = asyncio.Event()  # set after every successful push (tests wait on it)
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    def add(self, address: str, delta: int) -> None:
+        """Count ``delta`` requests/connections in flight to ``address``. Hot path: no I/O."""
+        count = self.local[address] + delta
+        if count:
+            self.local[address] = count
+        else:
+            del self.local[address]
+        self._pending[address] += delta
+
+    async def push(self) -> bool:
+        """Send pending deltas (or the absolute counts after a failure) plus the heartbeat."""
+        deltas, self._pending = self._pending, defaultdict(int)
+        self._seq += 1
+        try:
+            await self.store.push_counters(
+                self.info,
+                self._seq,
+                deltas,
+                dict(self.local),
+                self.ttl,
+                force_absolute=self._needs_absolute,
+            )
+        except UNAVAILABLE as exc:
+            # The batch may or may not have been applied: the next push sends absolute counts.
+            self._needs_absolute = True
+            if self._reachable:
+                log.warning("cannot push counters; will resend absolute counts", error=str(exc) or repr(exc))
+                self._reachable = False
+            return False
+        self._needs_absolute = False
+        self._last_push = time.monotonic()
+        if not self._reachable:
+            log.info("counters pushed again")
+            self._reachable = True
+        self.pushed.set()
+        return True
+
+    async def run(self) -> None:
+        """Push while deltas are pending (every flush_interval) and at least every heartbeat."""
+        while True:
+            due = time.monotonic() - self._last_push >= self.heartbeat
+            if due or any(self._pending.values()) or self._needs_absolute:
+                await self.push()
+            await asyncio.sleep(self.flush_interval if self._reachable else min(1.0, self.heartbeat))
+
+    async def deregister(self) -> None:
+        with contextlib.suppress(*UNAVAILABLE):
+            await self.store.deregister(self.id)

@@ -1,0 +1,29 @@
+"""The Redis state model: keys and scripts (``keys``), clients (``connect``), the API (``store``)."""
+
+from shared.store.connect import redis_from_url
+from shared.store.keys import Keys
+from shared.store.store import (
+    UNAVAILABLE,
+    BackendExists,
+    BackendNotFound,
+    Fenced,
+    Lease,
+    OriginMismatch,
+    Store,
+    StoreError,
+    WriteResult,
+)
+
+__all__ = [
+    "UNAVAILABLE",
+    "BackendExists",
+    "BackendNotFound",
+    "Fenced",
+    "Keys",
+    "Lease",
+    "OriginMismatch",
+    "Store",
+    "StoreError",
+    "WriteResult",
+    "redis_from_url",
+]

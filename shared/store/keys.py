@@ -1,0 +1,264 @@
+"""The one place that names Redis keys and holds the Lua scripts that change them.
+
+See docs/state-model.md for the model. Every change to the backend set, health, ejections or the
+algorithm is one script: it writes, increments ``version`` and publishes an event carrying that
+version, atomically. Readers that see a gap in versions re-read the whole state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    namespace: str
+
+    @property
+    def backends(self) -> str:  # hash: address -> Backend (JSON)
+        return f"{self.namespace}:backends"
+
+    @property
+    def health(self) -> str:  # hash: address -> Health (JSON)
+        return f"{self.namespace}:health"
+
+    @property
+    def ejections(self) -> str:  # hash: address -> Ejection (JSON)
+        return f"{self.namespace}:ejections"
+
+    @property
+    def algorithm(self) -> str:  # string: AlgorithmSetting (JSON)
+        return f"{self.namespace}:algorithm"
+
+    @property
+    def version(self) -> str:  # integer, INCR on every change
+        return f"{self.namespace}:version"
+
+    @property
+    def events(self) -> str:  # pub/sub channel of Event (JSON)
+        return f"{self.namespace}:events"
+
+    @property
+    def replicas(self) -> str:  # sorted set: replica id -> expiry (ms, Redis clock)
+        return f"{self.namespace}:replicas"
+
+    def replica(self, replica_id: str) -> str:  # string with TTL: ReplicaInfo (JSON)
+        return f"{self.namespace}:replica:{replica_id}"
+
+    def inflight(self, replica_id: str) -> str:  # hash with TTL: address -> count, "__seq" -> n
+        return f"{self.namespace}:inflight:{replica_id}"
+
+    def lease(self, name: str) -> str:  # string with TTL: "holder:fence"
+        return f"{self.namespace}:lease:{name}"
+
+    def fence(self, name: str) -> str:  # integer: last fencing token handed out for a lease
+        return f"{self.namespace}:lease:{name}:fence"
+
+
+# Shared prologue: ARGV[1] is the expected lease value ("holder:fence") or "", KEYS[1] the lease key.
+# A writer that lost its lease is refused, so a paused ex-leader cannot overwrite its successor.
+_FENCE_CHECK = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return {'fenced'}
+end
+"""
+
+# KEYS: lease, backends, health, ejections, version
+# ARGV: fence, events channel, now, mode (create|update|upsert), address, patch (JSON object), origin guard,
+#       fields of the patch applied to an existing record ("a,b"; "" = all)
+WRITE_BACKEND = (
+    _FENCE_CHECK
+    + """
+local mode, addr, guard = ARGV[4], ARGV[5], ARGV[7]
+local now = tonumber(ARGV[3])
+local cur = redis.call('HGET', KEYS[2], addr)
+if mode == 'create' and cur then return {'exists', cur} end
+if mode == 'update' and not cur then return {'missing'} end
+local rec
+if cur then
+  rec = cjson.decode(cur)
+  if guard ~= '' and rec['origin'] ~= guard then return {'origin', cur} end
+else
+  rec = {address = addr, weight = 1, origin = 'api', state = 'enabled', created_at = now}
+end
+local changed = not cur
+local only = nil
+if cur and ARGV[8] ~= '' then
+  only = {}
+  for f in string.gmatch(ARGV[8], '[^,]+') do only[f] = true end
+end
+for k, v in pairs(cjson.decode(ARGV[6])) do
+  if (only == nil or only[k]) and rec[k] ~= v then rec[k] = v; changed = true end
+end
+if not changed then return {'unchanged', cur} end
+rec['updated_at'] = now
+local enc = cjson.encode(rec)
+redis.call('HSET', KEYS[2], addr, enc)
+local version = redis.call('INCR', KEYS[5])
+local kind = cur and 'backend_updated' or 'backend_added'
+redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = kind, at = now, address = addr, backend = rec}))
+return {kind, enc, version}
+"""
+)
+
+# KEYS: lease, backends, health, ejections, version
+# ARGV: fence, events channel, now, address, origin guard
+REMOVE_BACKEND = (
+    _FENCE_CHECK
+    + """
+local addr, guard = ARGV[4], ARGV[5]
+local cur = redis.call('HGET', KEYS[2], addr)
+if not cur then return {'missing'} end
+local rec = cjson.decode(cur)
+if guard ~= '' and rec['origin'] ~= guard then return {'origin', cur} end
+redis.call('HDEL', KEYS[2], addr)
+redis.call('HDEL', KEYS[3], addr)
+redis.call('HDEL', KEYS[4], addr)
+local version = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'backend_removed', at = tonumber(ARGV[3]),
+  address = addr, backend = rec}))
+return {'removed', cur, version}
+"""
+)
+
+# KEYS: lease, backends, health, ejections, version
+# ARGV: fence, events channel, now, address, status, reason, clear ejection on up ("1"/"0")
+SET_HEALTH = (
+    _FENCE_CHECK
+    + """
+local addr, status = ARGV[4], ARGV[5]
+local now = tonumber(ARGV[3])
+if redis.call('HEXISTS', KEYS[2], addr) == 0 then return {'missing'} end
+local cur = redis.call('HGET', KEYS[3], addr)
+local result = 'unchanged'
+local version = tonumber(redis.call('GET', KEYS[5]) or '0')
+if not cur or cjson.decode(cur)['status'] ~= status then
+  local health = {status = status, changed_at = now, reason = ARGV[6]}
+  redis.call('HSET', KEYS[3], addr, cjson.encode(health))
+  version = redis.call('INCR', KEYS[5])
+  redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'health', at = now, address = addr,
+    health = health}))
+  result = 'changed'
+end
+if status == 'up' and ARGV[7] == '1' and redis.call('HDEL', KEYS[4], addr) == 1 then
+  version = redis.call('INCR', KEYS[5])
+  redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'ejection', at = now, address = addr}))
+  if result == 'unchanged' then result = 'cleared' end
+end
+return {result, version}
+"""
+)
+
+# KEYS: lease, backends, health, ejections, version
+# ARGV: fence, events channel, now, address, ejection (JSON) or "" to clear
+SET_EJECTION = (
+    _FENCE_CHECK
+    + """
+local addr = ARGV[4]
+local now = tonumber(ARGV[3])
+if redis.call('HEXISTS', KEYS[2], addr) == 0 then return {'missing'} end
+local event = {kind = 'ejection', at = now, address = addr}
+if ARGV[5] == '' then
+  if redis.call('HDEL', KEYS[4], addr) == 0 then return {'unchanged'} end
+else
+  redis.call('HSET', KEYS[4], addr, ARGV[5])
+  event['ejection'] = cjson.decode(ARGV[5])
+end
+event['version'] = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[2], cjson.encode(event))
+return {'changed', event['version']}
+"""
+)
+
+# KEYS: lease, algorithm, version
+# ARGV: fence, events channel, now, setting (JSON)
+SET_ALGORITHM = (
+    _FENCE_CHECK
+    + """
+if redis.call('GET', KEYS[2]) == ARGV[4] then return {'unchanged'} end
+redis.call('SET', KEYS[2], ARGV[4])
+local version = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'algorithm', at = tonumber(ARGV[3]),
+  algorithm = cjson.decode(ARGV[4])}))
+return {'changed', version}
+"""
+)
+
+# A replica's heartbeat and the batched push of its in-flight counters, in one round trip.
+# KEYS: replicas (zset), replica info, inflight hash
+# ARGV: replica id, ttl ms, info (JSON), seq, then pairs of address, delta
+# The hash carries "__seq", the last batch applied: a batch re-sent after a lost reply is not
+# applied twice. When the hash is gone (first push, or it expired while Redis was unreachable)
+# deltas cannot be applied to nothing, so the script answers 'resync' and the replica sends its
+# absolute counts (PUSH_ABSOLUTE).
+PUSH_COUNTERS = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now_ms + ttl, ARGV[1])
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl)
+local seq = tonumber(ARGV[4])
+local cur = redis.call('HGET', KEYS[3], '__seq')
+if not cur then return 'resync' end
+redis.call('PEXPIRE', KEYS[3], ttl)
+if tonumber(cur) >= seq then return 'duplicate' end
+for i = 5, #ARGV, 2 do
+  if redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[i]) end
+end
+redis.call('HSET', KEYS[3], '__seq', seq)
+return 'ok'
+"""
+
+# KEYS: inflight hash; ARGV: ttl ms, seq, then pairs of address, count
+PUSH_ABSOLUTE = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '__seq', ARGV[2])
+for i = 3, #ARGV, 2 do
+  if tonumber(ARGV[i + 1]) ~= 0 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+return 'ok'
+"""
+
+# KEYS: replicas (zset); ARGV: key prefix ("ns:"). Returns {id, info, {address, count, ...}} per
+# live replica. Replicas whose heartbeat lapsed are dropped from the set here.
+READ_REPLICAS = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
+  if info then
+    table.insert(out, {id, info, redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id)})
+  end
+end
+return out
+"""
+
+# KEYS: replicas, replica info, inflight hash; ARGV: replica id
+DEREGISTER = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2], KEYS[3])
+return 'ok'
+"""
+
+# Leases with fencing tokens. KEYS: lease, fence counter; ARGV: holder, ttl ms, current value or "".
+# Acquire when free, renew when held by the same value; a new holder gets a new fencing token.
+ACQUIRE_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if cur and ARGV[3] ~= '' and cur == ARGV[3] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return {1, cur}
+end
+if cur then return {0, cur} end
+local value = ARGV[1] .. ':' .. redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+return {1, value}
+"""
+
+# KEYS: lease; ARGV: value
+RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

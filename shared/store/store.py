@@ -1,0 +1,491 @@
+"""The async API over the Redis state model (see docs/state-model.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.logs import get_logger
+from shared.models import (
+    AlgorithmSetting,
+    Backend,
+    BackendView,
+    Ejection,
+    Event,
+    Health,
+    HealthStatus,
+    Origin,
+    ReplicaInfo,
+    Snapshot,
+    now,
+)
+from shared.store import keys as lua
+from shared.store.connect import Redis, redis_from_url
+from shared.store.keys import Keys
+
+log = get_logger("store")
+
+# Errors that mean "Redis is not reachable right now" (as opposed to a bug or a refused command).
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+
+_backend_decoder = msgspec.json.Decoder(Backend)
+_health_decoder = msgspec.json.Decoder(Health)
+_ejection_decoder = msgspec.json.Decoder(Ejection)
+_algorithm_decoder = msgspec.json.Decoder(AlgorithmSetting)
+_event_decoder = msgspec.json.Decoder(Event)
+_replica_decoder = msgspec.json.Decoder(ReplicaInfo)
+_encoder = msgspec.json.Encoder()
+
+BACKEND_PATCH_FIELDS = frozenset({"weight", "state", "origin"})
+
+
+class StoreError(Exception):
+    """A domain error from the store; subclasses name what went wrong."""
+
+
+class BackendExists(StoreError):
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        super().__init__(f"backend {backend.address} already exists")
+
+
+class BackendNotFound(StoreError):
+    def __init__(self, address: str) -> None:
+        self.address = address
+        super().__init__(f"backend {address} not found")
+
+
+class OriginMismatch(StoreError):
+    def __init__(self, backend: Backend, expected: str) -> None:
+        self.backend, self.expected = backend, expected
+        super().__init__(f"backend {backend.address} belongs to origin {backend.origin!r}, not {expected!r}")
+
+
+class Fenced(StoreError):
+    """The writer's lease was lost: another replica holds it now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A held lease: ``value`` is ``holder:fence`` and fences writes made under it."""
+
+    name: str
+    value: str
+
+    @property
+    def token(self) -> int:
+        return int(self.value.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    outcome: Literal["backend_added", "backend_updated", "unchanged"]
+    backend: Backend
+
+
+class _PubSub(PubSub):
+    """A PubSub that counts (re)connections: redis-py re-subscribes silently after a drop, and any
+    message published meanwhile is lost, so the watcher must re-read the state when this grows."""
+
+    connects = 0
+
+    async def on_connect(self, connection: Any) -> None:
+        self.connects += 1
+        await super().on_connect(connection)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Store:
+    """All reads and writes of the shared state. One instance per process; it owns its client."""
+
+    def __init__(self, redis: Redis, namespace: str = "gobalancer") -> None:
+        self.redis = redis
+        self.keys = Keys(namespace)
+        self._write_backend = redis.register_script(lua.WRITE_BACKEND)
+        self._remove_backend = redis.register_script(lua.REMOVE_BACKEND)
+        self._set_health = redis.register_script(lua.SET_HEALTH)
+        self._set_ejection = redis.register_script(lua.SET_EJECTION)
+        self._set_algorithm = redis.register_script(lua.SET_ALGORITHM)
+        self._push_counters = redis.register_script(lua.PUSH_COUNTERS)
+        self._push_absolute = redis.register_script(lua.PUSH_ABSOLUTE)
+        self._read_replicas = redis.register_script(lua.READ_REPLICAS)
+        self._deregister = redis.register_script(lua.DEREGISTER)
+        self._acquire = redis.register_script(lua.ACQUIRE_LEASE)
+        self._release = redis.register_script(lua.RELEASE_LEASE)
+
+    @classmethod
+    def from_url(cls, url: str, namespace: str = "gobalancer", **options: Any) -> Store:
+        return cls(redis_from_url(url, **options), namespace)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except (*UNAVAILABLE, RedisError):
+            return False
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def version(self) -> int:
+        return int(await self.redis.get(self.keys.version) or 0)
+
+    async def snapshot(self) -> Snapshot:
+        """The whole state, read in one MULTI/EXEC so it is consistent with its version."""
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(k.version)
+            pipe.hgetall(k.backends)
+            pipe.hgetall(k.health)
+            pipe.hgetall(k.ejections)
+            pipe.get(k.algorithm)
+            version, backends, health, ejections, algorithm = await pipe.execute()
+        views: dict[str, BackendView] = {}
+        for raw_addr, raw in backends.items():
+            addr = _text(raw_addr)
+            h = health.get(raw_addr)
+            e = ejections.get(raw_addr)
+            views[addr] = BackendView(
+                backend=_backend_decoder.decode(raw),
+                health=_health_decoder.decode(h) if h else Health(),
+                ejection=_ejection_decoder.decode(e) if e else None,
+            )
+        return Snapshot(
+            version=int(version or 0),
+            backends=views,
+            algorithm=_algorithm_decoder.decode(algorithm) if algorithm else AlgorithmSetting(),
+        )
+
+    async def list_backends(self) -> list[BackendView]:
+        snap = await self.snapshot()
+        return sorted(snap.backends.values(), key=lambda v: v.address)
+
+    async def get_backend(self, address: str) -> BackendView | None:
+        k = self.keys
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hget(k.backends, address)
+            pipe.hget(k.health, address)
+            pipe.hget(k.ejections, address)
+            raw, h, e = await pipe.execute()
+        if raw is None:
+            return None
+        return BackendView(
+            backend=_backend_decoder.decode(raw),
+            health=_health_decoder.decode(h) if h else Health(),
+            ejection=_ejection_decoder.decode(e) if e else None,
+        )
+
+    async def get_algorithm(self) -> AlgorithmSetting:
+        raw = await self.redis.get(self.keys.algorithm)
+        return _algorithm_decoder.decode(raw) if raw else AlgorithmSetting()
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def _common(self, fence: Lease | None) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        lease_key = k.lease(fence.name) if fence else k.lease("-")
+        return (
+            [lease_key, k.backends, k.health, k.ejections, k.version],
+            [fence.value if fence else "", k.events, repr(now())],
+        )
+
+    async def _write(
+        self,
+        mode: Literal["create", "update", "upsert"],
+        address: str,
+        patch: Mapping[str, Any],
+        *,
+        guard_origin: Origin | None,
+        fence: Lease | None,
+        existing_fields: tuple[str, ...] = (),
+    ) -> WriteResult:
+        unknown = set(patch) - BACKEND_PATCH_FIELDS
+        if unknown:
+            raise ValueError(f"cannot patch fields {sorted(unknown)}")
+        keys, args = self._common(fence)
+        reply = await self._write_backend(
+            keys=keys,
+            args=[
+                *args,
+                mode,
+                address,
+                _encoder.encode(dict(patch)),
+                guard_origin or "",
+                ",".join(existing_fields),
+            ],
+        )
+        outcome = _text(reply[0])
+        if outcome == "fenced":
+            raise Fenced(f"lease {fence.name if fence else ''} lost")
+        if outcome == "exists":
+            raise BackendExists(_backend_decoder.decode(reply[1]))
+        if outcome == "missing":
+            raise BackendNotFound(address)
+        backend = _backend_decoder.decode(reply[1])
+        if outcome == "origin":
+            raise OriginMismatch(backend, guard_origin or "")
+        assert outcome in ("backend_added", "backend_updated", "unchanged")
+        return WriteResult(outcome, backend)  # type: ignore[arg-type]
+
+    async def create_backend(self, backend: Backend, *, fence: Lease | None = None) -> Backend:
+        """Add a backend; BackendExists if the address is taken."""
+        patch = {"weight": backend.weight, "origin": backend.origin, "state": backend.state}
+        result = await self._write("create", backend.address, patch, guard_origin=None, fence=fence)
+        return result.backend
+
+    async def update_backend(
+        self,
+        address: str,
+        patch: Mapping[str, Any],
+        *,
+        guard_origin: Origin | None = None,
+        fence: Lease | None = None,
+    ) -> Backend:
+        """Change fields of an existing backend; BackendNotFound if there is none."""
+        result = await self._write("update", address, patch, guard_origin=guard_origin, fence=fence)
+        return result.backend
+
+    async def upsert_backend(
+        self,
+        backend: Backend,
+        *,
+        fields: tuple[str, ...] = ("weight", "origin", "state"),
+        guard_origin: Origin | None = None,
+        fence: Lease | None = None,
+    ) -> WriteResult:
+        """Create, or update ``fields`` to match ``backend``; writes nothing when already equal.
+
+        A new backend takes all of ``backend``'s fields; an existing one only ``fields`` (so a
+        reconcile that passes ``("weight",)`` keeps an operator's drain).
+        """
+        patch = {"weight": backend.weight, "origin": backend.origin, "state": backend.state}
+        return await self._write(
+            "upsert", backend.address, patch, guard_origin=guard_origin, fence=fence, existing_fields=fields
+        )
+
+    async def remove_backend(
+        self, address: str, *, guard_origin: Origin | None = None, fence: Lease | None = None
+    ) -> Backend:
+        keys, args = self._common(fence)
+        reply = await self._remove_backend(keys=keys, args=[*args, address, guard_origin or ""])
+        outcome = _text(reply[0])
+        if outcome == "fenced":
+            raise Fenced("lease lost")
+        if outcome == "missing":
+            raise BackendNotFound(address)
+        backend = _backend_decoder.decode(reply[1])
+        if outcome == "origin":
+            raise OriginMismatch(backend, guard_origin or "")
+        return backend
+
+    async def set_health(
+        self,
+        address: str,
+        status: HealthStatus,
+        reason: str = "",
+        *,
+        clear_ejection: bool = True,
+        fence: Lease | None = None,
+    ) -> bool:
+        """Record a health verdict; only a transition is written. True when something changed."""
+        keys, args = self._common(fence)
+        reply = await self._set_health(keys=keys, args=[*args, address, status, reason, "1" if clear_ejection else "0"])
+        outcome = _text(reply[0])
+        if outcome == "fenced":
+            raise Fenced("lease lost")
+        if outcome == "missing":
+            raise BackendNotFound(address)
+        return outcome in ("changed", "cleared")
+
+    async def set_ejection(self, address: str, ejection: Ejection | None) -> bool:
+        keys, args = self._common(None)
+        payload = _encoder.encode(ejection).decode() if ejection is not None else ""
+        reply = await self._set_ejection(keys=keys, args=[*args, address, payload])
+        outcome = _text(reply[0])
+        if outcome == "missing":
+            raise BackendNotFound(address)
+        return outcome == "changed"
+
+    async def set_algorithm(self, setting: AlgorithmSetting, *, fence: Lease | None = None) -> bool:
+        k = self.keys
+        lease_key = k.lease(fence.name) if fence else k.lease("-")
+        setting = msgspec.structs.replace(setting, updated_at=now())
+        reply = await self._set_algorithm(
+            keys=[lease_key, k.algorithm, k.version],
+            args=[fence.value if fence else "", k.events, repr(now()), _encoder.encode(setting)],
+        )
+        if _text(reply[0]) == "fenced":
+            raise Fenced("lease lost")
+        return _text(reply[0]) == "changed"
+
+    # -- watching ----------------------------------------------------------------------------
+
+    async def watch(
+        self, *, resync_interval: float = 30.0, max_backoff: float = 5.0
+    ) -> AsyncIterator[Snapshot | Event]:
+        """Yield a full Snapshot, then Events; a fresh Snapshot after every reconnect.
+
+        Pub/sub is only a hint: the channel is subscribed *before* the snapshot is read so nothing
+        falls in between, events already covered by the snapshot are skipped, and a gap in event
+        versions (a message lost) or a version that moved without an event (checked every
+        ``resync_interval``) triggers a full re-read. While Redis is unreachable this retries with
+        capped exponential backoff and yields nothing, so callers keep their last view.
+        """
+        backoff = 0.05
+        down_since: float | None = None
+        while True:
+            pubsub = _PubSub(self.redis.connection_pool, ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.events)
+                connects = pubsub.connects
+                snap = await self.snapshot()
+                if down_since is not None:
+                    log.info("redis reachable again", down_sec=round(time.monotonic() - down_since, 3))
+                    down_since = None
+                backoff = 0.05
+                yield snap
+                last = snap.version
+                next_check = time.monotonic() + resync_interval
+                while True:
+                    timeout = max(0.0, next_check - time.monotonic())
+                    message = await pubsub.get_message(timeout=min(timeout, 1.0))
+                    if pubsub.connects != connects:
+                        connects = pubsub.connects
+                        log.info("events channel reconnected; re-syncing")
+                        snap = await self.snapshot()
+                        last = snap.version
+                        yield snap
+                    if message is None:
+                        if time.monotonic() >= next_check:
+                            next_check = time.monotonic() + resync_interval
+                            if await self.version() != last:
+                                snap = await self.snapshot()
+                                last = snap.version
+                                yield snap
+                        continue
+                    if message.get("type") != "message":
+                        continue
+                    try:
+                        event = _event_decoder.decode(message["data"])
+                    except msgspec.DecodeError:
+                        log.warning("undecodable event; re-syncing")
+                        event = None
+                    if event is not None and event.version <= last:
+                        continue
+                    if event is None or event.version != last + 1:
+                        snap = await self.snapshot()
+                        last = snap.version
+                        yield snap
+                        continue
+                    last = event.version
+                    yield event
+            except UNAVAILABLE as exc:
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("redis unreachable; keeping the last view", error=str(exc) or type(exc).__name__)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, max_backoff)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    # -- replicas and counters ---------------------------------------------------------------
+
+    async def push_counters(
+        self,
+        info: ReplicaInfo,
+        seq: int,
+        deltas: Mapping[str, int],
+        absolute: Mapping[str, int],
+        ttl: float,
+        *,
+        force_absolute: bool = False,
+    ) -> str:
+        """Heartbeat plus one batch of in-flight deltas (HINCRBY), applied at most once per ``seq``.
+
+        ``absolute`` is the replica's exact current count per backend; it is sent only when Redis
+        answers that the replica's hash is missing (first push, or expired during an outage).
+        """
+        k = self.keys
+        ttl_ms = max(1, int(ttl * 1000))
+        info_json = _encoder.encode(msgspec.structs.replace(info, inflight={}, heartbeat_at=now()))
+        flat: list[Any] = []
+        if not force_absolute:
+            for addr, delta in deltas.items():
+                if delta:
+                    flat += [addr, delta]
+        outcome = _text(
+            await self._push_counters(
+                keys=[k.replicas, k.replica(info.id), k.inflight(info.id)],
+                args=[info.id, ttl_ms, info_json, seq, *flat],
+            )
+        )
+        if outcome == "resync" or force_absolute:
+            flat = []
+            for addr, count in absolute.items():
+                flat += [addr, count]
+            await self._push_absolute(keys=[k.inflight(info.id)], args=[ttl_ms, seq, *flat])
+        return outcome
+
+    async def replicas(self, service: str | None = None) -> list[ReplicaInfo]:
+        """Live replicas with their in-flight counts; lapsed ones are pruned."""
+        rows = await self._read_replicas(keys=[self.keys.replicas], args=[f"{self.keys.namespace}:"])
+        out: list[ReplicaInfo] = []
+        for _id, info, flat in rows:
+            replica = _replica_decoder.decode(info)
+            counts: dict[str, int] = {}
+            for i in range(0, len(flat), 2):
+                name = _text(flat[i])
+                if name != "__seq":
+                    counts[name] = int(flat[i + 1])
+            replica.inflight = counts
+            if service is None or replica.service == service:
+                out.append(replica)
+        return out
+
+    async def global_inflight(self, exclude: str | None = None) -> dict[str, int]:
+        """Sum of live replicas' in-flight counts per backend (optionally leaving one replica out)."""
+        total: dict[str, int] = {}
+        for replica in await self.replicas():
+            if replica.id == exclude:
+                continue
+            for addr, count in replica.inflight.items():
+                total[addr] = total.get(addr, 0) + count
+        return total
+
+    async def deregister(self, replica_id: str) -> None:
+        k = self.keys
+        await self._deregister(keys=[k.replicas, k.replica(replica_id), k.inflight(replica_id)], args=[replica_id])
+
+    # -- leases ------------------------------------------------------------------------------
+
+    async def acquire_lease(self, name: str, holder: str, ttl: float, held: Lease | None = None) -> Lease | None:
+        """Take or renew the lease ``name``; None when another holder has it."""
+        k = self.keys
+        ok, value = await self._acquire(
+            keys=[k.lease(name), k.fence(name)],
+            args=[holder, max(1, int(ttl * 1000)), held.value if held else ""],
+        )
+        return Lease(name, _text(value)) if int(ok) == 1 else None
+
+    async def release_lease(self, lease: Lease) -> bool:
+        return bool(await self._release(keys=[self.keys.lease(lease.name)], args=[lease.value]))
+
+    async def lease_holder(self, name: str) -> str | None:
+        raw = await self.redis.get(self.keys.lease(name))
+        return _text(raw) if raw is not None else None

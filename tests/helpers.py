@@ -1,0 +1,32 @@
+"""Helpers for tests: polling with a deadline, child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T]] | Callable[[], T],
+    *,
+    timeout: float = 5.0,
+    interval: float = 0.02,
+    message: str = "condition not met",
+) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with ``message`` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        last = result
+        if result:
+            return result  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{message} within {timeout}s (last value: {last!r})")
+        await asyncio.sleep(interval)
