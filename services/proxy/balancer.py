@@ -1,0 +1,82 @@
+"""The seam between the data plane and the choice of backend.
+
+The protocol classes only ask a :class:`Balancer` for an upstream and report when a request (HTTP)
+or connection (TCP) starts and finishes. They know nothing of Redis, policies or the store: the
+implementation behind this interface does (see the load-balancing policies).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.addresses import parse_address
+from shared.config import Config
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A backend the proxy can connect to. ``address`` is its key in the store."""
+
+    address: str
+    host: str
+    port: int
+
+    @classmethod
+    def from_address(cls, address: str) -> Upstream:
+        hp = parse_address(address)
+        return cls(address, hp.host, hp.port)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one attempt against an upstream ended (for passive health and latency-aware policies)."""
+
+    ok: bool  # False: connect failure, reset, timeout, or (HTTP) a 5xx response
+    latency: float | None = None  # seconds until the response head (HTTP) or connect (TCP)
+    status: int | None = None  # HTTP status when a response arrived
+    connect_failed: bool = False
+
+
+class Balancer(Protocol):
+    def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
+        """An upstream for a request whose affinity key is ``key`` (client IP, header or cookie
+        value), avoiding the addresses in ``exclude`` (already tried). None: nothing usable."""
+        ...
+
+    def started(self, upstream: Upstream) -> None:
+        """A request/connection to ``upstream`` begins (counts toward its in-flight)."""
+        ...
+
+    def finished(self, upstream: Upstream, outcome: Outcome) -> None:
+        """The request/connection started with :meth:`started` is over."""
+        ...
+
+
+@dataclass
+class StaticRoundRobin:
+    """Round robin over the configured backends, all considered usable. The simplest Balancer."""
+
+    upstreams: list[Upstream]
+    inflight: dict[str, int] = field(default_factory=dict)
+    _counter: itertools.count[int] = field(default_factory=itertools.count)
+
+    @classmethod
+    def from_config(cls, config: Config) -> StaticRoundRobin:
+        return cls([Upstream.from_address(b.address) for b in config.backends])
+
+    def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
+        n = len(self.upstreams)
+        for _ in range(n):
+            upstream = self.upstreams[next(self._counter) % n]
+            if upstream.address not in exclude:
+                return upstream
+        return None
+
+    def started(self, upstream: Upstream) -> None:
+        self.inflight[upstream.address] = self.inflight.get(upstream.address, 0) + 1
+
+    def finished(self, upstream: Upstream, outcome: Outcome) -> None:
+        self.inflight[upstream.address] -= 1
