@@ -5,6 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+LINT_DIRS := $(wildcard services shared tests bench)
 
 .PHONY: run test install lint format typecheck pytest bench clean
 
@@ -24,12 +25,12 @@ run: install
 	$(VENV)/bin/gobalancer up --config config/config.yaml
 
 lint: install
-	$(VENV)/bin/ruff check services shared tests bench
-	$(VENV)/bin/ruff format --check services shared tests bench
+	$(VENV)/bin/ruff check $(LINT_DIRS)
+	$(VENV)/bin/ruff format --check $(LINT_DIRS)
 
 format: install
-	$(VENV)/bin/ruff check --fix services shared tests bench
-	$(VENV)/bin/ruff format services shared tests bench
+	$(VENV)/bin/ruff check --fix $(LINT_DIRS)
+	$(VENV)/bin/ruff format $(LINT_DIRS)
 
 typecheck: install
 	$(VENV)/bin/mypy --strict services shared
