@@ -36,7 +36,7 @@ typecheck: install
 	$(VENV)/bin/mypy --strict services shared
 
 pytest: install
-	@scripts/need redis-server:redis-server
+	@scripts/need redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools openssl:openssl
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest

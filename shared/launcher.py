@@ -9,7 +9,6 @@ even a SIGKILLed launcher leaves no process behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -21,15 +20,10 @@ from pathlib import Path
 from types import FrameType
 
 from shared.config import Config, redact_url
+from shared.processes import die_with_parent
 from shared.redis_server import RedisServer, free_port, wait_for_port
 
 SERVICES = ("admin", "discovery", "health")
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -53,7 +47,7 @@ class Launcher:
         print(text, file=self.out, flush=True)  # type: ignore[call-overload]
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> Child:
-        process = subprocess.Popen(args, env=env, preexec_fn=_die_with_parent, start_new_session=True)
+        process = subprocess.Popen(args, env=env, preexec_fn=die_with_parent, start_new_session=True)
         child = Child(name, process)
         self.children.append(child)
         return child

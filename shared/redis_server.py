@@ -10,6 +10,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from shared.processes import die_with_parent
+
 INSTALL_HINT = (
     "redis-server was not found: install it with `sudo apt-get install redis-server` "
     "(Debian/Ubuntu) or set redis.url / GOBALANCER_REDIS_URL to an existing Redis"
@@ -84,7 +86,9 @@ class RedisServer:
             *(("--requirepass", self.password) if self.password else ()),
             *self.extra_args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=die_with_parent
+        )
         if not wait_for_port("127.0.0.1", self.port, timeout):
             self.stop()
             raise RuntimeError(f"redis-server did not start on port {self.port}")

@@ -1,0 +1,120 @@
+"""`gobalancer up` starts the suite and stops all of it, leaving no process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.redis_server import free_port
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (from /proc/*/stat parent links)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    alive = set()
+    for pid in pids:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            alive.add(pid)
+    return alive
+
+
+def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f'listen_address: "127.0.0.1:{free_port()}"\n'
+        f'admin: {{listen_address: "127.0.0.1:{free_port()}"}}\n'
+        "health_check: {interval_sec: 0.2}\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--config", str(config), "--proxies", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    lines = []
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops everything" in line:
+            return process, config
+    process.kill()
+    pytest.fail(f"gobalancer up did not start: {''.join(lines)}")
+
+
+def _wait_for_children(pid: int, minimum: int) -> set[int]:
+    deadline = time.monotonic() + 10
+    while True:
+        children = _descendants(pid)
+        if len(children) >= minimum or time.monotonic() > deadline:
+            return children
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_up_then_signal_leaves_nothing_running(tmp_path: Path, sig: signal.Signals) -> None:
+    process, _ = _start(tmp_path)
+    # redis + 2 demo backends + admin + discovery + health + 2 proxies
+    children = _wait_for_children(process.pid, 8)
+    assert len(children) >= 8, children
+    process.send_signal(sig)
+    assert process.wait(30) == 0
+    deadline = time.monotonic() + 10
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(children), "processes left behind"
+
+
+def test_a_killed_launcher_takes_its_children_along(tmp_path: Path) -> None:
+    process, _ = _start(tmp_path)
+    children = _wait_for_children(process.pid, 8)
+    process.kill()
+    process.wait(10)
+    deadline = time.monotonic() + 15
+    while _alive(children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(children), "children outlived a SIGKILLed launcher"
+
+
+def test_up_refuses_a_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backends: [{address: 'nohost', weight: 1}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "up", "--config", str(bad)], capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"config error: {bad}: backends[0].address: address 'nohost' must be host:port")
