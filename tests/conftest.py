@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -39,12 +40,18 @@ def _testcontainers_redis() -> tuple[str, Any] | None:
         client = docker.from_env(timeout=5)
         client.images.get(image)
         client.close()
-        container = RedisContainer(image).with_command("redis-server --save '' --appendonly no")
+    except Exception:
+        return None
+    # Bound to the container's own interface: protected mode would refuse the published port.
+    container = RedisContainer(image).with_command("redis-server --save '' --appendonly no --protected-mode no")
+    try:
         container.start()
         host = container.get_container_host_ip()
         port = container.get_exposed_port(6379)
         return f"redis://{host}:{port}/0", container
     except Exception:
+        with contextlib.suppress(Exception):
+            container.stop()
         return None
 
 
