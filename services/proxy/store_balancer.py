@@ -1,0 +1,278 @@
+"""The Redis-coordinated :class:`~services.proxy.balancer.Balancer`.
+
+Hot path (``pick``/``started``/``finished``): dict lookups and the policy's O(1)/O(log n) work; it
+never awaits anything. Background tasks (started by :func:`open_store_balancer`):
+
+- ``watch``: ``Store.watch()`` → the local view (snapshot, then events; a fresh snapshot after every
+  reconnect). Each change marks the policy dirty and schedules one rebuild on the loop (coalescing
+  bursts); ``pick`` also rebuilds when dirty or when a time-based change is due (an ejection ends, a
+  slow-start step). While Redis is down nothing arrives and picks go on with the last view.
+- ``refresh``: every ``refresh_interval`` the other replicas' in-flight contributions
+  (``Store.global_inflight(exclude=own id)``); the global count of a backend is that plus this
+  replica's exact local count (``Replica.local``).
+- ``publish``: passive ejections decided here are applied locally at once and published with
+  ``Store.set_ejection`` from this task, retried while Redis is unreachable.
+- the ``Replica`` heartbeat, which pushes the local counts with batched HINCRBY.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Collection
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from services.proxy.balancer import Outcome, Upstream
+from services.proxy.outlier import OutlierDetector
+from services.proxy.policies import Counts, Policy, PolicyEnv, build_policy
+from services.proxy.policies.ewma import record as record_latency
+from services.proxy.view import LocalView
+from shared.config import Config
+from shared.logs import get_logger
+from shared.models import Ejection, Event, Snapshot
+from shared.replica import Replica
+from shared.store import UNAVAILABLE, BackendNotFound, Store
+
+log = get_logger("balancer")
+
+SERVICE = "proxy"
+
+
+class StoreBalancer:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        replica: Replica,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        refresh_interval: float = 0.1,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.replica = replica
+        self.clock = clock
+        self.refresh_interval = refresh_interval
+        self.view = LocalView(start_healthy=config.health_check.start_healthy)
+        self.counts = Counts(replica.local)
+        self.env = PolicyEnv(
+            counts=self.counts,
+            rng=rng or random.Random(),
+            clock=clock,
+            hash_epsilon=config.balancing.hash_epsilon,
+            ewma_decay_sec=config.balancing.ewma_decay_sec,
+        )
+        self.outlier = OutlierDetector(config.balancing.outlier, replica.id)
+        self.policy: Policy = build_policy("round_robin", [], self.env)
+        self._upstreams: dict[str, Upstream] = {}
+        self._dirty = True
+        self._rebuild_scheduled = False
+        self._next_change = math.inf
+        self._pending_ejections: dict[str, Ejection] = {}
+        self._publish_wake = asyncio.Event()
+        self.first_snapshot = asyncio.Event()
+        self.changed = asyncio.Event()  # set whenever the view changes (tests and diagnostics wait on it)
+        self.rebuilds = 0
+        self.snapshots = 0  # full snapshots applied (1, plus one per re-sync)
+
+    # -- settings in force -------------------------------------------------------------------
+
+    @property
+    def algorithm(self) -> str:
+        """The policy in use: the store's setting, or the config's while the store never set one."""
+        setting = self.view.algorithm
+        if self.view.source == "store" and setting.updated_at == 0.0:
+            return self.config.algorithm
+        return setting.name
+
+    @property
+    def hash_key(self) -> str:
+        """Affinity key source for ``ip_hash`` ("client_ip", "header:NAME", "cookie:NAME")."""
+        return self.view.algorithm.hash_key or self.config.balancing.hash_key
+
+    @property
+    def slow_start_sec(self) -> float:
+        override = self.view.algorithm.slow_start_sec
+        return float(self.config.balancing.slow_start_sec if override is None else override)
+
+    # -- view --------------------------------------------------------------------------------
+
+    def apply(self, item: Snapshot | Event) -> None:
+        self.view.apply(item)
+        if isinstance(item, Snapshot):
+            self.snapshots += 1
+            self.first_snapshot.set()
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+        self.changed.set()
+        if not self._rebuild_scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # no loop (pure use): pick() rebuilds
+            self._rebuild_scheduled = True
+            loop.call_soon(self._scheduled_rebuild)
+
+    def _scheduled_rebuild(self) -> None:
+        self._rebuild_scheduled = False
+        if self._dirty:
+            self.rebuild()
+
+    def rebuild(self, at: float | None = None) -> None:
+        """Build the policy from the view: O(n), on view changes only."""
+        now = self.clock() if at is None else at
+        override = self.view.algorithm.hash_epsilon
+        self.env.hash_epsilon = self.config.balancing.hash_epsilon if override is None else override
+        candidates, self._next_change = self.view.candidates(now, self.slow_start_sec)
+        previous, self.policy = self.policy, build_policy(self.algorithm, candidates, self.env)
+        self.policy.inherit(previous)
+        for c in candidates:
+            if c.address not in self._upstreams:
+                self._upstreams[c.address] = Upstream.from_address(c.address)
+        if len(self._upstreams) > 2 * len(candidates) + 64:
+            self._upstreams = {c.address: self._upstreams[c.address] for c in candidates}
+        self._dirty = False
+        self.rebuilds += 1
+
+    # -- Balancer ----------------------------------------------------------------------------
+
+    def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
+        if self._dirty or self.clock() >= self._next_change:
+            self.rebuild()
+        address = self.policy.pick(key, exclude)
+        return self._upstreams[address] if address is not None else None
+
+    def started(self, upstream: Upstream) -> None:
+        self.replica.add(upstream.address, 1)
+        self.counts.local_changed(1)
+        self.policy.count_changed(upstream.address)
+
+    def finished(self, upstream: Upstream, outcome: Outcome) -> None:
+        address = upstream.address
+        self.replica.add(address, -1)
+        self.counts.local_changed(-1)
+        self.policy.count_changed(address)
+        now = self.clock()
+        record_latency(self.env, address, outcome.latency, outcome.ok, now)
+        if outcome.ok:
+            self.outlier.succeeded(address)
+            return
+        if address not in self.view.backends:
+            return
+        ejection = self.outlier.record(
+            address,
+            False,
+            now,
+            pool_size=len(self.view.backends),
+            ejected=lambda: self.view.ejected_count(now),
+            current=self.view.ejection(address),
+        )
+        if ejection is not None:
+            log.warning(
+                "backend ejected", backend=address, seconds=round(ejection.until - now, 3), count=ejection.count
+            )
+            self.view.eject_locally(address, ejection)
+            self._pending_ejections[address] = ejection
+            self._publish_wake.set()
+            self._mark_dirty()
+
+    # -- background tasks --------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        while True:
+            try:
+                async for item in self.store.watch():
+                    self.apply(item)
+            except Exception as exc:  # anything but an outage (watch() rides those out): keep going
+                log.error("store watch failed; restarting it", error=str(exc) or repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def refresh(self) -> None:
+        reachable = True
+        while True:
+            try:
+                others = await self.store.global_inflight(exclude=self.replica.id)
+            except (*UNAVAILABLE, RedisError) as exc:
+                if reachable:
+                    log.warning("cannot read global in-flight counts; using the last ones", error=str(exc))
+                    reachable = False
+            else:
+                reachable = True
+                for address in self.counts.set_others(others):
+                    self.policy.count_changed(address)
+            await asyncio.sleep(self.refresh_interval)
+
+    async def publish(self) -> None:
+        backoff = 0.05
+        while True:
+            await self._publish_wake.wait()
+            self._publish_wake.clear()
+            while self._pending_ejections:
+                address, ejection = next(iter(self._pending_ejections.items()))
+                try:
+                    await self.store.set_ejection(address, ejection)
+                except UNAVAILABLE:  # (before RedisError: redis' ConnectionError is one)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                except (BackendNotFound, RedisError):
+                    pass  # removed meanwhile, or refused: nothing to retry
+                backoff = 0.05
+                if self._pending_ejections.get(address) is ejection:
+                    del self._pending_ejections[address]
+
+    async def start_from(self, wait: float) -> None:
+        """Wait up to ``wait`` seconds for the store's first snapshot; else serve the config's backends."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.first_snapshot.wait(), wait)
+        if not self.first_snapshot.is_set():
+            log.warning("no snapshot from the store yet; serving the configured backends", waited_sec=wait)
+            self.view.load_static(self.config)
+            self._mark_dirty()
+        self.rebuild()
+
+
+@contextlib.asynccontextmanager
+async def open_store_balancer(
+    config: Config,
+    store: Store,
+    *,
+    replica: Replica | None = None,
+    listen: str = "",
+    first_snapshot_timeout: float = 2.0,
+    **options: Any,
+) -> AsyncIterator[StoreBalancer]:
+    """A running StoreBalancer: its watch, refresh, publish (and, unless ``replica`` is given, heartbeat)
+    tasks run inside the context and are stopped on exit (the replica deregistered if we own it)."""
+    own_replica = replica is None
+    if replica is None:
+        replica = Replica(
+            store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec, listen=listen
+        )
+    balancer = StoreBalancer(config, store, replica, **options)
+    tasks = [
+        asyncio.create_task(balancer.watch(), name="balancer-watch"),
+        asyncio.create_task(balancer.refresh(), name="balancer-refresh"),
+        asyncio.create_task(balancer.publish(), name="balancer-publish"),
+    ]
+    if own_replica:
+        tasks.append(asyncio.create_task(replica.run(), name="replica-heartbeat"))
+    try:
+        await balancer.start_from(first_snapshot_timeout)
+        yield balancer
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if own_replica:
+            await replica.deregister()

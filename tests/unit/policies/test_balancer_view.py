@@ -1,0 +1,117 @@
+"""StoreBalancer fed by hand (no Redis reached): slow start end to end, live algorithm switch,
+local ejection and its end, exclude — with an injected clock and seeded randomness."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from services.proxy.balancer import Outcome, Upstream
+from services.proxy.store_balancer import StoreBalancer
+from shared.config import Config, OutlierConfig
+from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
+from shared.replica import Replica
+from shared.store import Store
+
+ADDRS = ["127.0.0.1:9201", "127.0.0.1:9202"]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(algorithm: str = "round_robin", slow_start: float = 0.0) -> tuple[StoreBalancer, Clock]:
+    config = Config()
+    config.balancing.slow_start_sec = slow_start  # type: ignore[assignment]
+    config.balancing.outlier = OutlierConfig(consecutive_failures=2, base_ejection_sec=5.0)  # type: ignore[arg-type]
+    store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
+    replica = Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="r1")
+    clock = Clock()
+    balancer = StoreBalancer(config, store, replica, clock=clock, rng=random.Random(4))
+    balancer.apply(
+        Snapshot(
+            version=1,
+            backends={a: BackendView(backend=Backend(address=a), health=Health(status="up")) for a in ADDRS},
+            algorithm=AlgorithmSetting(name=algorithm, updated_at=1.0),  # type: ignore[arg-type]
+        )
+    )
+    return balancer, clock
+
+
+def share(balancer: StoreBalancer, address: str, n: int = 4000) -> float:
+    got = Counter(u.address for u in (balancer.pick(str(i)) for i in range(n)) if u is not None)
+    return got[address] / n
+
+
+@pytest.mark.parametrize("algorithm", ["round_robin", "weighted", "least_connections", "p2c"])
+def test_slow_start_ramps_the_share_of_a_recovered_backend(algorithm: str) -> None:
+    balancer, clock = make(algorithm, slow_start=10.0)
+    assert share(balancer, ADDRS[1]) == pytest.approx(0.5, abs=0.03)
+    balancer.apply(Event(version=2, kind="health", address=ADDRS[1], health=Health(status="down")))
+    assert share(balancer, ADDRS[1]) == 0.0
+    balancer.apply(Event(version=3, kind="health", address=ADDRS[1], health=Health(status="up")))
+    shares = []
+    for elapsed in (0.5, 4.5, 9.5, 10.5):
+        clock.now = 1000.0 + elapsed
+        shares.append(share(balancer, ADDRS[1]))
+    # effective weight 0.1, 0.5, 1.0 (last step), 1.0 of the other's: share f / (1 + f)
+    expected = [0.1 / 1.1, 0.5 / 1.5, 0.5, 0.5]
+    tolerance = 0.06 if algorithm == "p2c" else 0.03
+    for got, want in zip(shares, expected, strict=True):
+        assert got == pytest.approx(want, abs=tolerance), shares
+
+
+def test_algorithm_event_switches_the_policy() -> None:
+    balancer, _ = make("round_robin")
+    assert balancer.pick("k") is not None and balancer.policy.name == "round_robin"
+    balancer.apply(Event(version=2, kind="algorithm", algorithm=AlgorithmSetting(name="ewma", updated_at=2.0)))
+    assert balancer.pick("k") is not None and balancer.policy.name == "ewma"
+
+
+def test_store_without_an_algorithm_uses_the_configured_one() -> None:
+    balancer, _ = make("round_robin")
+    balancer.config.algorithm = "p2c"
+    balancer.apply(Snapshot(version=5, backends=balancer.view.backends, algorithm=AlgorithmSetting()))
+    balancer.pick("k")
+    assert balancer.policy.name == "p2c"
+
+
+def test_failures_eject_locally_at_once_then_the_backend_returns_ramping() -> None:
+    balancer, clock = make("round_robin", slow_start=2.0)
+    bad = Upstream.from_address(ADDRS[0])
+    for _ in range(2):
+        balancer.started(bad)
+        balancer.finished(bad, Outcome(ok=False, status=502))
+    assert balancer.replica.local == {}  # counts back to zero
+    assert share(balancer, ADDRS[0], 100) == 0.0
+    assert balancer._pending_ejections[ADDRS[0]].until == clock.now + 5.0  # queued for publication
+    clock.now += 5.0
+    assert 0.0 < share(balancer, ADDRS[0], 2000) < 0.2  # back, at 1/10 of its weight
+    clock.now += 2.0
+    assert share(balancer, ADDRS[0], 2000) == pytest.approx(0.5, abs=0.03)
+
+
+def test_exclude_and_nothing_usable() -> None:
+    balancer, _ = make("least_connections")
+    assert {balancer.pick(str(i), exclude={ADDRS[0]}) for i in range(20)} == {Upstream.from_address(ADDRS[1])}
+    assert balancer.pick("k", exclude=set(ADDRS)) is None
+    for address in ADDRS:
+        balancer.apply(Event(version=9, kind="backend_removed", address=address))
+    assert balancer.pick("k") is None
+
+
+def test_round_robin_rotation_survives_unrelated_view_changes() -> None:
+    balancer, _ = make("round_robin")
+    picks = []
+    for i in range(6):
+        upstream = balancer.pick("k")
+        assert upstream is not None
+        picks.append(upstream.address)
+        balancer.apply(Event(version=10 + i, kind="health", address="127.0.0.1:1", health=Health(status="up")))
+    assert picks == ADDRS * 3  # not ADDRS[0] after every rebuild
