@@ -1,10 +1,15 @@
-"""Entry point of the health service (placeholder: connects, heartbeats and stops cleanly)."""
+"""Entry point of the health service: ``python -m services.health --config FILE``.
+
+Every replica heartbeats (``shared.replica.Replica``) and competes for the ``health`` lease; the
+holder probes every backend in the store and writes health transitions (see ``service.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
+from services.health.service import HealthService
+from services.health.tasks import cancel_and_wait
 from shared.config import Config
 from shared.replica import Replica
 from shared.service import open_store, require_redis_url, run_service
@@ -18,11 +23,9 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     heartbeat = asyncio.create_task(replica.run())
     try:
-        await stop.wait()
+        await HealthService(store, config.health_check, replica.id).run(stop)
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
+        await cancel_and_wait([heartbeat])
         await replica.deregister()
         await store.close()
 

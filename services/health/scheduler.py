@@ -1,0 +1,267 @@
+"""Probe every backend in the store on its own timer and write health transitions back.
+
+One :class:`Scheduler` runs while its replica leads (see ``service.py``). It follows ``Store.watch()``
+(a snapshot, then events): a backend that appears gets a probe task, one that disappears loses it.
+Each task sleeps until its next due time (``state.Schedule``), takes a slot of the probe semaphore
+(``concurrency``), probes with the per-probe timeout, and feeds the verdict to the backend's
+``ProbeState``. A hung backend therefore holds at most one slot for ``timeout_sec`` and delays no one
+else's timer.
+
+Writes: only when the decided status differs from what the store holds (``Target.written``, kept
+in step with the watched snapshot and health events), or when a passing probe of an ``up`` backend
+finds a passive ejection to clear. A failed write (Redis away) is retried after the next probe; a
+``Fenced`` write means another replica leads now and stops the whole scheduler at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from services.health import metrics
+from services.health.probes import Prober, ProbeTarget
+from services.health.state import ProbeState, Schedule, Verdict
+from services.health.tasks import cancel_and_wait
+from shared.config import HealthCheckConfig
+from shared.logs import get_logger
+from shared.models import Event, HealthStatus, Snapshot
+from shared.store import UNAVAILABLE, BackendNotFound, Fenced, Lease, Store
+
+log = get_logger("health")
+
+# Store writes in flight at once: transitions come in bursts (1,000 new backends at start-up) and
+# the Redis client opens one connection per concurrent command.
+WRITE_CONCURRENCY = 16
+
+
+class LeaseLost(Exception):
+    """A write was fenced: another replica holds the health lease."""
+
+
+class Target:
+    """One probed backend: its probe recipe, decision state and bookkeeping."""
+
+    __slots__ = (
+        "address",
+        "ejected",
+        "first_verdict_at",
+        "last_start",
+        "last_verdict",
+        "max_gap",
+        "metrics",
+        "probe",
+        "probes",
+        "reason",
+        "state",
+        "task",
+        "written",
+    )
+
+    def __init__(self, probe: ProbeTarget, state: ProbeState, written: HealthStatus, ejected: bool) -> None:
+        self.address = probe.address
+        self.probe = probe
+        self.state = state
+        self.written: HealthStatus = written  # the status the store holds, as far as we know
+        self.ejected = ejected  # the store holds a passive ejection for it
+        self.reason = ""
+        self.task: asyncio.Task[None] | None = None
+        self.probes = 0
+        self.last_verdict: Verdict | None = None
+        self.first_verdict_at = 0.0  # monotonic
+        self.last_start = 0.0  # monotonic
+        self.max_gap = 0.0  # longest time between two probe starts
+        self.metrics = metrics.BackendMetrics(probe.address)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        config: HealthCheckConfig,
+        *,
+        fence: Lease | None = None,
+        prober: Prober | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.fence = fence
+        self.prober = prober or Prober(config)
+        self.schedule = Schedule(float(config.interval_sec), float(config.jitter))
+        self.rng = rng or random.Random()
+        self.targets: dict[str, Target] = {}
+        self.synced = asyncio.Event()  # set once the first snapshot is applied
+        self._probe_slots = asyncio.Semaphore(config.concurrency)
+        self._write_slots = asyncio.Semaphore(WRITE_CONCURRENCY)
+        self._lost = asyncio.Event()
+        self._redis_down = False
+
+    # -- following the store ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Follow the store and probe until cancelled; raise LeaseLost when a write is fenced."""
+        follow = asyncio.create_task(self._follow())
+        lost = asyncio.create_task(self._lost.wait())
+        try:
+            await asyncio.wait({follow, lost}, return_when=asyncio.FIRST_COMPLETED)
+            if self._lost.is_set():
+                raise LeaseLost("health lease lost")
+            follow.result()  # re-raise a crash of the follower
+        finally:
+            await cancel_and_wait((follow, lost))
+            await self.close()
+
+    async def _follow(self) -> None:
+        # Cancelling this task closes the watch (its generator's finally closes the subscription).
+        async for item in self.store.watch():
+            self.apply(item)
+
+    def apply(self, item: Snapshot | Event) -> None:
+        """Bring the probed set in line with a snapshot or an event from the store."""
+        if isinstance(item, Snapshot):
+            for address, view in item.backends.items():
+                target = self.targets.get(address)
+                if target is None:
+                    self._add(address, view.health.status, view.ejection is not None)
+                else:
+                    target.written = view.health.status
+                    target.ejected = view.ejection is not None
+            for address in [a for a in self.targets if a not in item.backends]:
+                self._remove(address)
+            if not self.synced.is_set():
+                log.info("probing", backends=len(self.targets), type=self.config.type)
+            self.synced.set()
+            return
+        address = item.address or (item.backend.address if item.backend is not None else "")
+        if not address:
+            return
+        target = self.targets.get(address)
+        if item.kind in ("backend_added", "backend_updated"):
+            if target is None:
+                self._add(address, "unknown", False)
+        elif item.kind == "backend_removed":
+            self._remove(address)
+        elif item.kind == "health" and target is not None and item.health is not None:
+            target.written = item.health.status
+        elif item.kind == "ejection" and target is not None:
+            target.ejected = item.ejection is not None
+
+    def _add(self, address: str, status: HealthStatus, ejected: bool) -> None:
+        try:
+            probe = self.prober.target(address)
+        except ValueError as exc:
+            log.warning("cannot probe backend", backend=address, error=str(exc))
+            return
+        # A takeover resumes from the stored status (see state.py): no backend flips on a new leader.
+        target = Target(probe, ProbeState(self.config.rise, self.config.fall, status), status, ejected)
+        target.task = asyncio.create_task(self._probe_loop(target), name=f"probe {address}")
+        self.targets[address] = target
+        metrics.BACKENDS.set(len(self.targets))
+
+    def _remove(self, address: str) -> None:
+        target = self.targets.pop(address, None)
+        if target is None:
+            return
+        metrics.BACKENDS.set(len(self.targets))
+        if target.task is None or target.task.done():
+            self._forget(address)
+            return
+        target.task.cancel()
+        # Forget its series once the task has ended (a probe in flight would otherwise re-create them).
+        target.task.add_done_callback(lambda _: self._forget(address))
+
+    def _forget(self, address: str) -> None:
+        if address not in self.targets:  # not re-added meanwhile
+            metrics.forget_backend(address)
+
+    async def close(self) -> None:
+        """Stop every probe task (and forget their metrics)."""
+        tasks = [t.task for t in self.targets.values() if t.task is not None]
+        for address in list(self.targets):
+            self._remove(address)
+        await cancel_and_wait(tasks)
+
+    # -- probing -----------------------------------------------------------------------------
+
+    async def _probe_loop(self, target: Target) -> None:
+        loop = asyncio.get_running_loop()
+        due = loop.time() + self.schedule.first_delay(self.rng.random())
+        # Also ends when the target is replaced or removed, should a cancellation have been lost (tasks.py).
+        while not self._lost.is_set() and self.targets.get(target.address) is target:
+            delay = due - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                await self._probe_once(target)
+            except Exception as exc:  # a bug must not silently stop probing this backend
+                log.exception("probe loop error", backend=target.address, error=repr(exc))
+            due = self.schedule.next_start(due, loop.time(), self.rng.random())
+
+    async def _probe_once(self, target: Target) -> None:
+        async with self._probe_slots:
+            started = time.monotonic()
+            verdict = await self.prober.probe(target.probe)
+            elapsed = time.monotonic() - started
+        self._record(target, verdict, started, elapsed)
+        status = target.state.status
+        if status == "unknown":
+            return
+        clear = verdict.ok and status == "up" and target.ejected
+        if status != target.written or clear:
+            await self._write(target, status)
+
+    def _record(self, target: Target, verdict: Verdict, started: float, elapsed: float) -> None:
+        if target.probes:
+            target.max_gap = max(target.max_gap, started - target.last_start)
+        else:
+            target.first_verdict_at = started + elapsed
+        target.probes += 1
+        target.last_start = started
+        target.last_verdict = verdict
+        target.metrics.probe(verdict.ok, elapsed)
+        before = target.state.status
+        after = target.state.observe(verdict.ok)
+        if after is None:
+            return
+        if before == "unknown":
+            target.reason = f"first probe: {verdict.reason}"
+        else:
+            count = self.config.rise if after == "up" else self.config.fall
+            target.reason = f"{count} {'passed' if verdict.ok else 'failed'} probes: {verdict.reason}"
+        metrics.observe_transition(target.address, after)
+        # First verdicts are not changes of mind, and 1,000 of them arrive together at start-up: debug.
+        emit = log.debug if before == "unknown" else log.info
+        emit("health changed", backend=target.address, before=before, after=after, reason=target.reason)
+
+    async def _write(self, target: Target, status: HealthStatus) -> None:
+        try:
+            async with self._write_slots:
+                await self.store.set_health(
+                    target.address, status, target.reason, clear_ejection=True, fence=self.fence
+                )
+        except BackendNotFound:
+            return  # removed meanwhile: the watch delivers the removal
+        except Fenced:
+            log.warning("health write fenced: another replica leads now", backend=target.address)
+            self._lost.set()
+            return
+        except (*UNAVAILABLE, RedisError) as exc:
+            if not self._redis_down:
+                log.warning("cannot write health; retrying after the next probe", error=str(exc) or repr(exc))
+                self._redis_down = True
+            return
+        if self._redis_down:
+            log.info("health writes succeed again")
+            self._redis_down = False
+        target.written = status
+        if status == "up":
+            target.ejected = False
+
+    # -- introspection (tests, logs) ---------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        return {a: t.state.status for a, t in self.targets.items()}
