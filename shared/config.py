@@ -108,6 +108,9 @@ class HealthCheckConfig(_Struct):
     start_healthy: bool = False
     concurrency: PositiveInt = 256
     tls_verify: bool = False
+    # Several health replicas may run; the one holding the "health" lease probes, a standby takes over
+    # within one lease TTL of the leader's death.
+    lease_ttl_sec: Seconds = Seconds(5.0)
 
     def __post_init__(self) -> None:
         if self.retries is not None:
@@ -116,6 +119,8 @@ class HealthCheckConfig(_Struct):
             raise ValueError("interval_sec: must be > 0")
         if self.timeout_sec <= 0:
             raise ValueError("timeout_sec: must be > 0")
+        if self.lease_ttl_sec <= 0:
+            raise ValueError("lease_ttl_sec: must be > 0")
         if not self.path.startswith("/"):
             raise ValueError(f"path: must start with '/', got {self.path!r}")
         if not re.fullmatch(r"[A-Z]+", self.method):
@@ -165,6 +170,8 @@ class KubernetesDiscoveryConfig(_Struct):
     port_name: str = ""  # empty: the first port of the slice
     kubeconfig: str = ""  # empty: in-cluster config, else the default kubeconfig
     watch_timeout_sec: Seconds = Seconds(300.0)
+    # A plain-HTTP API server URL (`kubectl proxy`, tests); when set it wins over in-cluster/kubeconfig.
+    api_url: str = ""
 
 
 class DiscoveryConfig(_Struct):
@@ -173,6 +180,7 @@ class DiscoveryConfig(_Struct):
     kubernetes: KubernetesDiscoveryConfig = msgspec.field(default_factory=KubernetesDiscoveryConfig)
     lease_ttl_sec: Seconds = Seconds(10.0)
     watch_file: bool = True
+    file_poll_sec: Seconds = Seconds(1.0)  # static: how often the config file's mtime/hash is checked
 
 
 class RedisConfig(_Struct):
@@ -200,6 +208,8 @@ class AdminConfig(_Struct):
     token: str = ""
     protect_reads: bool = False
     allow_insecure: bool = False
+    # Base URL of a swagger-ui-dist copy; when set, Swagger UI is served at /schema/swagger (no CDN).
+    swagger_ui_url: str = ""
 
     def __post_init__(self) -> None:
         self.listen_address = _check_address(self.listen_address, "listen_address", listener=True)
