@@ -1,30 +1,80 @@
-"""Entry point of the proxy service (placeholder: connects, heartbeats and stops cleanly)."""
+"""Entry point of the proxy service: ``python -m services.proxy --config FILE``.
+
+With ``proxy.workers`` = N > 1 this process starts N-1 more processes running the same config
+(``GOBALANCER_PROXY_WORKERS=1``); each binds its own listener with SO_REUSEPORT and the kernel
+spreads connections over them. SIGTERM to this process drains and stops all of them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
 
+import msgspec
+
+from services.proxy.balancer import Balancer, StaticRoundRobin
+from services.proxy.server import Server
 from shared.config import Config
-from shared.replica import Replica
-from shared.service import open_store, require_redis_url, run_service
+from shared.logs import get_logger
+from shared.service import run_service
 
 SERVICE = "proxy"
+log = get_logger("proxy")
+
+
+@contextlib.asynccontextmanager
+async def make_balancer(config: Config, stop: asyncio.Event) -> AsyncIterator[Balancer]:
+    """The Balancer the data plane asks for backends (round robin over the configured backends for now)."""
+    yield StaticRoundRobin.from_config(config)
+
+
+async def _spawn_workers(config: Config, count: int) -> tuple[list[asyncio.subprocess.Process], str]:
+    fd, path = tempfile.mkstemp(prefix="gobalancer-proxy-", suffix=".json")
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(config, enc_hook=float))  # JSON is YAML: the workers load it like any config file
+    env = dict(os.environ, GOBALANCER_PROXY_WORKERS="1")
+    procs = [
+        await asyncio.create_subprocess_exec(sys.executable, "-m", "services.proxy", "--config", path, env=env)
+        for _ in range(count)
+    ]
+    return procs, path
+
+
+async def _stop_workers(procs: list[asyncio.subprocess.Process], timeout: float) -> None:
+    for p in procs:
+        if p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            await asyncio.wait_for(p.wait(), timeout)
+        except TimeoutError:
+            p.kill()
+            await p.wait()
 
 
 async def run(config: Config, stop: asyncio.Event) -> None:
-    require_redis_url(SERVICE, config)
-    store = open_store(config)
-    replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
-    heartbeat = asyncio.create_task(replica.run())
+    workers: list[asyncio.subprocess.Process] = []
+    path = ""
+    if config.proxy.workers > 1:
+        workers, path = await _spawn_workers(config, config.proxy.workers - 1)
     try:
-        await stop.wait()
+        async with make_balancer(config, stop) as balancer:
+            server = Server(config, balancer, reuse_port=True)
+            await server.start()
+            await stop.wait()
+            log.info("draining", drain_sec=float(config.timeout.drain_sec))
+            await server.stop()
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
-        await replica.deregister()
-        await store.close()
+        if workers:
+            await _stop_workers(workers, float(config.timeout.drain_sec) + 5.0)
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
 
 
 def main(argv: list[str] | None = None) -> int:

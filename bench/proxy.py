@@ -1,0 +1,350 @@
+"""Proxy benchmark: wrk through GoBalancer, HAProxy and nginx (configured alike) and directly to a backend.
+
+All processes are local and bound to 127.0.0.1. Backends are nginx instances returning a small fixed
+body; every load balancer does round robin with keep-alive pooling to them; each gets the same wrk
+run. CPU per request is the (utime + stime) of the load balancer's process tree during the run
+divided by the requests wrk completed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from bench.proxy_png import bar_chart
+
+ROOT = Path(__file__).resolve().parents[1]
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+WRK = shutil.which("wrk") or "/usr/bin/wrk"
+BODY = "x" * 100  # response body size of the backends
+
+
+@dataclass
+class Result:
+    target: str
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    cpu_us_per_request: float
+    cpu_user_us_per_request: float = 0.0
+    cpu_system_us_per_request: float = 0.0
+    ratio_rps_to_haproxy: float = 0.0
+    ratio_cpu_to_haproxy: float = 0.0
+    ratio_p99_to_haproxy: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {port} after {timeout}s")
+
+
+def tree_pids(pid: int) -> list[int]:
+    pids = [pid]
+    for p in pids:
+        with contextlib.suppress(OSError):
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(OSError):
+                    children = Path(f"/proc/{p}/task/{tid}/children").read_text().split()
+                    pids.extend(int(c) for c in children if int(c) not in pids)
+    return pids
+
+
+def cpu_ticks(pid: int) -> tuple[int, int]:
+    """(user, system) clock ticks of the process tree rooted at ``pid``."""
+    user = system = 0
+    for p in tree_pids(pid):
+        with contextlib.suppress(OSError):
+            stat = Path(f"/proc/{p}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()
+            user += int(fields[11])
+            system += int(fields[12])
+    return user, system
+
+
+def nginx_user_line() -> str:
+    return "user root;" if os.geteuid() == 0 else ""
+
+
+@contextlib.contextmanager
+def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+    try:
+        wait_port(port, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def nginx_backend_conf(prefix: Path, port: int) -> str:
+    return f"""{nginx_user_line()}
+worker_processes 1;
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 60s;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    server {{
+        listen 127.0.0.1:{port} reuseport;
+        location / {{ default_type text/plain; return 200 "{BODY}"; }}
+    }}
+}}
+"""
+
+
+def nginx_lb_conf(prefix: Path, port: int, backends: list[int]) -> str:
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backends)
+    return f"""{nginx_user_line()}
+worker_processes 1;
+daemon off;
+master_process off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {prefix}/tmp;
+    proxy_temp_path {prefix}/tmp;
+    fastcgi_temp_path {prefix}/tmp;
+    uwsgi_temp_path {prefix}/tmp;
+    scgi_temp_path {prefix}/tmp;
+    upstream backends {{
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering on;
+        }}
+    }}
+}}
+"""
+
+
+def haproxy_conf(port: int, backends: list[int]) -> str:
+    servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
+    return f"""global
+    nbthread 1
+    maxconn 4096
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option http-keep-alive
+    http-reuse always
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+backend be
+    balance roundrobin
+{servers}
+"""
+
+
+def gobalancer_conf(port: int, backends: list[int]) -> str:
+    lines = [f"listen_address: 127.0.0.1:{port}", "backends:"]
+    lines += [f"  - address: 127.0.0.1:{p}" for p in backends]
+    lines += ["logging:", "  level: warning", "proxy:", "  workers: 1"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_ms(value: str, unit: str) -> float:
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[int, float, float, float, int]:
+    out = subprocess.run(
+        [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    if m is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    requests = int(m.group(1))
+    elapsed = float(m.group(2)) * (0.001 if m.group(3) == "ms" else 1.0)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    p50 = parse_ms(*re.fullmatch(r"([\d.]+)(\w+)", lat["50"]).groups())  # type: ignore[union-attr]
+    p99 = parse_ms(*re.fullmatch(r"([\d.]+)(\w+)", lat["99"]).groups())  # type: ignore[union-attr]
+    errors = 0
+    if e := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(e.group(1))
+    if e := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
+        errors += sum(int(x) for x in e.groups())
+    return requests, elapsed, p50, p99, errors
+
+
+def measure(name: str, pid: int, port: int, args: argparse.Namespace) -> Result:
+    run_wrk(port, 1, args.connections, args.threads)  # warm-up: pools filled, code paths hot
+    ticks = os.sysconf("SC_CLK_TCK")
+    user0, sys0 = cpu_ticks(pid)
+    requests, elapsed, p50, p99, errors = run_wrk(port, args.duration, args.connections, args.threads)
+    user1, sys1 = cpu_ticks(pid)
+    user_s, sys_s = (user1 - user0) / ticks, (sys1 - sys0) / ticks
+    per_request = 1e6 / max(requests, 1)
+    result = Result(
+        target=name,
+        requests=requests,
+        seconds=elapsed,
+        rps=requests / elapsed,
+        p50_ms=p50,
+        p99_ms=p99,
+        errors=errors,
+        cpu_us_per_request=(user_s + sys_s) * per_request,
+        cpu_user_us_per_request=user_s * per_request,
+        cpu_system_us_per_request=sys_s * per_request,
+    )
+    print(
+        f"{name:<12} {result.rps:>10.0f} req/s  p50 {p50:>7.2f} ms  p99 {p99:>7.2f} ms  "
+        f"cpu {result.cpu_us_per_request:>6.1f} us/req (user {result.cpu_user_us_per_request:>5.1f}, "
+        f"sys {result.cpu_system_us_per_request:>5.1f})  errors {errors}",
+        flush=True,
+    )
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    for tool in (NGINX, HAPROXY, WRK):
+        if not Path(tool).exists():
+            print(f"bench proxy: {tool} not found", file=sys.stderr)
+            return 2
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="gobalancer-bench-") as tmp, contextlib.ExitStack() as stack:
+        base = Path(tmp)
+        backend_ports: list[int] = []
+        backend_pids: list[int] = []
+        for i in range(args.backends):
+            prefix = base / f"backend{i}"
+            (prefix / "tmp").mkdir(parents=True)
+            port = free_port()
+            conf = prefix / "nginx.conf"
+            conf.write_text(nginx_backend_conf(prefix, port))
+            proc = stack.enter_context(process([NGINX, "-p", str(prefix), "-c", str(conf)], port))
+            backend_ports.append(port)
+            backend_pids.append(proc.pid)
+
+        targets: list[tuple[str, list[str], int, dict[str, object]]] = []
+        port = free_port()
+        (base / "gobalancer.yaml").write_text(gobalancer_conf(port, backend_ports))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+        gb_cmd = [sys.executable, "-m", "services.proxy", "--config", str(base / "gobalancer.yaml")]
+        targets.append(("gobalancer", gb_cmd, port, {"cwd": ROOT, "env": env}))
+        port = free_port()
+        (base / "haproxy.cfg").write_text(haproxy_conf(port, backend_ports))
+        targets.append(("haproxy", [HAPROXY, "-f", str(base / "haproxy.cfg")], port, {}))
+        port = free_port()
+        prefix = base / "nginx-lb"
+        (prefix / "tmp").mkdir(parents=True)
+        (prefix / "nginx.conf").write_text(nginx_lb_conf(prefix, port, backend_ports))
+        targets.append(("nginx", [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port, {}))
+
+        only = set(args.only.split(",")) if args.only else None
+        for name, cmd, port, kwargs in targets:
+            if only and name not in only:
+                continue
+            with process(cmd, port, **kwargs) as proc:
+                results.append(measure(name, proc.pid, port, args))
+        if not only or "direct" in only:
+            results.append(measure("direct", backend_pids[0], backend_ports[0], args))
+
+    ha = next((r for r in results if r.target == "haproxy"), None)
+    if ha is not None:
+        for r in results:
+            r.ratio_rps_to_haproxy = r.rps / ha.rps if ha.rps else 0.0
+            r.ratio_cpu_to_haproxy = r.cpu_us_per_request / ha.cpu_us_per_request if ha.cpu_us_per_request else 0.0
+            r.ratio_p99_to_haproxy = r.p99_ms / ha.p99_ms if ha.p99_ms else 0.0
+        print("\nratios to haproxy (throughput / cpu per request / p99):")
+        for r in results:
+            print(
+                f"  {r.target:<12} {r.ratio_rps_to_haproxy:5.2f}x  {r.ratio_cpu_to_haproxy:5.2f}x  "
+                f"{r.ratio_p99_to_haproxy:5.2f}x"
+            )
+    meta = {
+        "duration_sec": args.duration,
+        "connections": args.connections,
+        "wrk_threads": args.threads,
+        "backends": args.backends,
+        "body_bytes": len(BODY),
+        "cpus": os.cpu_count(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out_dir / "proxy.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
+    png = bar_chart(
+        "PROXY BENCHMARK (WRK, 127.0.0.1)",
+        [r.target for r in results],
+        {
+            "REQ/S": [r.rps for r in results],
+            "P50 MS": [r.p50_ms for r in results],
+            "P99 MS": [r.p99_ms for r in results],
+            "CPU US/REQ": [r.cpu_us_per_request for r in results],
+        },
+    )
+    (out_dir / "proxy.png").write_bytes(png)
+    print(f"\nwrote {out_dir / 'proxy.json'} and {out_dir / 'proxy.png'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench proxy", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per target (default 10)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
+    parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
+    parser.add_argument("--backends", type=int, default=2, help="nginx backends (default 2)")
+    parser.add_argument("--only", default="", help="comma-separated subset: gobalancer,haproxy,nginx,direct")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")

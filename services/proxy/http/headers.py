@@ -1,0 +1,123 @@
+"""Rewriting heads between client and backend: hop-by-hop removal, X-Forwarded-*, Via, X-Request-ID."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+
+from services.proxy.http.parser import RequestHead, ResponseHead
+
+# Hop-by-hop (RFC 9110 §7.6.1) plus the framing headers the proxy sets itself.
+_HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"content-length",
+    }
+)
+_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via"})
+VIA = b"1.1 gobalancer"
+
+_ids = itertools.count(1)
+_id_prefix = os.urandom(6).hex().encode()
+
+
+def new_request_id() -> bytes:
+    """Unique per process and run; cheaper than a uuid4 per request."""
+    return b"%s-%x" % (_id_prefix, next(_ids))
+
+
+def upstream_request_head(
+    req: RequestHead, client_ip: str, proto: bytes, request_id: bytes, upstream_host: bytes, tunnel: bool
+) -> bytes:
+    """The head sent to the backend (always HTTP/1.1, keep-alive unless tunnelling)."""
+    drop = req.connection_tokens
+    out = [b"%s %s HTTP/1.1\r\n" % (req.method, req.target)]
+    xff: bytes | None = None
+    via: bytes | None = None
+    upgrade_value: bytes | None = None
+    for name, value in req.headers:
+        n = name.lower()
+        if n in _HOP_BY_HOP or n in drop:
+            if n == b"upgrade":
+                upgrade_value = value
+            continue
+        if n in _FORWARDED:
+            if n == b"x-forwarded-for":
+                xff = value if xff is None else xff + b", " + value
+            elif n == b"via":
+                via = value if via is None else via + b", " + value
+            continue  # x-forwarded-proto/host and x-request-id: the proxy's own values
+        out.append(b"%s: %s\r\n" % (name, value))
+    if req.host is None:
+        out.append(b"Host: %s\r\n" % upstream_host)
+    ip = client_ip.encode()
+    out.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
+    out.append(b"X-Forwarded-Proto: %s\r\n" % proto)
+    if req.host is not None:
+        out.append(b"X-Forwarded-Host: %s\r\n" % req.host)
+    out.append(b"X-Request-ID: %s\r\n" % request_id)
+    out.append(b"Via: %s\r\n" % (via + b", " + VIA if via else VIA))
+    if req.chunked:
+        out.append(b"Transfer-Encoding: %s\r\n" % req.te_codings)
+    elif req.content_length is not None:
+        out.append(b"Content-Length: %d\r\n" % req.content_length)
+    if tunnel and upgrade_value is not None:
+        out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade_value)
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+# Response field lines removed on the fast path (one regex substitution over the raw block).
+_RESPONSE_HOP = re.compile(
+    rb"^(?:connection|keep-alive|te|trailer|transfer-encoding|upgrade|proxy-[!#$%&'*+.^_`|~0-9a-z-]*)"
+    rb"[ \t]*:[^\r\n]*\r\n",
+    re.IGNORECASE | re.MULTILINE,
+)
+_PLAIN_TOKENS = frozenset({b"keep-alive", b"close"})
+_VIA_LINE = b"Via: " + VIA + b"\r\n"
+
+
+def client_response_head(resp: ResponseHead, client_minor: int, keep_alive: bool, rechunk: bool, tunnel: bool) -> bytes:
+    """The head sent to the client.
+
+    ``rechunk``: the body is re-framed as chunked (HTTP/1.1 client, chunked backend body); otherwise a
+    chunked backend body is sent decoded and the connection closed (HTTP/1.0 client). A Via line
+    is added (several Via lines are one list, RFC 9110 §5.3).
+    """
+    out = [b"HTTP/1.%d %d %s\r\n" % (1 if client_minor else 0, resp.status, resp.reason)]
+    if not tunnel and resp.connection_tokens <= _PLAIN_TOKENS:
+        # Fast path: Content-Length (kept as is) and every end-to-end field pass through untouched.
+        out.append(_RESPONSE_HOP.sub(b"", resp.raw_fields))
+    else:
+        drop = resp.connection_tokens
+        upgrade_value: bytes | None = None
+        for name, value in resp.headers:
+            n = name.lower()
+            if n == b"content-length" and n not in drop:
+                out.append(b"%s: %s\r\n" % (name, value))
+            elif n in _HOP_BY_HOP or n in drop or n.startswith(b"proxy-"):
+                if n == b"upgrade":
+                    upgrade_value = value
+            else:
+                out.append(b"%s: %s\r\n" % (name, value))
+        if tunnel:
+            out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % (upgrade_value or b""))
+    out.append(_VIA_LINE)
+    if not tunnel:
+        if rechunk:
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        if not keep_alive:
+            out.append(b"Connection: close\r\n")
+        elif client_minor == 0:
+            out.append(b"Connection: keep-alive\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)

@@ -1,0 +1,345 @@
+"""HTTP/1.x message heads and body framing: pure functions over bytes, no I/O.
+
+The proxy parses request heads itself (rather than trusting a tolerant parser) because the
+request-smuggling defences of RFC 9112 §6.3 and §11.2 must hold whatever a library accepts:
+a request is only forwarded once its complete head has been validated here, and every
+ambiguity about where its body ends is rejected with 400 (and the connection closed).
+
+Header lines are matched with one strict regular expression, which rejects in a single step:
+whitespace before the colon, obs-fold (a line starting with SP/HTAB), NUL, bare CR or LF and
+other control characters in a value.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+HEAD_END = b"\r\n\r\n"
+
+_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+_VALUE = rb"(?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?"  # no CTL but HTAB; no surrounding OWS
+_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
+# A whole field section ("name: value\r\n"*) is split by one findall. A match starts at a line start
+# and ends at the first CRLF (values cannot hold CR or LF), so the section is valid exactly when
+# every line matched: as many matches as LFs. A bad line (obs-fold, space before the colon, bare CR
+# or LF, NUL...) yields no match and makes the counts differ.
+_FIELDS = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n", re.MULTILINE)
+_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+MAX_CHUNK_LINE = 4096
+
+
+class HttpError(Exception):
+    """A message the proxy refuses; ``status`` is what the client is answered (400, 414, 431 ...)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+Headers = list[tuple[bytes, bytes]]  # (name as received, value without surrounding OWS)
+
+
+@dataclass(slots=True)
+class RequestHead:
+    method: bytes
+    target: bytes
+    minor: int  # HTTP/1.<minor>
+    headers: Headers
+    content_length: int | None  # None: no Content-Length (chunked or no body)
+    chunked: bool
+    te_codings: bytes  # the Transfer-Encoding value when chunked (other codings pass through)
+    keep_alive: bool
+    upgrade: bool  # Connection: upgrade with an Upgrade header: becomes a tunnel on 101
+    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    host: bytes | None = None
+    request_id: bytes | None = None  # X-Request-ID as received (kept when present)
+
+    @property
+    def idempotent(self) -> bool:
+        return self.method in IDEMPOTENT
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    minor: int
+    status: int
+    reason: bytes
+    content_length: int | None
+    chunked: bool
+    keep_alive: bool
+    connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
+    raw_fields: bytes = b""  # the field lines as received, each ending with CRLF
+    headers: Headers = field(default_factory=list)
+
+
+def check_incomplete_head(buf: bytes | bytearray, max_head: int, max_target: int) -> None:
+    """Called while a request head has no end yet: refuse it early if it is already too long."""
+    line_end = buf.find(b"\r\n")
+    if line_end < 0:
+        if len(buf) > max_target + 32:
+            raise HttpError(414, "request target too long")
+        if len(buf) > max_head:
+            raise HttpError(431, "request header section too large")
+        return
+    if len(buf) > max_head:
+        raise HttpError(431, "request header section too large")
+
+
+def _parse_headers(head: bytes, start: int, status: int) -> tuple[Headers, bytes]:
+    """The fields of ``head`` (which ends without the blank line) from offset ``start``, and their
+    raw block (each line ending with CRLF)."""
+    if start >= len(head):
+        return [], b""
+    block = head[start:] + b"\r\n"
+    headers: Headers = _FIELDS.findall(block)
+    if len(headers) != block.count(b"\n"):
+        for line in block.split(b"\r\n"):
+            if line[:1] in (b" ", b"\t"):
+                raise HttpError(status, "obsolete line folding")
+        raise HttpError(status, "malformed header line")
+    return headers, block
+
+
+_NO_TOKENS: frozenset[bytes] = frozenset()
+_COMMON_TOKENS = {b"keep-alive": frozenset({b"keep-alive"}), b"close": frozenset({b"close"})}
+
+
+def _connection_tokens(values: list[bytes]) -> frozenset[bytes]:
+    if not values:
+        return _NO_TOKENS
+    if len(values) == 1 and (common := _COMMON_TOKENS.get(values[0].lower())) is not None:
+        return common
+    return frozenset(t.strip().lower() for v in values for t in v.split(b",") if t.strip())
+
+
+def _content_length(values: list[bytes], status: int) -> int:
+    if len(values) != 1:
+        raise HttpError(status, "more than one Content-Length")
+    if not _DIGITS.fullmatch(values[0]):
+        raise HttpError(status, "invalid Content-Length")
+    return int(values[0])
+
+
+def _te_chunked(values: list[bytes], status: int) -> tuple[bool, bytes]:
+    codings = [c.strip().lower() for v in values for c in v.split(b",")]
+    if any(not c for c in codings):
+        raise HttpError(status, "invalid Transfer-Encoding")
+    if codings[-1] != b"chunked" or codings.count(b"chunked") != 1:
+        raise HttpError(status, "Transfer-Encoding must end with chunked")
+    return True, b", ".join(codings)
+
+
+def parse_request_head(head: bytes, max_target: int) -> RequestHead:
+    """Parse a complete request head (``head`` ends just before the blank line)."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line_end = len(head)
+    request_line = head[:line_end]
+    sp = request_line.find(b" ")
+    sp2 = request_line.find(b" ", sp + 1)
+    if sp > 0 and sp2 > 0 and sp2 - sp - 1 > max_target:
+        raise HttpError(414, "request target too long")
+    m = _REQUEST_LINE.fullmatch(request_line)
+    if m is None:
+        raise HttpError(400, "malformed request line")
+    method, target, minor = m.group(1), m.group(2), int(m.group(3))
+    headers, _ = _parse_headers(head, line_end + 2, 400)
+
+    cl_values: list[bytes] = []
+    te_values: list[bytes] = []
+    conn_values: list[bytes] = []
+    host_values: list[bytes] = []
+    upgrade_values: list[bytes] = []
+    rid_values: list[bytes] = []
+    found = {
+        b"content-length": cl_values,
+        b"transfer-encoding": te_values,
+        b"connection": conn_values,
+        b"host": host_values,
+        b"upgrade": upgrade_values,
+        b"x-request-id": rid_values,
+    }.get
+    for name, value in headers:
+        values = found(name.lower())
+        if values is not None:
+            values.append(value)
+
+    if len(host_values) > 1:
+        raise HttpError(400, "more than one Host")
+    if minor == 1 and not host_values:
+        raise HttpError(400, "missing Host")
+    content_length: int | None = None
+    chunked = False
+    te_codings = b""
+    if te_values:
+        if cl_values:
+            raise HttpError(400, "both Content-Length and Transfer-Encoding")
+        if minor == 0:
+            raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+        chunked, te_codings = _te_chunked(te_values, 400)
+    elif cl_values:
+        content_length = _content_length(cl_values, 400)
+    tokens = _connection_tokens(conn_values)
+    keep_alive = (b"close" not in tokens) if minor == 1 else (b"keep-alive" in tokens)
+    return RequestHead(
+        method=method,
+        target=target,
+        minor=minor,
+        headers=headers,
+        content_length=content_length,
+        chunked=chunked,
+        te_codings=te_codings,
+        keep_alive=keep_alive,
+        upgrade=bool(upgrade_values) and b"upgrade" in tokens,
+        connection_tokens=tokens,
+        host=host_values[0] if host_values else None,
+        request_id=rid_values[0] if rid_values and rid_values[0] else None,
+    )
+
+
+def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
+    """Parse a complete response head; any problem is a 502 (bad gateway) for the client."""
+    line_end = head.find(b"\r\n")
+    if line_end < 0:
+        line_end = len(head)
+    m = _STATUS_LINE.fullmatch(head[:line_end])
+    if m is None:
+        raise HttpError(502, "malformed status line from backend")
+    minor, status, reason = int(m.group(1)), int(m.group(2)), m.group(3) or b""
+    headers, raw_fields = _parse_headers(head, line_end + 2, 502)
+    cl_values: list[bytes] = []
+    te_values: list[bytes] = []
+    conn_values: list[bytes] = []
+    found = {b"content-length": cl_values, b"transfer-encoding": te_values, b"connection": conn_values}.get
+    for name, value in headers:
+        values = found(name.lower())
+        if values is not None:
+            values.append(value)
+    tokens = _connection_tokens(conn_values)
+    keep_alive = (b"close" not in tokens) if minor == 1 else (b"keep-alive" in tokens)
+    content_length: int | None = None
+    chunked = False
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        content_length = 0
+    elif te_values:
+        if cl_values:
+            raise HttpError(502, "backend sent both Content-Length and Transfer-Encoding")
+        codings = [c.strip().lower() for v in te_values for c in v.split(b",")]
+        if codings[-1] == b"chunked":
+            chunked = True
+        else:  # body ends when the backend closes: the connection cannot be reused
+            keep_alive = False
+    elif cl_values:
+        distinct = {v.strip() for cv in cl_values for v in cv.split(b",")}
+        if len(distinct) != 1:
+            raise HttpError(502, "backend sent conflicting Content-Length")
+        value = distinct.pop()
+        if not _DIGITS.fullmatch(value):
+            raise HttpError(502, "backend sent an invalid Content-Length")
+        content_length = int(value)
+    else:
+        keep_alive = False  # read until close
+    return ResponseHead(minor, status, reason, content_length, chunked, keep_alive, tokens, raw_fields, headers)
+
+
+class ChunkedDecoder:
+    """Incremental decoder of the chunked transfer coding (RFC 9112 §7.1).
+
+    ``feed`` returns the chunk data found in ``data`` and the number of bytes of ``data`` it
+    consumed: bytes after the final CRLF belong to the next message (pipelining) and are left to the
+    caller. Chunk sizes are strictly hexadecimal (no sign, no "0x", at most 15 digits), lines must
+    end with CRLF, and trailer fields are validated and dropped.
+    """
+
+    __slots__ = ("_line", "_remaining", "_state", "_status", "done")
+
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self, status: int = 400) -> None:
+        self._state = self._SIZE
+        self._remaining = 0
+        self._line = b""
+        self._status = status  # the error status: 400 for requests, 502 for responses
+        self.done = False
+
+    def _read_line(self, data: bytes, pos: int) -> tuple[bytes | None, int]:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            self._line += data[pos:]
+            if len(self._line) > MAX_CHUNK_LINE:
+                raise HttpError(self._status, "chunk line too long")
+            return None, len(data)
+        line = self._line + data[pos:end]
+        self._line = b""
+        if len(line) > MAX_CHUNK_LINE:
+            raise HttpError(self._status, "chunk line too long")
+        if not line.endswith(b"\r"):
+            raise HttpError(self._status, "bare LF in chunked framing")
+        return line[:-1], end + 1
+
+    def feed(self, data: bytes) -> tuple[list[bytes], int]:
+        out: list[bytes] = []
+        pos = 0
+        n = len(data)
+        while pos < n and not self.done:
+            state = self._state
+            if state == self._DATA:
+                take = min(self._remaining, n - pos)
+                out.append(data[pos : pos + take] if (pos or take != n) else data)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = self._DATA_END
+            elif state == self._DATA_END:
+                # Exactly CRLF after the data (possibly split across reads).
+                need = b"\r\n"[len(self._line) :]
+                got = data[pos : pos + len(need)]
+                if not need.startswith(got):
+                    raise HttpError(self._status, "missing CRLF after chunk data")
+                pos += len(got)
+                if len(got) == len(need):
+                    self._line = b""
+                    self._state = self._SIZE
+                else:
+                    self._line += got
+            elif state == self._SIZE:
+                line, pos = self._read_line(data, pos)
+                if line is None:
+                    break
+                m = _CHUNK_SIZE.fullmatch(line)
+                if m is None:
+                    raise HttpError(self._status, "invalid chunk size")
+                size = int(m.group(1), 16)
+                if size == 0:
+                    self._state = self._TRAILER
+                else:
+                    self._remaining = size
+                    self._state = self._DATA
+            else:  # trailer section: field lines until an empty line
+                line, pos = self._read_line(data, pos)
+                if line is None:
+                    break
+                if line == b"":
+                    self.done = True
+                elif _HEADER_LINE.fullmatch(line) is None:
+                    raise HttpError(self._status, "malformed trailer field")
+        return out, pos
+
+
+def frame_chunk(data: bytes) -> list[bytes]:
+    """One chunk in the chunked coding (the proxy re-frames bodies rather than relaying raw framing)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"

@@ -1,0 +1,252 @@
+"""TCP mode: a byte relay with half-close, backpressure both ways and an optional PROXY protocol header.
+
+A client connection is paused until an upstream is connected (tried on other backends on connect
+failure); then bytes flow both ways. EOF on one side becomes ``write_eof`` on the other; the
+relay ends when both directions are done or either side closes. Each side's ``pause_writing``
+pauses reading on the other side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import struct
+from typing import cast
+
+from services.proxy.balancer import Outcome, Upstream
+from services.proxy.context import Context
+from shared.logs import get_logger
+
+log = get_logger("proxy.tcp")
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def proxy_header(version: str, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+    """The PROXY protocol header (v1 text or v2 binary) for a TCP connection from ``src`` to ``dst``."""
+    src_ip = ipaddress.ip_address(src[0])
+    dst_ip = ipaddress.ip_address(dst[0])
+    if src_ip.version != dst_ip.version:  # e.g. an IPv4 client on a dual-stack listener
+        if isinstance(src_ip, ipaddress.IPv4Address):
+            src_ip = ipaddress.IPv6Address(f"::ffff:{src_ip}")
+        elif isinstance(dst_ip, ipaddress.IPv4Address):
+            dst_ip = ipaddress.IPv6Address(f"::ffff:{dst_ip}")
+    v6 = src_ip.version == 6
+    if version == "v1":
+        family = "TCP6" if v6 else "TCP4"
+        return f"PROXY {family} {src_ip} {dst_ip} {src[1]} {dst[1]}\r\n".encode()
+    body = src_ip.packed + dst_ip.packed + struct.pack("!HH", src[1], dst[1])
+    family_byte = 0x21 if v6 else 0x11  # AF_INET6/AF_INET, STREAM
+    return PROXY_V2_SIGNATURE + bytes([0x21, family_byte]) + struct.pack("!H", len(body)) + body
+
+
+class _UpstreamSide(asyncio.Protocol):
+    def __init__(self, client: TcpClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.client.ctx.high_water)
+
+    def data_received(self, data: bytes) -> None:
+        self.client.from_upstream(data)
+
+    def eof_received(self) -> bool:
+        self.client.upstream_eof()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client.upstream_lost()
+
+    def pause_writing(self) -> None:
+        self.client.pause_client()
+
+    def resume_writing(self) -> None:
+        self.client.resume_client()
+
+
+class TcpClient(asyncio.Protocol):
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.transport: asyncio.Transport | None = None
+        self.up: _UpstreamSide | None = None
+        self.upstream: Upstream | None = None
+        self.pending: list[bytes] = []
+        self.closed = False
+        self.client_eof = False
+        self.upstream_eof_seen = False
+        self._client_paused = False
+        self.latency: float | None = None
+        self._last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def busy(self) -> bool:
+        return True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport = transport
+        transport.set_write_buffer_limits(high=self.ctx.high_water)
+        self.ctx.connections.add(self)
+        self.ctx.stats.connections += 1
+        self._last = self.ctx.loop.time()
+        self._timer = self.ctx.loop.call_later(self.ctx.client_idle, self._on_timer)
+        self._task = self.ctx.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        ctx = self.ctx
+        assert self.transport is not None
+        peer = self.transport.get_extra_info("peername")
+        sock = self.transport.get_extra_info("sockname")
+        key = peer[0] if isinstance(peer, tuple) else ""
+        tried: list[str] = []
+        for attempt in range(ctx.retries + 1):
+            if attempt and not ctx.budget.withdraw():
+                break
+            upstream = ctx.balancer.pick(key, tried)
+            if upstream is None:
+                break
+            if attempt:
+                ctx.stats.retries += 1
+            tried.append(upstream.address)
+            ctx.balancer.started(upstream)
+            start = ctx.loop.time()
+            try:
+                _, proto = await asyncio.wait_for(
+                    ctx.loop.create_connection(lambda: _UpstreamSide(self), upstream.host, upstream.port),
+                    ctx.connect_timeout,
+                )
+            except (TimeoutError, OSError) as exc:
+                ctx.stats.connect_failures += 1
+                ctx.balancer.finished(upstream, Outcome(ok=False, connect_failed=True))
+                log.debug("connect failed", upstream=upstream.address, error=str(exc) or type(exc).__name__)
+                continue
+            assert isinstance(proto, _UpstreamSide) and proto.transport is not None
+            self.upstream = upstream
+            self.latency = ctx.loop.time() - start
+            if self.closed:
+                proto.transport.close()
+                self._finish()
+                return
+            self.up = proto
+            version = ctx.config.proxy.proxy_protocol
+            if version and isinstance(peer, tuple) and isinstance(sock, tuple):
+                proto.transport.write(proxy_header(version, peer[:2], sock[:2]))
+            if self.pending:
+                proto.transport.writelines(self.pending)
+                self.pending = []
+            if proto.transport.get_write_buffer_size() <= ctx.high_water:
+                self.resume_client()
+            if self.client_eof and proto.transport.can_write_eof():
+                proto.transport.write_eof()
+            return
+        ctx.stats.error(502 if tried else 503)
+        self._close()
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self.ctx.loop.time()
+        up = self.up
+        if up is not None and up.transport is not None:
+            up.transport.write(data)
+        else:
+            self.pending.append(data)
+            if sum(len(p) for p in self.pending) > self.ctx.high_water:
+                self.pause_client()
+
+    def eof_received(self) -> bool:
+        self.client_eof = True
+        up = self.up
+        if up is not None and up.transport is not None and up.transport.can_write_eof():
+            up.transport.write_eof()
+        if self.upstream_eof_seen:
+            self._close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.forget(self)
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.close()
+        if self.up is None and self._task is not None:
+            self._task.cancel()
+        self._finish()
+
+    def pause_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.resume_reading()
+
+    # -- from the upstream side ----------------------------------------------------------------
+
+    def from_upstream(self, data: bytes) -> None:
+        self._last = self.ctx.loop.time()
+        if self.transport is not None and not self.closed:
+            self.transport.write(data)
+
+    def upstream_eof(self) -> None:
+        self.upstream_eof_seen = True
+        if self.transport is not None and not self.closed:
+            if self.client_eof or not self.transport.can_write_eof():
+                self._close()
+            else:
+                self.transport.write_eof()
+
+    def upstream_lost(self) -> None:
+        self._close()
+        self._finish()
+
+    def pause_client(self) -> None:
+        if not self._client_paused and self.transport is not None and not self.closed:
+            self._client_paused = True
+            self.transport.pause_reading()
+
+    def resume_client(self) -> None:
+        if self._client_paused and self.transport is not None and not self.closed:
+            self._client_paused = False
+            self.transport.resume_reading()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self.upstream is not None:
+            upstream, self.upstream = self.upstream, None
+            self.ctx.balancer.finished(upstream, Outcome(ok=True, latency=self.latency))
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed:
+            return
+        idle_until = self._last + self.ctx.client_idle
+        now = self.ctx.loop.time()
+        if now >= idle_until:
+            self._close()
+        else:
+            self._timer = self.ctx.loop.call_at(idle_until, self._on_timer)
+
+    def drain(self, grace: float) -> None:
+        """TCP connections are not interrupted by a drain; they end on their own or at the deadline."""
+
+    def _close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.close()
+
+    def abort(self) -> None:
+        self._close()
+        if self.transport is not None:
+            self.transport.abort()
+        if self.up is not None and self.up.transport is not None:
+            self.up.transport.abort()

@@ -1,0 +1,89 @@
+"""TCP mode: relay with half-close, connect retry, PROXY protocol v1/v2."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import struct
+from collections.abc import AsyncIterator
+
+import pytest
+
+from services.proxy.tcp import PROXY_V2_SIGNATURE, proxy_header
+from tests.integration.proxy.conftest import StartProxy
+from tests.integration.proxy.test_http import unused_address
+
+
+@contextlib.asynccontextmanager
+async def upper_after_eof(received: list[bytes]) -> AsyncIterator[str]:
+    """Reads until the client's half-close, then answers everything upper-cased and closes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        data = await reader.read(-1)
+        received.append(data)
+        writer.write(data.upper())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+async def relay(port: int, payload: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload)
+    writer.write_eof()  # half-close: the answer must still come back
+    data = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    return data
+
+
+async def test_relay_with_half_close_and_retry(start_proxy: StartProxy) -> None:
+    received: list[bytes] = []
+    async with upper_after_eof(received) as address:
+        proxy = await start_proxy([unused_address(), address], mode="tcp")
+        payload = b"hello tcp " * 100_000  # ~1 MB
+        for _ in range(2):  # one of the two picks hits the refused backend first
+            assert await relay(proxy.port, payload) == payload.upper()
+        assert received == [payload, payload]
+        assert proxy.context.stats.connect_failures >= 1
+
+
+def parse_v2(data: bytes) -> tuple[str, str, int, int, bytes]:
+    assert data[:12] == PROXY_V2_SIGNATURE and data[12] == 0x21 and data[13] == 0x11
+    (length,) = struct.unpack("!H", data[14:16])
+    body = data[16 : 16 + length]
+    src, dst = ipaddress.IPv4Address(body[:4]), ipaddress.IPv4Address(body[4:8])
+    sport, dport = struct.unpack("!HH", body[8:12])
+    return str(src), str(dst), sport, dport, data[16 + length :]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_proxy_protocol_header(start_proxy: StartProxy, version: str) -> None:
+    received: list[bytes] = []
+    async with upper_after_eof(received) as address:
+        proxy = await start_proxy([address], mode="tcp", proxy={"proxy_protocol": version})
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        client_port = writer.get_extra_info("sockname")[1]
+        writer.write(b"payload")
+        writer.write_eof()
+        await asyncio.wait_for(reader.read(-1), 10)
+        writer.close()
+    data = received[0]
+    if version == "v1":
+        line, _, rest = data.partition(b"\r\n")
+        assert line == b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d" % (client_port, proxy.port)
+    else:
+        src, dst, sport, dport, rest = parse_v2(data)
+        assert (src, dst, sport, dport) == ("127.0.0.1", "127.0.0.1", client_port, proxy.port)
+    assert rest == b"payload"
+
+
+def test_proxy_header_ipv6() -> None:
+    assert proxy_header("v1", ("::1", 5), ("::1", 6)) == b"PROXY TCP6 ::1 ::1 5 6\r\n"
+    v2 = proxy_header("v2", ("::1", 5), ("127.0.0.1", 6))
+    assert v2[13] == 0x21 and struct.unpack("!H", v2[14:16])[0] == 36
