@@ -34,16 +34,33 @@ class Context:
         self.connect_timeout = float(t.connect_timeout)
         self.response_timeout = float(t.response_sec)
         self.backend_idle = float(t.backend_idle_sec)
-        hash_key = config.balancing.hash_key
-        self.key_header: bytes | None = None
-        self.key_cookie: bytes | None = None
-        if hash_key.startswith("header:"):
-            self.key_header = hash_key[7:].lower().encode()
-        elif hash_key.startswith("cookie:"):
-            self.key_cookie = hash_key[7:].encode()
+        self._key_spec = ""
+        self._key_source: tuple[bytes | None, bytes | None] = (None, None)
         self.draining = False
         self.connections: set[ClientConnection | TcpClient] = set()
         self.all_closed = asyncio.Event()  # set when draining and the last connection is gone
+
+    def _parsed_key_source(self) -> tuple[bytes | None, bytes | None]:
+        # The affinity key source can change live (the store's algorithm setting), so it is read from
+        # the balancer when it has one and re-parsed only when the spec string changes.
+        spec: str = getattr(self.balancer, "hash_key", None) or self.config.balancing.hash_key
+        if spec != self._key_spec:
+            self._key_spec = spec
+            if spec.startswith("header:"):
+                self._key_source = (spec[7:].lower().encode(), None)
+            elif spec.startswith("cookie:"):
+                self._key_source = (None, spec[7:].encode())
+            else:
+                self._key_source = (None, None)
+        return self._key_source
+
+    @property
+    def key_header(self) -> bytes | None:
+        return self._parsed_key_source()[0]
+
+    @property
+    def key_cookie(self) -> bytes | None:
+        return self._parsed_key_source()[1]
 
     def forget(self, conn: ClientConnection | TcpClient) -> None:
         self.connections.discard(conn)

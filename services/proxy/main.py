@@ -19,9 +19,10 @@ import msgspec
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
 from services.proxy.server import Server
+from services.proxy.store_balancer import open_store_balancer
 from shared.config import Config
 from shared.logs import get_logger
-from shared.service import run_service
+from shared.service import open_store, run_service
 
 SERVICE = "proxy"
 log = get_logger("proxy")
@@ -29,8 +30,22 @@ log = get_logger("proxy")
 
 @contextlib.asynccontextmanager
 async def make_balancer(config: Config, stop: asyncio.Event) -> AsyncIterator[Balancer]:
-    """The Balancer the data plane asks for backends (round robin over the configured backends for now)."""
-    yield StaticRoundRobin.from_config(config)
+    """The Balancer the data plane asks for backends.
+
+    With a Redis URL: the Redis-coordinated StoreBalancer (local view kept by pub/sub and snapshots,
+    the configured/stored policy, in-flight counters shared across replicas). Without one: plain
+    round robin over the configured backends, so a single proxy can run with no Redis at all.
+    """
+    if not config.redis.url:
+        log.info("no redis.url: round robin over the configured backends")
+        yield StaticRoundRobin.from_config(config)
+        return
+    store = open_store(config)
+    try:
+        async with open_store_balancer(config, store, listen=config.listen_address) as balancer:
+            yield balancer
+    finally:
+        await store.close()
 
 
 async def _spawn_workers(config: Config, count: int) -> tuple[list[asyncio.subprocess.Process], str]:
