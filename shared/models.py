@@ -135,3 +135,5 @@ class ReplicaInfo(msgspec.Struct, kw_only=True):
     pid: int = 0
     listen: str = ""
     inflight: dict[str, int] = msgspec.field(default_factory=dict)
+    # Requests finished since the replica started, by "address|class" (class: 2xx..5xx, or "error").
+    totals: dict[str, int] = msgspec.field(default_factory=dict)

@@ -57,6 +57,8 @@ class Replica:
         )
         self.local: dict[str, int] = defaultdict(int)  # exact in-flight counts of this replica
         self._pending: dict[str, int] = defaultdict(int)
+        self.totals: dict[str, int] = defaultdict(int)  # requests finished, by "address|class"
+        self._pending_totals: dict[str, int] = defaultdict(int)
         self._seq = 0
         self._needs_absolute = True
         self._last_push = 0.0
@@ -76,9 +78,15 @@ class Replica:
             del self.local[address]
         self._pending[address] += delta
 
+    def count(self, key: str) -> None:
+        """Count one finished request under ``key`` ("address|class"). Hot path: no I/O."""
+        self.totals[key] += 1
+        self._pending_totals[key] += 1
+
     async def push(self) -> bool:
         """Send pending deltas (or the absolute counts after a failure) plus the heartbeat."""
         deltas, self._pending = self._pending, defaultdict(int)
+        total_deltas, self._pending_totals = self._pending_totals, defaultdict(int)
         self._seq += 1
         try:
             await self.store.push_counters(
@@ -88,6 +96,8 @@ class Replica:
                 dict(self.local),
                 self.ttl,
                 force_absolute=self._needs_absolute,
+                total_deltas=total_deltas,
+                totals=dict(self.totals),
             )
         except UNAVAILABLE as exc:
             # The batch may or may not have been applied: the next push sends absolute counts.
@@ -108,7 +118,7 @@ class Replica:
         """Push while deltas are pending (every flush_interval) and at least every heartbeat."""
         while True:
             due = time.monotonic() - self._last_push >= self.heartbeat
-            if due or any(self._pending.values()) or self._needs_absolute:
+            if due or self._needs_absolute or any(self._pending.values()) or self._pending_totals:
                 await self.push()
             await asyncio.sleep(self.flush_interval if self._reachable else min(1.0, self.heartbeat))
 

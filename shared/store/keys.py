@@ -48,6 +48,9 @@ class Keys:
     def inflight(self, replica_id: str) -> str:  # hash with TTL: address -> count, "__seq" -> n
         return f"{self.namespace}:inflight:{replica_id}"
 
+    def totals(self, replica_id: str) -> str:  # hash with TTL: "address|class" -> requests since start
+        return f"{self.namespace}:totals:{replica_id}"
+
     def lease(self, name: str) -> str:  # string with TTL: "holder:fence"
         return f"{self.namespace}:lease:{name}"
 
@@ -185,8 +188,9 @@ return {'changed', version}
 )
 
 # A replica's heartbeat and the batched push of its in-flight counters, in one round trip.
-# KEYS: replicas (zset), replica info, inflight hash
-# ARGV: replica id, ttl ms, info (JSON), seq, then pairs of address, delta
+# KEYS: replicas (zset), replica info, inflight hash, totals hash
+# ARGV: replica id, ttl ms, info (JSON), seq, number of in-flight pairs, then pairs of address, delta
+#       (in-flight), then pairs of "address|class", delta (request totals: monotonic, never deleted)
 # The hash carries "__seq", the last batch applied: a batch re-sent after a lost reply is not
 # applied twice. When the hash is gone (first push, or it expired while Redis was unreachable)
 # deltas cannot be applied to nothing, so the script answers 'resync' and the replica sends its
@@ -201,22 +205,33 @@ local seq = tonumber(ARGV[4])
 local cur = redis.call('HGET', KEYS[3], '__seq')
 if not cur then return 'resync' end
 redis.call('PEXPIRE', KEYS[3], ttl)
+redis.call('PEXPIRE', KEYS[4], ttl)
 if tonumber(cur) >= seq then return 'duplicate' end
-for i = 5, #ARGV, 2 do
+local split = 6 + 2 * tonumber(ARGV[5])
+for i = 6, split - 1, 2 do
   if redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[i]) end
+end
+for i = split, #ARGV, 2 do
+  redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', KEYS[3], '__seq', seq)
 return 'ok'
 """
 
-# KEYS: inflight hash; ARGV: ttl ms, seq, then pairs of address, count
+# KEYS: inflight hash, totals hash; ARGV: ttl ms, seq, number of in-flight pairs, then pairs of
+# address, count (in-flight), then pairs of "address|class", total
 PUSH_ABSOLUTE = """
-redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('HSET', KEYS[1], '__seq', ARGV[2])
-for i = 3, #ARGV, 2 do
+local split = 4 + 2 * tonumber(ARGV[3])
+for i = 4, split - 1, 2 do
   if tonumber(ARGV[i + 1]) ~= 0 then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 end
+for i = split, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]))
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
 return 'ok'
 """
 
@@ -230,16 +245,17 @@ local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
   if info then
-    table.insert(out, {id, info, redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id)})
+    table.insert(out, {id, info, redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id),
+      redis.call('HGETALL', ARGV[1] .. 'totals:' .. id)})
   end
 end
 return out
 """
 
-# KEYS: replicas, replica info, inflight hash; ARGV: replica id
+# KEYS: replicas, replica info, inflight hash, totals hash; ARGV: replica id
 DEREGISTER = """
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 'ok'
 """
 

@@ -415,38 +415,52 @@ class Store:
         ttl: float,
         *,
         force_absolute: bool = False,
+        total_deltas: Mapping[str, int] | None = None,
+        totals: Mapping[str, int] | None = None,
     ) -> str:
         """Heartbeat plus one batch of in-flight deltas (HINCRBY), applied at most once per ``seq``.
 
         ``absolute`` is the replica's exact current count per backend; it is sent only when Redis
-        answers that the replica's hash is missing (first push, or expired during an outage).
+        answers that the replica's hash is missing (first push, or expired during an outage), or
+        with ``force_absolute``. ``total_deltas``/``totals`` do the same for the replica's monotonic
+        request totals (keys ``"address|class"``), which expire with the replica too.
         """
         k = self.keys
         ttl_ms = max(1, int(ttl * 1000))
-        info_json = _encoder.encode(msgspec.structs.replace(info, inflight={}, heartbeat_at=now()))
+        info_json = _encoder.encode(msgspec.structs.replace(info, inflight={}, totals={}, heartbeat_at=now()))
         flat: list[Any] = []
+        flat_totals: list[Any] = []
         if not force_absolute:
             for addr, delta in deltas.items():
                 if delta:
                     flat += [addr, delta]
+            for name, delta in (total_deltas or {}).items():
+                if delta:
+                    flat_totals += [name, delta]
         outcome = _text(
             await self._push_counters(
-                keys=[k.replicas, k.replica(info.id), k.inflight(info.id)],
-                args=[info.id, ttl_ms, info_json, seq, *flat],
+                keys=[k.replicas, k.replica(info.id), k.inflight(info.id), k.totals(info.id)],
+                args=[info.id, ttl_ms, info_json, seq, len(flat) // 2, *flat, *flat_totals],
             )
         )
         if outcome == "resync" or force_absolute:
             flat = []
             for addr, count in absolute.items():
                 flat += [addr, count]
-            await self._push_absolute(keys=[k.inflight(info.id)], args=[ttl_ms, seq, *flat])
+            flat_totals = []
+            for name, total in (totals or {}).items():
+                flat_totals += [name, total]
+            await self._push_absolute(
+                keys=[k.inflight(info.id), k.totals(info.id)],
+                args=[ttl_ms, seq, len(flat) // 2, *flat, *flat_totals],
+            )
         return outcome
 
     async def replicas(self, service: str | None = None) -> list[ReplicaInfo]:
         """Live replicas with their in-flight counts; lapsed ones are pruned."""
         rows = await self._read_replicas(keys=[self.keys.replicas], args=[f"{self.keys.namespace}:"])
         out: list[ReplicaInfo] = []
-        for _id, info, flat in rows:
+        for _id, info, flat, flat_totals in rows:
             replica = _replica_decoder.decode(info)
             counts: dict[str, int] = {}
             for i in range(0, len(flat), 2):
@@ -454,6 +468,7 @@ class Store:
                 if name != "__seq":
                     counts[name] = int(flat[i + 1])
             replica.inflight = counts
+            replica.totals = {_text(flat_totals[i]): int(flat_totals[i + 1]) for i in range(0, len(flat_totals), 2)}
             if service is None or replica.service == service:
                 out.append(replica)
         return out
@@ -470,7 +485,9 @@ class Store:
 
     async def deregister(self, replica_id: str) -> None:
         k = self.keys
-        await self._deregister(keys=[k.replicas, k.replica(replica_id), k.inflight(replica_id)], args=[replica_id])
+        await self._deregister(
+            keys=[k.replicas, k.replica(replica_id), k.inflight(replica_id), k.totals(replica_id)], args=[replica_id]
+        )
 
     # -- leases ------------------------------------------------------------------------------
 

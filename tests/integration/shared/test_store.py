@@ -308,3 +308,26 @@ async def test_a_replayed_batch_is_not_applied_twice(store: Store) -> None:
     await store.push_counters(replica.info, 10, {"b:1": 5}, {}, 5)
     await store.push_counters(replica.info, 10, {"b:1": 5}, {}, 5)  # retried after a lost reply
     assert (await store.global_inflight())["b:1"] == 5
+
+
+async def test_request_totals_are_exact_and_expire_with_the_replica(store: Store) -> None:
+    replica = Replica(store, "proxy", ttl=0.8, heartbeat=0.2)
+    for _ in range(5):
+        replica.count("b:1|2xx")
+    replica.count("b:1|5xx")
+    await replica.push()
+    replica.count("b:1|2xx")
+    await replica.push()
+    await store.push_counters(replica.info, replica._seq, {}, {}, 5, total_deltas={"b:1|2xx": 100})  # a replay
+    [seen] = await store.replicas()
+    assert seen.totals == {"b:1|2xx": 6, "b:1|5xx": 1}
+    await store.redis.delete(store.keys.inflight(replica.id))  # lost: the next push re-sends absolutes
+    replica.count("b:1|2xx")
+    await replica.push()
+    [seen] = await store.replicas()
+    assert seen.totals == {"b:1|2xx": 7, "b:1|5xx": 1}
+    await eventually(lambda: _no_replicas(store), timeout=3, message="totals expire with the replica")
+
+
+async def _no_replicas(store: Store) -> bool:
+    return not await store.replicas() and not await store.redis.exists(store.keys.totals("x"))
