@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 LINT_DIRS := $(wildcard services shared tests bench)
 
-.PHONY: run test install lint format typecheck pytest bench clean
+.PHONY: run test install lint format typecheck pytest e2e bench clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -35,9 +35,18 @@ format: install
 typecheck: install
 	$(VENV)/bin/mypy --strict services shared
 
+# In CI (CI=true) the whole run gets a Docker engine (scripts/docker-run starts dockerd, builds the images
+# offline, runs the command, stops dockerd): the e2e stack tests run and a missing engine is a failure.
 pytest: install
 	@scripts/need redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools openssl:openssl
+ifeq ($(CI),true)
+	scripts/docker-run $(PY) -m pytest $(PYTEST_ARGS)
+else
 	$(PY) -m pytest $(PYTEST_ARGS)
+endif
+
+e2e: install
+	scripts/docker-run $(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

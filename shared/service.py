@@ -94,6 +94,9 @@ def run_service(name: str, main: ServiceMain, argv: list[str] | None = None) -> 
     """Entry point of ``python -m services.<name>``; returns the process exit code."""
     args = parse_args(name, argv)
     config = load_or_exit(name, args.config)
+    if args.config:
+        # Child processes (proxy workers) read the same file with the same environment.
+        os.environ["GOBALANCER_CONFIG"] = os.path.abspath(args.config)
     configure_logging(name, config.logging.level, config.logging.format)
     try:
         with asyncio.Runner(loop_factory=new_event_loop) as runner:

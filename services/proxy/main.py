@@ -1,8 +1,8 @@
 """Entry point of the proxy service: ``python -m services.proxy --config FILE``.
 
-With ``proxy.workers`` = N > 1 this process starts N-1 more processes running the same config
-(``GOBALANCER_PROXY_WORKERS=1``); each binds its own listener with SO_REUSEPORT and the kernel
-spreads connections over them. SIGTERM to this process drains and stops all of them.
+With ``proxy.workers`` = N > 1 this process starts N-1 more processes running the same config file
+and environment (plus ``GOBALANCER_PROXY_WORKERS=1``); each binds its own listener with SO_REUSEPORT
+and the kernel spreads connections over them. SIGTERM to this process drains and stops all of them.
 """
 
 from __future__ import annotations
@@ -12,16 +12,14 @@ import contextlib
 import os
 import signal
 import sys
-import tempfile
 from collections.abc import AsyncIterator
-
-import msgspec
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
 from services.proxy.server import Server
 from services.proxy.store_balancer import open_store_balancer
 from shared.config import Config
 from shared.logs import get_logger
+from shared.processes import die_with_parent
 from shared.service import open_store, run_service
 
 SERVICE = "proxy"
@@ -48,16 +46,15 @@ async def make_balancer(config: Config, stop: asyncio.Event) -> AsyncIterator[Ba
         await store.close()
 
 
-async def _spawn_workers(config: Config, count: int) -> tuple[list[asyncio.subprocess.Process], str]:
-    fd, path = tempfile.mkstemp(prefix="gobalancer-proxy-", suffix=".json")
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(config, enc_hook=float))  # JSON is YAML: the workers load it like any config file
+async def _spawn_workers(count: int) -> list[asyncio.subprocess.Process]:
+    # Same config file (run_service exported its path as GOBALANCER_CONFIG) and environment, one worker each.
     env = dict(os.environ, GOBALANCER_PROXY_WORKERS="1")
-    procs = [
-        await asyncio.create_subprocess_exec(sys.executable, "-m", "services.proxy", "--config", path, env=env)
+    return [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.proxy", env=env, preexec_fn=die_with_parent
+        )
         for _ in range(count)
     ]
-    return procs, path
 
 
 async def _stop_workers(procs: list[asyncio.subprocess.Process], timeout: float) -> None:
@@ -74,9 +71,8 @@ async def _stop_workers(procs: list[asyncio.subprocess.Process], timeout: float)
 
 async def run(config: Config, stop: asyncio.Event) -> None:
     workers: list[asyncio.subprocess.Process] = []
-    path = ""
     if config.proxy.workers > 1:
-        workers, path = await _spawn_workers(config, config.proxy.workers - 1)
+        workers = await _spawn_workers(config.proxy.workers - 1)
     try:
         async with make_balancer(config, stop) as balancer:
             server = Server(config, balancer, reuse_port=True)
@@ -87,9 +83,6 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     finally:
         if workers:
             await _stop_workers(workers, float(config.timeout.drain_sec) + 5.0)
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
 
 
 def main(argv: list[str] | None = None) -> int:
