@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from shared.addresses import parse_address
 from shared.config import Config
@@ -30,9 +30,11 @@ class Upstream:
         return cls(address, hp.host, hp.port)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How one attempt against an upstream ended (for passive health and latency-aware policies)."""
+class Outcome(NamedTuple):
+    """How one attempt against an upstream ended (for passive health and latency-aware policies).
+
+    A NamedTuple: one is made per request on the hot path, and tuples are the cheapest immutable record.
+    """
 
     ok: bool  # False: connect failure, reset, timeout, or (HTTP) a 5xx response
     latency: float | None = None  # seconds until the response head (HTTP) or connect (TCP)
