@@ -261,6 +261,22 @@ class BalancingConfig(_Struct):
             raise ValueError(f"hash_key: must be 'client_ip', 'header:NAME' or 'cookie:NAME', got {self.hash_key!r}")
 
 
+class MetricsConfig(_Struct):
+    # Count on the proxy's hot path (requests, latency, bytes...). Off: nothing is counted there.
+    enabled: bool = True
+    # Where the services without an HTTP API serve GET /metrics ("" = not served). A proxy with
+    # proxy.workers = N serves worker i on port + i. The admin API serves /metrics on its own listener.
+    proxy_listen_address: str = "127.0.0.1:9100"
+    health_listen_address: str = "127.0.0.1:9201"
+    discovery_listen_address: str = "127.0.0.1:9202"
+
+    def __post_init__(self) -> None:
+        for name in ("proxy_listen_address", "health_listen_address", "discovery_listen_address"):
+            value = getattr(self, name)
+            if value:
+                setattr(self, name, _check_address(value, name, listener=True))
+
+
 class LoggingConfig(_Struct):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -281,6 +297,7 @@ class Config(_Struct):
     proxy: ProxyConfig = msgspec.field(default_factory=ProxyConfig)
     balancing: BalancingConfig = msgspec.field(default_factory=BalancingConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     # `gobalancer up` starts a small demo HTTP server on each loopback static backend.
     demo: bool = False
 

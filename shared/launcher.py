@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType
 
 from shared.config import Config, redact_url
+from shared.metrics import with_port_offset
 from shared.processes import die_with_parent
 from shared.redis_server import RedisServer, free_port, wait_for_port
 
@@ -90,8 +91,14 @@ class Launcher:
         config_args = ["--config", self.config_path] if self.config_path else []
         for name in SERVICES:
             self._spawn(name, [sys.executable, "-m", f"services.{name}", *config_args], env)
+        metrics = self.config.metrics.proxy_listen_address
         for i in range(self.proxies):
-            self._spawn(f"proxy-{i + 1}", [sys.executable, "-m", "services.proxy", *config_args], env)
+            proxy_env = env
+            if metrics and i:
+                # Replicas on one machine: each serves /metrics on its own ports (a worker per port).
+                offset = i * self.config.proxy.workers
+                proxy_env = {**env, "GOBALANCER_METRICS_PROXY_LISTEN_ADDRESS": with_port_offset(metrics, offset)}
+            self._spawn(f"proxy-{i + 1}", [sys.executable, "-m", "services.proxy", *config_args], proxy_env)
         listen = self.config.listen_address
         shown = f"127.0.0.1{listen}" if listen.startswith(":") else listen
         scheme = "https" if self.config.proxy.tls.enabled else "http"
