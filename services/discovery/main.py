@@ -1,31 +1,79 @@
-"""Entry point of the discovery service (placeholder: connects, heartbeats and stops cleanly)."""
+"""Entry point of the discovery service: one source, the shared reconciler, a lease.
+
+``python -m services.discovery --config FILE``. Every replica runs the configured source (so a
+standby always holds a current desired set); the replica holding the ``discovery`` lease
+reconciles the store to it. The static source needs the config file's path to watch it: ``main``
+reads it with the same argument parser as ``run_service`` (``--config``, else ``$GOBALANCER_CONFIG``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 
+from services.discovery.desired import Desired
+from services.discovery.leader import Leader
+from services.discovery.sources import make_source
 from shared.config import Config
+from shared.logs import get_logger
 from shared.replica import Replica
-from shared.service import open_store, require_redis_url, run_service
+from shared.service import open_store, parse_args, require_redis_url, run_service
 
 SERVICE = "discovery"
+log = get_logger("discovery")
 
 
-async def run(config: Config, stop: asyncio.Event) -> None:
+async def run(config: Config, stop: asyncio.Event, config_path: str | None = None) -> None:
     require_redis_url(SERVICE, config)
+    try:
+        source = make_source(config, config_path)
+    except ValueError as exc:
+        print(f"gobalancer {SERVICE}: config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     store = open_store(config)
     replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
-    heartbeat = asyncio.create_task(replica.run())
+    desired = Desired()
+    leader = Leader(
+        store,
+        desired,
+        origin=source.origin,
+        fields=source.fields,
+        holder=replica.id,
+        ttl=float(config.discovery.lease_ttl_sec),
+    )
+    log.info("discovery starting", source=config.discovery.type, replica=replica.id)
+    tasks = [
+        asyncio.create_task(replica.run(), name="heartbeat"),
+        asyncio.create_task(source.run(desired.publish), name="source"),
+    ]
     try:
-        await stop.wait()
+        leading = asyncio.create_task(leader.run(stop), name="leader")
+        # The leader returns when `stop` is set; a source or heartbeat that dies is a bug: stop too.
+        done, _ = await asyncio.wait([leading, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not leading and task.exception() is not None:
+                log.error("discovery task failed", task=task.get_name(), error=repr(task.exception()))
+        if not leading.done():
+            stop.set()
+            await leading
     finally:
-        heartbeat.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await heartbeat
-        await replica.deregister()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            await replica.deregister()
+        except Exception as exc:  # the heartbeat expires by itself; a failed goodbye must not fail the exit
+            log.warning("cannot deregister the replica", error=str(exc) or repr(exc))
         await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_service(SERVICE, run, argv)
+    path = parse_args(SERVICE, argv).config
+
+    async def run_with_path(config: Config, stop: asyncio.Event) -> None:
+        await run(config, stop, path)
+
+    return run_service(SERVICE, run_with_path, argv)

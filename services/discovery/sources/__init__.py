@@ -1,0 +1,41 @@
+"""Discovery sources: each turns one kind of truth into desired sets of backends.
+
+A source is small and knows nothing of Redis or leases: ``run(publish)`` calls ``publish`` with the
+*whole* desired set (address -> Backend of the source's origin) whenever it may have changed, and
+runs until cancelled. It publishes nothing until it has listed its truth once, and nothing while
+that truth is unreachable (the last set stays). ``fields`` names the fields the source manages on a
+backend that already exists; the reconciler (``services.discovery.reconcile``) does the rest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from shared.config import Config
+from shared.models import Backend, Origin
+
+Publish = Callable[[Mapping[str, Backend]], object]
+
+
+class Source(Protocol):
+    origin: Origin
+    fields: tuple[str, ...]
+
+    async def run(self, publish: Publish) -> None: ...
+
+
+def make_source(config: Config, config_path: str | None) -> Source:
+    """The source the config asks for (imports the heavy client libraries only when used)."""
+    kind = config.discovery.type
+    if kind == "docker":
+        from services.discovery.sources.docker import DockerSource
+
+        return DockerSource(config.discovery.docker)
+    if kind == "kubernetes":
+        from services.discovery.sources.kubernetes import KubernetesSource
+
+        return KubernetesSource(config.discovery.kubernetes)
+    from services.discovery.sources.static import StaticSource
+
+    return StaticSource(config, config_path)

@@ -1,0 +1,96 @@
+"""The static source: the config file's ``backends``, watched for changes.
+
+The file is polled (mtime, size and ctime every ``discovery.file_poll_sec``, then a SHA-256 of its
+bytes) — no inotify dependency, and editors that replace the file by rename are seen too. A changed
+file is loaded with the same ``load_config`` as at startup (environment overrides included); an
+invalid one is refused with its one-line ``ConfigError`` logged once, and the running set is kept.
+Only ``backends`` is applied live; other settings need a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+
+from services.discovery.sources import Publish
+from shared.config import Config, ConfigError, load_config
+from shared.logs import get_logger
+from shared.models import Backend, Origin
+
+log = get_logger("discovery.static")
+
+
+def desired_from_config(config: Config) -> dict[str, Backend]:
+    return {b.address: Backend(address=b.address, weight=b.weight, origin="static") for b in config.backends}
+
+
+class StaticSource:
+    origin: Origin = "static"
+    fields: tuple[str, ...] = ("weight",)  # an operator's drain/disable through the API is kept
+
+    def __init__(self, config: Config, path: str | None) -> None:
+        self.config = config
+        self.path = path
+        self.poll = float(config.discovery.file_poll_sec)
+        self.watch = config.discovery.watch_file and path is not None
+        self._stamp: tuple[int, int, int] | None = None
+        self._digest: str | None = None
+        self.reloads = 0  # accepted changes (tests)
+        self.refusals = 0  # refused invalid files (tests)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ctime_ns)
+
+    def _read_digest(self) -> str | None:
+        assert self.path is not None
+        try:
+            with open(self.path, "rb") as f:
+                return hashlib.sha256(f.read()).hexdigest()
+        except OSError:
+            return None
+
+    def _check(self) -> Config | None:
+        """A newly valid config when the file changed, else None (an invalid change is logged once)."""
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return None
+        self._stamp = stamp
+        digest = self._read_digest()
+        if digest is None or digest == self._digest:
+            if digest is None:
+                log.warning("config file unreadable; keeping the running backends", file=self.path)
+            return None
+        self._digest = digest
+        try:
+            config = load_config(self.path)
+        except ConfigError as exc:
+            self.refusals += 1
+            log.error("config change refused; keeping the running backends", error=str(exc))
+            return None
+        self.reloads += 1
+        return config
+
+    async def run(self, publish: Publish) -> None:
+        if self.watch:
+            self._stamp = await asyncio.to_thread(self._stat)
+            self._digest = await asyncio.to_thread(self._read_digest)
+        current = desired_from_config(self.config)
+        publish(current)
+        if not self.watch:
+            await asyncio.Event().wait()
+        while True:
+            await asyncio.sleep(self.poll)
+            config = await asyncio.to_thread(self._check)
+            if config is None:
+                continue
+            new = desired_from_config(config)
+            if new != current:
+                log.info("config change applied", backends=len(new), file=self.path)
+            current = new
+            publish(current)

@@ -1,0 +1,80 @@
+"""The Docker source against a real Docker engine, when one is reachable (``docker info`` works).
+
+Skipped otherwise: these machines run no engine by default and this test never starts one. It
+also needs a local image (nothing is ever pulled): ``GOBALANCER_TEST_DOCKER_IMAGE``, else the
+test Redis image ``GOBALANCER_TEST_REDIS_IMAGE`` (default ``gobalancer-redis:local``), whose
+default command keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from services.discovery.sources.docker import DockerSource
+from shared.config import DockerDiscoveryConfig, Seconds
+from tests.conftest import docker_reachable
+from tests.helpers import eventually
+from tests.integration.discovery.helpers import addresses, running
+
+pytestmark = pytest.mark.docker
+
+LABEL = "gobalancer.test.discovery"
+
+
+@pytest.fixture
+def engine() -> Iterator[tuple[Any, str]]:
+    """A client of the reachable engine and a local image to run."""
+    if not docker_reachable():
+        pytest.skip("no Docker engine reachable (docker info fails); the unix-socket API server variant always runs")
+    import docker
+
+    c = docker.from_env(timeout=20)
+    image = os.environ.get("GOBALANCER_TEST_DOCKER_IMAGE") or os.environ.get(
+        "GOBALANCER_TEST_REDIS_IMAGE", "gobalancer-redis:local"
+    )
+    try:
+        c.images.get(image)
+    except docker.errors.ImageNotFound:
+        c.close()
+        pytest.skip(f"image {image} is not present locally (nothing is pulled)")
+    try:
+        yield c, image
+    finally:
+        for container in c.containers.list(all=True, filters={"label": LABEL}):
+            container.remove(force=True)
+        c.close()
+
+
+def _ip(container: Any) -> str:
+    container.reload()
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    return str(networks[sorted(networks)[0]]["IPAddress"])
+
+
+async def test_real_engine_start_pause_stop(engine: tuple[Any, str]) -> None:
+    client, image = engine
+    labels = {LABEL: "1", "lb.enable": "true", "lb.port": "6379", "lb.weight": "2"}
+    bad = {LABEL: "1", "lb.enable": "true", "lb.weight": "x"}
+    src = DockerSource(DockerDiscoveryConfig(resync_sec=Seconds(60)))
+    async with running(src) as desired:
+        await eventually(lambda: desired.value is not None, timeout=10)
+        c = client.containers.run(image, detach=True, labels=labels)
+        client.containers.run(image, detach=True, labels=bad)
+        address = f"{_ip(c)}:6379"
+
+        # Other labelled containers may run on a shared engine: look only at ours.
+        def ours() -> set[str]:
+            return (addresses(desired) or set()) & {address}
+
+        await eventually(lambda: ours() == {address}, timeout=10, message="started container added")
+        assert desired.value is not None and desired.value[address].weight == 2
+        c.pause()
+        await eventually(lambda: ours() == set(), timeout=10, message="paused removed")
+        c.unpause()
+        await eventually(lambda: ours() == {address}, timeout=10, message="unpaused back")
+        c.stop(timeout=1)
+        await eventually(lambda: ours() == set(), timeout=15, message="stopped removed")

@@ -1,0 +1,115 @@
+"""From an inspected container (``docker inspect`` JSON) to a backend: labels, ports, networks, state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from services.discovery.sources.docker import Skip, container_backend
+from shared.models import Backend
+
+
+def container(
+    labels: dict[str, str] | None = None,
+    networks: dict[str, str] | None = None,
+    exposed: tuple[str, ...] = (),
+    **state: Any,
+) -> dict[str, Any]:
+    return {
+        "Id": "c" * 64,
+        "Name": "/web1",
+        "Config": {
+            "Labels": {"lb.enable": "true", **(labels or {})},
+            "ExposedPorts": {p: {} for p in exposed} or None,
+        },
+        "State": {"Status": "running", "Running": True, "Paused": False, "Restarting": False, "Health": None, **state},
+        "NetworkSettings": {
+            "Networks": {
+                n: {"IPAddress": ip, "GlobalIPv6Address": ""}
+                for n, ip in (networks or {"bridge": "172.17.0.2"}).items()
+            }
+        },
+    }
+
+
+def test_defaults_port_80_weight_1() -> None:
+    assert container_backend(container()) == Backend(address="172.17.0.2:80", weight=1, origin="docker")
+
+
+def test_labels_set_port_and_weight() -> None:
+    got = container_backend(container({"lb.port": "8080", "lb.weight": "7"}))
+    assert isinstance(got, Backend) and (got.address, got.weight) == ("172.17.0.2:8080", 7)
+
+
+def test_only_exposed_port_is_the_default() -> None:
+    got = container_backend(container(exposed=("9000/tcp",)))
+    assert isinstance(got, Backend) and got.address == "172.17.0.2:9000"
+
+
+def test_several_exposed_ports_with_80_use_80_else_skip() -> None:
+    got = container_backend(container(exposed=("80/tcp", "443/tcp")))
+    assert isinstance(got, Backend) and got.address.endswith(":80")
+    skipped = container_backend(container(exposed=("8080/tcp", "9090/tcp")))
+    assert isinstance(skipped, Skip) and "lb.port" in skipped.reason
+
+
+@pytest.mark.parametrize("bad", ["abc", "0", "10001", "1.5", "-2", ""])
+def test_bad_weight_skips_the_container(bad: str) -> None:
+    got = container_backend(container({"lb.weight": bad}))
+    assert isinstance(got, Skip)
+    assert "lb.weight" in got.reason
+
+
+@pytest.mark.parametrize("bad", ["http", "0", "70000"])
+def test_bad_port_skips_the_container(bad: str) -> None:
+    got = container_backend(container({"lb.port": bad}))
+    assert isinstance(got, Skip) and "lb.port" in got.reason
+
+
+def test_two_networks_alphabetically_first_unless_chosen() -> None:
+    two = {"zeta": "10.9.0.2", "alpha": "10.8.0.2"}
+    got = container_backend(container(networks=two))
+    assert isinstance(got, Backend) and got.address == "10.8.0.2:80"
+    # the configured preferred network wins when the container is on it
+    got = container_backend(container(networks=two), preferred_network="zeta")
+    assert isinstance(got, Backend) and got.address == "10.9.0.2:80"
+    got = container_backend(container(networks=two), preferred_network="other")
+    assert isinstance(got, Backend) and got.address == "10.8.0.2:80"
+    # the label wins over both
+    got = container_backend(container({"lb.network": "zeta"}, networks=two), preferred_network="alpha")
+    assert isinstance(got, Backend) and got.address == "10.9.0.2:80"
+
+
+def test_lb_network_that_the_container_is_not_on_is_skipped() -> None:
+    got = container_backend(container({"lb.network": "backend"}, networks={"front": "10.0.0.2"}))
+    assert isinstance(got, Skip) and "backend" in got.reason
+
+
+def test_no_address_is_skipped() -> None:
+    got = container_backend(container(networks={"host": ""}))
+    assert isinstance(got, Skip)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"Running": False, "Status": "exited"},
+        {"Paused": True, "Status": "paused"},
+        {"Restarting": True},
+        {"Health": {"Status": "unhealthy"}},
+        {"Health": {"Status": "starting"}},
+    ],
+)
+def test_not_eligible_states(state: dict[str, Any]) -> None:
+    assert container_backend(container(**state)) is None
+
+
+def test_healthy_container_is_eligible() -> None:
+    assert isinstance(container_backend(container(Health={"Status": "healthy"})), Backend)
+
+
+def test_without_the_enable_label_nothing() -> None:
+    c = container()
+    c["Config"]["Labels"]["lb.enable"] = "false"
+    assert container_backend(c) is None
