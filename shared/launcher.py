@@ -124,18 +124,15 @@ class Launcher:
         if self.redis is not None:
             self.redis.cleanup()
 
+    stop_requested: bool = False
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requested = True
+
     def wait(self) -> int:
         """Block until a signal or until a child exits on its own; return the exit code."""
-        stop_requested = False
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            nonlocal stop_requested
-            stop_requested = True
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
         try:
-            while not stop_requested:
+            while not self.stop_requested:
                 for child in self.children:
                     code = child.process.poll()
                     if code is not None:
@@ -152,6 +149,9 @@ def run_up(config: Config, config_path: str | None, proxies: int) -> int:
     if config_path is not None:
         config_path = str(Path(config_path).resolve())
     launcher = Launcher(config, config_path, proxies)
+    # Handlers first: a signal that arrives while the suite is starting still stops it cleanly.
+    signal.signal(signal.SIGTERM, launcher.on_signal)
+    signal.signal(signal.SIGINT, launcher.on_signal)
     try:
         launcher.start()
     except BaseException:
