@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -118,3 +119,48 @@ def test_up_refuses_a_bad_config(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (f"config error: {bad}: backends[0].address: address 'nohost' must be host:port")
+
+
+def test_bundled_config_serves_the_demo_alternating_backends(tmp_path: Path) -> None:
+    """The quick start: `gobalancer up` with config/config.yaml; requests alternate between A and B."""
+    import json
+    import urllib.request
+
+    bundled = (Path(__file__).parents[3] / "config" / "config.yaml").read_text()
+    proxy, admin, a, b = (free_port() for _ in range(4))
+    text = (
+        bundled.replace('":8080"', f'"127.0.0.1:{proxy}"')
+        .replace("127.0.0.1:8081", f"127.0.0.1:{admin}")
+        .replace("127.0.0.1:9001", f"127.0.0.1:{a}")
+        .replace("127.0.0.1:9002", f"127.0.0.1:{b}")
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+
+        def get() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{proxy}/", timeout=2) as response:
+                return str(json.loads(response.read())["backend"])
+
+        # Ready once both demo backends have passed their first health probe.
+        deadline = time.monotonic() + 30
+        answered: set[str] = set()
+        while answered != {"A", "B"} and time.monotonic() < deadline:
+            try:
+                answered.add(get())
+            except OSError:
+                time.sleep(0.1)
+        assert answered == {"A", "B"}, "both demo backends answered"
+        seen = [get() for _ in range(6)]
+        assert all(x != y for x, y in itertools.pairwise(seen)), f"alternates: {seen}"
+        assert set(seen) == {"A", "B"}
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
