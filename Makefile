@@ -50,9 +50,10 @@ e2e: install
 
 test: lint typecheck pytest
 
+BENCH ?= proxy
 bench: install
 	@scripts/need redis-server:redis-server haproxy:haproxy nginx:nginx wrk:wrk
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
