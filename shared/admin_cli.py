@@ -1,14 +1,268 @@
-"""`gobalancer backends ...` and `gobalancer algorithm ...`: a client of the admin API."""
+"""`gobalancer backends ...` and `gobalancer algorithm ...`: a client of the admin API.
+
+Talks HTTP to the admin service only (never to Redis, never importing ``services``). The URL and the
+token come from ``--url``/``--token`` or ``$GOBALANCER_ADMIN_URL``/``$GOBALANCER_ADMIN_TOKEN``.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import json
+import os
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+from typing import Any, TextIO
+from urllib.parse import quote
+
+from shared.config import ALGORITHMS
+
+DEFAULT_URL = "http://127.0.0.1:8081"
+TIMEOUT = 10.0
+
+
+class ApiError(Exception):
+    """One line for the user: the problem's detail (or what went wrong reaching the API)."""
+
+
+class AdminClient:
+    """A small JSON client on the standard library (the CLI must not need dev-only packages).
+
+    Proxies from the environment are ignored: the admin API is usually on loopback.
+    """
+
+    def __init__(self, url: str, token: str = "", *, timeout: float = TIMEOUT) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.headers = {"Accept": "application/json, application/problem+json", "User-Agent": "gobalancer-cli"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def close(self) -> None:
+        self._opener.close()
+
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, params: dict[str, str] | None = None
+    ) -> Any:
+        target = self.url + path + (f"?{urllib.parse.urlencode(params)}" if params else "")
+        headers = dict(self.headers)
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(target, data=data, headers=headers, method=method)
+        try:
+            with self._opener.open(request, timeout=self.timeout) as response:
+                status, content = response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise ApiError(_problem_line(exc.code, exc.read(), exc.reason)) from None
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise ApiError(f"cannot reach the admin API at {self.url}: {reason}") from None
+        if status == 204 or not content:
+            return None
+        return json.loads(content)
+
+
+def _problem_line(status: int, content: bytes, reason: str) -> str:
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and data.get("detail"):
+        return f"{data['detail']} (HTTP {status})"
+    text = content.decode(errors="replace").strip().splitlines()
+    return f"HTTP {status}: {text[0] if text else reason}"
+
+
+def backend_path(address: str, action: str = "") -> str:
+    path = "/backends/" + quote(address, safe="")
+    return f"{path}/{action}" if action else path
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns separated by two spaces (numbers right-aligned)."""
+    cells = [[str(c) for c in headers], *[[_cell(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    numeric = [
+        all(isinstance(row[i], int | float) and not isinstance(row[i], bool) for row in rows)
+        for i in range(len(headers))
+    ]
+    lines = []
+    for row in cells:
+        parts = [
+            c.rjust(w) if numeric[i] and rows else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+BACKEND_COLUMNS = ("ADDRESS", "WEIGHT", "STATE", "HEALTH", "ALIVE", "CONNS", "ORIGIN", "EJECTED")
+
+
+def backend_rows(items: Sequence[dict[str, Any]]) -> list[list[object]]:
+    return [
+        [b["address"], b["weight"], b["state"], b["health"], b["alive"], b["conn_count"], b["origin"], b["ejected"]]
+        for b in items
+    ]
+
+
+def _print_backends(items: Sequence[dict[str, Any]], out: TextIO) -> None:
+    if not items:
+        print("no backends", file=out)
+        return
+    print(table(BACKEND_COLUMNS, backend_rows(items)), file=out)
+
+
+def _print_algorithm(data: dict[str, Any], out: TextIO) -> None:
+    options = {k: data.get(k) for k in ("hash_key", "hash_epsilon", "slow_start_sec") if data.get(k) is not None}
+    rows: list[list[object]] = [["algorithm", data["algorithm"]], *[[k, v] for k, v in options.items()]]
+    if data.get("changed") is not None:
+        rows.append(["changed", bool(data["changed"])])
+    print(table(("SETTING", "VALUE"), rows), file=out)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+def _run(args: argparse.Namespace, out: TextIO) -> None:
+    client = AdminClient(args.url, args.token)
+    try:
+        _dispatch(client, args, out)
+    finally:
+        client.close()
+
+
+def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
+    action = args.admin_action
+    raw = getattr(args, "json", False)
+    if action == "algorithm":
+        if args.name is None:
+            data = client.call("GET", "/algorithm")
+        else:
+            body: dict[str, Any] = {"algorithm": args.name}
+            for option in ("hash_key", "hash_epsilon", "slow_start_sec"):
+                if getattr(args, option) is not None:
+                    body[option] = getattr(args, option)
+            data = client.call("PUT", "/algorithm", body)
+        if raw:
+            print(json.dumps(data, indent=2), file=out)
+        else:
+            _print_algorithm(data, out)
+        return
+    if action == "list":
+        items = client.call("GET", "/backends")
+        if raw:
+            print(json.dumps(items, indent=2), file=out)
+        else:
+            _print_backends(items, out)
+        return
+    if action == "add":
+        data = client.call("POST", "/backends", {"address": args.address, "weight": args.weight})
+    elif action == "weight":
+        data = client.call("PUT", backend_path(args.address), {"weight": args.weight})
+    elif action in ("drain", "enable", "disable"):
+        change = client.call("POST", backend_path(args.address, action))
+        if raw:
+            print(json.dumps(change, indent=2), file=out)
+            return
+        _print_backends([change["backend"]], out)
+        if action == "drain":
+            print(f"draining {change['address']}: {change['in_flight']} request(s) still in flight", file=out)
+        return
+    elif action == "remove":
+        client.call("DELETE", backend_path(args.address), params={"force": "true"} if args.force else None)
+        print(f"removed {args.address}", file=out)
+        return
+    else:  # pragma: no cover - argparse allows only the actions above
+        raise ApiError(f"unknown action {action}")
+    if raw:
+        print(json.dumps(data, indent=2), file=out)
+    else:
+        _print_backends([data], out)
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        _run(args, sys.stdout)
+    except ApiError as exc:
+        print(f"gobalancer: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _weight(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"weight must be an integer 1-10000, got {text!r}") from None
+    if not 1 <= value <= 10000:
+        raise argparse.ArgumentTypeError(f"weight must be 1-10000, got {value}")
+    return value
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--url",
+        default=os.environ.get("GOBALANCER_ADMIN_URL") or DEFAULT_URL,
+        help=f"admin API URL (default: $GOBALANCER_ADMIN_URL or {DEFAULT_URL})",
+    )
+    common.add_argument(
+        "--token",
+        default=os.environ.get("GOBALANCER_ADMIN_TOKEN", ""),
+        help="bearer token (default: $GOBALANCER_ADMIN_TOKEN)",
+    )
+    common.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
+    return common
 
 
 def register(sub: Any) -> None:
-    """Add the admin subcommands to the `gobalancer` parser (filled in by the admin API work)."""
-    del sub
+    """Add the admin subcommands to the `gobalancer` parser."""
+    common = _common()
+    backends = sub.add_parser("backends", help="list and change backends through the admin API")
+    actions = backends.add_subparsers(dest="admin_action", required=True, metavar="ACTION")
+
+    actions.add_parser("list", parents=[common], help="list backends")
+    add = actions.add_parser("add", parents=[common], help="add a backend")
+    add.add_argument("address", help="host:port ([IPv6]:port)")
+    add.add_argument("--weight", type=_weight, default=1, help="weight 1-10000 (default 1)")
+    remove = actions.add_parser("remove", parents=[common], help="remove a backend")
+    remove.add_argument("address")
+    remove.add_argument("--force", action="store_true", help="also remove a backend found by discovery")
+    weight = actions.add_parser("weight", parents=[common], help="set a backend's weight")
+    weight.add_argument("address")
+    weight.add_argument("weight", type=_weight)
+    for name, text in (
+        ("drain", "stop new traffic; in-flight requests finish"),
+        ("enable", "take new traffic again"),
+        ("disable", "no traffic at all"),
+    ):
+        parser = actions.add_parser(name, parents=[common], help=text)
+        parser.add_argument("address")
+    backends.set_defaults(func=_command)
+
+    algorithm = sub.add_parser("algorithm", parents=[common], help="show or switch the balancing algorithm")
+    algorithm.add_argument("name", nargs="?", choices=ALGORITHMS, metavar="NAME", help=", ".join(ALGORITHMS))
+    algorithm.add_argument("--hash-key", dest="hash_key", help="ip_hash key: client_ip, header:NAME, cookie:NAME")
+    algorithm.add_argument("--hash-epsilon", dest="hash_epsilon", type=float, help="bounded-load factor")
+    algorithm.add_argument("--slow-start-sec", dest="slow_start_sec", type=float, help="slow start duration")
+    algorithm.set_defaults(func=_command, admin_action="algorithm")
 
 
-__all__ = ["argparse", "register"]
+__all__ = ["AdminClient", "ApiError", "backend_path", "register", "table"]

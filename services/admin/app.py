@@ -1,0 +1,110 @@
+"""The admin API's Litestar application: ``create_app(config, store=None)``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from services.admin import events, system
+from services.admin.backends import BackendsController
+from services.admin.context import AdminContext
+from services.admin.docs_page import render_plugins
+from services.admin.guards import strict_body, token_guard
+from services.admin.metrics import AdminMetrics, count_responses, time_requests
+from services.admin.problems import EXCEPTION_HANDLERS
+from shared.config import Config
+from shared.logs import get_logger
+from shared.replica import Replica
+from shared.service import open_store
+from shared.store import Store
+
+log = get_logger("admin")
+
+SERVICE = "admin"
+DESCRIPTION = (
+    "Manage GoBalancer's backends and balancing algorithm. Compatible with the original GoBalancer API "
+    "(`/health`, `/backends`), plus drain/enable/disable, `/algorithm`, `/replicas`, `/events` (SSE) and `/metrics`. "
+    "Errors are `application/problem+json` (RFC 9457) naming the field at fault. When `admin.token` is set, "
+    "mutating calls need `Authorization: Bearer <token>`."
+)
+
+
+async def _heartbeat(replica: Replica, stopping: asyncio.Event) -> None:
+    """Renew the admin replica's registration every heartbeat until ``stopping`` is set."""
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=replica.heartbeat)
+        if not stopping.is_set():
+            await replica.push()  # never raises for an unreachable Redis
+
+
+def create_app(config: Config, store: Store | None = None) -> Litestar:
+    """The admin app. Without ``store`` the lifespan opens one from ``config`` (and heartbeats as a replica)."""
+    ctx = AdminContext(config=config, metrics=AdminMetrics(), store=store)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        if store is not None:
+            try:
+                yield
+            finally:
+                ctx.closing.set()
+            return
+        own = open_store(config)
+        ctx.store = own
+        replica = Replica(own, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
+        await replica.push()  # registered before the first request (False, not an error, if Redis is down)
+        stopping = asyncio.Event()
+        heartbeat = asyncio.create_task(_heartbeat(replica, stopping), name="admin-heartbeat")
+        try:
+            yield
+        finally:
+            ctx.closing.set()
+            # Stop the heartbeat between pushes rather than cancelling it inside a Redis call: with
+            # redis-py 8.1 a cancel landing mid-command was seen to leave a cancellation on the
+            # lifespan task itself (intermittent hang of the test client's shutdown).
+            stopping.set()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(heartbeat, timeout=10)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(replica.deregister(), timeout=5)
+            await own.close()
+            ctx.store = None
+
+    security: list[dict[str, list[str]]] = [{"bearer": []}] if config.admin.token else []
+    app = Litestar(
+        route_handlers=[BackendsController, *system.ROUTES, *events.ROUTES],
+        lifespan=[lifespan],
+        state=State({"admin": ctx}),
+        guards=[token_guard(config.admin)],
+        before_request=strict_body,
+        before_send=[count_responses(ctx.metrics)],
+        middleware=[time_requests(ctx.metrics)],
+        exception_handlers=dict(EXCEPTION_HANDLERS),  # type: ignore[arg-type]
+        openapi_config=OpenAPIConfig(
+            title="GoBalancer admin API",
+            version="1.0.0",
+            description=DESCRIPTION,
+            path="/schema",
+            render_plugins=render_plugins(config.admin.swagger_ui_url),
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")},
+            ),
+            security=security or None,
+        ),
+        debug=False,
+        logging_config=None,
+    )
+    return app
+
+
+def context(app: Litestar) -> AdminContext:
+    """The app's shared context (tests use it to check streams and metrics)."""
+    ctx: AdminContext = app.state.admin
+    return ctx

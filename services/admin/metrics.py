@@ -1,0 +1,124 @@
+"""Prometheus metrics of the admin service: its own requests, plus gauges read from the store per scrape."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from shared.models import ALGORITHMS, BackendView, ReplicaInfo, Snapshot
+
+HEALTH_STATES = ("unknown", "up", "down")
+ADMIN_STATES = ("enabled", "draining", "disabled")
+
+
+class AdminMetrics:
+    """One registry per app (tests build many apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "gobalancer_admin_requests", "Admin API requests handled", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "gobalancer_admin_request_duration_seconds",
+            "Admin API request duration (until the response head is sent)",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            registry=r,
+        )
+        self.event_streams = Gauge("gobalancer_admin_event_streams", "Open /events streams", registry=r)
+        self.redis_up = Gauge("gobalancer_admin_redis_up", "1 when the last store read succeeded", registry=r)
+        self.version = Gauge("gobalancer_state_version", "The version of the shared state", registry=r)
+        self.backends = Gauge(
+            "gobalancer_backends", "Backends by health status and admin state", ["health", "state"], registry=r
+        )
+        self.usable = Gauge("gobalancer_backends_usable", "Backends that may receive new traffic", registry=r)
+        self.inflight = Gauge(
+            "gobalancer_backend_inflight",
+            "In-flight requests per backend, summed over live replicas",
+            ["address"],
+            registry=r,
+        )
+        self.replicas = Gauge("gobalancer_replicas", "Live replicas by service", ["service"], registry=r)
+        self.algorithm = Gauge("gobalancer_algorithm", "1 for the algorithm in use", ["algorithm"], registry=r)
+
+    def observe_state(
+        self, snap: Snapshot, replicas: list[ReplicaInfo], inflight: dict[str, int], *, start_healthy: bool
+    ) -> None:
+        """Set the store gauges from one consistent read. Synchronous: scrapes cannot interleave."""
+        self.redis_up.set(1)
+        self.version.set(snap.version)
+        counts = {(h, s): 0 for h in HEALTH_STATES for s in ADMIN_STATES}
+        at = time.time()
+        usable = 0
+        views: list[BackendView] = list(snap.backends.values())
+        for view in views:
+            counts[(view.health.status, view.backend.state)] += 1
+            usable += view.usable(start_healthy=start_healthy, at=at)
+        for (health, state), n in counts.items():
+            self.backends.labels(health=health, state=state).set(n)
+        self.usable.set(usable)
+        self.inflight.clear()
+        for view in views:
+            self.inflight.labels(address=view.address).set(inflight.get(view.address, 0))
+        self.replicas.clear()
+        by_service: dict[str, int] = {}
+        for replica in replicas:
+            by_service[replica.service] = by_service.get(replica.service, 0) + 1
+        for service, n in by_service.items():
+            self.replicas.labels(service=service).set(n)
+        for name in ALGORITHMS:
+            self.algorithm.labels(algorithm=name).set(1 if name == snap.algorithm.name else 0)
+
+    def store_down(self) -> None:
+        self.redis_up.set(0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def _labels(scope: Scope) -> tuple[str, str]:
+    method = str(scope.get("method", ""))
+    return (method if method in _METHODS else "other"), str(scope.get("path_template") or "unmatched")
+
+
+def count_responses(metrics: AdminMetrics) -> Any:
+    """A ``before_send`` hook: it sees every response, including 404/405 from the router."""
+
+    async def before_send(message: Message, scope: Scope) -> None:
+        if message["type"] == "http.response.start":
+            method, route = _labels(scope)
+            metrics.requests.labels(method=method, route=route, status=str(message["status"])).inc()
+
+    return before_send
+
+
+def time_requests(metrics: AdminMetrics) -> Any:
+    """Middleware timing matched routes until the response head (Litestar runs it only for matched routes)."""
+
+    def middleware(app: ASGIApp) -> ASGIApp:
+        async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != ScopeType.HTTP:
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+
+            async def timed_send(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    method, route = _labels(scope)
+                    metrics.latency.labels(method=method, route=route).observe(time.perf_counter() - started)
+                await send(message)
+
+            await app(scope, receive, timed_send)
+
+        return wrapped
+
+    return middleware

@@ -1,0 +1,208 @@
+"""Errors as RFC 9457 problem documents (`application/problem+json`), each naming the field at fault."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
+from redis.exceptions import RedisError
+
+from services.admin.schemas import Problem
+from shared.logs import get_logger
+from shared.store import UNAVAILABLE, BackendExists, BackendNotFound, OriginMismatch
+
+log = get_logger("admin")
+
+PROBLEM_JSON = "application/problem+json"
+_TYPE = "urn:gobalancer:problem:"
+
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+_NAMED = re.compile(r"^(?P<field>[a-z_]+): (?P<problem>.*)$", re.S)
+
+
+class InvalidRequest(Exception):
+    """A request that fails validation: 400, naming the field."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field, self.detail = field, detail
+        super().__init__(f"{field}: {detail}")
+
+
+class Unauthorized(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+def describe_validation(
+    err: msgspec.ValidationError | msgspec.DecodeError, allowed: tuple[str, ...] = ()
+) -> InvalidRequest:
+    """Turn a msgspec error on a request body into the field it names and a readable problem."""
+    if not isinstance(err, msgspec.ValidationError):
+        return InvalidRequest("body", f"invalid JSON: {err}")
+    m = _AT.match(str(err))
+    assert m is not None
+    problem, path = m.group("problem"), (m.group("path") or "").lstrip(".")
+    if unknown := _UNKNOWN.match(problem):
+        field = ".".join(p for p in (path, unknown.group("field")) if p)
+        hint = f" (allowed: {', '.join(allowed)})" if allowed and not path else ""
+        return InvalidRequest(field, f"unknown field{hint}")
+    if missing := _MISSING.match(problem):
+        return InvalidRequest(".".join(p for p in (path, missing.group("field")) if p), "required field is missing")
+    if not path and (named := _NAMED.match(problem)):
+        return InvalidRequest(named.group("field"), named.group("problem"))
+    problem = problem.replace("Expected", "expected").replace("Invalid enum value", "invalid value")
+    return InvalidRequest(path or "body", problem)
+
+
+def problem_response(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    kind: str,
+    request: Request[Any, Any, Any] | None = None,
+    field: str | None = None,
+    errors: list[dict[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response[Problem]:
+    body = Problem(
+        type=_TYPE + kind,
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path if request is not None else None,
+        field=field,
+        errors=errors if errors is not None else ([{"field": field, "detail": detail}] if field else None),
+    )
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=dict(headers or {}))
+
+
+Handler = Callable[[Request[Any, Any, Any], Any], Response[Problem]]
+
+
+def _invalid(request: Request[Any, Any, Any], exc: InvalidRequest) -> Response[Problem]:
+    return problem_response(
+        400, "Invalid request", f"{exc.field}: {exc.detail}", kind="invalid-request", request=request, field=exc.field
+    )
+
+
+def _litestar_validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[Problem]:
+    """Litestar's own validation (path and query parameters, and bodies it decoded itself)."""
+    errors: list[dict[str, str]] = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if isinstance(item, dict):
+            message = str(item.get("message", "invalid value"))
+            key = str(item.get("key") or item.get("source") or "request")
+            errors.append({"field": key, "detail": message.replace("Expected", "expected")})
+    if not errors:
+        errors.append({"field": "request", "detail": str(exc.detail)})
+    first = errors[0]
+    return problem_response(
+        400,
+        "Invalid request",
+        f"{first['field']}: {first['detail']}",
+        kind="invalid-request",
+        request=request,
+        field=first["field"],
+        errors=errors,
+    )
+
+
+def _exists(request: Request[Any, Any, Any], exc: BackendExists) -> Response[Problem]:
+    return problem_response(409, "Backend exists", str(exc), kind="backend-exists", request=request, field="address")
+
+
+def _not_found(request: Request[Any, Any, Any], exc: BackendNotFound) -> Response[Problem]:
+    return problem_response(404, "Backend not found", str(exc), kind="backend-not-found", request=request)
+
+
+def _origin(request: Request[Any, Any, Any], exc: OriginMismatch) -> Response[Problem]:
+    b = exc.backend
+    detail = (
+        f"backend {b.address} was found by {b.origin} discovery and may come back at its next reconcile; "
+        "add ?force=true to remove it anyway"
+    )
+    return problem_response(
+        409, "Backend owned by discovery", detail, kind="origin-mismatch", request=request, field="force"
+    )
+
+
+def _unauthorized(request: Request[Any, Any, Any], exc: Unauthorized) -> Response[Problem]:
+    return problem_response(
+        401,
+        "Unauthorized",
+        exc.detail,
+        kind="unauthorized",
+        request=request,
+        headers={"WWW-Authenticate": 'Bearer realm="gobalancer-admin"'},
+    )
+
+
+def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
+    title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Request failed")
+    headers = dict(exc.headers or {})
+    return problem_response(
+        exc.status_code, title, str(exc.detail), kind=f"http-{exc.status_code}", request=request, headers=headers
+    )
+
+
+def _unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    if not isinstance(exc, UNAVAILABLE):
+        return _internal(request, exc)
+    return problem_response(
+        503,
+        "Store unavailable",
+        f"redis is unreachable: {exc or type(exc).__name__}",
+        kind="store-unavailable",
+        request=request,
+        headers={"Retry-After": "1"},
+    )
+
+
+def _internal(request: Request[Any, Any, Any], exc: Exception) -> Response[Problem]:
+    log.error("unhandled error", path=request.url.path, method=request.method, error=repr(exc), exc_info=exc)
+    return problem_response(
+        500, "Internal error", "internal error; see the admin log", kind="internal", request=request
+    )
+
+
+EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
+    InvalidRequest: _invalid,
+    ValidationException: _litestar_validation,
+    BackendExists: _exists,
+    BackendNotFound: _not_found,
+    OriginMismatch: _origin,
+    Unauthorized: _unauthorized,
+    HTTPException: _http,
+    RedisError: _unavailable,
+    OSError: _unavailable,
+    TimeoutError: _unavailable,
+    Exception: _internal,
+}
+
+
+_DESCRIPTIONS = {
+    400: "Invalid address, body or parameter; `field` names it",
+    401: "A bearer token is required (admin.token is set)",
+    404: "No such backend",
+    409: "Conflict: the backend exists, or belongs to discovery",
+    503: "Redis is unreachable",
+}
+
+
+def problem_responses(*codes: int) -> dict[int, ResponseSpec]:
+    """OpenAPI entries for the problem documents a route may answer."""
+    return {
+        code: ResponseSpec(
+            data_container=Problem, description=_DESCRIPTIONS[code], media_type=PROBLEM_JSON, generate_examples=False
+        )
+        for code in codes
+    }
