@@ -14,9 +14,11 @@ import sys
 
 from services.discovery.desired import Desired
 from services.discovery.leader import Leader
+from services.discovery.metrics import DiscoveryMetrics, registry_for
 from services.discovery.sources import make_source
 from shared.config import Config
 from shared.logs import get_logger
+from shared.metrics import metrics_server
 from shared.replica import Replica
 from shared.service import open_store, parse_args, require_redis_url, run_service
 
@@ -34,8 +36,13 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
     store = open_store(config)
     replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     desired = Desired()
+    metrics = DiscoveryMetrics(
+        source.origin,
+        leading=lambda: leader.is_leader.is_set(),
+        source_running=lambda: not source_task.done(),
+    )
     leader = Leader(
-        store,
+        metrics.instrument(store),
         desired,
         origin=source.origin,
         fields=source.fields,
@@ -43,11 +50,12 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
         ttl=float(config.discovery.lease_ttl_sec),
     )
     log.info("discovery starting", source=config.discovery.type, replica=replica.id)
-    tasks = [
-        asyncio.create_task(replica.run(), name="heartbeat"),
-        asyncio.create_task(source.run(desired.publish), name="source"),
-    ]
+    source_task = asyncio.create_task(source.run(metrics.wrap_publish(desired.publish)), name="source")
+    tasks = [asyncio.create_task(replica.run(), name="heartbeat"), source_task]
+    exits = contextlib.AsyncExitStack()
     try:
+        served = metrics_server(config.metrics.discovery_listen_address, registry_for(metrics))
+        replica.info.metrics = await exits.enter_async_context(served)
         leading = asyncio.create_task(leader.run(stop), name="leader")
         # The leader returns when `stop` is set; a source or heartbeat that dies is a bug: stop too.
         done, _ = await asyncio.wait([leading, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -58,6 +66,7 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
             stop.set()
             await leading
     finally:
+        await exits.aclose()
         for task in tasks:
             task.cancel()
         for task in tasks:

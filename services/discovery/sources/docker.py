@@ -11,10 +11,10 @@ An invalid label (or an ``lb.network`` the container is not on) is logged and th
 skipped — never silently defaulted.
 
 Eligibility, decided from ``inspect`` (the truth) and never from the event that triggered it:
-running, not paused, not restarting, and — when it has a healthcheck — ``healthy``. A paused
+running, not paused, not restarting, and — when it has a healthcheck — not ``unhealthy``
+(``starting`` is eligible: GoBalancer's own health probes gate traffic until it answers). A paused
 container cannot answer, so it is *removed* rather than drained (in-flight requests would hang
-either way); an unhealthy or still-``starting`` one is removed too, and comes back on ``unpause`` /
-``health_status: healthy``.
+either way); an unhealthy one is removed too, and comes back on ``unpause`` / ``health_status: healthy``.
 
 Staying current: list, then follow ``/events`` from just before the listing (a replayed event is
 harmless: every event only means "inspect this container again"), coalescing a burst per
@@ -102,8 +102,11 @@ def container_backend(attrs: Mapping[str, Any], preferred_network: str = "") -> 
     state = attrs.get("State") or {}
     if not state.get("Running") or state.get("Paused") or state.get("Restarting"):
         return None
+    # Docker's own health check: "unhealthy" removes the backend. "starting" does not: a fresh
+    # container would otherwise wait a whole Docker health interval (often 10-30 s) before it could
+    # take traffic, and GoBalancer's health service already gates traffic with its own probes.
     health = state.get("Health")
-    if health and health.get("Status") not in (None, "", "healthy"):
+    if health and health.get("Status") == "unhealthy":
         return None
 
     weight = _int_label(labels, "lb.weight", 1, 10000)

@@ -98,15 +98,16 @@ def test_no_address_is_skipped() -> None:
         {"Paused": True, "Status": "paused"},
         {"Restarting": True},
         {"Health": {"Status": "unhealthy"}},
-        {"Health": {"Status": "starting"}},
     ],
 )
 def test_not_eligible_states(state: dict[str, Any]) -> None:
     assert container_backend(container(**state)) is None
 
 
-def test_healthy_container_is_eligible() -> None:
-    assert isinstance(container_backend(container(Health={"Status": "healthy"})), Backend)
+@pytest.mark.parametrize("status", ["healthy", "starting"])
+def test_healthy_or_starting_container_is_eligible(status: str) -> None:
+    # "starting" is eligible: GoBalancer's own health probes gate its traffic until it answers.
+    assert isinstance(container_backend(container(Health={"Status": status})), Backend)
 
 
 def test_without_the_enable_label_nothing() -> None:
