@@ -16,6 +16,7 @@ from services.discovery.desired import Desired
 from services.discovery.leader import Leader
 from services.discovery.metrics import DiscoveryMetrics, registry_for
 from services.discovery.sources import make_source
+from shared.aio import cancel_and_wait
 from shared.config import Config
 from shared.logs import get_logger
 from shared.metrics import metrics_server
@@ -67,11 +68,7 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
             await leading
     finally:
         await exits.aclose()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)  # re-cancels: 3.11 can lose a cancel inside redis-py
         try:
             await replica.deregister()
         except Exception as exc:  # the heartbeat expires by itself; a failed goodbye must not fail the exit

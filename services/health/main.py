@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 
+from prometheus_client import REGISTRY
+
 from services.health.service import HealthService
-from services.health.tasks import cancel_and_wait
+from shared.aio import cancel_and_wait
 from shared.config import Config
+from shared.metrics import metrics_server
 from shared.replica import Replica
 from shared.service import open_store, require_redis_url, run_service
 
@@ -23,7 +26,10 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     heartbeat = asyncio.create_task(replica.run())
     try:
-        await HealthService(store, config.health_check, replica.id).run(stop)
+        # The checker's series live in the default registry (services/health/metrics.py).
+        async with metrics_server(config.metrics.health_listen_address, REGISTRY) as bound:
+            replica.info.metrics = bound
+            await HealthService(store, config.health_check, replica.id).run(stop)
     finally:
         await cancel_and_wait([heartbeat])
         await replica.deregister()

@@ -25,7 +25,7 @@ from redis.exceptions import RedisError
 from services.health import metrics
 from services.health.probes import Prober, ProbeTarget
 from services.health.state import ProbeState, Schedule, Verdict
-from services.health.tasks import cancel_and_wait
+from shared.aio import cancel_and_wait
 from shared.config import HealthCheckConfig
 from shared.logs import get_logger
 from shared.models import Event, HealthStatus, Snapshot

@@ -33,7 +33,7 @@ from redis.exceptions import RedisError
 from services.health import metrics
 from services.health.probes import Prober
 from services.health.scheduler import LeaseLost, Scheduler
-from services.health.tasks import cancel_and_wait
+from shared.aio import cancel_and_wait
 from shared.config import HealthCheckConfig
 from shared.logs import get_logger
 from shared.store import UNAVAILABLE, Lease, Store

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from services.health.scheduler import Scheduler
-from services.health.tasks import cancel_and_wait
+from shared.aio import cancel_and_wait
 from shared.config import HealthCheckConfig
 from shared.models import Backend, Snapshot
 from shared.store import Lease, Store

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from services.health.service import LEASE, HealthService
-from services.health.tasks import cancel_and_wait
+from shared.aio import cancel_and_wait
 from shared.config import HealthCheckConfig
 from shared.store import Store
 from tests.helpers import eventually

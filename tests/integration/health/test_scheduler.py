@@ -9,7 +9,7 @@ from typing import Any
 
 from services.health import metrics
 from services.health.scheduler import LeaseLost
-from services.health.tasks import cancel_and_wait
+from shared.aio import cancel_and_wait
 from shared.models import Backend, Ejection, now
 from shared.redis_server import RedisServer
 from shared.store import Store

@@ -1,4 +1,4 @@
-"""Stopping tasks reliably.
+"""Stopping asyncio tasks reliably.
 
 On Python 3.11 a cancellation can be lost: ``asyncio.wait_for`` (used inside redis-py for socket
 writes) returns the inner result instead of raising when the cancel lands just as the inner
