@@ -38,7 +38,7 @@ typecheck: install
 # In CI (CI=true) the whole run gets a Docker engine (scripts/docker-run starts dockerd, builds the images
 # offline, runs the command, stops dockerd): the e2e stack tests run and a missing engine is a failure.
 pytest: install
-	@scripts/need redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools openssl:openssl
+	@scripts/need redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools openssl:openssl chromium:chromium
 ifeq ($(CI),true)
 	scripts/docker-run $(PY) -m pytest $(PYTEST_ARGS)
 else

@@ -11,7 +11,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from services.admin import events, system
+from services.admin import dashboard, events, system
 from services.admin.backends import BackendsController
 from services.admin.context import AdminContext
 from services.admin.docs_page import render_plugins
@@ -79,7 +79,7 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
 
     security: list[dict[str, list[str]]] = [{"bearer": []}] if config.admin.token else []
     app = Litestar(
-        route_handlers=[BackendsController, *system.ROUTES, *events.ROUTES],
+        route_handlers=[BackendsController, *system.ROUTES, *events.ROUTES, *dashboard.ROUTES],
         lifespan=[lifespan],
         state=State({"admin": ctx}),
         guards=[token_guard(config.admin)],

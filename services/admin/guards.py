@@ -14,7 +14,8 @@ from services.admin.problems import InvalidRequest, Unauthorized, describe_valid
 from shared.config import AdminConfig
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Always open, so probes work with protect_reads on.
+# Always open, so probes work with protect_reads on. Routes with ``opt["public"]`` (the dashboard page
+# and its assets, which hold no data) are open to safe methods too.
 OPEN_PATHS = frozenset({"/health"})
 
 
@@ -22,11 +23,12 @@ def token_guard(admin: AdminConfig) -> Any:
     """A Litestar guard: with ``admin.token`` set, mutating calls (and reads if protect_reads) need it."""
     expected = admin.token.encode()
 
-    def guard(connection: ASGIConnection[Any, Any, Any, Any], _handler: BaseRouteHandler) -> None:
+    def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         if not expected:
             return
         method = connection.scope.get("method", "GET")
-        if method in SAFE_METHODS and (not admin.protect_reads or connection.scope["path"] in OPEN_PATHS):
+        public = connection.scope["path"] in OPEN_PATHS or handler.opt.get("public", False)
+        if method in SAFE_METHODS and (not admin.protect_reads or public):
             return
         header = connection.headers.get("authorization", "")
         scheme, _, given = header.partition(" ")

@@ -3,16 +3,65 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from shared.models import ALGORITHMS, BackendView, ReplicaInfo, Snapshot
 
 HEALTH_STATES = ("unknown", "up", "down")
 ADMIN_STATES = ("enabled", "draining", "disabled")
+
+
+class RequestTotals(Collector):
+    """Request totals the proxies push (``ReplicaInfo.totals``), exported as counters at each scrape.
+
+    Per replica the totals are monotonic. The cluster-wide sum drops when a replica goes away (its
+    totals expire with it); ``rate()`` treats that as a counter reset, as it does for a restart.
+    The names differ from the proxies' own per-process counters so a sum over all targets counts once.
+    """
+
+    def __init__(self) -> None:
+        self.by_backend: dict[tuple[str, str], int] = {}
+        self.by_replica: dict[tuple[str, str, str], int] = {}
+
+    def update(self, replicas: list[ReplicaInfo]) -> None:
+        by_backend: dict[tuple[str, str], int] = {}
+        by_replica: dict[tuple[str, str, str], int] = {}
+        for replica in replicas:
+            for key, total in replica.totals.items():
+                address, _, klass = key.rpartition("|")
+                if not address:
+                    continue
+                by_backend[(address, klass)] = by_backend.get((address, klass), 0) + total
+                by_replica[(replica.id, address, klass)] = total
+        self.by_backend, self.by_replica = by_backend, by_replica
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        cluster = CounterMetricFamily(
+            "gobalancer_cluster_backend_requests",
+            "Requests finished per backend and status class, summed over live replicas",
+            labels=["backend", "class"],
+        )
+        for (address, klass), total in sorted(self.by_backend.items()):
+            cluster.add_metric([address, klass], total)
+        per_replica = CounterMetricFamily(
+            "gobalancer_cluster_replica_requests",
+            "Requests finished per replica, backend and status class, as pushed by each live replica",
+            labels=["replica", "backend", "class"],
+        )
+        for (replica_id, address, klass), total in sorted(self.by_replica.items()):
+            per_replica.add_metric([replica_id, address, klass], total)
+        return [cluster, per_replica]
 
 
 class AdminMetrics:
@@ -46,6 +95,8 @@ class AdminMetrics:
         )
         self.replicas = Gauge("gobalancer_replicas", "Live replicas by service", ["service"], registry=r)
         self.algorithm = Gauge("gobalancer_algorithm", "1 for the algorithm in use", ["algorithm"], registry=r)
+        self.totals = RequestTotals()
+        r.register(self.totals)
 
     def observe_state(
         self, snap: Snapshot, replicas: list[ReplicaInfo], inflight: dict[str, int], *, start_healthy: bool
@@ -74,6 +125,10 @@ class AdminMetrics:
             self.replicas.labels(service=service).set(n)
         for name in ALGORITHMS:
             self.algorithm.labels(algorithm=name).set(1 if name == snap.algorithm.name else 0)
+
+    def observe_totals(self, replicas: list[ReplicaInfo]) -> None:
+        """Replace the request totals with those of the live replicas (kept as they were while Redis is down)."""
+        self.totals.update(replicas)
 
     def store_down(self) -> None:
         self.redis_up.set(0)

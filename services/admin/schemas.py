@@ -171,6 +171,8 @@ class ReplicaOut(msgspec.Struct, kw_only=True):
     heartbeat_at: float
     heartbeat_age_sec: float
     inflight: dict[str, int]
+    # Requests finished since the replica started, by "address|class" (2xx..5xx, error): monotonic per replica.
+    totals: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 class HealthOut(msgspec.Struct, kw_only=True):

@@ -81,6 +81,7 @@ async def replicas(
             heartbeat_at=r.heartbeat_at,
             heartbeat_age_sec=round(max(0.0, at - r.heartbeat_at), 3),
             inflight=r.inflight,
+            totals=r.totals,
         )
         for r in sorted(await store.replicas(service), key=lambda r: (r.service, r.id))
     ]
@@ -101,6 +102,7 @@ async def metrics(state: State) -> Response[bytes]:
             for addr, count in replica.inflight.items():
                 inflight[addr] = inflight.get(addr, 0) + count
         ctx.metrics.observe_state(snap, live, inflight, start_healthy=ctx.start_healthy)
+        ctx.metrics.observe_totals(live)
     ctx.metrics.event_streams.set(ctx.event_streams)
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -1,0 +1,690 @@
+// GoBalancer dashboard: plain JavaScript, no build step, talks only to the admin API it was served by.
+//
+// Data flow: /events (Server-Sent Events) tells us the moment anything changes (a `snapshot` first, then
+// one event per change); a poll every POLL_MS reads /backends (in-flight counts change without events)
+// and /replicas, whose per-replica monotonic request totals give the request rates as deltas between
+// polls. With a token in sessionStorage the stream is read with fetch() so it can carry the
+// Authorization header (EventSource cannot send headers; needed when the admin protects reads).
+"use strict";
+
+(() => {
+  const POLL_MS = 2000;
+  const WINDOW_MS = 120000;
+  const TOKEN_KEY = "gobalancer.admin.token";
+  const EVENT_KINDS = ["backend_added", "backend_updated", "backend_removed", "health", "ejection", "algorithm"];
+  const ERROR_CLASSES = new Set(["5xx", "error"]);
+
+  const $ = (id) => document.getElementById(id);
+  const state = {
+    backends: new Map(), // address -> backend as /backends returns it
+    rows: new Map(), // address -> {tr, cells}
+    rates: new Map(), // address -> {rps, eps}
+    replicaRates: new Map(), // replica id -> rps
+    prev: null, // {at, totals: Map(replica id -> {"address|class": n})}
+    history: [], // {t, total, errors}
+    version: null,
+    algorithm: "",
+    stream: null, // {stop()}
+    streamLive: false,
+    pending: null, // a mutation waiting for the token
+    readsNeedToken: false,
+    tokenDismissed: false, // the operator cancelled the form: the poll does not pop it up again
+    refreshTimer: 0,
+    changes: 0, // events seen: a /backends read that overlapped one may predate it and is dropped
+    dropped: 0, // ... but not forever while events keep coming
+    pollTimer: 0,
+  };
+
+  // -- API --------------------------------------------------------------------------------------
+
+  class ApiError extends Error {
+    constructor(status, detail, field) {
+      super(detail);
+      this.status = status;
+      this.field = field || null;
+    }
+  }
+
+  const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+  function authHeaders() {
+    const t = token();
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
+
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json", ...authHeaders() };
+    const init = { method, headers, cache: "no-store" };
+    if (body !== undefined) {
+      headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let resp;
+    try {
+      resp = await fetch(path, init);
+    } catch (err) {
+      throw new ApiError(0, "cannot reach the admin API (" + err.message + ")");
+    }
+    if (resp.status === 204) return null;
+    const type = resp.headers.get("content-type") || "";
+    const data = type.includes("json") ? await resp.json().catch(() => null) : await resp.text().catch(() => "");
+    if (!resp.ok) {
+      // Errors are RFC 9457 problem documents: show their detail (and the field at fault).
+      const detail = data && typeof data === "object" && data.detail ? data.detail : resp.status + " " + resp.statusText;
+      throw new ApiError(resp.status, detail, data && data.field);
+    }
+    return data;
+  }
+
+  const backendPath = (address) => "backends/" + encodeURIComponent(address);
+
+  // -- errors and notices ---------------------------------------------------------------------
+
+  function showError(key, message) {
+    const box = $("errors");
+    let item = box.querySelector('[data-key="' + CSS.escape(key) + '"]');
+    if (!item) {
+      item = document.createElement("div");
+      item.className = "error";
+      item.dataset.key = key;
+      const text = document.createElement("span");
+      const close = document.createElement("button");
+      close.type = "button";
+      close.textContent = "Dismiss";
+      close.addEventListener("click", () => item.remove());
+      item.append(text, close);
+      box.append(item);
+    }
+    item.firstChild.textContent = message;
+  }
+
+  function clearError(key) {
+    const item = $("errors").querySelector('[data-key="' + CSS.escape(key) + '"]');
+    if (item) item.remove();
+  }
+
+  // -- token ----------------------------------------------------------------------------------
+
+  function askToken(why) {
+    const form = $("token-form");
+    $("token-why").textContent = why;
+    form.hidden = false;
+    $("token-input").focus();
+  }
+
+  function updateTokenState() {
+    const has = Boolean(token());
+    $("token-state").textContent = has ? "Token set for this tab." : "No token set.";
+    $("token-forget").hidden = !has;
+  }
+
+  $("token-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const value = $("token-input").value.trim();
+    if (!value) return;
+    sessionStorage.setItem(TOKEN_KEY, value);
+    $("token-input").value = "";
+    $("token-form").hidden = true;
+    updateTokenState();
+    clearError("auth");
+    const pending = state.pending;
+    state.pending = null;
+    state.readsNeedToken = false;
+    connectEvents();
+    poll();
+    if (pending) mutate(pending.label, pending.method, pending.path, pending.body, pending.done);
+  });
+
+  $("token-cancel").addEventListener("click", () => {
+    $("token-form").hidden = true;
+    state.pending = null;
+    state.tokenDismissed = true;
+  });
+
+  $("token-set").addEventListener("click", () => askToken("Enter the admin token (admin.token)."));
+
+  $("token-forget").addEventListener("click", () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    updateTokenState();
+    connectEvents();
+  });
+
+  // -- mutations ------------------------------------------------------------------------------
+
+  async function mutate(label, method, path, body, done) {
+    try {
+      await api(method, path, body);
+      clearError("mutation");
+      if (done) done();
+      scheduleRefresh(0);
+    } catch (err) {
+      if (err.status === 401) {
+        state.pending = { label, method, path, body, done };
+        askToken(token() ? label + ": the token was refused (" + err.message + "). Enter the right one." : label + " needs the admin token.");
+        return;
+      }
+      showError("mutation", label + " failed: " + err.message);
+    }
+  }
+
+  function setState(address, action) {
+    if (action === "disable" && !window.confirm("Disable " + address + "? It gets no traffic at all, in-flight requests finish.")) return;
+    mutate(action[0].toUpperCase() + action.slice(1) + " " + address, "POST", backendPath(address) + "/" + action);
+  }
+
+  // -- backends table -------------------------------------------------------------------------
+
+  function cell(tr, className) {
+    const td = document.createElement("td");
+    if (className) td.className = className;
+    tr.append(td);
+    return td;
+  }
+
+  function makeRow(address) {
+    const tr = document.createElement("tr");
+    tr.dataset.address = address;
+    const th = document.createElement("th");
+    th.scope = "row";
+    const code = document.createElement("code");
+    code.textContent = address;
+    th.append(code);
+    tr.append(th);
+    const cells = {
+      health: cell(tr, "health"),
+      state: cell(tr, "state"),
+      origin: cell(tr, "origin"),
+      weight: cell(tr, "weight"),
+      inflight: cell(tr, "num inflight"),
+      rate: cell(tr, "num rate"),
+      errors: cell(tr, "num errors"),
+      actions: cell(tr, "actions"),
+    };
+
+    const form = document.createElement("form");
+    form.className = "weight-form";
+    const id = "weight-" + Math.random().toString(36).slice(2);
+    const label = document.createElement("label");
+    label.className = "visually-hidden";
+    label.htmlFor = id;
+    label.textContent = "Weight of " + address;
+    const input = document.createElement("input");
+    input.id = id;
+    input.type = "number";
+    input.min = "1";
+    input.max = "10000";
+    input.step = "1";
+    input.required = true;
+    input.addEventListener("input", () => (input.dataset.dirty = "1"));
+    const set = document.createElement("button");
+    set.type = "submit";
+    set.textContent = "Set weight";
+    set.setAttribute("aria-label", "Set weight of " + address);
+    form.append(label, input, set);
+    form.addEventListener("submit", (e) => {
+      e.preventDefault();
+      const weight = Number(input.value);
+      if (!Number.isInteger(weight) || weight < 1 || weight > 10000) {
+        showError("mutation", "Weight of " + address + ": give a whole number from 1 to 10000");
+        return;
+      }
+      mutate("Set weight of " + address, "PUT", backendPath(address), { weight }, () => delete input.dataset.dirty);
+    });
+    cells.weight.append(form);
+    cells.weightInput = input;
+
+    cells.buttons = {};
+    for (const action of ["drain", "enable", "disable"]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.dataset.action = action;
+      b.textContent = action[0].toUpperCase() + action.slice(1);
+      b.setAttribute("aria-label", b.textContent + " " + address);
+      b.addEventListener("click", () => setState(address, action));
+      cells.actions.append(b);
+      cells.buttons[action] = b;
+    }
+    return { tr, cells };
+  }
+
+  const ACTION_STATE = { drain: "draining", enable: "enabled", disable: "disabled" };
+
+  function fillRow(row, b) {
+    const { tr, cells } = row;
+    const health = ["up", "down"].includes(b.health) ? b.health : "unknown";
+    tr.className = "health-" + health;
+    tr.dataset.health = health;
+    tr.dataset.state = b.state;
+    cells.health.replaceChildren();
+    const badge = document.createElement("span");
+    badge.className = "badge " + health;
+    badge.textContent = health;
+    cells.health.append(badge);
+    if (b.ejected) {
+      const tag = document.createElement("span");
+      tag.className = "tag";
+      tag.textContent = "ejected";
+      tag.title = b.ejected_until ? "until " + new Date(b.ejected_until * 1000).toLocaleTimeString() : "";
+      cells.health.append(tag);
+    }
+    if (b.health_reason) {
+      const reason = document.createElement("span");
+      reason.className = "reason";
+      reason.textContent = b.health_reason;
+      reason.title = b.health_reason;
+      cells.health.append(reason);
+    }
+    cells.state.textContent = b.state;
+    cells.state.className = "state state-" + b.state;
+    cells.origin.textContent = b.origin;
+    const input = cells.weightInput;
+    if (document.activeElement !== input && !input.dataset.dirty) input.value = String(b.weight);
+    cells.inflight.textContent = String(b.conn_count ?? 0);
+    for (const [action, button] of Object.entries(cells.buttons)) button.disabled = b.state === ACTION_STATE[action];
+    fillRate(row, b.address);
+  }
+
+  function fillRate(row, address) {
+    const r = state.rates.get(address);
+    row.cells.rate.textContent = r ? r.rps.toFixed(1) : "-";
+    row.cells.errors.textContent = r ? r.eps.toFixed(1) : "-";
+  }
+
+  function renderBackends() {
+    const tbody = $("backends").tBodies[0];
+    const addresses = [...state.backends.keys()].sort();
+    for (const [address, row] of state.rows) {
+      if (!state.backends.has(address)) {
+        row.tr.remove();
+        state.rows.delete(address);
+      }
+    }
+    for (const address of addresses) {
+      let row = state.rows.get(address);
+      if (!row) {
+        row = makeRow(address);
+        state.rows.set(address, row);
+      }
+      fillRow(row, state.backends.get(address));
+      tbody.append(row.tr); // keeps rows in address order (moving a node keeps its focus and input)
+    }
+    $("no-backends").hidden = addresses.length > 0;
+    const down = addresses.filter((a) => state.backends.get(a).health === "down").length;
+    $("backend-count").textContent = addresses.length + " total" + (down ? ", " + down + " down" : "");
+    renderSummary();
+  }
+
+  function setBackends(list) {
+    state.backends = new Map(list.map((b) => [b.address, b]));
+    renderBackends();
+  }
+
+  // -- replicas and rates ---------------------------------------------------------------------
+
+  function computeRates(replicas, at) {
+    const current = new Map(replicas.map((r) => [r.id, r.totals || {}]));
+    const rates = new Map();
+    const replicaRates = new Map();
+    let total = 0;
+    let errors = 0;
+    const prev = state.prev;
+    const dt = prev ? (at - prev.at) / 1000 : 0;
+    if (prev && dt > 0.2) {
+      for (const [id, totals] of current) {
+        const before = prev.totals.get(id);
+        if (!before) continue; // a new replica: its totals are the baseline for the next poll
+        let replicaRate = 0;
+        for (const [key, n] of Object.entries(totals)) {
+          const delta = n - (before[key] || 0);
+          if (delta <= 0) continue;
+          const cut = key.lastIndexOf("|");
+          const address = key.slice(0, cut);
+          const rate = delta / dt;
+          const entry = rates.get(address) || { rps: 0, eps: 0 };
+          entry.rps += rate;
+          if (ERROR_CLASSES.has(key.slice(cut + 1))) {
+            entry.eps += rate;
+            errors += rate;
+          }
+          rates.set(address, entry);
+          replicaRate += rate;
+          total += rate;
+        }
+        replicaRates.set(id, replicaRate);
+      }
+      state.history.push({ t: at, total, errors });
+    }
+    state.prev = { at, totals: current };
+    state.rates = rates;
+    state.replicaRates = replicaRates;
+    const cutoff = at - WINDOW_MS;
+    while (state.history.length && state.history[0].t < cutoff) state.history.shift();
+    const known = prev && dt > 0.2;
+    $("rate-total").textContent = known ? total.toFixed(1) : "-";
+    $("rate-errors").textContent = known ? errors.toFixed(1) : "-";
+    for (const [address, row] of state.rows) fillRate(row, address);
+  }
+
+  function renderReplicas(replicas) {
+    const tbody = $("replicas").tBodies[0];
+    const rows = replicas.map((r) => {
+      const tr = document.createElement("tr");
+      tr.dataset.replica = r.id;
+      const inflight = Object.values(r.inflight || {}).reduce((a, b) => a + b, 0);
+      const rate = state.replicaRates.get(r.id);
+      const values = [r.service, r.host, r.listen || "-", r.heartbeat_age_sec.toFixed(1), String(inflight), rate === undefined ? "-" : rate.toFixed(1)];
+      const th = document.createElement("th");
+      th.scope = "row";
+      const code = document.createElement("code");
+      code.textContent = r.id;
+      th.append(code);
+      tr.append(th);
+      values.forEach((v, i) => (cell(tr, i >= 3 ? "num" : "").textContent = v));
+      return tr;
+    });
+    tbody.replaceChildren(...rows);
+    $("no-replicas").hidden = rows.length > 0;
+    const proxies = replicas.filter((r) => r.service === "proxy").length;
+    $("replica-count").textContent = replicas.length + " live, " + proxies + " prox" + (proxies === 1 ? "y" : "ies");
+  }
+
+  // -- chart ----------------------------------------------------------------------------------
+
+  function niceMax(v) {
+    if (v <= 0) return 1;
+    const p = Math.pow(10, Math.floor(Math.log10(v)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * p) return m * p;
+    return 10 * p;
+  }
+
+  function drawChart() {
+    const canvas = $("chart");
+    const ratio = window.devicePixelRatio || 1;
+    const width = canvas.clientWidth;
+    const height = canvas.clientHeight;
+    if (!width || !height) return;
+    if (canvas.width !== Math.round(width * ratio) || canvas.height !== Math.round(height * ratio)) {
+      canvas.width = Math.round(width * ratio);
+      canvas.height = Math.round(height * ratio);
+    }
+    const g = canvas.getContext("2d");
+    g.setTransform(ratio, 0, 0, ratio, 0, 0);
+    g.clearRect(0, 0, width, height);
+    const styles = getComputedStyle(document.documentElement);
+    const color = (name) => styles.getPropertyValue(name).trim();
+    const left = 48;
+    const right = 10;
+    const top = 10;
+    const bottom = 22;
+    const w = width - left - right;
+    const h = height - top - bottom;
+    const now = Date.now();
+    const points = state.history;
+    const max = niceMax(Math.max(0, ...points.map((p) => p.total)));
+    const x = (t) => left + w * (1 - (now - t) / WINDOW_MS);
+    const y = (v) => top + h * (1 - v / max);
+
+    g.font = "12px system-ui, sans-serif";
+    g.fillStyle = color("--muted");
+    g.strokeStyle = color("--line");
+    g.lineWidth = 1;
+    g.textAlign = "right";
+    g.textBaseline = "middle";
+    for (let i = 0; i <= 4; i++) {
+      const v = (max * i) / 4;
+      const yy = Math.round(y(v)) + 0.5;
+      g.beginPath();
+      g.moveTo(left, yy);
+      g.lineTo(left + w, yy);
+      g.stroke();
+      g.fillText(v >= 10 ? v.toFixed(0) : v.toFixed(1), left - 6, yy);
+    }
+    g.textAlign = "center";
+    g.textBaseline = "top";
+    for (const s of [120, 90, 60, 30, 0]) {
+      g.textAlign = s === 120 ? "left" : s === 0 ? "right" : "center";
+      g.fillText(s ? "-" + s + "s" : "now", x(now - s * 1000), top + h + 5);
+    }
+
+    const line = (key, stroke, lineWidth, fill) => {
+      g.save();
+      g.beginPath();
+      g.rect(left, top - 2, w, h + 4);
+      g.clip();
+      g.beginPath();
+      points.forEach((p, i) => (i ? g.lineTo(x(p.t), y(p[key])) : g.moveTo(x(p.t), y(p[key]))));
+      g.strokeStyle = stroke;
+      g.lineWidth = lineWidth;
+      g.lineJoin = "round";
+      g.stroke();
+      if (fill) {
+        g.lineTo(x(points[points.length - 1].t), y(0));
+        g.lineTo(x(points[0].t), y(0));
+        g.closePath();
+        g.globalAlpha = 0.12;
+        g.fillStyle = stroke;
+        g.fill();
+      }
+      g.restore();
+    };
+    if (points.length > 1) {
+      line("total", color("--accent"), 2, true);
+      line("errors", color("--down"), 1.5);
+    }
+    const last = points[points.length - 1];
+    canvas.setAttribute(
+      "aria-label",
+      last
+        ? "Request rate over the last 2 minutes: now " + last.total.toFixed(1) + " requests/s, " + last.errors.toFixed(1) + " errors/s"
+        : "Request rate chart: no data yet",
+    );
+  }
+
+  // -- status line ----------------------------------------------------------------------------
+
+  function renderSummary() {
+    const live = $("live");
+    if (state.readsNeedToken) {
+      live.textContent = "token needed";
+      live.className = "live off";
+    } else if (state.streamLive) {
+      live.textContent = "live";
+      live.className = "live on";
+    } else {
+      live.textContent = "polling";
+      live.className = "live polling";
+    }
+    const parts = [];
+    if (state.version !== null) parts.push("state version " + state.version);
+    if (state.algorithm) parts.push("algorithm " + state.algorithm);
+    parts.push("updated " + new Date().toLocaleTimeString());
+    $("summary").textContent = parts.join(" · ");
+  }
+
+  // -- reading: poll and events ---------------------------------------------------------------
+
+  function readFailed(what, err) {
+    if (err.status === 401) {
+      state.readsNeedToken = true;
+      renderSummary();
+      if ($("token-form").hidden && !state.tokenDismissed) askToken("Reading the state needs the admin token (admin.protect_reads is on).");
+      return;
+    }
+    showError("read", "Cannot load " + what + ": " + err.message);
+  }
+
+  async function refreshBackends() {
+    const seen = state.changes;
+    try {
+      const backends = await api("GET", "backends");
+      applyRead(seen, backends);
+      clearError("read");
+    } catch (err) {
+      readFailed("backends", err);
+    }
+  }
+
+  function applyRead(seen, backends) {
+    if (seen === state.changes || state.dropped >= 3) {
+      state.dropped = 0;
+      setBackends(backends);
+    } else {
+      state.dropped++;
+      renderBackends();
+    }
+  }
+
+  function scheduleRefresh(delay) {
+    clearTimeout(state.refreshTimer);
+    state.refreshTimer = setTimeout(refreshBackends, delay);
+  }
+
+  async function poll() {
+    clearTimeout(state.pollTimer);
+    const seen = state.changes;
+    try {
+      const [backends, replicas] = await Promise.all([api("GET", "backends"), api("GET", "replicas")]);
+      state.readsNeedToken = false;
+      clearError("read");
+      computeRates(replicas, Date.now());
+      // An event during the read may be newer than what was read; the refresh it scheduled follows.
+      applyRead(seen, backends);
+      renderReplicas(replicas);
+      if (!state.stream) connectEvents();
+    } catch (err) {
+      readFailed("the state", err);
+    }
+    drawChart();
+    state.pollTimer = setTimeout(poll, POLL_MS);
+  }
+
+  function applySnapshot(snap) {
+    state.changes++;
+    state.version = snap.version;
+    state.algorithm = snap.algorithm ? snap.algorithm.algorithm : state.algorithm;
+    setBackends(snap.backends);
+  }
+
+  function applyEvent(kind, event) {
+    state.changes++;
+    state.version = event.version;
+    if (kind === "algorithm" && event.algorithm) {
+      state.algorithm = event.algorithm.name;
+      renderSummary();
+      return;
+    }
+    // Show a health change at once; then read the backend list for what follows from it (alive, ...).
+    const known = event.address && state.backends.get(event.address);
+    if (kind === "health" && known && event.health) {
+      known.health = event.health.status;
+      known.health_reason = event.health.reason || "";
+      renderBackends();
+    }
+    scheduleRefresh(50);
+  }
+
+  function dispatch(kind, data) {
+    let parsed;
+    try {
+      parsed = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (kind === "snapshot") applySnapshot(parsed);
+    else if (EVENT_KINDS.includes(kind)) applyEvent(kind, parsed);
+  }
+
+  function setLive(on) {
+    state.streamLive = on;
+    renderSummary();
+  }
+
+  function openEventSource() {
+    const source = new EventSource("events");
+    source.onopen = () => setLive(true);
+    source.onerror = () => {
+      setLive(false);
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (e.g. 401 with protect_reads): the poll goes on and asks for the token.
+        state.stream = null;
+      }
+    };
+    source.addEventListener("snapshot", (e) => dispatch("snapshot", e.data));
+    for (const kind of EVENT_KINDS) source.addEventListener(kind, (e) => dispatch(kind, e.data));
+    return { stop: () => source.close() };
+  }
+
+  function parseBlock(block) {
+    let kind = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (!line || line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      let value = colon < 0 ? "" : line.slice(colon + 1);
+      if (value.startsWith(" ")) value = value.slice(1);
+      if (field === "event") kind = value;
+      else if (field === "data") data.push(value);
+    }
+    if (data.length) dispatch(kind, data.join("\n"));
+  }
+
+  function openFetchStream() {
+    const abort = new AbortController();
+    const run = async () => {
+      let backoff = 500;
+      while (!abort.signal.aborted) {
+        try {
+          const resp = await fetch("events", {
+            headers: { Accept: "text/event-stream", ...authHeaders() },
+            cache: "no-store",
+            signal: abort.signal,
+          });
+          if (resp.status === 401) {
+            setLive(false);
+            state.stream = null;
+            readFailed("events", new ApiError(401, "unauthorized"));
+            return;
+          }
+          if (!resp.ok || !resp.body) throw new Error("HTTP " + resp.status);
+          setLive(true);
+          backoff = 500;
+          const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+          let buffer = "";
+          for (;;) {
+            const { value, done } = await reader.read();
+            if (done) break;
+            buffer += value;
+            // A "\r" at the end may be half of a "\r\n": keep it until the next chunk.
+            const keep = buffer.endsWith("\r") ? 1 : 0;
+            let text = buffer.slice(0, buffer.length - keep).replace(/\r\n?/g, "\n");
+            let end;
+            while ((end = text.indexOf("\n\n")) >= 0) {
+              parseBlock(text.slice(0, end));
+              text = text.slice(end + 2);
+            }
+            buffer = text + buffer.slice(buffer.length - keep);
+          }
+        } catch (err) {
+          if (abort.signal.aborted) return;
+        }
+        setLive(false);
+        await new Promise((resolve) => setTimeout(resolve, backoff));
+        backoff = Math.min(backoff * 2, 10000);
+      }
+    };
+    run();
+    return { stop: () => abort.abort() };
+  }
+
+  function connectEvents() {
+    if (state.stream) state.stream.stop();
+    setLive(false);
+    state.stream = token() ? openFetchStream() : openEventSource();
+  }
+
+  window.addEventListener("resize", drawChart);
+  updateTokenState();
+  renderSummary();
+  poll();
+})();

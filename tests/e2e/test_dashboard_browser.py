@@ -1,0 +1,239 @@
+"""The dashboard end to end: headless Chromium (Debian's package, driven by Playwright) against a real admin
+service on real Redis. Backends are seeded and changed through the Store; the page must follow.
+
+Without Chromium (or Playwright) the tests skip with the reason, except in CI (CI=true), where they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shared.models import Backend, ReplicaInfo
+from shared.store import Store
+from tests.helpers import eventually
+from tests.integration.admin.server import ServedAdmin, admin_config
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+TOKEN = "dash-s3cret"
+A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "[::1]:9003"
+RED = "rgb(179, 38, 30)"  # --down in dashboard.css
+WAIT_MS = 8000
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the dashboard browser test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        unavailable("playwright is not installed (pip install playwright; never `playwright install`)")
+    if not os.access(CHROMIUM, os.X_OK):
+        unavailable(f"{CHROMIUM} is missing: apt-get install -y chromium")
+    async with async_playwright() as p:
+        try:
+            launched = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=20_000)
+        except Exception as exc:
+            unavailable(f"chromium does not start: {str(exc).splitlines()[0]}")
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@contextlib.contextmanager
+def served(redis_url: str, namespace: str, **admin: object) -> Iterator[ServedAdmin]:
+    with ServedAdmin(admin_config(redis_url, namespace, **admin)) as server:
+        yield server
+
+
+async def seed(store: Store) -> None:
+    await store.create_backend(Backend(address=A, weight=3))
+    await store.create_backend(Backend(address=B, origin="static"))
+    await store.create_backend(Backend(address=C, state="draining"))
+    await store.set_health(A, "up")
+    await store.set_health(B, "up")
+
+
+async def new_page(browser: Any, errors: list[str]) -> Any:
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    page.on("pageerror", lambda exc: errors.append(f"uncaught: {exc}"))
+    page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.set_default_timeout(WAIT_MS)
+    return page
+
+
+def row(page: Any, address: str) -> Any:
+    return page.locator(f'#backends tr[data-address="{address}"]')
+
+
+async def state_of(store: Store, address: str) -> str | None:
+    view = await store.get_backend(address)
+    return view.backend.state if view else None
+
+
+async def traffic(store: Store, stop: asyncio.Event) -> None:
+    """A fake proxy replica pushing growing request totals (a few per 0.2 s; bounded by the test's end)."""
+    info = ReplicaInfo(id="proxy-test-1", service="proxy", started_at=time.time(), heartbeat_at=0.0, host="t", pid=1)
+    totals = {f"{A}|2xx": 0, f"{B}|2xx": 0, f"{B}|5xx": 0}
+    for seq in range(1, 301):
+        totals[f"{A}|2xx"] += 12
+        totals[f"{B}|2xx"] += 6 + seq % 5
+        totals[f"{B}|5xx"] += seq % 3 == 0
+        await store.push_counters(info, seq, {}, {A: 2, B: 1}, ttl=10.0, force_absolute=True, totals=dict(totals))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+        if stop.is_set():
+            return
+
+
+async def test_lists_backends_drains_and_turns_red_live(
+    browser: Any, redis_url: str, namespace: str, store: Store
+) -> None:
+    from playwright.async_api import expect
+
+    await seed(store)
+    stop = asyncio.Event()
+    pusher = asyncio.create_task(traffic(store, stop))
+    errors: list[str] = []
+    try:
+        with served(redis_url, namespace) as admin:
+            page = await new_page(browser, errors)
+            await page.goto(admin.url + "/")
+            for address in (A, B, C):
+                await expect(row(page, address)).to_have_count(1)
+            await expect(row(page, A)).to_have_attribute("data-health", "up")
+            await expect(row(page, C)).to_have_attribute("data-health", "unknown")
+            await expect(row(page, C)).to_have_attribute("data-state", "draining")
+            await expect(row(page, B).locator("td.origin")).to_have_text("static")
+            await expect(page.locator("#live")).to_have_text("live")
+            await page.evaluate("window.__notReloaded = true")
+
+            # A drain click changes the store (and the row follows).
+            await page.get_by_role("button", name=f"Drain {A}").click()
+            await eventually(lambda: _is(store, A, "draining"), timeout=5, message="the drain click drains A")
+            await expect(row(page, A)).to_have_attribute("data-state", "draining")
+            await expect(page.get_by_role("button", name=f"Drain {A}")).to_be_disabled()
+
+            # A backend going down turns red without a reload.
+            await store.set_health(B, "down", "connect refused")
+            await expect(row(page, B)).to_have_attribute("data-health", "down")
+            badge = row(page, B).locator(".badge")
+            await expect(badge).to_have_text("down")
+            await expect(badge).to_have_css("background-color", RED)  # retried: rows re-render on every poll
+            await expect(row(page, B).locator(".reason")).to_have_text("connect refused")
+            assert await page.evaluate("window.__notReloaded === true"), "the page was reloaded"
+
+            # Weight, inline.
+            await page.get_by_label(f"Weight of {B}", exact=True).fill("7")
+            await page.get_by_role("button", name=f"Set weight of {B}").click()
+            await eventually(lambda: _weight_is(store, B, 7), timeout=5, message="the weight of B is set to 7")
+
+            # Rates from the replicas' totals, the replica list and the chart.
+            await expect(row(page, A).locator("td.rate")).not_to_have_text("-")
+            await expect(page.locator('#replicas tr[data-replica="proxy-test-1"]')).to_have_count(1)
+            await page.wait_for_function("document.querySelector('#chart').getAttribute('aria-label').includes('now')")
+            assert float(await page.locator("#rate-total").inner_text()) > 0
+            # Enough polls for a visible line in the screenshot.
+            await page.wait_for_function(
+                "Number(document.querySelector('#rate-total').textContent) > 0", polling=500, timeout=WAIT_MS
+            )
+            await page.wait_for_timeout(2500)  # one more poll: the chart has a line, not a point
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    finally:
+        stop.set()
+        await pusher
+    assert not errors, errors
+
+
+async def _is(store: Store, address: str, state: str) -> bool:
+    return await state_of(store, address) == state
+
+
+async def _weight_is(store: Store, address: str, weight: int) -> bool:
+    view = await store.get_backend(address)
+    return view is not None and view.backend.weight == weight
+
+
+async def test_a_mutation_asks_for_the_token_then_succeeds(
+    browser: Any, redis_url: str, namespace: str, store: Store
+) -> None:
+    from playwright.async_api import expect
+
+    await seed(store)
+    errors: list[str] = []
+    with served(redis_url, namespace, token=TOKEN) as admin:
+        page = await new_page(browser, errors)
+        await page.goto(admin.url + "/")
+        await expect(row(page, C)).to_have_count(1)  # reads are open without protect_reads
+        form = page.locator("#token-form")
+        await expect(form).to_be_hidden()
+
+        await page.get_by_role("button", name=f"Enable {C}").click()
+        await expect(form).to_be_visible()
+        await expect(page.locator("#token-why")).to_contain_text("needs the admin token")
+        assert await state_of(store, C) == "draining"
+
+        # A wrong token: the API's problem detail is shown and the token is asked for again.
+        await page.get_by_label("Admin token", exact=True).fill("wrong")
+        await page.get_by_role("button", name="Use token").click()
+        await expect(page.locator("#token-why")).to_contain_text("invalid bearer token")
+        await expect(form).to_be_visible()
+
+        await page.get_by_label("Admin token", exact=True).fill(TOKEN)
+        await page.get_by_role("button", name="Use token").click()
+        await eventually(lambda: _is(store, C, "enabled"), timeout=5, message="enable succeeds with the token")
+        await expect(form).to_be_hidden()
+        await expect(row(page, C)).to_have_attribute("data-state", "enabled")
+        assert await page.evaluate(f"sessionStorage.getItem('gobalancer.admin.token') === '{TOKEN}'")
+        # The next mutation uses the kept token without asking.
+        await page.get_by_role("button", name=f"Drain {A}").click()
+        await eventually(lambda: _is(store, A, "draining"), timeout=5, message="drain with the kept token")
+        await expect(form).to_be_hidden()
+    assert not [e for e in errors if "401" not in e], errors
+
+
+async def test_protected_reads_ask_for_the_token_and_stream_with_it(
+    browser: Any, redis_url: str, namespace: str, store: Store
+) -> None:
+    from playwright.async_api import expect
+
+    await seed(store)
+    errors: list[str] = []
+    with served(redis_url, namespace, token=TOKEN, protect_reads=True) as admin:
+        page = await new_page(browser, errors)
+        await page.goto(admin.url + "/")  # the page itself is open
+        await expect(page.locator("#token-form")).to_be_visible()
+        await expect(page.locator("#token-why")).to_contain_text("protect_reads")
+        await expect(row(page, A)).to_have_count(0)
+
+        await page.get_by_label("Admin token", exact=True).fill(TOKEN)
+        await page.get_by_role("button", name="Use token").click()
+        await expect(row(page, A)).to_have_count(1)
+        await expect(page.locator("#live")).to_have_text("live")  # the fetch()-read event stream, with the header
+        await store.set_health(A, "down")
+        await expect(row(page, A)).to_have_attribute("data-health", "down")
+    assert not [e for e in errors if "401" not in e], errors
