@@ -1,11 +1,18 @@
-"""Pick cost per policy at 10, 1,000 and 100,000 backends: ``python -m bench policies``.
+"""Pick and rebuild cost per policy at 10, 1,000 and 100,000 backends: ``python -m bench policies``.
 
-For each policy and pool size: the build time (once per view change) and the cost of one pick
+For each policy and pool size: the build time (``build_ms``: the policy alone, from its candidates,
+cold caches), the rebuild time after one backend is removed (``rebuild_ms``: the view's candidates
+plus the policy, what every view change costs; ``where``: on the event loop, or in a worker thread
+when ``build_cost`` exceeds ``SYNC_BUILD_MAX_SEC``), and the cost of one pick
 (timeit-style: the best of several repeats of a timed loop, in CPU ns per pick). Count-based policies
 are also timed for a whole request cycle, pick + started + finished, because their counts change
 on every request. The pool has random weights 1..10 and a few hundred requests in flight, so the
 count-based structures and the bounded-load walk are not in their trivial empty state.
 The original GoBalancer is O(N): round robin 57.8 ns at 10 and 2,230 ns at 1,000 backends.
+
+At the largest size a StoreBalancer is also driven on an asyncio loop: one backend removed, and
+the loop's largest stall while the rebuild runs (``loop_gap_ms``, a ticker sleeping 2 ms) beside
+the rebuild's wall time (``loop_rebuild_ms``) — the stall is what a synchronous rebuild would cost.
 """
 
 from __future__ import annotations
@@ -19,7 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from services.proxy.policies import POLICIES, Candidate, MutableCounts, PolicyEnv, build_policy
+from services.proxy.policies import POLICIES, Candidate, MutableCounts, PolicyEnv, build_cost, build_policy
+from services.proxy.store_balancer import SYNC_BUILD_MAX_SEC
+from services.proxy.view import LocalView, compute_candidates
+from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
 
 SIZES = (10, 1_000, 100_000)
 COUNT_POLICIES = ("least_connections", "weighted_least_connections", "p2c", "ewma", "ip_hash")
@@ -46,6 +56,7 @@ def measure(name: str, n: int, loops: int, repeats: int) -> dict[str, Any]:
     start = time.perf_counter()
     policy = build_policy(name, candidates, env)
     build_ms = (time.perf_counter() - start) * 1000
+    rebuild_ms = measure_rebuild(name, candidates, env)
     keys = [f"192.168.{i // 256}.{i % 256}" for i in range(4096)]
     # a few hundred requests in flight
     for i in range(300):
@@ -73,11 +84,88 @@ def measure(name: str, n: int, loops: int, repeats: int) -> dict[str, Any]:
         "policy": name,
         "backends": n,
         "build_ms": round(build_ms, 2),
+        "rebuild_ms": round(rebuild_ms, 2),
+        "where": "thread" if build_cost(name, n) > SYNC_BUILD_MAX_SEC else "loop",
         "pick_ns": round(_best_ns(picks, loops, repeats), 1),
     }
     if name in COUNT_POLICIES:
         row["cycle_ns"] = round(_best_ns(cycles, loops, repeats), 1)
     return row
+
+
+def _view(candidates: list[Candidate]) -> LocalView:
+    view = LocalView()
+    backends = {
+        c.address: BackendView(backend=Backend(address=c.address, weight=c.weight), health=Health(status="up"))
+        for c in candidates
+    }
+    view.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting()))  # type: ignore[arg-type]
+    return view
+
+
+def measure_rebuild(name: str, candidates: list[Candidate], env: PolicyEnv) -> float:
+    """Wall ms of what one view change costs: one backend removed, candidates and policy rebuilt."""
+    view = _view(candidates)
+    view.candidates(time.time(), 0.0)  # the previous view (warm state)
+    view.apply(Event(version=2, kind="backend_removed", address=candidates[len(candidates) // 2].address))
+    start = time.perf_counter()
+    result = compute_candidates(view.state(), time.time(), 0.0)
+    build_policy(name, result.candidates, env)
+    return (time.perf_counter() - start) * 1000
+
+
+def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
+    """A StoreBalancer on an asyncio loop with ``n`` backends: one backend removed; the loop's largest
+    stall during the rebuild, and the rebuild's wall time."""
+    import asyncio
+
+    from services.proxy.store_balancer import StoreBalancer
+    from shared.config import Config
+    from shared.replica import Replica
+    from shared.store import Store
+
+    async def run() -> dict[str, Any]:
+        store = Store.from_url("redis://127.0.0.1:1/0", "bench")
+        balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="b"))
+        addresses = [f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80" for i in range(n)]
+        backends = {a: BackendView(backend=Backend(address=a), health=Health(status="up")) for a in addresses}
+        balancer.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0)))  # type: ignore[arg-type]
+        await asyncio.sleep(0)
+        await balancer.built()
+        balancer.rebuild()  # warm: the first build after a snapshot creates every Candidate
+        stop = asyncio.Event()
+        gap = 0.0
+
+        async def ticker() -> None:
+            nonlocal gap
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gap = max(gap, now - last)
+                last = now
+
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        gap = 0.0
+        before = balancer.rebuilds
+        start = time.perf_counter()
+        balancer.apply(Event(version=2, kind="backend_removed", address=addresses[n // 2]))
+        while balancer.rebuilds == before:
+            await asyncio.sleep(0.002)
+            await balancer.built()
+        wall = time.perf_counter() - start
+        stop.set()
+        await task
+        await store.close()
+        return {
+            "policy": name,
+            "backends": n,
+            "loop_rebuild_ms": round(wall * 1000, 1),
+            "loop_gap_ms": round(gap * 1000, 1),
+        }
+
+    return asyncio.run(run())
 
 
 def measure_balancer(name: str, n: int, loops: int, repeats: int) -> dict[str, Any]:
@@ -124,13 +212,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="bench/results/policies.json", help="where to write the results")
     args = parser.parse_args(argv)
     rows = []
-    print(f"{'policy':28} {'backends':>9} {'build ms':>10} {'pick ns':>9} {'cycle ns':>9}")
+    print(
+        f"{'policy':28} {'backends':>9} {'build ms':>10} {'rebuild ms':>11} {'where':>7} {'pick ns':>9} {'cycle ns':>9}"
+    )
     for name in args.policies.split(","):
         for n in (int(s) for s in args.sizes.split(",")):
             row = measure(name, n, args.loops, args.repeats)
             rows.append(row)
             cycle = f"{row['cycle_ns']:>9.0f}" if "cycle_ns" in row else f"{'-':>9}"
-            print(f"{name:28} {n:>9,} {row['build_ms']:>10.1f} {row['pick_ns']:>9.0f} {cycle}", flush=True)
+            print(
+                f"{name:28} {n:>9,} {row['build_ms']:>10.1f} {row['rebuild_ms']:>11.1f} {row['where']:>7}"
+                f" {row['pick_ns']:>9.0f} {cycle}",
+                flush=True,
+            )
+    largest = max(int(s) for s in args.sizes.split(","))
+    print(
+        f"\nStoreBalancer on an asyncio loop, {largest:,} backends, one removed: rebuild wall ms, largest loop stall ms"
+    )
+    gap_rows = []
+    for name in args.policies.split(","):
+        row = measure_loop_gap(name, largest)
+        gap_rows.append(row)
+        print(f"{name:28} {row['loop_rebuild_ms']:>10.1f} {row['loop_gap_ms']:>9.1f}", flush=True)
     print("\nwhole request through StoreBalancer (pick + started + finished), CPU ns:")
     balancer_rows = []
     for name in args.policies.split(","):
@@ -147,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 "machine": platform.machine(),
                 "unit": "CPU ns (process time) per iteration, best of repeats",
                 "results": rows,
+                "loop_gap": gap_rows,
                 "balancer": balancer_rows,
             },
             indent=2,

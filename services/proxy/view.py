@@ -6,11 +6,21 @@ before its publication reaches Redis (or while Redis is down).
 
 Usability depends on time (ejections end, slow-start steps), so :meth:`LocalView.candidates` also
 returns the next moment at which its answer changes: the owner rebuilds then, and not on every pick.
+
+For large pools the owner computes candidates in a worker thread: :meth:`LocalView.state` is a frozen
+copy of what the computation reads (``BackendView`` objects are replaced on change, never mutated,
+so copying the dict is enough), :func:`compute_candidates` is pure, and :meth:`LocalView.commit`
+folds its bookkeeping back in on the loop.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import msgspec
 
 from services.proxy.policies import Candidate, ramp
 from shared.config import Config
@@ -25,8 +35,10 @@ class LocalView:
         self.version = -1  # -1: nothing loaded yet
         self.source = "none"  # "store" once a snapshot arrived, "static" when started from the config
         self.local_ejections: dict[str, Ejection] = {}
-        self._since: dict[str, float] = {}  # usable since (slow start); -inf: warm
-        self._usable: set[str] | None = None  # usable set at the last candidates() call
+        # The usable backends at the last candidates(): since when (slow start; -inf: warm) and their
+        # Candidate (reused while unchanged). None before the first call (everything starts warm).
+        self._known: dict[str, tuple[float, Candidate]] | None = None
+        self._order: list[str] | None = None  # sorted addresses; None: to sort again
 
     # -- input -------------------------------------------------------------------------------
 
@@ -39,12 +51,15 @@ class LocalView:
             )
             for b in config.backends
         }
+        self._order = None
         self.algorithm = AlgorithmSetting(name=config.algorithm)
         self.source = "static"
 
     def apply(self, item: Snapshot | Event) -> None:
+        # BackendViews are replaced, never mutated: a state() copy handed to a worker stays frozen.
         if isinstance(item, Snapshot):
             self.backends = dict(item.backends)
+            self._order = None
             self.algorithm = item.algorithm
             self.version = item.version
             self.source = "store"
@@ -57,15 +72,20 @@ class LocalView:
         if item.kind in ("backend_added", "backend_updated") and item.backend is not None:
             if current is None:
                 self.backends[address] = BackendView(backend=item.backend)
+                if self._order is not None:
+                    bisect.insort(self._order, address)
             else:
-                current.backend = item.backend
+                self.backends[address] = msgspec.structs.replace(current, backend=item.backend)
         elif item.kind == "backend_removed":
-            self.backends.pop(address, None)
+            if self.backends.pop(address, None) is not None and self._order is not None:
+                i = bisect.bisect_left(self._order, address)
+                if i < len(self._order) and self._order[i] == address:
+                    del self._order[i]
             self.local_ejections.pop(address, None)
         elif item.kind == "health" and current is not None and item.health is not None:
-            current.health = item.health
+            self.backends[address] = msgspec.structs.replace(current, health=item.health)
         elif item.kind == "ejection" and current is not None:
-            current.ejection = item.ejection
+            self.backends[address] = msgspec.structs.replace(current, ejection=item.ejection)
             if item.ejection is None:  # cleared (by an operator or a passing health check)
                 self.local_ejections.pop(address, None)
         elif item.kind == "algorithm" and item.algorithm is not None:
@@ -97,32 +117,110 @@ class LocalView:
     def ejected_count(self, at: float) -> int:
         return sum(1 for a in self.backends if (e := self.ejection(a)) is not None and e.until > at)
 
+    def order(self) -> list[str]:
+        """The addresses, sorted (kept up to date on additions and removals, sorted again after a snapshot)."""
+        if self._order is None:
+            self._order = sorted(self.backends)
+        return self._order
+
+    def state(self, *, copy: bool = True) -> ViewState:
+        """What :func:`compute_candidates` reads; with ``copy`` (the default) a frozen copy that a worker
+        thread may read while the view goes on changing (O(n) pointer copies, no per-backend work)."""
+        order = self.order()
+        return ViewState(
+            backends=dict(self.backends) if copy else self.backends,
+            order=list(order) if copy else order,
+            local_ejections=dict(self.local_ejections) if copy else self.local_ejections,
+            known=self._known,  # replaced by commit(), never mutated: no copy needed
+            start_healthy=self.start_healthy,
+        )
+
+    def commit(self, result: Candidates) -> None:
+        """Fold a :func:`compute_candidates` result back in (on the owner's thread)."""
+        self._known = result.known
+        for address, ejection in result.expired:
+            if self.local_ejections.get(address) is ejection:
+                del self.local_ejections[address]
+
     def candidates(self, at: float, slow_start_sec: float) -> tuple[list[Candidate], float]:
         """The usable backends (sorted by address) with their slow-start factor, and the next time
         at which this answer changes by itself (an ejection ends, a ramp step) or +inf."""
-        first = self._usable is None
-        usable: set[str] = set()
-        out: list[Candidate] = []
-        next_change = math.inf
-        for address in sorted(self.backends):
-            view = self.backends[address]
-            ejection = self.ejection(address)
-            if ejection is not None and ejection.until > at:
-                next_change = min(next_change, ejection.until)
-            if not self.usable(view, at):
-                continue
-            usable.add(address)
-            if first:
-                self._since[address] = -math.inf
-            elif self._usable is not None and address not in self._usable:
-                self._since[address] = at  # joined or recovered: ramp up from now
-            factor, step_at = ramp(self._since.get(address, -math.inf), at, slow_start_sec)
-            if step_at is not None:
-                next_change = min(next_change, step_at)
-            out.append(Candidate(address, view.backend.weight, factor))
-        for address in [a for a in self._since if a not in usable]:
-            del self._since[address]
-        for address in [a for a, e in self.local_ejections.items() if e.until <= at]:
-            del self.local_ejections[address]
-        self._usable = usable
-        return out, next_change
+        result = compute_candidates(self.state(copy=False), at, slow_start_sec)
+        self.commit(result)
+        return result.candidates, result.next_change
+
+
+@dataclass(frozen=True, slots=True)
+class ViewState:
+    """The inputs of :func:`compute_candidates` (see :meth:`LocalView.state`)."""
+
+    backends: Mapping[str, BackendView]
+    order: Sequence[str]
+    local_ejections: Mapping[str, Ejection]
+    known: Mapping[str, tuple[float, Candidate]] | None
+    start_healthy: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """The output of :func:`compute_candidates`."""
+
+    candidates: list[Candidate]
+    next_change: float
+    known: dict[str, tuple[float, Candidate]]  # the usable ones: since when, and their Candidate
+    expired: list[tuple[str, Ejection]]  # this replica's ejections that are over (to forget)
+
+
+def compute_candidates(state: ViewState, at: float, slow_start_sec: float) -> Candidates:
+    """The usable backends at ``at``, sorted by address, with their slow-start factor. Pure.
+
+    Usable: enabled, healthy (or unknown with ``start_healthy``), not ejected by anyone (the store's
+    ejection or this replica's, whichever lasts longer). A backend usable now but not at the previous
+    call joined or recovered: it ramps up from ``at``. About 1 µs a backend (it runs on every view
+    change), hence the inlined checks instead of ``BackendView.usable``.
+    """
+    known = state.known
+    first = known is None
+    previous = known if known is not None else {}
+    backends = state.backends
+    local_ejections = state.local_ejections
+    start_healthy = state.start_healthy
+    out: list[Candidate] = []
+    new_known: dict[str, tuple[float, Candidate]] = {}
+    next_change = math.inf
+    inf = math.inf
+    for address in state.order:
+        view = backends[address]
+        ejection = view.ejection
+        if local_ejections:
+            local = local_ejections.get(address)
+            if local is not None and (ejection is None or local.until > ejection.until):
+                ejection = local
+        if ejection is not None and ejection.until > at:
+            if ejection.until < next_change:
+                next_change = ejection.until
+            continue
+        backend = view.backend
+        if backend.state != "enabled":
+            continue
+        status = view.health.status
+        if status != "up" and (status != "unknown" or not start_healthy):
+            continue
+        entry = previous.get(address)
+        if entry is None:
+            since = -inf if first else at  # joined or recovered: ramp up from now
+            candidate = None
+        else:
+            since, candidate = entry
+        factor = 1.0
+        if since != -inf:
+            factor, step_at = ramp(since, at, slow_start_sec)
+            if step_at is not None and step_at < next_change:
+                next_change = step_at
+        weight = backend.weight
+        if candidate is None or candidate.weight != weight or candidate.factor != factor:
+            candidate = Candidate(address, weight, factor)
+        new_known[address] = (since, candidate) if entry is None or entry[1] is not candidate else entry
+        out.append(candidate)
+    expired = [(a, e) for a, e in local_ejections.items() if e.until <= at]
+    return Candidates(out, next_change, new_known, expired)

@@ -124,6 +124,31 @@ class Policy:
         return best.address if best is not None else None
 
 
+class Journaled(Policy):
+    """A policy in force while its successor is built elsewhere (a worker thread): it forwards
+    everything and remembers which addresses' counts changed, so the successor — which read the
+    counts while being built — can be told about them when it takes over."""
+
+    def __init__(self, inner: Policy) -> None:
+        super().__init__((), inner.env)
+        self.inner = inner
+        self.candidates = inner.candidates
+        self.changed: set[str] = set()
+
+    def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:
+        return self.inner.pick(key, exclude)
+
+    def count_changed(self, address: str) -> None:
+        self.changed.add(address)
+        self.inner.count_changed(address)
+
+    def observe(self, address: str, latency: float | None, ok: bool, at: float) -> None:
+        self.inner.observe(address, latency, ok, at)
+
+    def fallback(self, exclude: Collection[str]) -> str | None:
+        return self.inner.fallback(exclude)
+
+
 def stable_hash(text: str, salt: bytes = b"") -> int:
     """A 64-bit hash that is the same in every process (Python's ``hash`` is salted per process)."""
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8, salt=salt).digest(), "big")

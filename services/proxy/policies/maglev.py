@@ -11,6 +11,16 @@ grows with N/M: measured 1.02/N at N=5, 1.1/N at N=10, 1.75/N at N=40, 2.6/N at 
 below the 1/N + ε bound. A new table size remaps every key, so the size moves in doublings only
 (see ``table_size``), not with every backend added or removed.
 
+Table size. The paper's M ≥ 100·N keeps every backend's slot share within ~1% of its weight, but the
+build costs about M·ln M probes and M pointers of memory: at N = 100,000 that would be a 10M-slot
+table and minutes of pure-Python build. So 100+ slots per backend only up to ~650 backends
+(M ≤ 80,051, built in ~60 ms), then at least 5 (M = 640,411 at N = 100,000: ~0.7 s, 5 MB). With few
+slots per backend the *key* shares are uneven (±1 slot: ±15% at 6.4 slots), but the *load* is
+bounded anyway by the (1+ε) cap below, which does not depend on the table; and movement on removal
+stays small (measured with 200k keys: 7/N at N = 1,000, 9/N at 10,000, 14.5/N at 100,000, i.e.
+0.0145% of the keys — against the 1/N + ε bound). The population itself is the textbook table
+computed faster (see :func:`populate`); large pools are built off the event loop by the owner.
+
 Bounded loads (Mirrokni, Thorup, Zadimoghaddam): a backend may take a request only while its
 global in-flight count stays within ``ceil((1 + ε) * (total + 1) * w / W)``. When the key's backend
 is full the walk continues over the following slots — which belong to pseudo-random backends, like
@@ -25,9 +35,11 @@ apply here: moving keys away from a ramping backend would break affinity. Builds
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+import threading
 from collections import OrderedDict
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 
 from services.proxy.policies.base import Candidate, Policy, PolicyEnv, stable_hash
 
@@ -36,7 +48,11 @@ SLOTS_PER_BACKEND = 100
 MAX_TABLE = 1 << 16
 MAX_WALK = 64
 
+# Builds may run in a worker thread (see StoreBalancer) while the event loop builds small tables.
+_cache_lock = threading.Lock()
 _cache: OrderedDict[tuple[tuple[str, int], ...], tuple[list[int], int]] = OrderedDict()
+_address_hashes: dict[str, tuple[int, int]] = {}
+MAX_ADDRESS_HASHES = 1 << 18
 _key_hashes: dict[str, int] = {}  # affinity keys repeat (client addresses): skip re-hashing them
 MAX_KEY_HASHES = 1 << 16
 
@@ -71,38 +87,125 @@ def table_size(n: int) -> int:
     return m
 
 
-def build_table(backends: Sequence[tuple[str, int]]) -> tuple[list[int], int]:
-    """Maglev population: ``table[slot]`` = index into ``backends``. O(M log M) probes, once per change."""
-    key = tuple(backends)
-    cached = _cache.get(key)
-    if cached is not None:
-        _cache.move_to_end(key)
-        return cached
-    n = len(backends)
-    m = table_size(n)
-    offsets = [stable_hash(a, b"offset") % m for a, _ in backends]
-    skips = [stable_hash(a, b"skip") % (m - 1) + 1 for a, _ in backends]
-    nexts = [0] * n
-    table = [-1] * m
-    # Turns in proportion to weight: earliest virtual deadline (k + 1) / w first, ties by index.
-    turns = [(1.0 / w, i) for i, (_, w) in enumerate(backends)]
-    heapq.heapify(turns)
+def _hashes(address: str) -> tuple[int, int]:
+    """The two 64-bit hashes of a backend address (offset and skip of its permutation), cached: a
+    rebuild after one change re-hashes one address, not the whole pool."""
+    h = _address_hashes.get(address)
+    if h is None:
+        if len(_address_hashes) >= MAX_ADDRESS_HASHES:
+            _address_hashes.clear()
+        h = _address_hashes[address] = (stable_hash(address, b"offset"), stable_hash(address, b"skip"))
+    return h
+
+
+def _turns(weights: Sequence[int]) -> Iterator[Sequence[int]]:
+    """Backend indices in turn order: the order a heap of virtual deadlines would pop them in.
+
+    Backend i's k-th deadline is 1/w_i accumulated k+1 times (floating point, as a heap would hold
+    it), and turns go by (deadline, index). Backends of equal weight share every deadline, so the
+    order is a merge over the distinct weights: at each distinct deadline value, the indices of the
+    weight classes holding it, ascending. Yields one index list per deadline value (the whole pool
+    once per round when all weights are equal), O(D) work per value instead of O(log n) per turn.
+    """
+    classes: dict[int, list[int]] = {}
+    for i, w in enumerate(weights):
+        classes.setdefault(w, []).append(i)
+    if len(classes) == 1:
+        members = next(iter(classes.values()))
+        while True:
+            yield members
+    step = {w: 1.0 / w for w in classes}
+    heap = [(step[w], w) for w in classes]
+    heapq.heapify(heap)
+    while True:
+        deadline, w = heapq.heappop(heap)
+        tied = [w]
+        while heap and heap[0][0] == deadline:
+            tied.append(heapq.heappop(heap)[1])
+        for v in tied:
+            heapq.heappush(heap, (deadline + step[v], v))
+        yield classes[w] if len(tied) == 1 else sorted(i for v in tied for i in classes[v])
+
+
+def populate(backends: Sequence[tuple[str, int]], m: int) -> list[int]:
+    """Maglev population of an M-slot table (M prime): ``table[slot]`` = index into ``backends``.
+
+    Each backend walks its own permutation ``offset, offset + skip, ...`` (mod M) and, in its turn,
+    takes the first free slot of it. Done literally that costs about M·ln M probes, most of them
+    spent on the last free slots (with F slots free a turn probes M/F times on average). So:
+
+    - while many slots are free, probe: the loop keeps everything in locals, steps the permutation
+      by one addition (not ``(offset + j * skip) % M``), and tests a bytearray of taken flags,
+      which stays in the CPU cache where the table does not;
+    - once at most ~sqrt(2M) slots are free, a turn computes instead the permutation index
+      ``(s - offset) * skip⁻¹ mod M`` of every free slot s and takes the smallest: every slot
+      before the backend's position in its permutation is taken, so that is exactly the slot the
+      probing would reach, found in O(F) instead of O(M/F).
+
+    Same table as the textbook loop (``tests/unit/policies/test_ip_hash.py`` checks it against
+    one), in about M·ln(sqrt(M/2)) + M steps instead of M·ln M.
+    """
+    offsets = []
+    skips = []
+    for address, _ in backends:
+        h_offset, h_skip = _hashes(address)
+        offsets.append(h_offset % m)
+        skips.append(h_skip % (m - 1) + 1)
+    positions = offsets[:]
+    table = [0] * m
+    taken = bytearray(m)  # probed instead of the table: 1 byte a slot stays in cache, table entries do not
+    tail = min(m, math.isqrt(2 * m))
+    limit = m - tail
     filled = 0
-    while filled < m:
-        deadline, i = turns[0]
-        offset, skip, j = offsets[i], skips[i], nexts[i]
-        slot = (offset + j * skip) % m
-        while table[slot] >= 0:
-            j += 1
-            slot = (offset + j * skip) % m
-        table[slot] = i
-        nexts[i] = j + 1
-        filled += 1
-        heapq.heapreplace(turns, (deadline + 1.0 / backends[i][1], i))
-    _cache[key] = (table, m)
-    while len(_cache) > 4:
-        _cache.popitem(last=False)
-    return table, m
+    order = itertools.chain.from_iterable(_turns([w for _, w in backends]))
+    if limit > 0:
+        for i in order:
+            slot = positions[i]
+            skip = skips[i]
+            while taken[slot]:
+                slot += skip
+                if slot >= m:
+                    slot -= m
+            taken[slot] = 1
+            table[slot] = i
+            slot += skip
+            positions[i] = slot - m if slot >= m else slot
+            filled += 1
+            if filled == limit:
+                break
+    free = []
+    slot = taken.find(0)
+    while slot >= 0:
+        free.append(slot)
+        slot = taken.find(0, slot + 1)
+    for i in order:
+        if not free:
+            break
+        offset = offsets[i]
+        inverse = pow(skips[i], -1, m)
+        ranks = [(s - offset) * inverse % m for s in free]
+        k = ranks.index(min(ranks))
+        table[free[k]] = i
+        free[k] = free[-1]
+        free.pop()
+    return table
+
+
+def build_table(backends: Sequence[tuple[str, int]]) -> tuple[list[int], int]:
+    """The Maglev table of ``backends`` (sorted by address) and its size; the last few are cached."""
+    key = tuple(backends)
+    with _cache_lock:
+        cached = _cache.get(key)
+        if cached is not None:
+            _cache.move_to_end(key)
+            return cached
+    m = table_size(len(backends))
+    built = (populate(backends, m), m)
+    with _cache_lock:
+        _cache[key] = built
+        while len(_cache) > 4:
+            _cache.popitem(last=False)
+    return built
 
 
 class MaglevHash(Policy):
