@@ -45,8 +45,16 @@ class ConfigError(Exception):
     """A configuration problem; ``str()`` is a single line naming source, field path and problem."""
 
     def __init__(self, source: str, path: str, problem: str) -> None:
+        source, path, problem = (_one_line(x) for x in (source, path, problem))
         self.source, self.path, self.problem = source, path, problem
         super().__init__(f"{source}: {path}: {problem}" if path else f"{source}: {problem}")
+
+
+def _one_line(text: str) -> str:
+    """Control characters escaped (a YAML key may hold a newline): an error stays one log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Seconds(float):
@@ -277,11 +285,22 @@ class MetricsConfig(_Struct):
                 setattr(self, name, _check_address(value, name, listener=True))
 
 
+class TracingConfig(_Struct):
+    # W3C traceparent to backends: an incoming valid one continues (the proxy's span becomes the parent),
+    # an absent or invalid one is replaced by a new trace.
+    propagate: bool = True
+    # OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); "" = no export (needs the otel extra).
+    otlp_endpoint: str = ""
+    service_name: str = "gobalancer-proxy"
+    sample_ratio: Fraction = 1.0  # share of new traces marked sampled (incoming sampled flags are kept)
+
+
 class LoggingConfig(_Struct):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     access_log: bool = False
     access_log_sample: Fraction = 1.0
+    access_log_file: str = ""  # "" = stderr; else appended to this file
 
 
 class Config(_Struct):
@@ -298,6 +317,7 @@ class Config(_Struct):
     balancing: BalancingConfig = msgspec.field(default_factory=BalancingConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     # `gobalancer up` starts a small demo HTTP server on each loopback static backend.
     demo: bool = False
 
@@ -495,9 +515,26 @@ def to_builtins(obj: object) -> Any:
     return msgspec.to_builtins(obj, enc_hook=lambda value: float(value) if isinstance(value, float) else value)
 
 
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:password|sentinel_password|ssl_password)=)[^&#]*")
+
+
 def redact_url(url: str) -> str:
-    """Hide the password in a Redis URL: redis://user:secret@host -> redis://user:***@host."""
-    return re.sub(r"^([a-z+]+://)([^:@/]*):([^@]*)@", lambda m: f"{m.group(1)}{m.group(2)}:***@", url)
+    """Hide the passwords in a Redis URL: in the userinfo (split at the *last* '@', as redis-py does)
+    and in query parameters (``password``, ``sentinel_password``, ``ssl_password``)."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority_end = len(rest)
+        for stop in "/?#":
+            i = rest.find(stop)
+            if i >= 0:
+                authority_end = min(authority_end, i)
+        authority, tail = rest[:authority_end], rest[authority_end:]
+        userinfo, at, hosts = authority.rpartition("@")
+        if at and ":" in userinfo:
+            user = userinfo.split(":", 1)[0]
+            authority = f"{user}:***@{hosts}"
+        url = f"{scheme}://{authority}{tail}"
+    return _SECRET_QUERY.sub(lambda m: f"{m.group(1)}***", url)
 
 
 def effective_settings(config: Config) -> dict[str, Any]:

@@ -336,7 +336,7 @@ class Store:
     # -- watching ----------------------------------------------------------------------------
 
     async def watch(
-        self, *, resync_interval: float = 30.0, max_backoff: float = 5.0
+        self, *, resync_interval: float = 30.0, max_backoff: float = 0.5
     ) -> AsyncIterator[Snapshot | Event]:
         """Yield a full Snapshot, then Events; a fresh Snapshot after every reconnect.
 
@@ -344,7 +344,9 @@ class Store:
         falls in between, events already covered by the snapshot are skipped, and a gap in event
         versions (a message lost) or a version that moved without an event (checked every
         ``resync_interval``) triggers a full re-read. While Redis is unreachable this retries with
-        capped exponential backoff and yields nothing, so callers keep their last view.
+        exponential backoff capped at ``max_backoff`` (short: a reconnect attempt is cheap, and every
+        proxy must re-sync within about a second of Redis returning) and yields nothing, so callers
+        keep their last view.
         """
         backoff = 0.05
         down_since: float | None = None
@@ -398,7 +400,7 @@ class Store:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("redis unreachable; keeping the last view", error=str(exc) or type(exc).__name__)
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await asyncio.sleep(backoff * (0.75 + 0.5 * random.random()))
                 backoff = min(backoff * 2, max_backoff)
             finally:
                 with contextlib.suppress(Exception):

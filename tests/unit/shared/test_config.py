@@ -179,3 +179,25 @@ def test_bundled_config_is_valid() -> None:
     config = load_config(Path(__file__).parents[3] / "config" / "config.yaml", {})
     assert config.demo is True
     assert len(config.backends) == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://u:pw@h:1/0", "redis://u:***@h:1/0"),
+        ("redis://u:p@ss@w@h:1/0", "redis://u:***@h:1/0"),  # redis-py splits userinfo at the last '@'
+        ("redis://h:1/0?password=x&db=1", "redis://h:1/0?password=***&db=1"),
+        ("redis+sentinel://h:1,h:2/m?sentinel_password=s", "redis+sentinel://h:1,h:2/m?sentinel_password=***"),
+        ("redis://user@h:1", "redis://user@h:1"),
+        ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    from shared.config import redact_url
+
+    assert redact_url(url) == shown
+
+
+def test_errors_stay_on_one_line_whatever_the_key(tmp_path: Path) -> None:
+    message = error_of(write(tmp_path, '"a\\nFAKE: injected": 1\n'))
+    assert "a\\nFAKE: injected" in message

@@ -1,0 +1,177 @@
+"""Security: the admin token guards every mutation, secrets stay out of logs, metrics and
+`gobalancer check-config`, and an ACL user with a password works.
+
+The suite runs with an admin token and a password-protected Redis; after the scenario every log
+file of every service is searched for both secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from shared.redis_server import RedisServer, free_port
+from tests.reliability.conftest import Results, SuiteFactory
+from tests.reliability.stack import start_stack
+from tests.reliability.suite import ROOT
+
+TOKEN = "tok-Zq81xVw0rELIABILITY"
+PASSWORD = "pw-Hy7Ks0secretREDIS"
+ACL_USER, ACL_PASSWORD = "gobalancer", "acl-Pz4Lm9SECRET"
+
+
+def check_config(path: Path, env: dict[str, str] | None = None) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=30,
+    )
+    return done.stdout + done.stderr
+
+
+async def test_token_and_secrets(make_suite: SuiteFactory, results: Results) -> None:
+    server = RedisServer(password=PASSWORD).start()
+    try:
+        metrics_ports = {"proxy": free_port(), "health": free_port(), "discovery": free_port()}
+        suite = make_suite(
+            server.url,
+            overrides={
+                "admin.token": TOKEN,
+                "metrics.proxy_listen_address": f"127.0.0.1:{metrics_ports['proxy']}",
+                "metrics.health_listen_address": f"127.0.0.1:{metrics_ports['health']}",
+                "metrics.discovery_listen_address": f"127.0.0.1:{metrics_ports['discovery']}",
+            },
+        )
+        stack = await start_stack(suite, backends=2, proxies=1)
+        a, b = stack.backends["A"], stack.backends["B"]
+        new = f"127.0.0.1:{free_port()}"
+        unauthorized: dict[str, int] = {}
+        async with stack.admin() as anon, stack.admin("wrong-token") as wrong, stack.admin(TOKEN) as admin:
+            calls = [
+                ("POST /backends", "post", "/backends", {"address": new, "weight": 1}),
+                ("PUT /backends/A", "put", f"/backends/{a}", {"weight": 5}),
+                ("PATCH /backends/A", "patch", f"/backends/{a}", {"state": "draining"}),
+                ("DELETE /backends/B", "delete", f"/backends/{b}", None),
+                ("POST /backends/A/drain", "post", f"/backends/{a}/drain", None),
+                ("POST /backends/A/disable", "post", f"/backends/{a}/disable", None),
+                ("POST /backends/A/enable", "post", f"/backends/{a}/enable", None),
+                ("PUT /algorithm", "put", "/algorithm", {"algorithm": "least_connections"}),
+            ]
+            for label, method, path, body in calls:
+                for who, client in (("no token", anon), ("wrong token", wrong)):
+                    kwargs = {"json": body} if body is not None else {}
+                    response = await client.request(method.upper(), path, **kwargs)
+                    unauthorized[f"{label} ({who})"] = response.status_code
+            listed = await admin.get("/backends")
+            created = await admin.post("/backends", json={"address": new, "weight": 1})
+            assert created.status_code == 201, created.text
+            admin_metrics = (await admin.get("/metrics")).text
+            # An outage makes every service log its Redis errors: none may carry the password.
+            await asyncio.to_thread(server.stop)
+            health_down = await anon.get("/health")
+            await asyncio.sleep(1.0)  # the services notice and log the outage
+            await asyncio.to_thread(server.start)
+        others = []
+        async with httpx.AsyncClient(timeout=5) as client:
+            for port in metrics_ports.values():
+                others.append((await client.get(f"http://127.0.0.1:{port}/metrics")).text)
+        checked = check_config(suite.config_path)
+        env_checked = check_config(
+            suite.config_path,
+            {**suite.env(), "GOBALANCER_ADMIN_TOKEN": TOKEN, "GOBALANCER_REDIS_URL": server.url},
+        )
+    finally:
+        server.cleanup()
+    suite.stop_all()
+    logs = suite.all_log_text()
+
+    wrong = {k: v for k, v in unauthorized.items() if v != 401}
+    results.record("unauthenticated mutations answered 401", len(unauthorized) - len(wrong),
+                   target=str(len(unauthorized)), ok=not wrong)  # fmt: skip
+    places = {
+        "service logs": logs,
+        "admin /metrics": admin_metrics,
+        "proxy/health/discovery /metrics": "\n".join(others),
+        "check-config": checked + env_checked,
+        "admin /health while Redis is down": health_down.text,
+    }
+    leaks = {name: [s for s in (TOKEN, PASSWORD) if s in text] for name, text in places.items()}
+    for name, found in leaks.items():
+        results.record(f"secrets in {name}", len(found), target="0", ok=not found)
+    results.record("service log bytes searched", len(logs))
+    assert listed.status_code == 200  # reads stay open without protect_reads
+    assert not wrong, wrong
+    assert health_down.status_code == 503
+    assert "OK" in checked and "***" in checked
+    assert len(logs) > 1000 and "redis unreachable" in logs  # the outage was logged, and searched
+    assert all(not found for found in leaks.values()), leaks
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        pytest.param(
+            "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/mymaster?sentinel_password=SENTINEL-SECRET",
+            "SENTINEL-SECRET",
+            id="sentinel_password query",
+        ),
+        pytest.param(
+            "redis://127.0.0.1:6379/0?password=QUERY-SECRET",
+            "QUERY-SECRET",
+            id="password query",
+        ),
+        pytest.param(
+            "redis://user:AT@SECRET@127.0.0.1:6379/0",
+            "SECRET",
+            id="@ in password",
+        ),
+        pytest.param("redis://:PLAIN-SECRET@127.0.0.1:6379/0", "PLAIN-SECRET", id="userinfo"),
+        pytest.param("redis+sentinel://:SENT-SECRET@127.0.0.1:26379/mymaster", "SENT-SECRET", id="sentinel userinfo"),
+    ],
+)
+def test_check_config_redacts(url: str, secret: str, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"redis:\n  url: '{url}'\nadmin:\n  token: {TOKEN}\n")
+    out = check_config(config)
+    assert "OK" in out, out
+    assert secret not in out, out
+    assert TOKEN not in out
+
+
+async def test_redis_acl_user(make_suite: SuiteFactory, results: Results) -> None:
+    """Redis with an ACL user (and the default user off): the services start and serve."""
+    server = RedisServer().start()
+    try:
+        raw = aioredis.Redis(host="127.0.0.1", port=server.port)
+        await raw.execute_command("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
+        await raw.execute_command("ACL", "SETUSER", "default", "off")
+        await raw.aclose()
+        url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
+        suite = make_suite(url)
+        stack = await start_stack(suite, backends=2, proxies=1)  # ready: health wrote, proxy routes to both
+        async with stack.admin() as admin:
+            listed = await admin.get("/backends")
+            health = await admin.get("/health")
+        client = aioredis.from_url(url)
+        replicas = await client.keys("reliability:*")
+        await client.aclose()
+    finally:
+        server.cleanup()
+    suite.stop_all()
+    logs = suite.all_log_text()
+    results.record("services up with ACL user", "yes")
+    results.record("ACL password in logs", int(ACL_PASSWORD in logs), target="0", ok=ACL_PASSWORD not in logs)
+    assert listed.status_code == 200 and len(listed.json()) == 2
+    assert all(item["alive"] for item in listed.json())
+    assert health.status_code == 200
+    assert replicas
+    assert ACL_PASSWORD not in logs
