@@ -15,7 +15,7 @@ WORKDIR /var/lib/redis
 USER redis
 EXPOSE 6379
 HEALTHCHECK --interval=5s --timeout=3s --retries=5 CMD ["redis-cli", "ping"]
-CMD ["redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "no"]
+CMD ["redis-server", "--protected-mode", "no", "--save", "", "--appendonly", "yes", "--dir", "/var/lib/redis"]
 
 FROM ${BASE_IMAGE} AS front
 RUN command -v haproxy >/dev/null \

@@ -251,4 +251,9 @@ def test_compose_down_leaves_nothing(stack: Stack, docker_client: Any) -> None:
     project = f"com.docker.compose.project={stack.project}"
     assert docker_client.containers.list(all=True, filters={"label": project}) == []
     assert docker_client.networks.list(filters={"label": project}) == []
+    # Redis's append-only data stays in its named volume across `down`/`up` (that is what it is for);
+    # `down --volumes` removes it.
+    volumes = [v.name for v in docker_client.volumes.list(filters={"label": project})]
+    assert volumes == [f"{stack.project}_redis-data"], volumes
+    stack.run("down", "--volumes", timeout=120)
     assert docker_client.volumes.list(filters={"label": project}) == []
