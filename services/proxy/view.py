@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,8 +29,21 @@ from shared.models import AlgorithmSetting, Backend, BackendView, Ejection, Even
 
 
 class LocalView:
-    def __init__(self, *, start_healthy: bool = False) -> None:
+    def __init__(self, *, start_healthy: bool = False, reset_grace: float = 30.0) -> None:
         self.start_healthy = start_healthy
+        # A store that comes back with a *lower* version lost its data (a Redis restarted without
+        # persistence, or flushed). Its hashes are still the truth, but they are being refilled:
+        # discovery re-adds backends within a poll, health re-probes them within an interval. Until
+        # then an empty or all-"unknown" view would turn every request into a 503. So for up to
+        # ``reset_grace`` seconds the backends that were up before the reset stay: a backend the
+        # store has (again) keeps its last health until the health checker writes a verdict, and one
+        # the store does not have yet stays as it was until discovery re-adds it. When the grace ends,
+        # whatever the store never confirmed is dropped (backend) or reset to unknown (health).
+        self.reset_grace = reset_grace
+        self.resets = 0
+        self.carry_until = math.inf
+        self._carried_only: set[str] = set()  # kept from before the reset, not in the store (yet)
+        self._carried_health: set[str] = set()  # health kept from before the reset, not re-probed (yet)
         self.backends: dict[str, BackendView] = {}
         self.algorithm = AlgorithmSetting()
         self.version = -1  # -1: nothing loaded yet
@@ -55,10 +69,18 @@ class LocalView:
         self.algorithm = AlgorithmSetting(name=config.algorithm)
         self.source = "static"
 
-    def apply(self, item: Snapshot | Event) -> None:
+    def apply(self, item: Snapshot | Event, at: float | None = None) -> None:
         # BackendViews are replaced, never mutated: a state() copy handed to a worker stays frozen.
         if isinstance(item, Snapshot):
+            now = time.time() if at is None else at
+            previous = self.backends
+            fresh_reset = self.source == "store" and item.version < self.version
+            if fresh_reset:
+                self.resets += 1
+                self.carry_until = now + self.reset_grace
             self.backends = dict(item.backends)
+            if now < self.carry_until:
+                self._carry_over(previous, fresh_reset)
             self._order = None
             self.algorithm = item.algorithm
             self.version = item.version
@@ -76,7 +98,10 @@ class LocalView:
                     bisect.insort(self._order, address)
             else:
                 self.backends[address] = msgspec.structs.replace(current, backend=item.backend)
+            self._carried_only.discard(address)
         elif item.kind == "backend_removed":
+            self._carried_only.discard(address)
+            self._carried_health.discard(address)
             if self.backends.pop(address, None) is not None and self._order is not None:
                 i = bisect.bisect_left(self._order, address)
                 if i < len(self._order) and self._order[i] == address:
@@ -84,12 +109,50 @@ class LocalView:
             self.local_ejections.pop(address, None)
         elif item.kind == "health" and current is not None and item.health is not None:
             self.backends[address] = msgspec.structs.replace(current, health=item.health)
+            self._carried_health.discard(address)
         elif item.kind == "ejection" and current is not None:
             self.backends[address] = msgspec.structs.replace(current, ejection=item.ejection)
             if item.ejection is None:  # cleared (by an operator or a passing health check)
                 self.local_ejections.pop(address, None)
         elif item.kind == "algorithm" and item.algorithm is not None:
             self.algorithm = item.algorithm
+
+    def _carry_over(self, previous: Mapping[str, BackendView], fresh_reset: bool) -> None:
+        """Lay what was up before a store reset over the (re-filling) store's backends."""
+        if fresh_reset:
+            carry: set[str] = set(previous)
+        else:  # a later snapshot within the grace: only what is still unconfirmed
+            carry = self._carried_only | self._carried_health
+        self._carried_only, self._carried_health = set(), set()
+        for address in carry:
+            before = previous.get(address)
+            if before is None or before.health.status != "up":
+                continue
+            current = self.backends.get(address)
+            if current is None:
+                self.backends[address] = before
+                self._carried_only.add(address)
+            elif current.health.status == "unknown":
+                self.backends[address] = msgspec.structs.replace(current, health=before.health)
+                self._carried_health.add(address)
+
+    def end_carry(self, at: float) -> bool:
+        """After the grace: drop what the store never re-added, forget health it never re-probed.
+        True when the view changed (the owner rebuilds)."""
+        if at < self.carry_until:
+            return False
+        self.carry_until = math.inf
+        changed = bool(self._carried_only or self._carried_health)
+        for address in self._carried_only:
+            self.backends.pop(address, None)
+        for address in self._carried_health:
+            current = self.backends.get(address)
+            if current is not None:
+                self.backends[address] = msgspec.structs.replace(current, health=Health())
+        self._carried_only, self._carried_health = set(), set()
+        if changed:
+            self._order = None
+        return changed
 
     def eject_locally(self, address: str, ejection: Ejection) -> None:
         self.local_ejections[address] = ejection

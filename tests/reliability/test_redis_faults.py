@@ -136,14 +136,6 @@ async def test_watch_resyncs_promptly_after_outage(redis_server: RedisServer, re
     assert max(delays) < PROPAGATION_TARGET, delays
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Redis restarted without persistence (as shipped: compose/infra.Dockerfile and k8s/base/redis.yaml run "
-    "--save '' --appendonly no) comes back empty; services/proxy/store_balancer.py apply() -> view.apply() takes "
-    "the empty snapshot (version back to 0) at face value, so every request is a 503 until discovery re-adds the "
-    "backends and health re-probes them (rise x interval); keep the last view while the version went backwards "
-    "and the store is being re-populated, or ship Redis with appendonly",
-)
 async def test_redis_restart_without_persistence(
     redis_server: RedisServer, make_suite: SuiteFactory, results: Results
 ) -> None:
