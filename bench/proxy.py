@@ -189,10 +189,11 @@ backend be
 """
 
 
-def gobalancer_conf(port: int, backends: list[int]) -> str:
+def gobalancer_conf(port: int, backends: list[int], metrics: bool = True) -> str:
     lines = [f"listen_address: 127.0.0.1:{port}", "backends:"]
     lines += [f"  - address: 127.0.0.1:{p}" for p in backends]
     lines += ["logging:", "  level: warning", "proxy:", "  workers: 1"]
+    lines += ["metrics:", f"  enabled: {'true' if metrics else 'false'}", '  proxy_listen_address: ""']
     return "\n".join(lines) + "\n"
 
 
@@ -276,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
 
         targets: list[tuple[str, list[str], int, dict[str, object]]] = []
         port = free_port()
-        (base / "gobalancer.yaml").write_text(gobalancer_conf(port, backend_ports))
+        (base / "gobalancer.yaml").write_text(gobalancer_conf(port, backend_ports, args.metrics == "on"))
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
         gb_cmd = [sys.executable, "-m", "services.proxy", "--config", str(base / "gobalancer.yaml")]
         targets.append(("gobalancer", gb_cmd, port, {"cwd": ROOT, "env": env}))
@@ -346,5 +347,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--backends", type=int, default=2, help="nginx backends (default 2)")
+    parser.add_argument(
+        "--metrics", choices=("on", "off"), default="on", help="gobalancer's metrics.enabled (default on)"
+    )
     parser.add_argument("--only", default="", help="comma-separated subset: gobalancer,haproxy,nginx,direct")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")

@@ -134,6 +134,7 @@ class ReplicaInfo(msgspec.Struct, kw_only=True):
     host: str = ""
     pid: int = 0
     listen: str = ""
+    metrics: str = ""  # where this replica serves GET /metrics ("" = not served)
     inflight: dict[str, int] = msgspec.field(default_factory=dict)
     # Requests finished since the replica started, by "address|class" (class: 2xx..5xx, or "error").
     totals: dict[str, int] = msgspec.field(default_factory=dict)

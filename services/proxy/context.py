@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 from services.proxy.balancer import Balancer
 from services.proxy.http.pool import Pool
+from services.proxy.observability.access_log import AccessLog
+from services.proxy.observability.tracing import SpanExporter, make_exporter
 from services.proxy.stats import RetryBudget, Stats
 from shared.config import Config
 
@@ -34,6 +36,13 @@ class Context:
         self.connect_timeout = float(t.connect_timeout)
         self.response_timeout = float(t.response_sec)
         self.backend_idle = float(t.backend_idle_sec)
+        # Observability: each is one attribute check on the request path when off.
+        self.metrics_on = config.metrics.enabled
+        self.access_log: AccessLog | None = AccessLog.from_config(config.logging)
+        self.propagate_trace = config.tracing.propagate
+        self.sample_ratio = config.tracing.sample_ratio
+        self.exporter: SpanExporter | None = make_exporter(config.tracing) if config.tracing.propagate else None
+        self._stall_timer: asyncio.TimerHandle | None = None
         self._key_spec = ""
         self._key_source: tuple[bytes | None, bytes | None] = (None, None)
         self.draining = False
@@ -61,6 +70,36 @@ class Context:
     @property
     def key_cookie(self) -> bytes | None:
         return self._parsed_key_source()[1]
+
+    # -- stalled body transfers ----------------------------------------------------------------
+
+    def start_stall_checks(self) -> None:
+        """HTTP mode: look for body transfers that stopped moving, a few times per idle timeout.
+
+        One periodic sweep over the connections instead of a timer per request: the progress of a
+        transfer is read from byte counters the data plane keeps anyway (no clock read per chunk).
+        """
+        self._stall_tick = min(1.0, max(0.01, min(self.client_idle, self.backend_idle) / 4))
+        self._stall_timer = self.loop.call_later(self._stall_tick, self._check_stalls)
+
+    def _check_stalls(self) -> None:
+        now = self.loop.time()
+        for conn in list(self.connections):
+            check = getattr(conn, "check_stall", None)
+            if check is not None:
+                check(now)
+        self._stall_timer = self.loop.call_later(self._stall_tick, self._check_stalls)
+
+    def close(self) -> None:
+        """The server stopped: timers off, logs flushed, spans handed to the exporter's thread."""
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self.access_log is not None:
+            self.access_log.close()
+        if self.exporter is not None:
+            self.exporter.shutdown()
+        self.pool.close()
 
     def forget(self, conn: ClientConnection | TcpClient) -> None:
         self.connections.discard(conn)

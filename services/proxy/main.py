@@ -15,10 +15,12 @@ import sys
 from collections.abc import AsyncIterator
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
+from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
 from services.proxy.store_balancer import open_store_balancer
 from shared.config import Config
 from shared.logs import get_logger
+from shared.metrics import metrics_server, with_port_offset
 from shared.processes import die_with_parent
 from shared.service import open_store, run_service
 
@@ -46,15 +48,20 @@ async def make_balancer(config: Config, stop: asyncio.Event) -> AsyncIterator[Ba
         await store.close()
 
 
-async def _spawn_workers(count: int) -> list[asyncio.subprocess.Process]:
-    # Same config file (run_service exported its path as GOBALANCER_CONFIG) and environment, one worker each.
-    env = dict(os.environ, GOBALANCER_PROXY_WORKERS="1")
-    return [
-        await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.proxy", env=env, preexec_fn=die_with_parent
+async def _spawn_workers(count: int, metrics_address: str) -> list[asyncio.subprocess.Process]:
+    # Same config file (run_service exported its path as GOBALANCER_CONFIG) and environment, one worker
+    # each; worker i serves its /metrics on the metrics port + i.
+    procs = []
+    for i in range(1, count + 1):
+        env = dict(os.environ, GOBALANCER_PROXY_WORKERS="1")
+        if metrics_address:
+            env["GOBALANCER_METRICS_PROXY_LISTEN_ADDRESS"] = with_port_offset(metrics_address, i)
+        procs.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "services.proxy", env=env, preexec_fn=die_with_parent
+            )
         )
-        for _ in range(count)
-    ]
+    return procs
 
 
 async def _stop_workers(procs: list[asyncio.subprocess.Process], timeout: float) -> None:
@@ -72,14 +79,20 @@ async def _stop_workers(procs: list[asyncio.subprocess.Process], timeout: float)
 async def run(config: Config, stop: asyncio.Event) -> None:
     workers: list[asyncio.subprocess.Process] = []
     if config.proxy.workers > 1:
-        workers = await _spawn_workers(config.proxy.workers - 1)
+        workers = await _spawn_workers(config.proxy.workers - 1, config.metrics.proxy_listen_address)
     try:
         async with make_balancer(config, stop) as balancer:
             server = Server(config, balancer, reuse_port=True)
             await server.start()
-            await stop.wait()
-            log.info("draining", drain_sec=float(config.timeout.drain_sec))
-            await server.stop()
+            replica = getattr(balancer, "replica", None)
+            info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
+            registry = proxy_registry(lambda: server.ctx.stats if server.ctx else None, balancer, info)
+            async with metrics_server(config.metrics.proxy_listen_address, registry) as bound:
+                if replica is not None:
+                    replica.info.metrics = bound
+                await stop.wait()
+                log.info("draining", drain_sec=float(config.timeout.drain_sec))
+                await server.stop()
     finally:
         if workers:
             await _stop_workers(workers, float(config.timeout.drain_sec) + 5.0)

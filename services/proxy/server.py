@@ -85,6 +85,8 @@ class Server:
             is_tls = ssl_context is not None
             factory = lambda: ClientConnection(ctx, tls=is_tls)  # noqa: E731
         self._server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096)
+        if config.mode != "tcp":
+            ctx.start_stall_checks()
         log.info("listening", address=config.listen_address, port=self.port, mode=config.mode, tls=bool(ssl_context))
 
     async def stop(self, drain_sec: float | None = None) -> None:
@@ -104,7 +106,10 @@ class Server:
         left = len(ctx.connections)
         for conn in list(ctx.connections):
             conn.abort()
-        ctx.pool.close()
+        exporter, ctx.exporter = ctx.exporter, None
+        ctx.close()
+        if exporter is not None:  # flushing the last spans may take a network round trip: not on the loop
+            await asyncio.to_thread(exporter.shutdown)
         if self._server is not None:
             await self._server.wait_closed()
         log.info("drained", aborted=left)

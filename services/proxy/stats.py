@@ -1,9 +1,77 @@
-"""Cheap counters of the data plane (plain attribute increments; exported elsewhere later)."""
+"""Cheap counters of the data plane: plain ints and lists, folded into Prometheus at scrape time.
+
+The hot path never touches a prometheus_client object (they take a lock per update): a request
+adds to a few slots of a :class:`BackendStats` (its histograms are fixed bucket arrays indexed with
+``bisect``), and ``services.proxy.observability.metrics.ProxyCollector`` reads them when scraped.
+"""
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+
+# Upper bounds (seconds) of the latency histograms; one more slot counts everything above the last.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+# Index of a status class in BackendStats.classes: 0 for "error" (no response), else status // 100.
+CLASS_NAMES: tuple[str, ...] = ("error", "1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+def status_class(status: int | None) -> str:
+    """ "2xx" ... "5xx" for an HTTP status, "error" for none (connect failure, reset, timeout)."""
+    return CLASS_NAMES[status // 100] if status and 100 <= status < 600 else "error"
+
+
+class Histogram:
+    """A fixed-bucket histogram: ``counts[i]`` observations in (bounds[i-1], bounds[i]], last slot +Inf."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.sum += value
+
+
+class BackendStats:
+    """What one proxy process counted for one backend (attempts, not client requests: a retried
+    request counts once against each backend it tried)."""
+
+    __slots__ = ("classes", "connect_errors", "duration", "request_bytes", "response_bytes", "retries", "ttfb")
+
+    def __init__(self) -> None:
+        self.classes = [0] * len(CLASS_NAMES)  # finished attempts by status class
+        self.connect_errors = 0
+        self.retries = 0  # retries after a failure on this backend
+        self.request_bytes = 0  # client bytes (head + body) of requests answered through this backend
+        self.response_bytes = 0  # bytes sent to clients for those requests
+        self.duration = Histogram()  # attempt start -> response complete (or failure)
+        self.ttfb = Histogram()  # attempt start -> response head from the backend
+
+    def finished(self, status: int | None, duration: float, ttfb: float | None) -> None:
+        self.classes[status // 100 if status and 100 <= status < 600 else 0] += 1
+        self.duration.observe(duration)
+        if ttfb is not None:
+            self.ttfb.observe(ttfb)
 
 
 @dataclass(slots=True)
@@ -16,10 +84,18 @@ class Stats:
     pool_hits: int = 0
     pool_misses: int = 0
     tunnels: int = 0
+    idle_timeouts: int = 0  # body transfers aborted because one side stalled
     errors: Counter[int] = field(default_factory=Counter)  # status -> responses the proxy made itself
+    backends: dict[str, BackendStats] = field(default_factory=dict)
 
     def error(self, status: int) -> None:
         self.errors[status] += 1
+
+    def backend(self, address: str) -> BackendStats:
+        b = self.backends.get(address)
+        if b is None:
+            b = self.backends[address] = BackendStats()
+        return b
 
 
 class RetryBudget:

@@ -7,6 +7,11 @@ never awaits anything. Background tasks (started by :func:`open_store_balancer`)
   reconnect). Each change marks the policy dirty and schedules one rebuild on the loop (coalescing
   bursts); ``pick`` also rebuilds when dirty or when a time-based change is due (an ejection ends, a
   slow-start step). While Redis is down nothing arrives and picks go on with the last view.
+  A rebuild whose estimated cost is large (``build_cost`` above ``SYNC_BUILD_MAX_SEC``: ip_hash past
+  ~50 backends, the others past ~3,000) runs in a worker thread on a frozen copy of the view (the
+  policies and ``compute_candidates`` are pure) while picks go on with the previous policy, each
+  pick checked against the current view so nothing that became unusable is chosen; the new policy
+  is swapped in on the loop. Changes arriving meanwhile are coalesced into one more build.
 - ``refresh``: every ``refresh_interval`` the other replicas' in-flight contributions
   (``Store.global_inflight(exclude=own id)``); the global count of a backend is that plus this
   replica's exact local count (``Replica.local``).
@@ -29,9 +34,11 @@ from redis.exceptions import RedisError
 
 from services.proxy.balancer import Outcome, Upstream
 from services.proxy.outlier import OutlierDetector
-from services.proxy.policies import Counts, Policy, PolicyEnv, build_policy
+from services.proxy.policies import Candidate, Counts, Journaled, Policy, PolicyEnv, build_cost, build_policy
 from services.proxy.policies.ewma import record as record_latency
-from services.proxy.view import LocalView
+from services.proxy.stats import Histogram, status_class
+from services.proxy.view import Candidates, LocalView, ViewState, compute_candidates
+from shared.aio import cancel_and_wait
 from shared.config import Config
 from shared.logs import get_logger
 from shared.models import Ejection, Event, Snapshot
@@ -41,6 +48,17 @@ from shared.store import UNAVAILABLE, BackendNotFound, Store
 log = get_logger("balancer")
 
 SERVICE = "proxy"
+
+# Builds estimated to take longer than this run in a worker thread, not on the event loop.
+SYNC_BUILD_MAX_SEC = 0.008
+# Picks tried with a policy older than the view before scanning it for a usable backend.
+STALE_PICK_TRIES = 16
+
+
+def _build(name: str, state: ViewState, at: float, slow_start_sec: float, env: PolicyEnv) -> tuple[Candidates, Policy]:
+    """Candidates and policy from a frozen view: pure, so it may run in a worker thread."""
+    result = compute_candidates(state, at, slow_start_sec)
+    return result, build_policy(name, result.candidates, env)
 
 
 class StoreBalancer:
@@ -59,7 +77,10 @@ class StoreBalancer:
         self.replica = replica
         self.clock = clock
         self.refresh_interval = refresh_interval
-        self.view = LocalView(start_healthy=config.health_check.start_healthy)
+        self.view = LocalView(
+            start_healthy=config.health_check.start_healthy,
+            reset_grace=max(30.0, 5 * float(config.health_check.interval_sec)),
+        )
         self.counts = Counts(replica.local)
         self.env = PolicyEnv(
             counts=self.counts,
@@ -73,6 +94,7 @@ class StoreBalancer:
         self._upstreams: dict[str, Upstream] = {}
         self._dirty = True
         self._rebuild_scheduled = False
+        self._building: asyncio.Task[None] | None = None  # a build running in a worker thread
         self._next_change = math.inf
         self._pending_ejections: dict[str, Ejection] = {}
         self._publish_wake = asyncio.Event()
@@ -80,6 +102,10 @@ class StoreBalancer:
         self.changed = asyncio.Event()  # set whenever the view changes (tests and diagnostics wait on it)
         self.rebuilds = 0
         self.snapshots = 0  # full snapshots applied (1, plus one per re-sync)
+        # Observability (read by the proxy's /metrics collector at scrape time).
+        self.ejections: dict[str, int] = {}  # passive ejections decided here, per backend
+        self.sync_lag = Histogram()  # event written (its `at`) -> applied here, seconds
+        self.redis_up = True  # the last refresh reached Redis
 
     # -- settings in force -------------------------------------------------------------------
 
@@ -103,8 +129,22 @@ class StoreBalancer:
 
     # -- view --------------------------------------------------------------------------------
 
+    @property
+    def inflight(self) -> dict[str, int]:
+        """This replica's exact in-flight counts per backend."""
+        return self.replica.local
+
     def apply(self, item: Snapshot | Event) -> None:
-        self.view.apply(item)
+        resets = self.view.resets
+        self.view.apply(item, self.clock())
+        if self.view.resets != resets:
+            log.warning(
+                "the store went back to an older version (data lost?): keeping what was up for a grace period",
+                version=self.view.version,
+                grace_sec=self.view.reset_grace,
+            )
+        if isinstance(item, Event) and item.at > 0.0:
+            self.sync_lag.observe(max(0.0, time.time() - item.at))
         if isinstance(item, Snapshot):
             self.snapshots += 1
             self.first_snapshot.set()
@@ -124,30 +164,125 @@ class StoreBalancer:
     def _scheduled_rebuild(self) -> None:
         self._rebuild_scheduled = False
         if self._dirty:
-            self.rebuild()
+            self._refresh_policy()
 
-    def rebuild(self, at: float | None = None) -> None:
-        """Build the policy from the view: O(n), on view changes only."""
-        now = self.clock() if at is None else at
+    @property
+    def building(self) -> bool:
+        """A build runs in a worker thread; the policy in force is older than the view."""
+        return self._building is not None
+
+    def _refresh_policy(self) -> None:
+        """Bring the policy up to date with the view: at once when cheap, else in a worker thread."""
+        if self._building is not None:
+            return  # the running build goes round once more when it ends (it sees _dirty)
+        if build_cost(self.algorithm, len(self.view.backends)) > SYNC_BUILD_MAX_SEC:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass  # no loop (pure use): build here
+            else:
+                self._building = loop.create_task(self._build_in_background(), name="balancer-rebuild")
+                return
+        self.rebuild()
+
+    async def built(self) -> None:
+        """Return once no build runs in a worker thread (the policy then reflects the view)."""
+        while self._building is not None:
+            await asyncio.shield(self._building)
+
+    def _apply_settings(self) -> None:
         override = self.view.algorithm.hash_epsilon
         self.env.hash_epsilon = self.config.balancing.hash_epsilon if override is None else override
-        candidates, self._next_change = self.view.candidates(now, self.slow_start_sec)
-        previous, self.policy = self.policy, build_policy(self.algorithm, candidates, self.env)
-        self.policy.inherit(previous)
+
+    def rebuild(self, at: float | None = None) -> None:
+        """Build the policy from the view here and now: O(n), on view changes only."""
+        now = self.clock() if at is None else at
+        self.view.end_carry(now)
+        self._apply_settings()
+        result, policy = _build(self.algorithm, self.view.state(copy=False), now, self.slow_start_sec, self.env)
+        self._install(result, policy)
+        self._dirty = False
+
+    async def _build_in_background(self) -> None:
+        """Build in a worker thread until the policy reflects the view; picks meanwhile go on with the
+        previous policy (checked against the view, see :meth:`_pick_usable`). One build at a time: the
+        changes that arrive during a build are folded into the next round, built from the latest view."""
+        loop = asyncio.get_running_loop()
+        try:
+            while self._dirty or self.clock() >= self._next_change:
+                self._dirty = False
+                installs = self.rebuilds
+                if not isinstance(self.policy, Journaled):
+                    self.policy = Journaled(self.policy)  # remembers count changes during the build
+                self._apply_settings()
+                self.view.end_carry(self.clock())
+                state, now, name = self.view.state(), self.clock(), self.algorithm
+                result, policy = await loop.run_in_executor(
+                    None, _build, name, state, now, self.slow_start_sec, self.env
+                )
+                if self.rebuilds == installs:  # else a synchronous rebuild() installed a newer one meanwhile
+                    self._install(result, policy)
+        except Exception as exc:  # a bug: keep serving with the policy in force, retry on the next change
+            log.error("policy rebuild failed", error=str(exc) or repr(exc))
+        finally:
+            if isinstance(self.policy, Journaled):  # not installed (failed, cancelled)
+                self.policy = self.policy.inner
+            self._building = None
+
+    def _install(self, result: Candidates, policy: Policy) -> None:
+        """Swap ``policy`` in (on the loop): the view's bookkeeping, rotation carried over, count
+        changes seen while it was built elsewhere replayed, upstreams for new backends."""
+        self.view.commit(result)
+        previous = self.policy
+        changed: set[str] = set()
+        if isinstance(previous, Journaled):
+            changed = previous.changed
+            previous = previous.inner
+        policy.inherit(previous)
+        for address in changed:
+            policy.count_changed(address)
+        self.policy = policy
+        self._next_change = min(result.next_change, self.view.carry_until)
+        candidates: list[Candidate] = result.candidates
         for c in candidates:
             if c.address not in self._upstreams:
                 self._upstreams[c.address] = Upstream.from_address(c.address)
         if len(self._upstreams) > 2 * len(candidates) + 64:
             self._upstreams = {c.address: self._upstreams[c.address] for c in candidates}
-        self._dirty = False
         self.rebuilds += 1
+
+    def _pick_usable(self, key: str, exclude: Collection[str]) -> str | None:
+        """A pick by a policy older than the view: what it chooses is checked against the view (O(1)),
+        and what became unusable is excluded and the pick retried; a bounded number of tries, then
+        a scan of the policy's candidates (rare: most of the pool became unusable at once)."""
+        view, now = self.view, self.clock()
+        skipped: set[str] | None = None
+        for _ in range(STALE_PICK_TRIES):
+            address = self.policy.pick(key, exclude if skipped is None else skipped)
+            if address is None:
+                return None
+            state = view.backends.get(address)
+            if state is not None and view.usable(state, now):
+                return address
+            if skipped is None:
+                skipped = set(exclude)
+            skipped.add(address)
+        for c in self.policy.candidates:
+            if (
+                c.address not in exclude
+                and (state := view.backends.get(c.address)) is not None
+                and view.usable(state, now)
+            ):
+                return c.address
+        return None
 
     # -- Balancer ----------------------------------------------------------------------------
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
         if self._dirty or self.clock() >= self._next_change:
-            self.rebuild()
-        address = self.policy.pick(key, exclude)
+            self._refresh_policy()
+        # While a build runs in a worker thread, the policy in force is older than the view.
+        address = self.policy.pick(key, exclude) if self._building is None else self._pick_usable(key, exclude)
         return self._upstreams[address] if address is not None else None
 
     def started(self, upstream: Upstream) -> None:
@@ -158,6 +293,7 @@ class StoreBalancer:
     def finished(self, upstream: Upstream, outcome: Outcome) -> None:
         address = upstream.address
         self.replica.add(address, -1)
+        self.replica.count(f"{address}|{status_class(outcome.status)}")
         self.counts.local_changed(-1)
         self.policy.count_changed(address)
         now = self.clock()
@@ -180,6 +316,7 @@ class StoreBalancer:
                 "backend ejected", backend=address, seconds=round(ejection.until - now, 3), count=ejection.count
             )
             self.view.eject_locally(address, ejection)
+            self.ejections[address] = self.ejections.get(address, 0) + 1
             self._pending_ejections[address] = ejection
             self._publish_wake.set()
             self._mark_dirty()
@@ -208,6 +345,7 @@ class StoreBalancer:
                 reachable = True
                 for address in self.counts.set_others(others):
                     self.policy.count_changed(address)
+            self.redis_up = reachable
             await asyncio.sleep(self.refresh_interval)
 
     async def publish(self) -> None:
@@ -237,7 +375,9 @@ class StoreBalancer:
             log.warning("no snapshot from the store yet; serving the configured backends", waited_sec=wait)
             self.view.load_static(self.config)
             self._mark_dirty()
-        self.rebuild()
+        self._dirty = True
+        self._refresh_policy()
+        await self.built()
 
 
 @contextlib.asynccontextmanager
@@ -269,10 +409,8 @@ async def open_store_balancer(
         await balancer.start_from(first_snapshot_timeout)
         yield balancer
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if balancer._building is not None:
+            tasks.append(balancer._building)
+        await cancel_and_wait(tasks)  # re-cancels: 3.11 can lose a cancel inside redis-py
         if own_replica:
             await replica.deregister()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import struct
+import time
 from typing import cast
 
 from services.proxy.balancer import Outcome, Upstream
@@ -79,6 +80,9 @@ class TcpClient(asyncio.Protocol):
         self.upstream_eof_seen = False
         self._client_paused = False
         self.latency: float | None = None
+        self.started_at = 0.0
+        self.bytes_in = 0  # client -> backend
+        self.bytes_out = 0  # backend -> client
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
@@ -112,9 +116,11 @@ class TcpClient(asyncio.Protocol):
                 break
             if attempt:
                 ctx.stats.retries += 1
+                if ctx.metrics_on:
+                    ctx.stats.backend(tried[-1]).retries += 1
             tried.append(upstream.address)
             ctx.balancer.started(upstream)
-            start = ctx.loop.time()
+            start = time.perf_counter()  # loop.time() is in whole ms under uvloop
             try:
                 _, proto = await asyncio.wait_for(
                     ctx.loop.create_connection(lambda: _UpstreamSide(self), upstream.host, upstream.port),
@@ -122,12 +128,17 @@ class TcpClient(asyncio.Protocol):
                 )
             except (TimeoutError, OSError) as exc:
                 ctx.stats.connect_failures += 1
+                if ctx.metrics_on:
+                    b = ctx.stats.backend(upstream.address)
+                    b.connect_errors += 1
+                    b.finished(None, time.perf_counter() - start, None)
                 ctx.balancer.finished(upstream, Outcome(ok=False, connect_failed=True))
                 log.debug("connect failed", upstream=upstream.address, error=str(exc) or type(exc).__name__)
                 continue
             assert isinstance(proto, _UpstreamSide) and proto.transport is not None
             self.upstream = upstream
-            self.latency = ctx.loop.time() - start
+            self.started_at = start
+            self.latency = time.perf_counter() - start
             if self.closed:
                 proto.transport.close()
                 self._finish()
@@ -149,6 +160,7 @@ class TcpClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last = self.ctx.loop.time()
+        self.bytes_in += len(data)
         up = self.up
         if up is not None and up.transport is not None:
             up.transport.write(data)
@@ -189,6 +201,7 @@ class TcpClient(asyncio.Protocol):
 
     def from_upstream(self, data: bytes) -> None:
         self._last = self.ctx.loop.time()
+        self.bytes_out += len(data)
         if self.transport is not None and not self.closed:
             self.transport.write(data)
 
@@ -219,7 +232,15 @@ class TcpClient(asyncio.Protocol):
     def _finish(self) -> None:
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
-            self.ctx.balancer.finished(upstream, Outcome(ok=True, latency=self.latency))
+            ctx = self.ctx
+            ctx.balancer.finished(upstream, Outcome(ok=True, latency=self.latency))
+            if ctx.metrics_on:  # a relayed connection: no status ("error" is left to failed connects)
+                b = ctx.stats.backend(upstream.address)
+                b.duration.observe(time.perf_counter() - self.started_at)
+                if self.latency is not None:
+                    b.ttfb.observe(self.latency)
+                b.request_bytes += self.bytes_in
+                b.response_bytes += self.bytes_out
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -20,12 +20,21 @@ State machine (one request at a time; pipelined bytes wait in ``buf``):
   reached the client, a failure can only abort the client connection.
 * Backpressure: the upstream transport's pause/resume_writing pauses/resumes reading this client
   (reason "upstream"); this transport's pause/resume_writing pauses/resumes reading the upstream.
+* Stalls: a body transfer (request body up, response body down) that makes no progress for an idle
+  timeout is cut (``check_stall``, called by the Context's periodic sweep). The side blamed is the
+  one that stopped: a backend that stops sending (``backend_idle_sec``: 504 if nothing of the response
+  reached the client yet, else the client connection is aborted — a truncated response), a client
+  that stops sending its body or reading the response (``client_idle_sec``: 408 / abort). A side
+  held back by backpressure from the other is not the one stalling.
+* Observability: each exchange ends once (``_end_exchange``): bytes per backend, the access-log line
+  and the OTLP span; each attempt's outcome is counted per backend in ``_finish_attempt``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import cast
+import time
+from typing import Any, cast
 
 from services.proxy.balancer import Outcome, Upstream
 from services.proxy.context import Context
@@ -43,11 +52,16 @@ from services.proxy.http.parser import (
     parse_request_head,
 )
 from services.proxy.http.upstream_protocol import UpstreamProtocol
+from services.proxy.observability.access_log import iso_time
+from services.proxy.observability.tracing import TraceContext, continue_or_start
 from shared.logs import get_logger
 
 log = get_logger("proxy.http")
 
 HEAD, BODY, WAIT, TUNNEL, CLOSED = range(5)
+# Durations (latency, time to first byte) are measured with perf_counter: uvloop's loop.time() is in
+# whole milliseconds, cached per loop iteration — too coarse for sub-millisecond backends.
+_clock = time.perf_counter
 _IDLE, _HEADER, _RESPONSE = range(3)  # what the single timer is waiting for
 
 
@@ -67,6 +81,8 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._timer_kind = _IDLE
+        self._client_blocked = False  # our writes to the client are paused (it does not read)
+        self._open = False  # an exchange started and not yet ended (_end_exchange)
         self._reset_exchange()
 
     def _reset_exchange(self) -> None:
@@ -93,6 +109,19 @@ class ClientConnection(asyncio.Protocol):
         self.status = 0
         self.body_seen = 0
         self.connecting: asyncio.Task[None] | None = None
+        # observability of this exchange
+        self.bytes_in = 0  # request bytes from the client (head + body framing)
+        self.bytes_out = 0  # response bytes to the client
+        self.t0 = 0.0  # _clock() when the first attempt started
+        self.ttfb: float | None = None  # current attempt: start -> response head
+        self.upstream_sec = 0.0  # last finished attempt's duration
+        self.resp_status = 0  # status sent to the client (backend's or the proxy's own)
+        self.backend_addr = ""  # last backend tried
+        self.trace: TraceContext | None = None
+        self._in_mark = -1  # stall checks: byte counts at the last sweep that saw them move
+        self._in_at = 0.0
+        self._out_mark = -1
+        self._out_at = 0.0
 
     # -- asyncio callbacks ---------------------------------------------------------------------
 
@@ -122,6 +151,8 @@ class ClientConnection(asyncio.Protocol):
             up.abort()
         if self.upstream is not None:  # the client went away mid-exchange: not the backend's fault
             self._finish_attempt(self.upstream, Outcome(ok=True, status=self.status or None))
+        if self._open:
+            self._end_exchange()
 
     def eof_received(self) -> bool | None:
         if self.state == TUNNEL:
@@ -135,10 +166,12 @@ class ClientConnection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        self._client_blocked = True
         if self.up is not None:
             self.up.pause_reading()
 
     def resume_writing(self) -> None:
+        self._client_blocked = False
         if self.up is not None:
             self.up.resume_reading()
 
@@ -187,6 +220,7 @@ class ClientConnection(asyncio.Protocol):
             return
         rest = buf[end + 4 :]
         self.buf = b""
+        self.bytes_in = end + 4
         self._start(req, rest)
 
     def _reject(self, exc: HttpError) -> None:
@@ -198,13 +232,18 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is None or self.state == CLOSED:
             return
         minor = self.req.minor if self.req is not None else 1
-        self.transport.write(error_response(status, rid, close=close, minor=minor))
+        response = error_response(status, rid, close=close, minor=minor)
+        self.transport.write(response)
+        self.bytes_out += len(response)
+        self.resp_status = status
         if close:
             self.state = CLOSED
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             self.transport.close()
+            if self._open:
+                self._end_exchange()
 
     def _start(self, req: RequestHead, rest: bytes) -> None:
         ctx = self.ctx
@@ -212,13 +251,26 @@ class ClientConnection(asyncio.Protocol):
         ctx.budget.deposit()
         self.req = req
         self.rid = req.request_id or new_request_id()
+        self._open = True
+        trace = None
+        if ctx.propagate_trace:
+            self.trace = trace = continue_or_start(req.traceparent, ctx.sample_ratio)
         if ctx.max_body and req.content_length is not None and req.content_length > ctx.max_body:
             ctx.stats.error(413)
             self._send_error(413, self.rid, close=True)
             return
         self.keep_alive = req.keep_alive and not self._draining
         self.wants_tunnel = req.upgrade
-        self.head_out = upstream_request_head(req, self.client_ip, self.proto, self.rid, b"", tunnel=req.upgrade)
+        self.head_out = upstream_request_head(
+            req,
+            self.client_ip,
+            self.proto,
+            self.rid,
+            b"",
+            req.upgrade,
+            trace.header() if trace is not None else None,
+            trace is None or trace.tracestate_kept,
+        )
         self.pending = [self.head_out]
         self.pending_size = len(self.head_out)
         self.body_done = not req.has_body
@@ -248,6 +300,7 @@ class ClientConnection(asyncio.Protocol):
                 self._body_error(exc)
                 return
             self.body_seen += sum(len(p) for p in pieces)
+            self.bytes_in += used
             if self.ctx.max_body and self.body_seen > self.ctx.max_body:
                 self._body_error(HttpError(413, "request body too large"))
                 return
@@ -262,11 +315,13 @@ class ClientConnection(asyncio.Protocol):
         else:
             remaining = self.body_remaining
             if len(data) <= remaining:
+                self.bytes_in += len(data)
                 self.body_remaining = remaining - len(data)
                 self._forward([data])
                 if self.body_remaining == 0:
                     self._body_complete(b"")
             else:
+                self.bytes_in += remaining
                 self.body_remaining = 0
                 self._forward([data[:remaining]])
                 self._body_complete(data[remaining:])
@@ -339,16 +394,28 @@ class ClientConnection(asyncio.Protocol):
             return
         self.tried.append(upstream.address)
         self.upstream = upstream
+        self.backend_addr = upstream.address
         req = self.req
         if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
             # HTTP/1.0 without Host: the backend gets its own address as Host.
+            trace = self.trace
             head = upstream_request_head(
-                req, self.client_ip, self.proto, self.rid, upstream.address.encode(), tunnel=req.upgrade
+                req,
+                self.client_ip,
+                self.proto,
+                self.rid,
+                upstream.address.encode(),
+                req.upgrade,
+                trace.header() if trace is not None else None,
+                trace is None or trace.tracestate_kept,
             )
             self.pending_size += len(head) - len(self.head_out)
             self.pending[0] = self.head_out = head
         ctx.balancer.started(upstream)
-        self.started_at = ctx.loop.time()
+        self.started_at = now = _clock()
+        if self.attempts == 1:
+            self.t0 = now
+        self.ttfb = None
         self.sent = False
         conn = ctx.pool.get(upstream.address)
         if conn is not None:
@@ -381,10 +448,14 @@ class ClientConnection(asyncio.Protocol):
     def _connect_failed(self, upstream: Upstream, exc: BaseException) -> None:
         ctx = self.ctx
         ctx.stats.connect_failures += 1
+        if ctx.metrics_on:
+            ctx.stats.backend(upstream.address).connect_errors += 1
         self._finish_attempt(upstream, Outcome(ok=False, connect_failed=True))
         log.debug("connect failed", upstream=upstream.address, error=str(exc) or type(exc).__name__)
         if self.attempts <= ctx.retries and ctx.budget.withdraw():
             ctx.stats.retries += 1
+            if ctx.metrics_on:
+                ctx.stats.backend(upstream.address).retries += 1
             self._attempt()
         else:
             self._fail(502)
@@ -428,6 +499,8 @@ class ClientConnection(asyncio.Protocol):
         ):
             self.resent = True
             ctx.stats.retries += 1
+            if ctx.metrics_on:
+                ctx.stats.backend(upstream.address).retries += 1
             self.pending = [self.head_out]
             self.pending_size = len(self.head_out)
             self._attempt()
@@ -458,7 +531,66 @@ class ClientConnection(asyncio.Protocol):
 
     def _finish_attempt(self, upstream: Upstream, outcome: Outcome) -> None:
         self.upstream = None
-        self.ctx.balancer.finished(upstream, outcome)
+        ctx = self.ctx
+        ctx.balancer.finished(upstream, outcome)
+        duration = outcome.latency
+        if duration is None:
+            duration = _clock() - self.started_at
+        self.upstream_sec = duration
+        if ctx.metrics_on:
+            ctx.stats.backend(upstream.address).finished(outcome.status, duration, self.ttfb)
+
+    def _end_exchange(self) -> None:
+        """Once per request, however it ended: bytes per backend, access-log line, span."""
+        self._open = False
+        ctx = self.ctx
+        if ctx.metrics_on and self.backend_addr:
+            b = ctx.stats.backend(self.backend_addr)
+            b.request_bytes += self.bytes_in
+            b.response_bytes += self.bytes_out
+        access_log = ctx.access_log
+        trace = self.trace
+        export = ctx.exporter is not None and trace is not None and trace.sampled
+        if (access_log is None or not access_log.sampled()) and not export:
+            return
+        now = _clock()
+        t0 = self.t0 or now
+        total = now - t0
+        wall = time.time()
+        req = self.req
+        method = req.method.decode("latin-1") if req is not None else "-"
+        target = req.target.decode("latin-1") if req is not None else "-"
+        if access_log is not None:
+            access_log.write(
+                {
+                    "time": iso_time(wall),
+                    "client": self.client_ip,
+                    "method": method,
+                    "target": target,
+                    "status": self.resp_status or None,
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "duration_ms": round(total * 1000.0, 3),
+                    "upstream_ms": round(self.upstream_sec * 1000.0, 3) if self.backend_addr else None,
+                    "backend": self.backend_addr or None,
+                    "attempts": self.attempts,
+                    "request_id": self.rid.decode("latin-1"),
+                    "trace_id": trace.trace_id.decode() if trace is not None else None,
+                }
+            )
+        if export and ctx.exporter is not None and trace is not None:
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "url.path": target,
+                "client.address": self.client_ip,
+                "gobalancer.request_id": self.rid.decode("latin-1"),
+                "gobalancer.attempts": self.attempts,
+            }
+            if self.resp_status:
+                attributes["http.response.status_code"] = self.resp_status
+            if self.backend_addr:
+                attributes["gobalancer.backend"] = self.backend_addr
+            ctx.exporter.export(trace, wall - total, total, attributes, not self.resp_status or self.resp_status >= 500)
 
     # -- responses (called by UpstreamProtocol) ------------------------------------------------
 
@@ -469,7 +601,8 @@ class ClientConnection(asyncio.Protocol):
     def response_head(self, up: UpstreamProtocol, head: ResponseHead) -> None:
         req = self.req
         assert req is not None and self.transport is not None
-        self.status = head.status
+        self.status = self.resp_status = head.status
+        self.ttfb = _clock() - self.started_at
         if self._timer_kind == _RESPONSE:
             self._set_timer(_IDLE, 1e9)  # body transfer: no deadline (idle timer re-armed after)
         tunnel = up.tunnel
@@ -493,6 +626,7 @@ class ClientConnection(asyncio.Protocol):
         self.responded = True
         out = client_response_head(head, req.minor, self.keep_alive, self.rechunk, tunnel)
         if tunnel:
+            self.bytes_out += len(out)
             self.transport.write(out)
         else:
             self.resp_head = out  # written together with the first body bytes: one send() instead of two
@@ -503,11 +637,13 @@ class ClientConnection(asyncio.Protocol):
         head = self.resp_head
         if head is not None:
             self.resp_head = None
+            self.bytes_out += len(head) + len(data)
             if len(data) <= 65536:
                 self.transport.write(head + data)
             else:
                 self.transport.writelines([head, data])
             return
+        self.bytes_out += len(data)
         self.transport.write(data)
 
     def send_pieces(self, pieces: list[bytes]) -> None:
@@ -522,7 +658,9 @@ class ClientConnection(asyncio.Protocol):
                 out += frame_chunk(p)
         else:
             out += pieces
-        if sum(map(len, out)) <= 65536:
+        size = sum(map(len, out))
+        self.bytes_out += size
+        if size <= 65536:
             self.transport.write(b"".join(out))
         else:
             self.transport.writelines(out)
@@ -540,10 +678,11 @@ class ClientConnection(asyncio.Protocol):
                 tail = self.resp_head + tail
                 self.resp_head = None
             if tail:
+                self.bytes_out += len(tail)
                 self.transport.write(tail)
         status = self.status
         assert self.upstream is not None
-        latency = ctx.loop.time() - self.started_at
+        latency = _clock() - self.started_at
         self._finish_attempt(up.upstream, Outcome(ok=status < 500, latency=latency, status=status))
         if reusable and self.body_done:
             up.resume_reading()
@@ -555,6 +694,8 @@ class ClientConnection(asyncio.Protocol):
         self._exchange_done()
 
     def _exchange_done(self) -> None:
+        if self._open:
+            self._end_exchange()
         if not self.keep_alive or self.state == CLOSED or self._eof:
             self._close()
             return
@@ -672,6 +813,56 @@ class ClientConnection(asyncio.Protocol):
             up.abort()
             if self.upstream is not None:
                 self._finish_attempt(self.upstream, Outcome(ok=True))
+        if self._open:
+            self._end_exchange()
+
+    def check_stall(self, now: float) -> None:
+        """Called by the Context's sweep: cut a body transfer that has not moved for an idle timeout."""
+        state = self.state
+        if state != BODY and state != WAIT:
+            return
+        ctx = self.ctx
+        if self.responded:  # response body on its way to the client
+            if self.bytes_out != self._out_mark:
+                self._out_mark, self._out_at = self.bytes_out, now
+            else:
+                client = self._client_blocked  # it does not read: its fault, not the backend's
+                if now - self._out_at >= (ctx.client_idle if client else ctx.backend_idle):
+                    self._stalled(client)
+                    return
+        if state == BODY and not self.body_done:  # request body still coming
+            if self.bytes_in != self._in_mark:
+                self._in_mark, self._in_at = self.bytes_in, now
+            else:
+                backend = "upstream" in self._paused  # the backend does not read what we forward
+                if now - self._in_at >= (ctx.backend_idle if backend else ctx.client_idle):
+                    self._stalled(not backend)
+
+    def _stalled(self, client: bool) -> None:
+        ctx = self.ctx
+        ctx.stats.idle_timeouts += 1
+        log.info(
+            "body transfer stalled",
+            side="client" if client else "backend",
+            backend=self.backend_addr,
+            request_id=self.rid.decode("latin-1"),
+        )
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.abort()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        if self.upstream is not None:
+            self._finish_attempt(self.upstream, Outcome(ok=client))
+        if not self.responded or self.resp_head is not None:  # nothing of a response reached the client
+            self.resp_head = None
+            status = 408 if client else 504
+            ctx.stats.error(status)
+            self._send_error(status, self.rid, close=True)
+        else:
+            self.abort()  # the client sees a truncated response
 
     def abort(self) -> None:
         self._close()

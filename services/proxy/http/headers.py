@@ -25,6 +25,8 @@ _HOP_BY_HOP = frozenset(
 )
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via"})
 VIA = b"1.1 gobalancer"
+_TRACEPARENT = frozenset({b"traceparent"})
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 
 _ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex().encode()
@@ -36,10 +38,23 @@ def new_request_id() -> bytes:
 
 
 def upstream_request_head(
-    req: RequestHead, client_ip: str, proto: bytes, request_id: bytes, upstream_host: bytes, tunnel: bool
+    req: RequestHead,
+    client_ip: str,
+    proto: bytes,
+    request_id: bytes,
+    upstream_host: bytes,
+    tunnel: bool,
+    traceparent: bytes | None = None,
+    keep_tracestate: bool = True,
 ) -> bytes:
-    """The head sent to the backend (always HTTP/1.1, keep-alive unless tunnelling)."""
+    """The head sent to the backend (always HTTP/1.1, keep-alive unless tunnelling).
+
+    ``traceparent``: the proxy's own value, replacing the client's (None: the client's passes as is);
+    ``keep_tracestate`` False drops the client's ``tracestate`` (it belonged to a trace not continued).
+    """
     drop = req.connection_tokens
+    if traceparent is not None:
+        drop = drop | (_TRACE_HEADERS if not keep_tracestate else _TRACEPARENT)
     out = [b"%s %s HTTP/1.1\r\n" % (req.method, req.target)]
     xff: bytes | None = None
     via: bytes | None = None
@@ -70,6 +85,8 @@ def upstream_request_head(
         out.append(b"Transfer-Encoding: %s\r\n" % req.te_codings)
     elif req.content_length is not None:
         out.append(b"Content-Length: %d\r\n" % req.content_length)
+    if traceparent is not None:
+        out.append(b"traceparent: %s\r\n" % traceparent)
     if tunnel and upgrade_value is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade_value)
     out.append(b"\r\n")

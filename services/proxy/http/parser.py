@@ -60,6 +60,7 @@ class RequestHead:
     connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
     host: bytes | None = None
     request_id: bytes | None = None  # X-Request-ID as received (kept when present)
+    traceparent: bytes | None = None  # as received; b"" when there were several (invalid)
 
     @property
     def idempotent(self) -> bool:
@@ -162,6 +163,7 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
     host_values: list[bytes] = []
     upgrade_values: list[bytes] = []
     rid_values: list[bytes] = []
+    trace_values: list[bytes] = []
     found = {
         b"content-length": cl_values,
         b"transfer-encoding": te_values,
@@ -169,6 +171,7 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
         b"host": host_values,
         b"upgrade": upgrade_values,
         b"x-request-id": rid_values,
+        b"traceparent": trace_values,
     }.get
     for name, value in headers:
         values = found(name.lower())
@@ -205,6 +208,7 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
         connection_tokens=tokens,
         host=host_values[0] if host_values else None,
         request_id=rid_values[0] if rid_values and rid_values[0] else None,
+        traceparent=(trace_values[0] if len(trace_values) == 1 else b"") if trace_values else None,
     )
 
 

@@ -1,0 +1,139 @@
+"""The proxy's ``/metrics``: a Collector that folds the data plane's plain counters into Prometheus
+families at scrape time (nothing on the request path touches prometheus_client).
+
+Series (every one per proxy process, i.e. per worker: each worker serves its own port):
+
+- ``gobalancer_proxy_backend_requests_total{backend,class}``: attempts finished against a backend by
+  status class (``1xx``..``5xx``, ``error``: no response — connect failure, reset, timeout, abort)
+- ``gobalancer_proxy_backend_inflight{backend}``: requests (TCP: connections) in flight
+- ``gobalancer_proxy_backend_connect_errors_total``, ``..._retries_total`` (retries after a failure on
+  that backend), ``..._ejections_total`` (passive ejections decided by this process)
+- ``gobalancer_proxy_backend_request_duration_seconds`` (attempt start to response complete) and
+  ``..._upstream_ttfb_seconds`` (attempt start to the backend's response head) histograms
+- ``gobalancer_proxy_backend_received_bytes_total`` / ``..._sent_bytes_total``: client bytes of the
+  requests answered through the backend / bytes sent back to those clients
+- ``gobalancer_proxy_generated_responses_total{code}``: responses the proxy made itself (4xx/5xx)
+- ``gobalancer_proxy_{connections,requests}_total``, ``gobalancer_proxy_idle_timeouts_total``
+- with a store: ``gobalancer_proxy_store_sync_lag_seconds`` (event written -> applied here),
+  ``gobalancer_proxy_redis_up``, ``gobalancer_proxy_view_version``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from services.proxy.stats import CLASS_NAMES, LATENCY_BUCKETS, Histogram, Stats
+
+P = "gobalancer_proxy_"
+_BOUNDS = [repr(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+
+
+def histogram_family(name: str, doc: str, labels: list[str], series: Iterable[tuple[list[str], Histogram]]) -> Metric:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, hist in series:
+        cumulative, buckets = 0, []
+        for bound, count in zip(_BOUNDS, hist.counts, strict=True):
+            cumulative += count
+            buckets.append((bound, cumulative))
+        family.add_metric(values, buckets, hist.sum)
+    return family
+
+
+class ProxyCollector(Collector):
+    """Reads ``stats()`` (the Context's Stats, None before the server started) and the balancer."""
+
+    def __init__(self, stats: Callable[[], Stats | None], balancer: Any, info: Mapping[str, str]) -> None:
+        self._stats = stats
+        self._balancer = balancer
+        self._info = dict(info)
+
+    def collect(self) -> Iterable[Metric]:
+        info = GaugeMetricFamily(P + "info", "This proxy process (value 1).", labels=list(self._info))
+        info.add_metric(list(self._info.values()), 1)
+        yield info
+        stats = self._stats()
+        if stats is not None:
+            yield from self._data_plane(stats)
+        yield from self._balancer_metrics()
+
+    def _data_plane(self, stats: Stats) -> Iterable[Metric]:
+        yield CounterMetricFamily(P + "connections", "Client connections accepted.", value=stats.connections)
+        yield CounterMetricFamily(P + "requests", "HTTP requests whose head was accepted.", value=stats.requests)
+        yield CounterMetricFamily(
+            P + "idle_timeouts", "Body transfers aborted because one side stalled.", value=stats.idle_timeouts
+        )
+        generated = CounterMetricFamily(
+            P + "generated_responses", "Responses the proxy made itself, by status code.", labels=["code"]
+        )
+        for code, n in sorted(stats.errors.items()):
+            generated.add_metric([str(code)], n)
+        yield generated
+        backends = sorted(stats.backends.items())
+        requests = CounterMetricFamily(
+            P + "backend_requests", "Attempts finished against a backend, by status class.", labels=["backend", "class"]
+        )
+        conn_errors = CounterMetricFamily(P + "backend_connect_errors", "Failed connects.", labels=["backend"])
+        retries = CounterMetricFamily(P + "backend_retries", "Retries after a failure here.", labels=["backend"])
+        received = CounterMetricFamily(
+            P + "backend_received_bytes", "Client request bytes answered through the backend.", labels=["backend"]
+        )
+        sent = CounterMetricFamily(
+            P + "backend_sent_bytes", "Response bytes sent to clients from the backend.", labels=["backend"]
+        )
+        for address, b in backends:
+            for name, n in zip(CLASS_NAMES, b.classes, strict=True):
+                if n:
+                    requests.add_metric([address, name], n)
+            conn_errors.add_metric([address], b.connect_errors)
+            retries.add_metric([address], b.retries)
+            received.add_metric([address], b.request_bytes)
+            sent.add_metric([address], b.response_bytes)
+        yield from (requests, conn_errors, retries, received, sent)
+        yield histogram_family(
+            P + "backend_request_duration_seconds",
+            "Attempt start to response complete (or failure), per backend.",
+            ["backend"],
+            (([a], b.duration) for a, b in backends),
+        )
+        yield histogram_family(
+            P + "backend_upstream_ttfb_seconds",
+            "Attempt start to the backend's response head, per backend.",
+            ["backend"],
+            (([a], b.ttfb) for a, b in backends),
+        )
+
+    def _balancer_metrics(self) -> Iterable[Metric]:
+        balancer = self._balancer
+        inflight: Mapping[str, int] = getattr(balancer, "inflight", None) or {}
+        gauge = GaugeMetricFamily(P + "backend_inflight", "Requests (TCP: connections) in flight.", labels=["backend"])
+        for address, n in sorted(inflight.items()):
+            gauge.add_metric([address], n)
+        yield gauge
+        ejections: Mapping[str, int] | None = getattr(balancer, "ejections", None)
+        if ejections is None:
+            return  # no store: nothing more to say
+        family = CounterMetricFamily(
+            P + "backend_ejections", "Passive ejections decided by this process.", labels=["backend"]
+        )
+        for address, n in sorted(ejections.items()):
+            family.add_metric([address], n)
+        yield family
+        lag: Histogram = balancer.sync_lag
+        yield histogram_family(
+            P + "store_sync_lag_seconds", "Store event written -> applied to this proxy's view.", [], [([], lag)]
+        )
+        yield GaugeMetricFamily(P + "redis_up", "1 while Redis answers.", value=int(balancer.redis_up))
+        yield GaugeMetricFamily(
+            P + "view_version", "Store version of this proxy's view (-1: none).", value=balancer.view.version
+        )
+
+
+def proxy_registry(stats: Callable[[], Stats | None], balancer: Any, info: Mapping[str, str]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(stats, balancer, info))
+    return registry

@@ -1,0 +1,68 @@
+"""The data plane's counters and their Prometheus exposition (folded at scrape time)."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.proxy.balancer import StaticRoundRobin, Upstream
+from services.proxy.observability.metrics import proxy_registry
+from services.proxy.stats import LATENCY_BUCKETS, Histogram, Stats, status_class
+
+
+def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_status_class() -> None:
+    assert [status_class(s) for s in (None, 0, 101, 200, 302, 404, 503, 700)] == [
+        "error",
+        "error",
+        "1xx",
+        "2xx",
+        "3xx",
+        "4xx",
+        "5xx",
+        "error",
+    ]
+
+
+def test_histogram_buckets_are_upper_inclusive() -> None:
+    h = Histogram()
+    for v in (0.0005, 0.0006, 0.001, 100.0):
+        h.observe(v)
+    assert h.counts[0] == 1 and h.counts[1] == 2 and h.counts[len(LATENCY_BUCKETS)] == 1
+    assert abs(h.sum - 100.0021) < 1e-9
+
+
+def test_collector_folds_stats() -> None:
+    stats = Stats()
+    b = stats.backend("10.0.0.1:80")
+    b.finished(200, 0.003, 0.002)
+    b.finished(200, 0.02, 0.01)
+    b.finished(503, 0.5, 0.4)
+    b.finished(None, 1.0, None)
+    b.request_bytes, b.response_bytes, b.retries, b.connect_errors = 100, 2000, 1, 1
+    stats.error(502)
+    stats.error(502)
+    balancer = StaticRoundRobin([Upstream.from_address("10.0.0.1:80")])
+    balancer.started(balancer.upstreams[0])
+    got = samples(generate_latest(proxy_registry(lambda: stats, balancer, {"replica": "r1"})))
+    lb = (("backend", "10.0.0.1:80"),)
+    assert got[("gobalancer_proxy_backend_requests_total", (("backend", "10.0.0.1:80"), ("class", "2xx")))] == 2
+    assert got[("gobalancer_proxy_backend_requests_total", (("backend", "10.0.0.1:80"), ("class", "5xx")))] == 1
+    assert got[("gobalancer_proxy_backend_requests_total", (("backend", "10.0.0.1:80"), ("class", "error")))] == 1
+    assert got[("gobalancer_proxy_backend_inflight", lb)] == 1
+    assert got[("gobalancer_proxy_backend_received_bytes_total", lb)] == 100
+    assert got[("gobalancer_proxy_backend_sent_bytes_total", lb)] == 2000
+    assert got[("gobalancer_proxy_backend_retries_total", lb)] == 1
+    assert got[("gobalancer_proxy_generated_responses_total", (("code", "502"),))] == 2
+    assert got[("gobalancer_proxy_backend_request_duration_seconds_count", lb)] == 4
+    assert got[("gobalancer_proxy_backend_request_duration_seconds_bucket", (*lb, ("le", "0.005")))] == 1
+    assert got[("gobalancer_proxy_backend_request_duration_seconds_bucket", (*lb, ("le", "+Inf")))] == 4
+    assert got[("gobalancer_proxy_backend_upstream_ttfb_seconds_count", lb)] == 3
+    assert got[("gobalancer_proxy_info", (("replica", "r1"),))] == 1
