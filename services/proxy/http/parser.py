@@ -28,6 +28,8 @@ _FIELDS = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n",
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+# absolute-form (RFC 9112 §3.2.2): scheme "://" authority (no userinfo), then the path and query.
+_ABSOLUTE_FORM = re.compile(rb"(?i:https?)://([^/?#@\x00-\x20]+)([/?][^#]*)?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
@@ -182,6 +184,25 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
         raise HttpError(400, "more than one Host")
     if minor == 1 and not host_values:
         raise HttpError(400, "missing Host")
+    # The request target (RFC 9112 §3.2): a reverse proxy takes origin-form ("/path?q"), "*" for
+    # OPTIONS, and absolute-form, which it turns into origin-form with the target's authority as
+    # Host (the authority wins over a Host header that says otherwise: the backend must never see
+    # two different hosts for one request). Anything else is refused before it can reach a backend.
+    if method == b"CONNECT":
+        raise HttpError(501, "CONNECT is not supported by a reverse proxy")
+    if not target.startswith(b"/"):
+        if target == b"*":
+            if method != b"OPTIONS":
+                raise HttpError(400, "asterisk-form is only for OPTIONS")
+        else:
+            absolute = _ABSOLUTE_FORM.fullmatch(target)
+            if absolute is None:
+                raise HttpError(400, "invalid request target")
+            authority = absolute.group(1)
+            path = absolute.group(2) or b"/"
+            target = path if path.startswith(b"/") else b"/" + path
+            headers = [(n, v) for n, v in headers if n.lower() != b"host"] + [(b"Host", authority)]
+            host_values = [authority]
     content_length: int | None = None
     chunked = False
     te_codings = b""

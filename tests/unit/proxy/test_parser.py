@@ -161,3 +161,40 @@ def test_invalid_chunked_framing(raw: bytes) -> None:
 def test_frame_chunk_roundtrip() -> None:
     framed = b"".join(frame_chunk(b"abc" * 10)) + b"0\r\n\r\n"
     assert decode_all(framed) == (b"abc" * 10, b"")
+
+
+# -- request targets (RFC 9112 §3.2) --------------------------------------------------------------
+
+
+def test_absolute_form_becomes_origin_form_with_the_targets_host() -> None:
+    head = parse_request_head(b"GET http://Evil.example:8080/admin?x=1 HTTP/1.1\r\nHost: x", 8192)
+    assert head.target == b"/admin?x=1"
+    assert head.host == b"Evil.example:8080"
+    assert [v for n, v in head.headers if n.lower() == b"host"] == [b"Evil.example:8080"]
+
+
+def test_absolute_form_without_a_path_gets_a_slash() -> None:
+    head = parse_request_head(b"GET https://a.example HTTP/1.1\r\nHost: a.example", 8192)
+    assert head.target == b"/"
+    head = parse_request_head(b"GET http://a.example?q HTTP/1.1\r\nHost: a.example", 8192)
+    assert head.target == b"/?q"
+
+
+@pytest.mark.parametrize(
+    ("line", "status"),
+    [
+        (b"GET admin HTTP/1.1", 400),
+        (b"GET * HTTP/1.1", 400),
+        (b"GET http://user:pw@a.example/ HTTP/1.1", 400),
+        (b"GET ftp://a.example/ HTTP/1.1", 400),
+        (b"CONNECT a.example:443 HTTP/1.1", 501),
+    ],
+)
+def test_invalid_targets_are_refused(line: bytes, status: int) -> None:
+    with pytest.raises(HttpError) as info:
+        parse_request_head(line + b"\r\nHost: a.example", 8192)
+    assert info.value.status == status
+
+
+def test_asterisk_form_for_options() -> None:
+    assert parse_request_head(b"OPTIONS * HTTP/1.1\r\nHost: a", 8192).target == b"*"
