@@ -126,6 +126,11 @@ class TcpClient(asyncio.Protocol):
                     ctx.loop.create_connection(lambda: _UpstreamSide(self), upstream.host, upstream.port),
                     ctx.connect_timeout,
                 )
+            except asyncio.CancelledError:
+                # The client went away during the connect: the attempt started above is over too
+                # (else its in-flight count would stay forever and steer every replica away).
+                ctx.balancer.finished(upstream, Outcome(ok=True))
+                raise
             except (TimeoutError, OSError) as exc:
                 ctx.stats.connect_failures += 1
                 if ctx.metrics_on:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import socket
 import struct
 from collections.abc import AsyncIterator
 
 import pytest
 
 from services.proxy.tcp import PROXY_V2_SIGNATURE, proxy_header
+from tests.helpers import eventually
 from tests.integration.proxy.conftest import StartProxy
 from tests.integration.proxy.test_http import unused_address
 
@@ -87,3 +89,35 @@ def test_proxy_header_ipv6() -> None:
     assert proxy_header("v1", ("::1", 5), ("::1", 6)) == b"PROXY TCP6 ::1 ::1 5 6\r\n"
     v2 = proxy_header("v2", ("::1", 5), ("127.0.0.1", 6))
     assert v2[13] == 0x21 and struct.unpack("!H", v2[14:16])[0] == 36
+
+
+async def test_a_client_gone_during_the_connect_leaves_no_inflight_count(start_proxy: StartProxy) -> None:
+    """A client dropped while the proxy is still connecting to the backend (here by the client idle
+    timeout; the proxy does not read from the client until the backend answers)."""
+    # A listener whose accept queue is full and never drained: a further connect hangs (SYN dropped).
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(0)
+    fillers = []
+    for _ in range(4):
+        s = socket.socket()
+        s.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            s.connect(hung.getsockname())
+        fillers.append(s)
+    address = f"127.0.0.1:{hung.getsockname()[1]}"
+    proxy = await start_proxy([address], mode="tcp", timeout={"connect_timeout": 30, "client_idle_sec": 0.3})
+    balancer = proxy.balancer
+    try:
+        for _ in range(3):
+            _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            await asyncio.sleep(0.05)  # the proxy is connecting to the backend now
+            assert getattr(balancer, "inflight", {}).get(address, 0) >= 1
+            writer.transport.abort()
+        await eventually(
+            lambda: getattr(balancer, "inflight", {}).get(address, 0) == 0, timeout=2, message="in-flight back to 0"
+        )
+    finally:
+        for s in fillers:
+            s.close()
+        hung.close()
