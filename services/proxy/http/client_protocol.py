@@ -192,6 +192,10 @@ class ClientConnection(asyncio.Protocol):
 
     # -- reading requests ----------------------------------------------------------------------
 
+    def _continue_pipeline(self) -> None:
+        if self.state == HEAD and self.buf:
+            self._next_request()
+
     def _next_request(self) -> None:
         buf = self.buf
         if buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request line
@@ -464,7 +468,11 @@ class ClientConnection(asyncio.Protocol):
         assert self.req is not None
         self.up = up
         up.begin(self, self.req.method)
-        if self.transport is not None and self.transport.get_write_buffer_size() > self.ctx.high_water:
+        # Paused for writing means paused until resume_writing, even once the buffer has drained below
+        # the high-water mark: no other pause_writing will come to stop a fresh upstream.
+        if self._client_blocked or (
+            self.transport is not None and self.transport.get_write_buffer_size() > self.ctx.high_water
+        ):
             up.pause_reading()
         pending = self.pending
         if pending:
@@ -696,7 +704,8 @@ class ClientConnection(asyncio.Protocol):
     def _exchange_done(self) -> None:
         if self._open:
             self._end_exchange()
-        if not self.keep_alive or self.state == CLOSED or self._eof:
+        # A client that half-closed after pipelining still gets answers to its complete requests.
+        if not self.keep_alive or self.state == CLOSED or (self._eof and HEAD_END not in self.buf):
             self._close()
             return
         self._reset_exchange()
@@ -706,7 +715,9 @@ class ClientConnection(asyncio.Protocol):
         if "upstream" in self._paused:
             self.resume_reading("upstream")
         if self.buf:
-            self._next_request()
+            # From the loop, not a direct call: a run of pipelined requests answered synchronously
+            # (a 503, say) would otherwise nest one call per request and overflow the stack.
+            self.ctx.loop.call_soon(self._continue_pipeline)
         elif self._draining:
             self._close()
         else:

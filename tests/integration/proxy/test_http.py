@@ -140,6 +140,29 @@ async def test_pipelined_requests_answered_in_order(backends: Backends, start_pr
     assert bodies == [b"/1", b"/2", b"/3"]
 
 
+async def test_a_long_pipeline_of_refused_requests_is_answered_in_full(start_proxy: StartProxy) -> None:
+    """5,000 pipelined requests each answered at once (503: no backend): no recursion, no drop."""
+    proxy = await start_proxy([])
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n" * 5000)
+    statuses = [(await asyncio.wait_for(read_response(reader), 10)).status for _ in range(5000)]
+    writer.close()
+    assert statuses == [503] * 5000
+
+
+async def test_pipelined_requests_after_a_half_close_are_answered(backends: Backends, start_proxy: StartProxy) -> None:
+    b = await backends.add(Backend())
+    proxy = await start_proxy([b])
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    writer.write_eof()  # the client is done sending, and waits for both answers
+    first = await asyncio.wait_for(read_response(reader), 5)
+    second = await asyncio.wait_for(read_response(reader), 5)
+    assert (first.status, second.status) == (200, 200)
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # then the proxy closes
+    writer.close()
+
+
 async def test_http10_client_and_keep_alive(backends: Backends, start_proxy: StartProxy) -> None:
     b = await backends.add(Backend())
     proxy = await start_proxy([b])
