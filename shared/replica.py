@@ -16,6 +16,8 @@ import time
 import uuid
 from collections import defaultdict
 
+from redis.exceptions import RedisError
+
 from shared.logs import get_logger
 from shared.models import ReplicaInfo
 from shared.store import UNAVAILABLE, Store
@@ -99,8 +101,9 @@ class Replica:
                 total_deltas=total_deltas,
                 totals=dict(self.totals),
             )
-        except UNAVAILABLE as exc:
-            # The batch may or may not have been applied: the next push sends absolute counts.
+        except (*UNAVAILABLE, RedisError) as exc:
+            # Unreachable, or refusing writes (OOM, MISCONF, READONLY after a failover...). The batch
+            # may or may not have been applied: the next push sends absolute counts.
             self._needs_absolute = True
             if self._reachable:
                 log.warning("cannot push counters; will resend absolute counts", error=str(exc) or repr(exc))
@@ -119,7 +122,11 @@ class Replica:
         while True:
             due = time.monotonic() - self._last_push >= self.heartbeat
             if due or self._needs_absolute or any(self._pending.values()) or self._pending_totals:
-                await self.push()
+                try:
+                    await self.push()
+                except Exception as exc:  # a bug must not end the heartbeat (the counts would expire)
+                    log.error("counter push failed", error=repr(exc))
+                    self._needs_absolute = True
             await asyncio.sleep(self.flush_interval if self._reachable else min(1.0, self.heartbeat))
 
     async def deregister(self) -> None:

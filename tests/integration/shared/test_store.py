@@ -331,3 +331,24 @@ async def test_request_totals_are_exact_and_expire_with_the_replica(store: Store
 
 async def _no_replicas(store: Store) -> bool:
     return not await store.replicas() and not await store.redis.exists(store.keys.totals("x"))
+
+
+async def test_a_replica_survives_redis_refusing_writes(private_redis: RedisServer, namespace: str) -> None:
+    store = Store.from_url(private_redis.url, namespace)
+    try:
+        replica = Replica(store, "proxy", ttl=5, heartbeat=0.05, flush_interval=0.02)
+        replica.add("b:1", +2)
+        task = asyncio.create_task(replica.run())
+        await eventually(lambda: _count(store, "b:1", 2), message="first push")
+        await store.redis.config_set("maxmemory", "1")  # every write now fails with OOM
+        await store.redis.config_set("maxmemory-policy", "noeviction")
+        replica.add("b:1", +1)
+        await asyncio.sleep(0.2)  # several refused pushes
+        assert not task.done(), "the heartbeat survived the refused writes"
+        await store.redis.config_set("maxmemory", "0")
+        await eventually(lambda: _count(store, "b:1", 3), message="counts exact once writes work again")
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    finally:
+        await store.close()
