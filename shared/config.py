@@ -9,6 +9,7 @@ Errors are raised as :class:`ConfigError`, whose message is one line: ``SOURCE: 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -73,6 +74,8 @@ class Seconds(float):
             number = float(m.group(1)) * cls._UNITS[m.group(2) or "s"]
         else:
             raise ValueError(f"expected a duration (seconds, or a string like '500ms', '2s'), got {value!r}")
+        if not math.isfinite(number):
+            raise ValueError(f"a duration must be a finite number of seconds (got {value!r})")
         if number < 0:
             raise ValueError(f"a duration cannot be negative (got {value!r})")
         return cls(number)
@@ -165,6 +168,11 @@ class TimeoutConfig(_Struct):
     # On SIGTERM, how long in-flight requests may take before the process exits anyway.
     drain_sec: Seconds = Seconds(30.0)
 
+    def __post_init__(self) -> None:
+        for name in ("client_idle_sec", "backend_idle_sec", "connect_timeout", "header_read_sec", "response_sec"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0")
+
 
 class DockerDiscoveryConfig(_Struct):
     url: str = ""  # empty: DOCKER_HOST or the local socket
@@ -189,6 +197,15 @@ class DiscoveryConfig(_Struct):
     lease_ttl_sec: Seconds = Seconds(10.0)
     watch_file: bool = True
     file_poll_sec: Seconds = Seconds(1.0)  # static: how often the config file's mtime/hash is checked
+
+    def __post_init__(self) -> None:
+        for name in ("lease_ttl_sec", "file_poll_sec"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0")
+        if self.docker.resync_sec <= 0:
+            raise ValueError("docker: resync_sec must be > 0")
+        if self.kubernetes.watch_timeout_sec <= 0:
+            raise ValueError("kubernetes: watch_timeout_sec must be > 0")
 
 
 class RedisConfig(_Struct):
@@ -238,8 +255,8 @@ class TLSConfig(_Struct):
 
 class ProxyConfig(_Struct):
     workers: PositiveInt = 1
-    max_header_bytes: PositiveInt = 32768  # whole request head -> 431 beyond
-    max_target_bytes: PositiveInt = 8192  # request target -> 414 beyond
+    max_header_bytes: Annotated[int, msgspec.Meta(ge=1024)] = 32768  # whole request head -> 431 beyond
+    max_target_bytes: Annotated[int, msgspec.Meta(ge=64)] = 8192  # request target -> 414 beyond
     max_body_bytes: NonNegativeInt = 0  # 0: unlimited; -> 413 beyond
     pool_size: NonNegativeInt = 64  # idle upstream connections kept per backend
     retries: NonNegativeInt = 2  # extra attempts on another backend
@@ -254,6 +271,12 @@ class OutlierConfig(_Struct):
     base_ejection_sec: Seconds = Seconds(10.0)
     max_ejection_sec: Seconds = Seconds(300.0)
     max_ejection_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 50
+
+    def __post_init__(self) -> None:
+        if self.base_ejection_sec <= 0:
+            raise ValueError("base_ejection_sec: must be > 0")
+        if self.max_ejection_sec < self.base_ejection_sec:
+            raise ValueError("max_ejection_sec: must be at least base_ejection_sec")
 
 
 class BalancingConfig(_Struct):

@@ -78,7 +78,9 @@ class Watch:
                 state = view.backends.get(upstream.address)
                 if self.gone(upstream.address) or state is None or not view.usable(state, time.time()):
                     self.bad.append(upstream.address)
-            await asyncio.sleep(0)
+            # A proxy's loop waits on sockets between picks. A picker that never waits would hold the
+            # GIL nearly all the time and starve the build thread (seen: a 4 s burst taking 115 s).
+            await asyncio.sleep(0.0005)
 
     def start(self) -> list[asyncio.Task[None]]:
         return [asyncio.create_task(self.ticker()), asyncio.create_task(self.picker())]
