@@ -119,8 +119,8 @@ def client_response_head(resp: ResponseHead, client_minor: int, keep_alive: bool
         upgrade_value: bytes | None = None
         for name, value in resp.headers:
             n = name.lower()
-            if n == b"content-length" and n not in drop:
-                out.append(b"%s: %s\r\n" % (name, value))
+            if n == b"content-length":
+                continue  # re-emitted below from the parsed length: no Connection token drops framing
             elif n in _HOP_BY_HOP or n in drop or n.startswith(b"proxy-"):
                 if n == b"upgrade":
                     upgrade_value = value
@@ -128,6 +128,8 @@ def client_response_head(resp: ResponseHead, client_minor: int, keep_alive: bool
                 out.append(b"%s: %s\r\n" % (name, value))
         if tunnel:
             out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % (upgrade_value or b""))
+        elif resp.content_length is not None and not resp.chunked:
+            out.append(b"Content-Length: %d\r\n" % resp.content_length)
     out.append(_VIA_LINE)
     if not tunnel:
         if rechunk:

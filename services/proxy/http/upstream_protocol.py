@@ -176,7 +176,15 @@ class UpstreamProtocol(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self._clean and not self.closed and self.transport is not None and not self.transport.is_closing()
+        # Never pooled with request bytes still queued (a backend that answered before reading the
+        # whole upload): the next request would follow the rest of this one.
+        return (
+            self._clean
+            and not self.closed
+            and self.transport is not None
+            and not self.transport.is_closing()
+            and self.transport.get_write_buffer_size() == 0
+        )
 
     def begin(self, client: ClientConnection, method: bytes) -> None:
         self.client = client

@@ -79,3 +79,15 @@ def test_retry_budget() -> None:
     for _ in range(100):
         budget.deposit()
     assert budget.tokens == 2.0  # capped
+
+
+def test_a_connection_token_naming_content_length_does_not_drop_the_framing() -> None:
+    from services.proxy.http.headers import client_response_head
+    from services.proxy.http.parser import parse_response_head
+
+    resp = parse_response_head(
+        b"HTTP/1.1 200 OK\r\nConnection: content-length, x-a\r\nContent-Length: 5\r\nX-A: 1", b"GET"
+    )
+    head = client_response_head(resp, 1, keep_alive=True, rechunk=False, tunnel=False)
+    assert b"\r\nContent-Length: 5\r\n" in head
+    assert b"X-A" not in head
