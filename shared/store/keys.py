@@ -235,8 +235,8 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
 return 'ok'
 """
 
-# KEYS: replicas (zset); ARGV: key prefix ("ns:"). Returns {id, info, {address, count, ...}} per
-# live replica. Replicas whose heartbeat lapsed are dropped from the set here.
+# KEYS: replicas (zset); ARGV: key prefix ("ns:"), "1" to include request totals. Returns
+# {id, info, {address, count, ...}, {totals...}} per live replica. Lapsed replicas are dropped from the set here.
 READ_REPLICAS = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -245,8 +245,9 @@ local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
   if info then
-    table.insert(out, {id, info, redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id),
-      redis.call('HGETALL', ARGV[1] .. 'totals:' .. id)})
+    local totals = {}
+    if ARGV[2] == '1' then totals = redis.call('HGETALL', ARGV[1] .. 'totals:' .. id) end
+    table.insert(out, {id, info, redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id), totals})
   end
 end
 return out

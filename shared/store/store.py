@@ -458,9 +458,12 @@ class Store:
             )
         return outcome
 
-    async def replicas(self, service: str | None = None) -> list[ReplicaInfo]:
-        """Live replicas with their in-flight counts; lapsed ones are pruned."""
-        rows = await self._read_replicas(keys=[self.keys.replicas], args=[f"{self.keys.namespace}:"])
+    async def replicas(self, service: str | None = None, *, totals: bool = True) -> list[ReplicaInfo]:
+        """Live replicas with their in-flight counts (and request totals unless ``totals=False``);
+        lapsed ones are pruned."""
+        rows = await self._read_replicas(
+            keys=[self.keys.replicas], args=[f"{self.keys.namespace}:", "1" if totals else "0"]
+        )
         out: list[ReplicaInfo] = []
         for _id, info, flat, flat_totals in rows:
             replica = _replica_decoder.decode(info)
@@ -478,7 +481,7 @@ class Store:
     async def global_inflight(self, exclude: str | None = None) -> dict[str, int]:
         """Sum of live replicas' in-flight counts per backend (optionally leaving one replica out)."""
         total: dict[str, int] = {}
-        for replica in await self.replicas():
+        for replica in await self.replicas(totals=False):  # every proxy, every 100 ms: in-flight only
             if replica.id == exclude:
                 continue
             for addr, count in replica.inflight.items():
