@@ -39,7 +39,7 @@ def format_address(host: str, port: int) -> str:
 def _valid_dns_name(host: str) -> bool:
     if len(host) > 253:
         return False
-    labels = host.rstrip(".").split(".")
+    labels = (host[:-1] if host.endswith(".") else host).split(".")  # one trailing dot: the root
     return all(_LABEL.match(label) for label in labels)
 
 
@@ -86,4 +86,10 @@ def parse_address(value: str, *, allow_empty_host: bool = False) -> HostPort:
 def normalize_address(value: str) -> str:
     """The canonical spelling used as a backend's key in the store."""
     hp = parse_address(value)
-    return format_address(hp.host.lower(), hp.port)
+    host = hp.host
+    if "%" in host:  # an IPv6 zone names an interface: its case matters
+        address, _, zone = host.partition("%")
+        host = f"{address.lower()}%{zone}"
+    else:
+        host = host.lower().removesuffix(".")  # "a.example." and "a.example" are one backend
+    return format_address(host, hp.port)

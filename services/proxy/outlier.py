@@ -61,7 +61,10 @@ class OutlierDetector:
             return None
         ejected_now = ejected() if callable(ejected) else ejected
         if (ejected_now + 1) * 100 > self.config.max_ejection_percent * pool_size:
+            # Refused (too much of the pool is out). Start counting again, so that a broad outage
+            # costs one O(n) count per `consecutive_failures` failures, not one per failure.
             self.refused += 1
+            state.consecutive = 0
             return None
         recent = state.ejections if at - state.last_until < self.config.max_ejection_sec else 0
         if current is not None and at - current.until < self.config.max_ejection_sec:

@@ -33,6 +33,8 @@ def test_valid(text: str, host: str, port: int) -> None:
         (" a:80", "whitespace"),
         ("", "non-empty"),
         ("a:-1", "invalid port"),
+        ("a..:80", "invalid host"),
+        ("a..b:80", "invalid host"),
     ],
 )
 def test_invalid(text: str, reason: str) -> None:
@@ -47,3 +49,5 @@ def test_listener_may_omit_host() -> None:
 def test_normalize() -> None:
     assert normalize_address("Example.COM:80") == "example.com:80"
     assert normalize_address("[0:0::1]:80") == "[::1]:80"
+    assert normalize_address("A.Example.:80") == "a.example:80"
+    assert normalize_address("[fe80::1%Eth0]:80") == "[fe80::1%Eth0]:80"
