@@ -9,6 +9,7 @@ divided by the requests wrk completed.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -197,6 +198,21 @@ def gobalancer_conf(port: int, backends: list[int], metrics: bool = True) -> str
     return "\n".join(lines) + "\n"
 
 
+async def _seed_store(url: str, namespace: str, backends: list[int]) -> None:
+    """The coordinated setup: backends in the store, healthy, and least_connections for every proxy."""
+    from shared.models import AlgorithmSetting, Backend
+    from shared.store import Store
+
+    store = Store.from_url(url, namespace)
+    try:
+        for p in backends:
+            await store.upsert_backend(Backend(address=f"127.0.0.1:{p}", origin="static"))
+            await store.set_health(f"127.0.0.1:{p}", "up")
+        await store.set_algorithm(AlgorithmSetting(name="least_connections"))
+    finally:
+        await store.close()
+
+
 def parse_ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
@@ -281,6 +297,20 @@ def run(args: argparse.Namespace) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
         gb_cmd = [sys.executable, "-m", "services.proxy", "--config", str(base / "gobalancer.yaml")]
         targets.append(("gobalancer", gb_cmd, port, {"cwd": ROOT, "env": env}))
+        # The same proxy coordinated through Redis: the store's view, least_connections on global in-flight
+        # counts, the replica's batched counter pushes (issue 4: within 5 % of the static round robin).
+        if not args.only or "gobalancer-redis-lc" in args.only.split(","):
+            from shared.redis_server import RedisServer
+
+            redis = stack.enter_context(RedisServer())
+            asyncio.run(_seed_store(redis.url, "bench", backend_ports))
+            port = free_port()
+            (base / "gobalancer-redis.yaml").write_text(
+                gobalancer_conf(port, backend_ports, args.metrics == "on")
+                + f"redis:\n  url: {redis.url}\n  namespace: bench\nalgorithm: least_connections\n"
+            )
+            cmd = [sys.executable, "-m", "services.proxy", "--config", str(base / "gobalancer-redis.yaml")]
+            targets.append(("gobalancer-redis-lc", cmd, port, {"cwd": ROOT, "env": env}))
         port = free_port()
         (base / "haproxy.cfg").write_text(haproxy_conf(port, backend_ports))
         targets.append(("haproxy", [HAPROXY, "-f", str(base / "haproxy.cfg")], port, {}))
@@ -350,5 +380,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics", choices=("on", "off"), default="on", help="gobalancer's metrics.enabled (default on)"
     )
-    parser.add_argument("--only", default="", help="comma-separated subset: gobalancer,haproxy,nginx,direct")
+    parser.add_argument(
+        "--only", default="", help="comma-separated subset: gobalancer,gobalancer-redis-lc,haproxy,nginx,direct"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")
