@@ -339,8 +339,8 @@ class ClientConnection(asyncio.Protocol):
         if rest:
             self.buf = rest + self.buf if self.buf else rest
 
-    def _body_error(self, exc: HttpError) -> None:
-        # Whatever part of the body was forwarded, the upstream exchange is unusable now.
+    def _abandon_upstream(self, outcome: Outcome) -> None:
+        """Drop the exchange with the backend (connected or still connecting) and report ``outcome``."""
         up = self.up
         self.up = None
         if up is not None:
@@ -349,7 +349,11 @@ class ClientConnection(asyncio.Protocol):
             self.connecting.cancel()
             self.connecting = None
         if self.upstream is not None:
-            self._finish_attempt(self.upstream, Outcome(ok=True))
+            self._finish_attempt(self.upstream, outcome)
+
+    def _body_error(self, exc: HttpError) -> None:
+        # Whatever part of the body was forwarded, the upstream exchange is unusable now.
+        self._abandon_upstream(Outcome(ok=True))
         self.ctx.stats.error(exc.status)
         if self.responded:
             self._close()
@@ -787,15 +791,7 @@ class ClientConnection(asyncio.Protocol):
             self.ctx.stats.error(408)
             self._send_error(408, new_request_id(), close=True)
         elif kind == _RESPONSE and self.state in (BODY, WAIT) and not self.responded:
-            up = self.up
-            self.up = None
-            if up is not None:
-                up.abort()
-            if self.connecting is not None:
-                self.connecting.cancel()
-                self.connecting = None
-            if self.upstream is not None:
-                self._finish_attempt(self.upstream, Outcome(ok=False))
+            self._abandon_upstream(Outcome(ok=False))
             self.keep_alive = False
             self._fail(504)
         elif kind == _IDLE and self.state == HEAD:
@@ -858,15 +854,7 @@ class ClientConnection(asyncio.Protocol):
             backend=self.backend_addr,
             request_id=self.rid.decode("latin-1"),
         )
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.abort()
-        if self.connecting is not None:
-            self.connecting.cancel()
-            self.connecting = None
-        if self.upstream is not None:
-            self._finish_attempt(self.upstream, Outcome(ok=client))
+        self._abandon_upstream(Outcome(ok=client))
         if not self.responded or self.resp_head is not None:  # nothing of a response reached the client
             self.resp_head = None
             status = 408 if client else 504
