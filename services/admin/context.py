@@ -20,6 +20,8 @@ class AdminContext:
     # Set when the service stops: open event streams end so the server can finish.
     closing: asyncio.Event = field(default_factory=asyncio.Event)
     event_streams: int = 0
+    # Each /events stream holds its own Redis pub/sub connection: beyond this many, 503.
+    max_event_streams: int = 256
 
     @property
     def start_healthy(self) -> bool:

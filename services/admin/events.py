@@ -17,6 +17,7 @@ from typing import cast
 import msgspec
 from litestar import get
 from litestar.datastructures import State
+from litestar.exceptions import HTTPException
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.admin.context import AdminContext, context_of
@@ -109,9 +110,16 @@ async def stream(ctx: AdminContext, keepalive: float = KEEPALIVE_SEC) -> AsyncGe
         "a fresh `snapshot` after a re-sync."
     ),
     media_type="text/event-stream",
-    responses=problem_responses(401),
+    responses=problem_responses(401, 503),
 )
 async def events(state: State) -> ServerSentEvent:
+    ctx = context_of(state)
+    if ctx.event_streams >= ctx.max_event_streams:
+        raise HTTPException(
+            status_code=503,
+            detail=f"too many open event streams ({ctx.event_streams}); try again later",
+            headers={"Retry-After": "5"},
+        )
     return ServerSentEvent(stream(context_of(state)), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 

@@ -130,3 +130,13 @@ async def test_replicas_and_metrics_show_request_totals(client: Client, store: S
     text = (await client.get("/metrics")).text
     assert metric(text, "gobalancer_cluster_backend_requests_total", 'backend="10.0.0.1:80",class="2xx"') == 7
     assert 'replica="proxy-b"' not in text
+
+
+async def test_event_streams_are_capped(client: Client) -> None:
+    from services.admin.context import context_of
+
+    context_of(client.app.state).max_event_streams = 0
+    response = await client.get("/events")
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert "too many open event streams" in response.json()["detail"]
