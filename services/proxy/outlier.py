@@ -87,5 +87,8 @@ class OutlierDetector:
         if state is not None:
             state.consecutive = 0
 
+    def tracked(self) -> list[str]:
+        return list(self._state)
+
     def forget(self, address: str) -> None:
         self._state.pop(address, None)

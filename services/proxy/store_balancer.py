@@ -148,7 +148,18 @@ class StoreBalancer:
         if isinstance(item, Snapshot):
             self.snapshots += 1
             self.first_snapshot.set()
+            self._forget([a for a in self.env.latency if a not in self.view.backends])
+            self._forget([a for a in self.outlier.tracked() if a not in self.view.backends])
+        elif item.kind == "backend_removed" and item.address and item.address not in self.view.backends:
+            self._forget([item.address])
         self._mark_dirty()
+
+    def _forget(self, addresses: list[str]) -> None:
+        """Per-backend state of backends that left the view (no growth with backend churn)."""
+        for address in addresses:
+            self.env.latency.pop(address, None)
+            self.outlier.forget(address)
+            self.ejections.pop(address, None)
 
     def _mark_dirty(self) -> None:
         self._dirty = True

@@ -115,3 +115,40 @@ def test_round_robin_rotation_survives_unrelated_view_changes() -> None:
         picks.append(upstream.address)
         balancer.apply(Event(version=10 + i, kind="health", address="127.0.0.1:1", health=Health(status="up")))
     assert picks == ADDRS * 3  # not ADDRS[0] after every rebuild
+
+
+def test_per_backend_state_is_forgotten_when_a_backend_leaves() -> None:
+    import random
+
+    from services.proxy.balancer import Outcome, Upstream
+    from services.proxy.store_balancer import StoreBalancer
+    from shared.config import Config
+    from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
+    from shared.replica import Replica
+    from shared.store import Store
+
+    store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
+    balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5, heartbeat=1), rng=random.Random(1))
+    up = Health(status="up")
+    balancer.apply(
+        Snapshot(
+            version=1,
+            backends={a: BackendView(backend=Backend(address=a), health=up) for a in ("a:1", "b:1", "c:1")},
+            algorithm=AlgorithmSetting(),
+        )
+    )
+    for address in ("a:1", "b:1", "c:1"):
+        u = Upstream.from_address(address)
+        balancer.started(u)
+        balancer.finished(u, Outcome(ok=False, latency=0.01, status=502))
+    assert set(balancer.env.latency) == {"a:1", "b:1", "c:1"}
+    balancer.apply(Event(version=2, kind="backend_removed", address="a:1", backend=Backend(address="a:1")))
+    assert "a:1" not in balancer.env.latency and "a:1" not in balancer.outlier.tracked()
+    balancer.apply(
+        Snapshot(
+            version=3,
+            backends={"c:1": BackendView(backend=Backend(address="c:1"), health=up)},
+            algorithm=AlgorithmSetting(),
+        )
+    )
+    assert set(balancer.env.latency) == {"c:1"} and balancer.outlier.tracked() == ["c:1"]
