@@ -44,15 +44,18 @@ class Context:
         self.exporter: SpanExporter | None = make_exporter(config.tracing) if config.tracing.propagate else None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._key_spec = ""
+        self._live_key = hasattr(balancer, "hash_key")  # decided once: no attribute lookup miss per request
         self._key_source: tuple[bytes | None, bytes | None] = (None, None)
         self.draining = False
         self.connections: set[ClientConnection | TcpClient] = set()
         self.all_closed = asyncio.Event()  # set when draining and the last connection is gone
 
-    def _parsed_key_source(self) -> tuple[bytes | None, bytes | None]:
-        # The affinity key source can change live (the store's algorithm setting), so it is read from
-        # the balancer when it has one and re-parsed only when the spec string changes.
-        spec: str = getattr(self.balancer, "hash_key", None) or self.config.balancing.hash_key
+    def key_source(self) -> tuple[bytes | None, bytes | None]:
+        """(header name, cookie name) the affinity key comes from; (None, None): the client IP.
+
+        It can change live (the store's algorithm setting), so it is read from the balancer when it has
+        one, and parsed again only when the spec string changes."""
+        spec: str = (self.balancer.hash_key if self._live_key else "") or self.config.balancing.hash_key  # type: ignore[attr-defined]
         if spec != self._key_spec:
             self._key_spec = spec
             if spec.startswith("header:"):
@@ -62,14 +65,6 @@ class Context:
             else:
                 self._key_source = (None, None)
         return self._key_source
-
-    @property
-    def key_header(self) -> bytes | None:
-        return self._parsed_key_source()[0]
-
-    @property
-    def key_cookie(self) -> bytes | None:
-        return self._parsed_key_source()[1]
 
     # -- stalled body transfers ----------------------------------------------------------------
 

@@ -163,25 +163,18 @@ class Suite:
         return self.start("proxy", name, env)
 
     def start_backend(self, name: str, port: int | None = None) -> Proc:
-        port = port or free_port()
-        address = f"127.0.0.1:{port}"
-        proc = Proc(
-            f"backend-{name}",
-            [sys.executable, "-m", "shared.demo_backend", "--listen", address, "--name", name],
-            self.env(),
-            self.workdir / f"backend-{name}.log",
-        ).start()
-        self.procs.append(proc)
-        assert wait_for_port("127.0.0.1", port, 10), f"backend {name} did not start"
-        return proc
+        return self._start_backend(name, "shared.demo_backend", port)
 
     def start_slow_backend(self, name: str, port: int | None = None) -> Proc:
         """A backend that answers ``GET /?delay=S`` after S seconds (holds requests in flight)."""
+        return self._start_backend(name, "tests.reliability.backends", port)
+
+    def _start_backend(self, name: str, module: str, port: int | None) -> Proc:
         port = port or free_port()
         address = f"127.0.0.1:{port}"
         proc = Proc(
             f"backend-{name}",
-            [sys.executable, "-m", "tests.reliability.backends", "--listen", address, "--name", name],
+            [sys.executable, "-m", module, "--listen", address, "--name", name],
             self.env(),
             self.workdir / f"backend-{name}.log",
         ).start()

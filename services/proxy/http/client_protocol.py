@@ -374,15 +374,14 @@ class ClientConnection(asyncio.Protocol):
 
     # -- attempts ------------------------------------------------------------------------------
 
-    def _affinity_key(self) -> str:
-        ctx = self.ctx
+    def _affinity_key(self, header: bytes | None, cookie: bytes | None) -> str:
         req = self.req
-        if req is not None and ctx.key_header is not None:
+        if req is not None and header is not None:
             for name, value in req.headers:
-                if name.lower() == ctx.key_header and value:
+                if name.lower() == header and value:
                     return value.decode("latin-1")
-        elif req is not None and ctx.key_cookie is not None:
-            prefix = ctx.key_cookie + b"="
+        elif req is not None and cookie is not None:
+            prefix = cookie + b"="
             for name, value in req.headers:
                 if name.lower() == b"cookie":
                     for part in value.split(b";"):
@@ -394,7 +393,8 @@ class ClientConnection(asyncio.Protocol):
     def _attempt(self) -> None:
         ctx = self.ctx
         self.attempts += 1
-        key = self.client_ip if ctx.key_header is None and ctx.key_cookie is None else self._affinity_key()
+        header, cookie = ctx.key_source()
+        key = self.client_ip if header is None and cookie is None else self._affinity_key(header, cookie)
         upstream = ctx.balancer.pick(key, self.tried)
         if upstream is None:
             status = 503 if not self.tried else 502
