@@ -18,6 +18,8 @@ the rebuild's wall time (``loop_rebuild_ms``) — the stall is what a synchronou
 from __future__ import annotations
 
 import argparse
+import asyncio
+import collections
 import json
 import platform
 import random
@@ -168,39 +170,60 @@ def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
     return asyncio.run(run())
 
 
-def measure_balancer(name: str, n: int, loops: int, repeats: int) -> dict[str, Any]:
+def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = False) -> dict[str, Any]:
     """One request's whole cost in the StoreBalancer the proxy calls: pick + started + finished
-    (in-flight bookkeeping, latency estimate, outlier detection). No Redis is reached: the view is
-    fed by hand and no background task runs."""
-    from services.proxy.balancer import Outcome
+    (in-flight bookkeeping, request totals, outlier detection, the latency estimate for ewma), with
+    50 requests in flight as in the proxy benchmark. No Redis is reached: the view is fed by hand and
+    no background task runs. It runs on an asyncio loop, as in the proxy (the fast pick path relies
+    on the loop's timer for time-based changes). ``name`` "static" is the StaticRoundRobin a proxy
+    without Redis uses, for reference; ``equal`` gives every backend weight 1 (random 1-10 otherwise)."""
+    from services.proxy.balancer import Balancer, Outcome, StaticRoundRobin, Upstream
     from services.proxy.store_balancer import StoreBalancer
     from shared.config import Config
     from shared.models import AlgorithmSetting, Backend, BackendView, Health, Snapshot
     from shared.replica import Replica
     from shared.store import Store
 
-    store = Store.from_url("redis://127.0.0.1:1/0", "bench")
-    balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="bench"))
-    rng = random.Random(n)
-    backends = {}
-    for i in range(n):
-        address = f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80"
-        backends[address] = BackendView(
-            backend=Backend(address=address, weight=rng.randint(1, 10)), health=Health(status="up")
-        )
-    balancer.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0)))  # type: ignore[arg-type]
-    ok = Outcome(ok=True, latency=0.002, status=200)
-    keys = [f"192.168.{i // 256}.{i % 256}" for i in range(4096)]
-
-    def cycles(loops: int) -> None:
+    async def run() -> float:
+        rng = random.Random(n)
+        addresses = [f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80" for i in range(n)]
+        balancer: Balancer
+        if name == "static":
+            balancer = StaticRoundRobin([Upstream.from_address(a) for a in addresses])
+        else:
+            store = Store.from_url("redis://127.0.0.1:1/0", "bench")
+            sb = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="bench"))
+            backends = {
+                a: BackendView(
+                    backend=Backend(address=a, weight=1 if equal else rng.randint(1, 10)), health=Health(status="up")
+                )
+                for a in addresses
+            }
+            sb.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0)))  # type: ignore[arg-type]
+            sb.rebuild()
+            balancer = sb
+        ok = Outcome(ok=True, latency=0.002, status=200)
+        keys = [f"192.168.{i // 256}.{i % 256}" for i in range(4096)]
         pick, started, finished = balancer.pick, balancer.started, balancer.finished
-        for i in range(loops):
-            upstream = pick(keys[i & 4095])
+        held: collections.deque[Upstream] = collections.deque()
+        for i in range(50):
+            upstream = pick(keys[i])
             assert upstream is not None
             started(upstream)
-            finished(upstream, ok)
+            held.append(upstream)
 
-    return {"policy": name, "backends": n, "balancer_cycle_ns": round(_best_ns(cycles, loops, repeats), 1)}
+        def cycles(loops: int) -> None:
+            for i in range(loops):
+                finished(held.popleft(), ok)
+                upstream = pick(keys[i & 4095])
+                assert upstream is not None
+                started(upstream)
+                held.append(upstream)
+
+        return _best_ns(cycles, loops, repeats)
+
+    label = f"{name} (equal weights)" if equal else name
+    return {"policy": label, "backends": n, "balancer_cycle_ns": round(asyncio.run(run()), 1)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,11 +259,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:28} {row['loop_rebuild_ms']:>10.1f} {row['loop_gap_ms']:>9.1f}", flush=True)
     print("\nwhole request through StoreBalancer (pick + started + finished), CPU ns:")
     balancer_rows = []
-    for name in args.policies.split(","):
-        for n in (10, 1000):
-            row = measure_balancer(name, n, args.loops, args.repeats)
+    cases = [("static", False)] + [(name, False) for name in args.policies.split(",")]
+    cases.append(("least_connections", True))
+    for name, equal in cases:
+        for n in (2, 10, 1000):
+            row = measure_balancer(name, n, args.loops, args.repeats, equal)
             balancer_rows.append(row)
-            print(f"{name:28} {n:>9,} {row['balancer_cycle_ns']:>9.0f}", flush=True)
+            print(f"{row['policy']:28} {n:>9,} {row['balancer_cycle_ns']:>9.0f}", flush=True)
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

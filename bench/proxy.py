@@ -16,11 +16,12 @@ import os
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -240,7 +241,7 @@ def run_wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[
     return requests, elapsed, p50, p99, errors
 
 
-def measure(name: str, pid: int, port: int, args: argparse.Namespace) -> Result:
+def measure(name: str, pid: int, port: int, args: argparse.Namespace, quiet: bool = False) -> Result:
     run_wrk(port, 1, args.connections, args.threads)  # warm-up: pools filled, code paths hot
     ticks = os.sysconf("SC_CLK_TCK")
     user0, sys0 = cpu_ticks(pid)
@@ -260,13 +261,34 @@ def measure(name: str, pid: int, port: int, args: argparse.Namespace) -> Result:
         cpu_user_us_per_request=user_s * per_request,
         cpu_system_us_per_request=sys_s * per_request,
     )
-    print(
-        f"{name:<12} {result.rps:>10.0f} req/s  p50 {p50:>7.2f} ms  p99 {p99:>7.2f} ms  "
-        f"cpu {result.cpu_us_per_request:>6.1f} us/req (user {result.cpu_user_us_per_request:>5.1f}, "
-        f"sys {result.cpu_system_us_per_request:>5.1f})  errors {errors}",
-        flush=True,
-    )
+    if not quiet:
+        print(
+            f"  {name:<20} {result.rps:>8.0f} req/s  p50 {p50:>6.2f} ms  p99 {p99:>6.2f} ms  "
+            f"cpu {result.cpu_us_per_request:>6.1f} us/req (user {result.cpu_user_us_per_request:>5.1f}, "
+            f"sys {result.cpu_system_us_per_request:>5.1f})  errors {errors}",
+            flush=True,
+        )
     return result
+
+
+def median_result(name: str, rounds: list[Result]) -> Result:
+    """Per-field medians over the rounds (requests and errors summed)."""
+
+    def med(field: str) -> float:
+        return float(statistics.median(getattr(r, field) for r in rounds))
+
+    return Result(
+        target=name,
+        requests=sum(r.requests for r in rounds),
+        seconds=sum(r.seconds for r in rounds),
+        rps=med("rps"),
+        p50_ms=med("p50_ms"),
+        p99_ms=med("p99_ms"),
+        errors=sum(r.errors for r in rounds),
+        cpu_us_per_request=med("cpu_us_per_request"),
+        cpu_user_us_per_request=med("cpu_user_us_per_request"),
+        cpu_system_us_per_request=med("cpu_system_us_per_request"),
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -276,7 +298,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[Result] = []
+    only = set(args.only.split(",")) if args.only else None
+    per_round: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="gobalancer-bench-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         backend_ports: list[int] = []
@@ -291,58 +314,101 @@ def run(args: argparse.Namespace) -> int:
             backend_ports.append(port)
             backend_pids.append(proc.pid)
 
-        targets: list[tuple[str, list[str], int, dict[str, object]]] = []
-        port = free_port()
-        (base / "gobalancer.yaml").write_text(gobalancer_conf(port, backend_ports, args.metrics == "on"))
+        # Each target: (name, command, its config file, the file's text for a listening port, popen options).
+        targets: list[tuple[str, list[str], Path, Callable[[int], str], dict[str, object]]] = []
         env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
-        gb_cmd = [sys.executable, "-m", "services.proxy", "--config", str(base / "gobalancer.yaml")]
-        targets.append(("gobalancer", gb_cmd, port, {"cwd": ROOT, "env": env}))
+        gb_kwargs: dict[str, object] = {"cwd": ROOT, "env": env}
+        gb_file = base / "gobalancer.yaml"
+        gb_cmd = [sys.executable, "-m", "services.proxy", "--config", str(gb_file)]
+        metrics = args.metrics == "on"
+        targets.append(("gobalancer", gb_cmd, gb_file, lambda p: gobalancer_conf(p, backend_ports, metrics), gb_kwargs))
         # The same proxy coordinated through Redis: the store's view, least_connections on global in-flight
         # counts, the replica's batched counter pushes (issue 4: within 5 % of the static round robin).
-        if not args.only or "gobalancer-redis-lc" in args.only.split(","):
+        if not only or "gobalancer-redis-lc" in only:
             from shared.redis_server import RedisServer
 
             redis = stack.enter_context(RedisServer())
             asyncio.run(_seed_store(redis.url, "bench", backend_ports))
-            port = free_port()
-            (base / "gobalancer-redis.yaml").write_text(
-                gobalancer_conf(port, backend_ports, args.metrics == "on")
-                + f"redis:\n  url: {redis.url}\n  namespace: bench\nalgorithm: least_connections\n"
-            )
-            cmd = [sys.executable, "-m", "services.proxy", "--config", str(base / "gobalancer-redis.yaml")]
-            targets.append(("gobalancer-redis-lc", cmd, port, {"cwd": ROOT, "env": env}))
-        port = free_port()
-        (base / "haproxy.cfg").write_text(haproxy_conf(port, backend_ports))
-        targets.append(("haproxy", [HAPROXY, "-f", str(base / "haproxy.cfg")], port, {}))
-        port = free_port()
+            lc_file = base / "gobalancer-redis.yaml"
+            coordinated = f"redis:\n  url: {redis.url}\n  namespace: bench\nalgorithm: least_connections\n"
+
+            def lc_text(p: int) -> str:
+                return gobalancer_conf(p, backend_ports, metrics) + coordinated
+
+            lc_cmd = [sys.executable, "-m", "services.proxy", "--config", str(lc_file)]
+            targets.append(("gobalancer-redis-lc", lc_cmd, lc_file, lc_text, gb_kwargs))
+        ha_file = base / "haproxy.cfg"
+        targets.append(
+            ("haproxy", [HAPROXY, "-f", str(ha_file)], ha_file, lambda p: haproxy_conf(p, backend_ports), {})
+        )
         prefix = base / "nginx-lb"
         (prefix / "tmp").mkdir(parents=True)
-        (prefix / "nginx.conf").write_text(nginx_lb_conf(prefix, port, backend_ports))
-        targets.append(("nginx", [NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port, {}))
+        lb_file = prefix / "nginx.conf"
+        targets.append(
+            (
+                "nginx",
+                [NGINX, "-p", str(prefix), "-c", str(lb_file)],
+                lb_file,
+                lambda p: nginx_lb_conf(prefix, p, backend_ports),
+                {},
+            )
+        )
+        targets = [t for t in targets if not only or t[0] in only]
 
-        only = set(args.only.split(",")) if args.only else None
-        for name, cmd, port, kwargs in targets:
-            if only and name not in only:
-                continue
-            with process(cmd, port, **kwargs) as proc:
-                results.append(measure(name, proc.pid, port, args))
-        if not only or "direct" in only:
-            results.append(measure("direct", backend_pids[0], backend_ports[0], args))
+        # Rounds: every target is started afresh in each round (a new process: its own hash seed and
+        # memory layout, which alone move a Python process's throughput by a few percent) and the
+        # order alternates, so slow drifts of the machine hit every target alike. Medians are reported.
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", flush=True)
+            for name, cmd, conf_file, text, kwargs in targets if r % 2 == 0 else targets[::-1]:
+                port = free_port()
+                conf_file.write_text(text(port))
+                with process(cmd, port, **kwargs) as proc:
+                    per_round.setdefault(name, []).append(measure(name, proc.pid, port, args))
+            if not only or "direct" in only:
+                per_round.setdefault("direct", []).append(measure("direct", backend_pids[0], backend_ports[0], args))
 
+    results = [median_result(name, rounds) for name, rounds in per_round.items()]
+    print(f"\nmedians over {args.rounds} round(s):")
+    for res in results:
+        print(
+            f"  {res.target:<20} {res.rps:>8.0f} req/s  p50 {res.p50_ms:>6.2f} ms  p99 {res.p99_ms:>6.2f} ms  "
+            f"cpu {res.cpu_us_per_request:>6.1f} us/req  errors {res.errors}"
+        )
     ha = next((r for r in results if r.target == "haproxy"), None)
     if ha is not None:
-        for r in results:
-            r.ratio_rps_to_haproxy = r.rps / ha.rps if ha.rps else 0.0
-            r.ratio_cpu_to_haproxy = r.cpu_us_per_request / ha.cpu_us_per_request if ha.cpu_us_per_request else 0.0
-            r.ratio_p99_to_haproxy = r.p99_ms / ha.p99_ms if ha.p99_ms else 0.0
+        for res in results:
+            res.ratio_rps_to_haproxy = res.rps / ha.rps if ha.rps else 0.0
+            res.ratio_cpu_to_haproxy = res.cpu_us_per_request / ha.cpu_us_per_request if ha.cpu_us_per_request else 0.0
+            res.ratio_p99_to_haproxy = res.p99_ms / ha.p99_ms if ha.p99_ms else 0.0
         print("\nratios to haproxy (throughput / cpu per request / p99):")
-        for r in results:
+        for res in results:
             print(
-                f"  {r.target:<12} {r.ratio_rps_to_haproxy:5.2f}x  {r.ratio_cpu_to_haproxy:5.2f}x  "
-                f"{r.ratio_p99_to_haproxy:5.2f}x"
+                f"  {res.target:<20} {res.ratio_rps_to_haproxy:5.2f}x  {res.ratio_cpu_to_haproxy:5.2f}x  "
+                f"{res.ratio_p99_to_haproxy:5.2f}x"
             )
+    coordination: dict[str, object] = {}
+    if "gobalancer" in per_round and "gobalancer-redis-lc" in per_round:
+        # Issue 4: Redis-coordinated least_connections vs the static round robin, round by round.
+        ratios = [
+            lc.rps / st.rps for st, lc in zip(per_round["gobalancer"], per_round["gobalancer-redis-lc"], strict=True)
+        ]
+        apart = 1.0 - statistics.median(ratios)
+        coordination = {
+            "ratio_rps_per_round": [round(x, 4) for x in ratios],
+            "median_ratio_rps": round(statistics.median(ratios), 4),
+            "apart_pct": round(100 * apart, 2),
+            "target_pct": 5.0,
+            "met": apart <= 0.05,
+        }
+        print(
+            f"\nredis-coordinated least_connections / static round robin, per round: "
+            f"{' '.join(f'{x:.3f}' for x in ratios)}\n  median {statistics.median(ratios):.3f}: "
+            f"{100 * apart:.1f} % apart (target <= 5 %: {'met' if apart <= 0.05 else 'NOT met'})"
+        )
     meta = {
         "duration_sec": args.duration,
+        "rounds": args.rounds,
         "connections": args.connections,
         "wrk_threads": args.threads,
         "backends": args.backends,
@@ -350,7 +416,13 @@ def run(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    (out_dir / "proxy.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]}, indent=2))
+    report = {
+        "meta": meta,
+        "results": [asdict(r) for r in results],
+        "rounds": {name: [asdict(r) for r in rounds] for name, rounds in per_round.items()},
+        "coordination": coordination,
+    }
+    (out_dir / "proxy.json").write_text(json.dumps(report, indent=2))
     png = bar_chart(
         "PROXY BENCHMARK (WRK, 127.0.0.1)",
         [r.target for r in results],
@@ -373,7 +445,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of wrk per target (default 10)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds of wrk per target and round (default 5)")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="rounds, each starting every target afresh; medians reported (default 5)"
+    )
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--backends", type=int, default=2, help="nginx backends (default 2)")

@@ -216,6 +216,10 @@ class RedisConfig(_Struct):
     # Replicas renew their heartbeat every heartbeat_sec; their counters expire after replica_ttl_sec.
     heartbeat_sec: Seconds = Seconds(1.0)
     replica_ttl_sec: Seconds = Seconds(5.0)
+    # A proxy pushes its in-flight count changes (one batched HINCRBY round trip) and reads the other
+    # replicas' counts every counts_sync_sec: shorter keeps least_connections across replicas more
+    # current, longer costs Redis and the proxy less (each is one round trip per replica per period).
+    counts_sync_sec: Seconds = Seconds(0.1)
 
     def __post_init__(self) -> None:
         if self.url and not re.match(r"^(redis|rediss|unix|redis\+sentinel|rediss\+sentinel)://", self.url):
@@ -226,6 +230,8 @@ class RedisConfig(_Struct):
             raise ValueError("heartbeat_sec: must be > 0")
         if self.replica_ttl_sec <= self.heartbeat_sec:
             raise ValueError("replica_ttl_sec: must be greater than heartbeat_sec")
+        if not 0 < self.counts_sync_sec <= self.heartbeat_sec:
+            raise ValueError("counts_sync_sec: must be > 0 and at most heartbeat_sec")
 
 
 class AdminConfig(_Struct):

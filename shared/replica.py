@@ -1,9 +1,11 @@
 """A service replica's presence in the store: heartbeat plus (for proxies) in-flight counters.
 
-The hot path only calls :meth:`Replica.add`, a dict update with no I/O. A background task pushes
-the accumulated deltas with HINCRBY in one round trip every ``flush_interval`` and renews the
-heartbeat, so a replica's contribution expires ``ttl`` after its last push — a crashed replica's
-counts leave the global sum by themselves.
+The hot path only updates :attr:`Replica.local` (through :meth:`Replica.add`, or directly: it is a
+plain dict of exact counts) with no I/O. A background task pushes the change since the last push
+(the difference of two snapshots of ``local``, so the hot path keeps no second table of deltas)
+with HINCRBY in one round trip every ``flush_interval`` and renews the heartbeat, so a replica's
+contribution expires ``ttl`` after its last push — a crashed replica's counts leave the global sum
+by themselves.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import socket
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping
+from typing import Protocol
 
 from redis.exceptions import RedisError
 
@@ -23,6 +27,18 @@ from shared.models import ReplicaInfo
 from shared.store import UNAVAILABLE, Store
 
 log = get_logger("replica")
+
+
+class TotalsSource(Protocol):
+    """Request totals counted elsewhere (the proxy's balancer keeps them in its own cheaper form)."""
+
+    def has_totals(self) -> bool:
+        """Some were counted since the last :meth:`take_totals`."""
+        ...
+
+    def take_totals(self) -> Mapping[str, int]:
+        """The totals counted since the last call, by ``"address|class"``, and start again from zero."""
+        ...
 
 
 def new_replica_id(service: str) -> str:
@@ -57,10 +73,11 @@ class Replica:
             pid=os.getpid(),
             listen=listen,
         )
-        self.local: dict[str, int] = defaultdict(int)  # exact in-flight counts of this replica
-        self._pending: dict[str, int] = defaultdict(int)
+        self.local: dict[str, int] = {}  # exact in-flight counts of this replica (no zero entries)
+        self._pushed: dict[str, int] = {}  # ``local`` as of the last push (deltas are taken against it)
         self.totals: dict[str, int] = defaultdict(int)  # requests finished, by "address|class"
         self._pending_totals: dict[str, int] = defaultdict(int)
+        self.totals_source: TotalsSource | None = None
         self._seq = 0
         self._needs_absolute = True
         self._last_push = 0.0
@@ -71,23 +88,37 @@ class Replica:
     def id(self) -> str:
         return self.info.id
 
+    @property
+    def reachable(self) -> bool:
+        """The last push reached Redis."""
+        return self._reachable
+
     def add(self, address: str, delta: int) -> None:
         """Count ``delta`` requests/connections in flight to ``address``. Hot path: no I/O."""
-        count = self.local[address] + delta
+        count = self.local.get(address, 0) + delta
         if count:
             self.local[address] = count
         else:
-            del self.local[address]
-        self._pending[address] += delta
+            self.local.pop(address, None)
 
     def count(self, key: str) -> None:
         """Count one finished request under ``key`` ("address|class"). Hot path: no I/O."""
         self.totals[key] += 1
         self._pending_totals[key] += 1
 
+    def _has_totals(self) -> bool:
+        return bool(self._pending_totals) or (self.totals_source is not None and self.totals_source.has_totals())
+
     async def push(self) -> bool:
         """Send pending deltas (or the absolute counts after a failure) plus the heartbeat."""
-        deltas, self._pending = self._pending, defaultdict(int)
+        absolute = dict(self.local)
+        pushed, self._pushed = self._pushed, absolute
+        deltas = {a: c - pushed.get(a, 0) for a, c in absolute.items() if c != pushed.get(a, 0)}
+        deltas.update((a, -c) for a, c in pushed.items() if a not in absolute)
+        if self.totals_source is not None:
+            for key, n in self.totals_source.take_totals().items():
+                self.totals[key] += n
+                self._pending_totals[key] += n
         total_deltas, self._pending_totals = self._pending_totals, defaultdict(int)
         self._seq += 1
         try:
@@ -95,7 +126,7 @@ class Replica:
                 self.info,
                 self._seq,
                 deltas,
-                dict(self.local),
+                absolute,
                 self.ttl,
                 force_absolute=self._needs_absolute,
                 total_deltas=total_deltas,
@@ -121,7 +152,7 @@ class Replica:
         """Push while deltas are pending (every flush_interval) and at least every heartbeat."""
         while True:
             due = time.monotonic() - self._last_push >= self.heartbeat
-            if due or self._needs_absolute or any(self._pending.values()) or self._pending_totals:
+            if due or self._needs_absolute or self.local != self._pushed or self._has_totals():
                 try:
                     await self.push()
                 except Exception as exc:  # a bug must not end the heartbeat (the counts would expire)

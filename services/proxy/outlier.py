@@ -29,6 +29,7 @@ class OutlierDetector:
         self.config = config
         self.replica_id = replica_id
         self._state: dict[str, _State] = {}
+        self.failing: set[str] = set()  # backends with consecutive failures (successes reset them)
         self.refused = 0  # ejections refused by the max_ejection_percent cap
 
     def record(
@@ -47,18 +48,19 @@ class OutlierDetector:
         only called when an ejection is about to happen: counting is O(n)); ``current``:
         the ejection in force for ``address`` (any replica's), if any.
         """
-        state = self._state.get(address)
         if ok:
-            if state is not None:
-                state.consecutive = 0
+            self.succeeded(address)
             return None
+        state = self._state.get(address)
         if state is None:
             state = self._state[address] = _State()
         if current is not None and current.until > at:
             return None  # already out: late failures of requests started before do not extend it
         state.consecutive += 1
+        self.failing.add(address)
         if state.consecutive < self.config.consecutive_failures:
             return None
+        self.failing.discard(address)  # every path below starts counting again from zero
         ejected_now = ejected() if callable(ejected) else ejected
         if (ejected_now + 1) * 100 > self.config.max_ejection_percent * pool_size:
             # Refused (too much of the pool is out). Start counting again, so that a broad outage
@@ -82,13 +84,14 @@ class OutlierDetector:
         )
 
     def succeeded(self, address: str) -> None:
-        """A successful attempt: the hot path's usual case, one dict lookup."""
-        state = self._state.get(address)
-        if state is not None:
-            state.consecutive = 0
+        """A successful attempt (the caller may skip this while ``failing`` is empty)."""
+        if address in self.failing:
+            self._state[address].consecutive = 0
+            self.failing.discard(address)
 
     def tracked(self) -> list[str]:
         return list(self._state)
 
     def forget(self, address: str) -> None:
         self._state.pop(address, None)
+        self.failing.discard(address)

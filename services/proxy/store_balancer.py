@@ -12,7 +12,7 @@ never awaits anything. Background tasks (started by :func:`open_store_balancer`)
   policies and ``compute_candidates`` are pure) while picks go on with the previous policy, each
   pick checked against the current view so nothing that became unusable is chosen; the new policy
   is swapped in on the loop. Changes arriving meanwhile are coalesced into one more build.
-- ``refresh``: every ``refresh_interval`` the other replicas' in-flight contributions
+- ``refresh``: every ``refresh_interval`` (``redis.counts_sync_sec``) the other replicas' in-flight contributions
   (``Store.global_inflight(exclude=own id)``); the global count of a backend is that plus this
   replica's exact local count (``Replica.local``).
 - ``publish``: passive ejections decided here are applied locally at once and published with
@@ -36,7 +36,7 @@ from services.proxy.balancer import Outcome, Upstream
 from services.proxy.outlier import OutlierDetector
 from services.proxy.policies import Candidate, Counts, Journaled, Policy, PolicyEnv, build_cost, build_policy
 from services.proxy.policies.ewma import record as record_latency
-from services.proxy.stats import Histogram, status_class
+from services.proxy.stats import CLASS_NAMES, Histogram
 from services.proxy.view import Candidates, LocalView, ViewState, compute_candidates
 from shared.aio import cancel_and_wait
 from shared.config import Config
@@ -81,7 +81,8 @@ class StoreBalancer:
             start_healthy=config.health_check.start_healthy,
             reset_grace=max(30.0, 5 * float(config.health_check.interval_sec)),
         )
-        self.counts = Counts(replica.local)
+        self._local = replica.local  # this replica's exact in-flight counts (the hot path updates them)
+        self.counts = Counts(self._local)
         self.env = PolicyEnv(
             counts=self.counts,
             rng=rng or random.Random(),
@@ -90,9 +91,25 @@ class StoreBalancer:
             ewma_decay_sec=config.balancing.ewma_decay_sec,
         )
         self.outlier = OutlierDetector(config.balancing.outlier, replica.id)
-        self.policy: Policy = build_policy("round_robin", [], self.env)
+        self._failing = self.outlier.failing
+        # Affinity key source for ``ip_hash`` ("client_ip", "header:NAME", "cookie:NAME").
+        self.hash_key = config.balancing.hash_key
+        self._policy: Policy = build_policy("round_robin", [], self.env)
+        self._on_count: Callable[[str], None] | None = None  # policy.count_changed, if it reads counts
+        self._learns = False  # the policy learns from latencies (ewma)
+        # Attempts finished since the replica's last push, per backend, by status class (CLASS_NAMES
+        # order): a list increment per request; the replica folds them into its totals when it pushes.
+        self._finished: dict[str, list[int]] = {}
+        replica.totals_source = self
         self._upstreams: dict[str, Upstream] = {}
         self._dirty = True
+        # pick()'s one check: True while the policy may be behind the view (dirty, a build running,
+        # a time-based change due). With the real clock a loop timer sets it when the next
+        # time-based change is due; with an injected clock (tests) it stays True and pick() reads
+        # the clock every time.
+        self._slow = True
+        self._timed = clock is time.time
+        self._timer: asyncio.TimerHandle | None = None
         self._rebuild_scheduled = False
         self._building: asyncio.Task[None] | None = None  # a build running in a worker thread
         self._next_change = math.inf
@@ -102,10 +119,11 @@ class StoreBalancer:
         self.changed = asyncio.Event()  # set whenever the view changes (tests and diagnostics wait on it)
         self.rebuilds = 0
         self.snapshots = 0  # full snapshots applied (1, plus one per re-sync)
+        self.refresh_rounds = 0  # periods of the refresh task so far (tests wait on it)
         # Observability (read by the proxy's /metrics collector at scrape time).
         self.ejections: dict[str, int] = {}  # passive ejections decided here, per backend
         self.sync_lag = Histogram()  # event written (its `at`) -> applied here, seconds
-        self.redis_up = True  # the last refresh reached Redis
+        self._refresh_ok = True  # the last refresh reached Redis
 
     # -- settings in force -------------------------------------------------------------------
 
@@ -117,15 +135,19 @@ class StoreBalancer:
             return self.config.algorithm
         return setting.name
 
-    @property
-    def hash_key(self) -> str:
-        """Affinity key source for ``ip_hash`` ("client_ip", "header:NAME", "cookie:NAME")."""
-        return self.view.algorithm.hash_key or self.config.balancing.hash_key
+    def _sync_hash_key(self) -> None:
+        # An attribute, not a property: the proxy reads it on every request.
+        self.hash_key = self.view.algorithm.hash_key or self.config.balancing.hash_key
 
     @property
     def slow_start_sec(self) -> float:
         override = self.view.algorithm.slow_start_sec
         return float(self.config.balancing.slow_start_sec if override is None else override)
+
+    @property
+    def redis_up(self) -> bool:
+        """Redis answered this replica's last counter push and (when the policy reads counts) refresh."""
+        return self._refresh_ok and self.replica.reachable
 
     # -- view --------------------------------------------------------------------------------
 
@@ -137,6 +159,7 @@ class StoreBalancer:
     def apply(self, item: Snapshot | Event) -> None:
         resets = self.view.resets
         self.view.apply(item, self.clock())
+        self._sync_hash_key()
         if self.view.resets != resets:
             log.warning(
                 "the store went back to an older version (data lost?): keeping what was up for a grace period",
@@ -163,6 +186,7 @@ class StoreBalancer:
 
     def _mark_dirty(self) -> None:
         self._dirty = True
+        self._slow = True
         self.changed.set()
         if not self._rebuild_scheduled:
             try:
@@ -193,6 +217,7 @@ class StoreBalancer:
                 pass  # no loop (pure use): build here
             else:
                 self._building = loop.create_task(self._build_in_background(), name="balancer-rebuild")
+                self._slow = True
                 return
         self.rebuild()
 
@@ -213,6 +238,26 @@ class StoreBalancer:
         result, policy = _build(self.algorithm, self.view.state(copy=False), now, self.slow_start_sec, self.env)
         self._install(result, policy)
         self._dirty = False
+        self._settle()
+
+    def _settle(self) -> None:
+        """Recompute pick()'s fast-path flag and arm the timer of the next time-based change."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._slow = self._dirty or self._building is not None or not self._timed
+        if self._slow or self._next_change == math.inf:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (pure use): pick() reads the clock from now on
+            self._slow, self._timed = True, False
+            return
+        self._timer = loop.call_later(max(0.0, self._next_change - self.clock()), self._change_due)
+
+    def _change_due(self) -> None:
+        self._timer = None
+        self._slow = True
 
     async def _build_in_background(self) -> None:
         """Build in a worker thread until the policy reflects the view; picks meanwhile go on with the
@@ -239,6 +284,7 @@ class StoreBalancer:
             if isinstance(self.policy, Journaled):  # not installed (failed, cancelled)
                 self.policy = self.policy.inner
             self._building = None
+            self._settle()
 
     def _install(self, result: Candidates, policy: Policy) -> None:
         """Swap ``policy`` in (on the loop): the view's bookkeeping, rotation carried over, count
@@ -261,6 +307,17 @@ class StoreBalancer:
         if len(self._upstreams) > 2 * len(candidates) + 64:
             self._upstreams = {c.address: self._upstreams[c.address] for c in candidates}
         self.rebuilds += 1
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        # What the hot path calls is decided here, once per policy, not on every request.
+        self._policy = policy
+        self._on_count = policy.count_changed if policy.reads_counts else None
+        self._learns = policy.learns
 
     def _pick_usable(self, key: str, exclude: Collection[str]) -> str | None:
         """A pick by a policy older than the view: what it chooses is checked against the view (O(1)),
@@ -290,28 +347,54 @@ class StoreBalancer:
     # -- Balancer ----------------------------------------------------------------------------
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
+        if self._slow:
+            return self._pick_slow(key, exclude)
+        address = self._policy.pick(key, exclude)
+        return self._upstreams[address] if address is not None else None
+
+    def _pick_slow(self, key: str, exclude: Collection[str]) -> Upstream | None:
         if self._dirty or self.clock() >= self._next_change:
             self._refresh_policy()
+        elif self._timed and self._building is None:
+            self._settle()  # a timer that fired early: arm it again
         # While a build runs in a worker thread, the policy in force is older than the view.
         address = self.policy.pick(key, exclude) if self._building is None else self._pick_usable(key, exclude)
         return self._upstreams[address] if address is not None else None
 
+    # started/finished run once per request each: plain dict and list updates, and the policy is
+    # only called when it uses what changed (count-based policies, latency-aware ones).
+
     def started(self, upstream: Upstream) -> None:
-        self.replica.add(upstream.address, 1)
-        self.counts.local_changed(1)
-        self.policy.count_changed(upstream.address)
+        address = upstream.address
+        local = self._local
+        local[address] = local.get(address, 0) + 1
+        self.counts.local_total += 1
+        if self._on_count is not None:
+            self._on_count(address)
 
     def finished(self, upstream: Upstream, outcome: Outcome) -> None:
         address = upstream.address
-        self.replica.add(address, -1)
-        self.replica.count(f"{address}|{status_class(outcome.status)}")
-        self.counts.local_changed(-1)
-        self.policy.count_changed(address)
-        now = self.clock()
-        record_latency(self.env, address, outcome.latency, outcome.ok, now)
+        local = self._local
+        count = local.get(address, 0) - 1
+        if count:
+            local[address] = count
+        else:
+            local.pop(address, None)
+        self.counts.local_total -= 1
+        if self._on_count is not None:
+            self._on_count(address)
+        row = self._finished.get(address)
+        if row is None:
+            row = self._finished[address] = [0] * len(CLASS_NAMES)
+        status = outcome.status
+        row[status // 100 if status and 100 <= status < 600 else 0] += 1
+        if self._learns:
+            record_latency(self.env, address, outcome.latency, outcome.ok, self.clock())
         if outcome.ok:
-            self.outlier.succeeded(address)
+            if self._failing:  # (usually empty: one check)
+                self.outlier.succeeded(address)
             return
+        now = self.clock()
         if address not in self.view.backends:
             return
         ejection = self.outlier.record(
@@ -332,6 +415,15 @@ class StoreBalancer:
             self._publish_wake.set()
             self._mark_dirty()
 
+    # -- request totals (the replica's TotalsSource) ------------------------------------------
+
+    def has_totals(self) -> bool:
+        return bool(self._finished)
+
+    def take_totals(self) -> dict[str, int]:
+        finished, self._finished = self._finished, {}
+        return {f"{address}|{CLASS_NAMES[i]}": n for address, row in finished.items() for i, n in enumerate(row) if n}
+
     # -- background tasks --------------------------------------------------------------------
 
     async def watch(self) -> None:
@@ -346,6 +438,16 @@ class StoreBalancer:
     async def refresh(self) -> None:
         reachable = True
         while True:
+            self.refresh_rounds += 1
+            if not self._policy.uses_counts:
+                # Round robin and weighted never read counts: no Redis read every interval. What
+                # was read before is dropped, so a switch back starts from this replica's exact
+                # counts (the next read follows within one interval).
+                for address in self.counts.set_others({}):
+                    self.policy.count_changed(address)
+                self._refresh_ok = reachable = True
+                await asyncio.sleep(self.refresh_interval)
+                continue
             try:
                 others = await self.store.global_inflight(exclude=self.replica.id)
             except (*UNAVAILABLE, RedisError) as exc:
@@ -356,7 +458,7 @@ class StoreBalancer:
                 reachable = True
                 for address in self.counts.set_others(others):
                     self.policy.count_changed(address)
-            self.redis_up = reachable
+            self._refresh_ok = reachable
             await asyncio.sleep(self.refresh_interval)
 
     async def publish(self) -> None:
@@ -385,8 +487,9 @@ class StoreBalancer:
         if not self.first_snapshot.is_set():
             log.warning("no snapshot from the store yet; serving the configured backends", waited_sec=wait)
             self.view.load_static(self.config)
+            self._sync_hash_key()
             self._mark_dirty()
-        self._dirty = True
+        self._dirty = self._slow = True
         self._refresh_policy()
         await self.built()
 
@@ -406,8 +509,14 @@ async def open_store_balancer(
     own_replica = replica is None
     if replica is None:
         replica = Replica(
-            store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec, listen=listen
+            store,
+            SERVICE,
+            ttl=config.redis.replica_ttl_sec,
+            heartbeat=config.redis.heartbeat_sec,
+            flush_interval=float(config.redis.counts_sync_sec),
+            listen=listen,
         )
+    options.setdefault("refresh_interval", float(config.redis.counts_sync_sec))
     balancer = StoreBalancer(config, store, replica, **options)
     tasks = [
         asyncio.create_task(balancer.watch(), name="balancer-watch"),

@@ -253,6 +253,40 @@ end
 return out
 """
 
+# What a proxy reads every refresh interval: the live replicas' in-flight counts summed per backend
+# here, leaving out the caller's own (it knows its exact count), as a flat [address, count, ...].
+# KEYS: replicas; ARGV: key prefix, replica id to leave out
+GLOBAL_INFLIGHT = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+local sums = {}
+local order = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'replica:' .. id) == 1 then
+    local flat = redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id)
+    for i = 1, #flat, 2 do
+      local addr = flat[i]
+      if addr ~= '__seq' then
+        local count = tonumber(flat[i + 1])
+        if sums[addr] == nil then
+          table.insert(order, addr)
+          sums[addr] = count
+        else
+          sums[addr] = sums[addr] + count
+        end
+      end
+    end
+  end
+end
+local out = {}
+for _, addr in ipairs(order) do
+  table.insert(out, addr)
+  table.insert(out, sums[addr])
+end
+return out
+"""
+
 # KEYS: replicas, replica info, inflight hash, totals hash; ARGV: replica id
 DEREGISTER = """
 redis.call('ZREM', KEYS[1], ARGV[1])

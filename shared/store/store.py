@@ -123,6 +123,7 @@ class Store:
         self._push_counters = redis.register_script(lua.PUSH_COUNTERS)
         self._push_absolute = redis.register_script(lua.PUSH_ABSOLUTE)
         self._read_replicas = redis.register_script(lua.READ_REPLICAS)
+        self._global_inflight = redis.register_script(lua.GLOBAL_INFLIGHT)
         self._deregister = redis.register_script(lua.DEREGISTER)
         self._acquire = redis.register_script(lua.ACQUIRE_LEASE)
         self._release = redis.register_script(lua.RELEASE_LEASE)
@@ -480,13 +481,9 @@ class Store:
 
     async def global_inflight(self, exclude: str | None = None) -> dict[str, int]:
         """Sum of live replicas' in-flight counts per backend (optionally leaving one replica out)."""
-        total: dict[str, int] = {}
-        for replica in await self.replicas(totals=False):  # every proxy, every 100 ms: in-flight only
-            if replica.id == exclude:
-                continue
-            for addr, count in replica.inflight.items():
-                total[addr] = total.get(addr, 0) + count
-        return total
+        # Every proxy calls this every refresh interval: summed in Redis, one flat reply, no decoding.
+        flat = await self._global_inflight(keys=[self.keys.replicas], args=[f"{self.keys.namespace}:", exclude or ""])
+        return {_text(flat[i]): int(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     async def deregister(self, replica_id: str) -> None:
         k = self.keys

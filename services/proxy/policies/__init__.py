@@ -20,7 +20,7 @@ from services.proxy.policies.base import (
     stable_hash,
 )
 from services.proxy.policies.ewma import PeakEwma
-from services.proxy.policies.least_conn import LeastConnections, PowerOfTwo, WeightedLeastConnections
+from services.proxy.policies.least_conn import PowerOfTwo, least_connections, weighted_least_connections
 from services.proxy.policies.maglev import MaglevHash, table_size
 from services.proxy.policies.round_robin import RoundRobin
 from services.proxy.policies.slow_start import STEPS, ramp
@@ -55,8 +55,8 @@ def _weighted(candidates: Sequence[Candidate], env: PolicyEnv) -> Policy:
 POLICIES: dict[str, Callable[[Sequence[Candidate], PolicyEnv], Policy]] = {
     "round_robin": RoundRobin,
     "weighted": _weighted,
-    "least_connections": LeastConnections,
-    "weighted_least_connections": WeightedLeastConnections,
+    "least_connections": least_connections,
+    "weighted_least_connections": weighted_least_connections,
     "p2c": PowerOfTwo,
     "ip_hash": MaglevHash,
     "ewma": PeakEwma,

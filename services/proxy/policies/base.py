@@ -37,32 +37,35 @@ class Counts:
     """Global in-flight counts per backend: other replicas' contributions plus this replica's exact count.
 
     ``local`` is the replica's own exact table (``shared.replica.Replica.local``, updated on the hot
-    path); ``others`` is replaced by a background refresh. Reads are two dict lookups.
+    path); ``others`` is replaced by a background refresh. Reads are two dict lookups. The owner that
+    changes ``local`` keeps ``local_total`` (its sum) in step, so :meth:`total` is O(1).
     """
 
-    __slots__ = ("_local_total", "_others_total", "local", "others")
+    __slots__ = ("_others_total", "local", "local_total", "others")
 
     def __init__(self, local: Mapping[str, int] | None = None) -> None:
         self.local: Mapping[str, int] = local if local is not None else {}
         self.others: dict[str, int] = {}
         self._others_total = 0
-        self._local_total = sum(self.local.values())
+        self.local_total = sum(self.local.values())
 
     def get(self, address: str) -> int:
         return self.others.get(address, 0) + self.local.get(address, 0)
 
     def total(self) -> int:
-        return self._others_total + self._local_total
+        return self._others_total + self.local_total
 
     def local_changed(self, delta: int) -> None:
         """The owner changed ``local`` by ``delta`` (keeps :meth:`total` O(1))."""
-        self._local_total += delta
+        self.local_total += delta
 
     def set_others(self, others: Mapping[str, int]) -> list[str]:
         """Replace the other replicas' counts; returns the addresses whose count changed."""
         changed = [a for a, c in others.items() if self.others.get(a, 0) != c]
         changed += [a for a in self.others if a not in others and self.others[a] != 0]
-        self.others = {a: c for a, c in others.items() if c}
+        # In place: policies keep a reference to this dict (one attribute hop less per request).
+        self.others.clear()
+        self.others.update((a, c) for a, c in others.items() if c)
         self._others_total = sum(self.others.values())
         return changed
 
@@ -96,6 +99,10 @@ class Policy:
     """Base class: a choice among candidates. Subclasses implement :meth:`pick`."""
 
     name: ClassVar[str] = ""
+    # What the policy needs from its owner (who skips the work a policy has no use for):
+    uses_counts: ClassVar[bool] = True  # in-flight counts, the other replicas' included (read from Redis)
+    reads_counts: ClassVar[bool] = False  # count_changed() after every in-flight change (hot path)
+    learns: ClassVar[bool] = False  # observe() after every attempt (hot path)
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         self.candidates = list(candidates)
@@ -129,8 +136,12 @@ class Journaled(Policy):
     everything and remembers which addresses' counts changed, so the successor — which read the
     counts while being built — can be told about them when it takes over."""
 
+    reads_counts = True  # journals every change, whatever the inner policy needs
+
     def __init__(self, inner: Policy) -> None:
         super().__init__((), inner.env)
+        self.learns = inner.learns  # type: ignore[misc]
+        self.uses_counts = inner.uses_counts  # type: ignore[misc]
         self.inner = inner
         self.candidates = inner.candidates
         self.changed: set[str] = set()

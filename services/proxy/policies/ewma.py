@@ -40,6 +40,7 @@ def update(state: tuple[float, float] | None, rtt: float, at: float, tau: float)
 
 class PeakEwma(PowerOfTwo):
     name = "ewma"
+    learns = True
 
     def __init__(
         self, candidates: Sequence[Candidate], env: PolicyEnv, failure_latency: float = FAILURE_LATENCY

@@ -2,15 +2,23 @@
 
 Counts are the global in-flight counts (other replicas' pushed contributions plus this replica's
 exact local count, see :class:`Counts`). They change on every request start and finish, so the
-structure must update in O(log n): a binary heap keyed by (score, tie) with lazy invalidation.
-Every count change pushes a fresh entry and bumps the backend's version; stale entries are dropped
-when they reach the top, and the heap is rebuilt in O(n) when stale entries outnumber live ones,
-which keeps updates and picks O(log n) amortised.
+structure must update in O(log n) at most. Two structures, chosen when the policy is built:
 
-Ties are broken by weighted rotation (as NGINX's least_conn breaks them by weighted round robin):
-each backend carries a virtual deadline that advances by 1/weight each time it is picked, and among
-equal scores the earliest deadline wins. With short requests most picks see all counts at 0, so
-this is what makes weights and slow start count at low concurrency.
+- Equal effective weights (the default: no weights set, nobody ramping up): the score is the count
+  itself, so backends sit in buckets indexed by count (:class:`_CountBuckets`). A count change
+  moves one backend between two buckets and a pick takes the first backend of the lowest non-empty
+  bucket: O(1), independent of the number of backends. This is the hot path's common case, so it
+  is kept to a few dict operations per request.
+- Otherwise a binary heap keyed by (score, tie) with lazy invalidation (:class:`_ScoredHeap`).
+  Every count change pushes a fresh entry and bumps the backend's version; stale entries are dropped
+  when they reach the top, and the heap is rebuilt in O(n) when stale entries outnumber live ones,
+  which keeps updates and picks O(log n) amortised.
+
+Ties are broken by weighted rotation (as NGINX's least_conn breaks them by weighted round robin).
+In the heap each backend carries a virtual deadline that advances by 1/weight each time it is
+picked, and among equal scores the earliest deadline wins; in the buckets (all weights equal) the
+picked backend goes to the back of its bucket. With short requests most picks see all counts at 0,
+so this is what makes weights and slow start count at low concurrency.
 """
 
 from __future__ import annotations
@@ -18,31 +26,36 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Collection, Sequence
+from typing import ClassVar
 
 from services.proxy.policies.base import AliasTable, Candidate, Policy, PolicyEnv
 
 
 class _ScoredHeap(Policy):
-    """Lowest score first; subclasses define the score from the count and the effective weight."""
+    """Lowest score first: (count + ``offset``) / effective weight."""
+
+    reads_counts = True
+    offset: ClassVar[int] = 0
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         super().__init__(candidates, env)
+        self._others, self._local = env.counts.others, env.counts.local  # (updated in place)
         self._weight = {c.address: c.effective for c in self.candidates}
         self._version = dict.fromkeys(self._weight, 0)
         self._picks = dict.fromkeys(self._weight, 0)
         self._deadline = {a: 1.0 / w for a, w in self._weight.items()}
         self._seq = itertools.count()
         self._heap: list[tuple[float, float, int, str, int]] = []
+        self._limit = 2 * len(self._weight) + 64  # heap entries before stale ones are swept
         self._pending: str | None = None
         self._rebuild()
 
     def score(self, count: int, weight: float) -> float:
-        raise NotImplementedError
+        return (count + self.offset) / weight
 
     def _entry(self, address: str) -> tuple[float, float, int, str, int]:
-        counts = self.env.counts
         return (
-            self.score(counts.others.get(address, 0) + counts.local.get(address, 0), self._weight[address]),
+            (self._others.get(address, 0) + self._local.get(address, 0) + self.offset) / self._weight[address],
             self._deadline[address],
             next(self._seq),
             address,
@@ -55,40 +68,52 @@ class _ScoredHeap(Policy):
         self._heap = [self._entry(a) for a in self._weight]
         heapq.heapify(self._heap)
 
-    def _push(self, address: str) -> None:
-        heapq.heappush(self._heap, self._entry(address))
-        if len(self._heap) > 2 * len(self._weight) + 64:
-            self._rebuild()
-
-    def _touch(self, address: str) -> None:
+    def count_changed(self, address: str) -> None:
+        # The hot path's one O(log n) update per in-flight change (inlined: called twice per request).
+        weight = self._weight.get(address)
+        if weight is None:
+            return
         if address == self._pending:
             self._pending = None
-        self._version[address] += 1
-        self._push(address)
-
-    def count_changed(self, address: str) -> None:
-        if address in self._weight:
-            self._touch(address)
+        version = self._version[address] = self._version[address] + 1
+        heap = self._heap
+        heapq.heappush(
+            heap,
+            (
+                (self._others.get(address, 0) + self._local.get(address, 0) + self.offset) / weight,
+                self._deadline[address],
+                next(self._seq),
+                address,
+                version,
+            ),
+        )
+        if len(heap) > self._limit:
+            self._rebuild()
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:
         if self._pending is not None:  # the last pick's entry, not re-pushed by a started() yet
             pending, self._pending = self._pending, None
-            self._push(pending)
+            heapq.heappush(self._heap, self._entry(pending))
+            if len(self._heap) > self._limit:
+                self._rebuild()
         heap, version = self._heap, self._version
-        skipped: list[tuple[float, float, int, str, int]] = []
+        skipped: list[tuple[float, float, int, str, int]] | None = None
         chosen: str | None = None
         while heap:
             entry = heap[0]
             if entry[4] != version[entry[3]]:
                 heapq.heappop(heap)  # stale
                 continue
-            if entry[3] in exclude:
+            if exclude and entry[3] in exclude:
+                if skipped is None:
+                    skipped = []
                 skipped.append(heapq.heappop(heap))
                 continue
             chosen = entry[3]
             break
-        for entry in skipped:
-            heapq.heappush(heap, entry)
+        if skipped is not None:
+            for entry in skipped:
+                heapq.heappush(heap, entry)
         if chosen is not None:
             # Weighted rotation of ties; (k + 1) / w computed afresh (not accumulated) so equal
             # deadlines compare equal.
@@ -101,22 +126,111 @@ class _ScoredHeap(Policy):
         return chosen
 
 
+class _CountBuckets(Policy):
+    """Least count first, all effective weights equal: backends bucketed by count.
+
+    ``_buckets[c]`` holds the backends whose count is ``c``, in rotation order (a dict used as an
+    ordered set: O(1) removal anywhere, insertion at the back); ``_low`` is the lowest index that
+    may be non-empty. Moving the low mark up after its bucket empties scans empty buckets, which
+    costs at most the change of the lowest count (each step of a count moves it by one).
+
+    A picked backend goes to the back of a bucket: of the next one up when the started() that
+    normally follows changes its count (count_changed), else of its own before the next pick
+    (``_pending``), so the usual request moves it once, not twice.
+    """
+
+    reads_counts = True
+
+    def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
+        super().__init__(candidates, env)
+        self._others, self._local = env.counts.others, env.counts.local  # (updated in place)
+        self._level: dict[str, int] = {}
+        self._buckets: list[dict[str, None]] = [{}]
+        for c in self.candidates:
+            level = max(0, env.counts.get(c.address))
+            self._level[c.address] = level
+            self._bucket(level)[c.address] = None
+        self._low = min(self._level.values(), default=0)
+        self._pending: str | None = None
+
+    def _bucket(self, level: int) -> dict[str, None]:
+        buckets = self._buckets
+        while len(buckets) <= level:
+            buckets.append({})
+        return buckets[level]
+
+    def count_changed(self, address: str) -> None:
+        old = self._level.get(address)
+        if old is None:
+            return
+        if address == self._pending:
+            self._pending = None
+        new = self._others.get(address, 0) + self._local.get(address, 0)
+        if new == old:
+            return
+        if new < 0:
+            new = 0
+        buckets = self._buckets
+        del buckets[old][address]
+        (buckets[new] if new < len(buckets) else self._bucket(new))[address] = None
+        self._level[address] = new
+        if new < self._low:
+            self._low = new
+
+    def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:
+        buckets = self._buckets
+        if self._pending is not None:  # the last pick, whose count did not change: to the back
+            pending, self._pending = self._pending, None
+            bucket = buckets[self._level[pending]]
+            del bucket[pending]
+            bucket[pending] = None
+        level, top = self._low, len(buckets)
+        while level < top and not buckets[level]:
+            level += 1
+        self._low = level
+        while level < top:
+            for address in buckets[level]:
+                if exclude and address in exclude:
+                    continue
+                self._pending = address
+                return address
+            level += 1
+        return None
+
+
 class LeastConnections(_ScoredHeap):
     """Fewest in-flight requests per unit of weight: count / weight."""
 
     name = "least_connections"
-
-    def score(self, count: int, weight: float) -> float:
-        return count / weight
 
 
 class WeightedLeastConnections(_ScoredHeap):
     """The original GoBalancer's "weighted": lowest (connections + 1) / weight."""
 
     name = "weighted_least_connections"
+    offset = 1
 
-    def score(self, count: int, weight: float) -> float:
-        return (count + 1) / weight
+
+class EqualLeastConnections(_CountBuckets):
+    name = "least_connections"
+
+
+class EqualWeightedLeastConnections(_CountBuckets):
+    name = "weighted_least_connections"  # (count + 1) / w orders like count when all w are equal
+
+
+def _equal_weights(candidates: Sequence[Candidate]) -> bool:
+    return len({c.effective for c in candidates}) <= 1
+
+
+def least_connections(candidates: Sequence[Candidate], env: PolicyEnv) -> Policy:
+    return EqualLeastConnections(candidates, env) if _equal_weights(candidates) else LeastConnections(candidates, env)
+
+
+def weighted_least_connections(candidates: Sequence[Candidate], env: PolicyEnv) -> Policy:
+    if _equal_weights(candidates):
+        return EqualWeightedLeastConnections(candidates, env)
+    return WeightedLeastConnections(candidates, env)
 
 
 class PowerOfTwo(Policy):

@@ -12,6 +12,7 @@ class RoundRobin(Policy):
     its share ramps up with the window instead of jumping to 1/n."""
 
     name = "round_robin"
+    uses_counts = False
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv, start: int = 0) -> None:
         super().__init__(candidates, env)
@@ -24,6 +25,10 @@ class RoundRobin(Policy):
         n = len(self._addresses)
         if n == 0:
             return None
+        if not exclude and not self._ramping:  # the usual case: the next turn
+            i = self._next
+            self._next = i + 1 if i + 1 < n else 0
+            return self._addresses[i]
         # Consecutive turns are distinct backends, so len(exclude) + 1 turns find a usable one
         # unless all are excluded; slow start may pass a few more turns (bounded by a constant).
         limit = min(n, len(exclude) + (33 if self._ramping else 1))

@@ -91,6 +91,7 @@ def nginx_reference(weights: Sequence[int], steps: int) -> list[int]:
 
 class SmoothWeighted(Policy):
     name = "weighted"
+    uses_counts = False
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv, weights: Sequence[int] | None = None) -> None:
         super().__init__(candidates, env)

@@ -308,3 +308,34 @@ async def test_ejection_decided_during_an_outage_is_published_afterwards(
     finally:
         await own.close()
         await writer.close()
+
+
+async def test_counts_sync_period_comes_from_the_config(redis_url: str, namespace: str, store: Store) -> None:
+    await seed(store)
+    config = make_config(redis_url, namespace)
+    config.redis.counts_sync_sec = Seconds(0.25)
+    async with open_store_balancer(config, store) as balancer:
+        assert (balancer.refresh_interval, balancer.replica.flush_interval) == (0.25, 0.25)
+
+
+async def test_round_robin_reads_no_global_counts_and_least_connections_does(
+    store: Store, replicas: list[StoreBalancer]
+) -> None:
+    """The other replicas' counts cost a Redis read per period: only policies that use them pay it.
+    Switching to round robin drops what was read; switching back reads them again."""
+    a, b, _ = replicas
+    hot = a.pick("x")
+    assert hot is not None
+    for _ in range(5):
+        a.started(hot)
+    await eventually(lambda: b.counts.get(hot.address) == 5, timeout=3, message="B sees A's in-flight")
+    await store.set_algorithm(AlgorithmSetting(name="round_robin"))
+    await eventually(lambda: b.pick("x") is not None and b.policy.name == "round_robin", timeout=3)
+    await eventually(lambda: b.counts.others == {}, timeout=3, message="B dropped the others' counts")
+    for _ in range(5):
+        a.started(hot)  # A now holds 10; B does not read it while it runs round robin
+    rounds = b.refresh_rounds
+    await eventually(lambda: b.refresh_rounds >= rounds + 3, timeout=3, message="B's refresh goes round")
+    assert b.counts.others == {} and b.redis_up
+    await store.set_algorithm(AlgorithmSetting(name="least_connections"))
+    await eventually(lambda: b.counts.get(hot.address) == 10, timeout=3, message="B reads the counts again")

@@ -134,9 +134,10 @@ def test_per_backend_state_is_forgotten_when_a_backend_leaves() -> None:
         Snapshot(
             version=1,
             backends={a: BackendView(backend=Backend(address=a), health=up) for a in ("a:1", "b:1", "c:1")},
-            algorithm=AlgorithmSetting(),
+            algorithm=AlgorithmSetting(name="ewma", updated_at=1.0),  # the policy that keeps latencies
         )
     )
+    balancer.rebuild()
     for address in ("a:1", "b:1", "c:1"):
         u = Upstream.from_address(address)
         balancer.started(u)
@@ -148,7 +149,58 @@ def test_per_backend_state_is_forgotten_when_a_backend_leaves() -> None:
         Snapshot(
             version=3,
             backends={"c:1": BackendView(backend=Backend(address="c:1"), health=up)},
-            algorithm=AlgorithmSetting(),
+            algorithm=AlgorithmSetting(name="ewma", updated_at=1.0),
         )
     )
     assert set(balancer.env.latency) == {"c:1"} and balancer.outlier.tracked() == ["c:1"]
+
+
+def test_only_a_latency_aware_policy_pays_for_latency_estimates() -> None:
+    """The hot path skips the EWMA update unless the policy in force learns from latencies."""
+    from services.proxy.balancer import Outcome, Upstream
+    from services.proxy.store_balancer import StoreBalancer
+    from shared.config import Config
+    from shared.models import AlgorithmSetting, Backend, BackendView, Health, Snapshot
+    from shared.replica import Replica
+    from shared.store import Store
+
+    store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
+    balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5, heartbeat=1))
+    backends = {"a:1": BackendView(backend=Backend(address="a:1"), health=Health(status="up"))}
+    u = Upstream.from_address("a:1")
+    for version, name in enumerate(("least_connections", "ewma"), start=1):
+        balancer.apply(
+            Snapshot(version=version, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0))
+        )
+        balancer.rebuild()
+        balancer.started(u)
+        balancer.finished(u, Outcome(ok=True, latency=0.02, status=200))
+        assert (name, "a:1" in balancer.env.latency) == (name, name == "ewma")
+    assert balancer.take_totals() == {"a:1|2xx": 2} and balancer.replica.local == {}
+
+
+async def test_with_the_real_clock_a_timer_brings_time_based_changes_to_the_fast_pick_path() -> None:
+    """On a loop with the real clock, pick() reads no clock: the loop's timer for the next
+    time-based change (here the slow-start steps of a recovered backend) marks the policy stale."""
+    from tests.helpers import eventually
+
+    config = Config()
+    config.balancing.slow_start_sec = 0.3  # type: ignore[assignment]
+    store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
+    balancer = StoreBalancer(config, store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="r1"))
+    up = Health(status="up")
+    backends = {a: BackendView(backend=Backend(address=a), health=up) for a in ADDRS}
+    balancer.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name="weighted", updated_at=1.0)))
+    balancer.rebuild()
+    balancer.apply(Event(version=2, kind="health", address=ADDRS[1], health=Health(status="down")))
+    balancer.rebuild()
+    balancer.apply(Event(version=3, kind="health", address=ADDRS[1], health=up))
+    balancer.rebuild()
+    factors = {c.address: c.factor for c in balancer.policy.candidates}
+    assert factors[ADDRS[1]] < 1.0 and not balancer._slow  # ramping, and picks take the fast path
+
+    def ramped() -> bool:
+        balancer.pick("k")
+        return all(c.factor == 1.0 for c in balancer.policy.candidates)
+
+    await eventually(ramped, timeout=3, message="the ramp ends without any event")

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.proxy.policies import POLICIES, Candidate, MutableCounts, PolicyEnv, build_policy
+from services.proxy.policies.least_conn import _CountBuckets
 from services.proxy.policies.smooth_weighted import MAX_CLASSES, SmoothStepper, SmoothWeighted, nginx_reference
 
 
@@ -241,25 +242,33 @@ def test_least_connections_ties_follow_weights() -> None:
     assert max(len(run) for run in "".join("x" if p == "b1" else " " for p in picks).split()) <= 3
 
 
-@settings(max_examples=80, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(
     st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=12),
-    st.lists(st.tuples(st.sampled_from(["pick", "finish", "pick_only"]), st.integers(0, 11)), max_size=300),
+    st.booleans(),
+    st.lists(st.tuples(st.sampled_from(["pick", "finish", "pick_only", "others"]), st.integers(0, 11)), max_size=300),
     st.sampled_from(["least_connections", "weighted_least_connections"]),
 )
-def test_heap_policies_always_pick_a_lowest_score(weights: list[int], ops: list[tuple[str, int]], name: str) -> None:
-    """Whatever the interleaving of picks and count changes (lazy heap entries, deferred pushes,
-    compaction), the pick has the lowest score among the non-excluded backends."""
+def test_count_policies_always_pick_a_lowest_score(
+    weights: list[int], equal: bool, ops: list[tuple[str, int]], name: str
+) -> None:
+    """Whatever the interleaving of picks and count changes (the other replicas' counts jumping
+    too), the pick has the lowest score among the non-excluded backends: with unequal weights the
+    heap (lazy entries, deferred pushes, compaction), with equal ones the count buckets."""
+    if equal:
+        weights = [weights[0]] * len(weights)
     e = env()
     counts = e.counts
     assert isinstance(counts, MutableCounts)
     policy = build_policy(name, cands(*weights), e)
+    assert isinstance(policy, _CountBuckets) == (len(set(weights)) == 1)
     plus = 1 if name == "weighted_least_connections" else 0
 
     def score(address: str) -> float:
         return (counts.get(address) + plus) / weights[int(address[1:])]
 
     held: list[str] = []
+    rng = random.Random(len(ops))
     for op, arg in ops:
         exclude = {f"b{arg % len(weights)}"} if arg % 3 == 0 and len(weights) > 1 else set()
         if op in ("pick", "pick_only"):
@@ -275,3 +284,29 @@ def test_heap_policies_always_pick_a_lowest_score(weights: list[int], ops: list[
             done = held.pop(arg % len(held))
             counts.add(done, -1)
             policy.count_changed(done)
+        elif op == "others":  # a refresh of the other replicas' contributions
+            others = {c.address: rng.randrange(arg + 1) for c in policy.candidates if rng.random() < 0.5}
+            for address in counts.set_others(others):
+                policy.count_changed(address)
+
+
+def test_equal_weight_least_connections_ties_rotate_and_counts_order() -> None:
+    """The bucket structure: ties go round in turn; a busier backend waits until the others catch up."""
+    e = env()
+    counts = e.counts
+    assert isinstance(counts, MutableCounts)
+    policy = build_policy("least_connections", cands(2, 2, 2), e)
+    assert isinstance(policy, _CountBuckets)
+    assert [policy.pick("") for _ in range(4)] == ["b0", "b1", "b2", "b0"]
+    counts.add("b1", 2)
+    policy.count_changed("b1")
+    picks = []
+    for _ in range(4):
+        chosen = policy.pick("")
+        assert chosen is not None
+        picks.append(chosen)
+        counts.add(chosen, 1)
+        policy.count_changed(chosen)
+    assert picks == ["b2", "b0", "b2", "b0"]  # b1 (2 in flight) only once b0/b2 reach 2
+    assert policy.pick("") == "b1"
+    assert policy.pick("", {"b1"}) in {"b0", "b2"}

@@ -103,6 +103,8 @@ health_check: {type: http, path: /healthz, expect_status: "200-299,418", rise: 1
         ("mode: udp\n", "mode: invalid value 'udp' (expected one of: http, tcp)"),
         ("listen_address: 'localhost'\n", "listen_address: address 'localhost' must be host:port"),
         ("redis: {url: 'http://x'}\n", "redis.url: must start with redis://"),
+        ("redis: {counts_sync_sec: 0}\n", "redis.counts_sync_sec: must be > 0 and at most heartbeat_sec"),
+        ("redis: {counts_sync_sec: 2s}\n", "redis.counts_sync_sec: must be > 0 and at most heartbeat_sec"),
         ("health_check: {expect_status: '2xx'}\n", "health_check.expect_status: must be like"),
         ("proxy: {workers: 0}\n", "proxy.workers: expected `int` >= 1"),
         ("backends: [{address: 'a:1'}, {address: 'a:1'}]\n", "backends[1]: duplicate address a:1"),
