@@ -68,6 +68,7 @@ async def _serve(n: int, kind: str) -> None:
 
 async def _measure(args: argparse.Namespace, ports: list[int]) -> dict[str, object]:
     from services.health.scheduler import Scheduler
+    from shared.aio import cancel_and_wait
     from shared.config import HealthCheckConfig
     from shared.models import Backend
     from shared.redis_server import RedisServer
@@ -105,8 +106,7 @@ async def _measure(args: argparse.Namespace, ports: list[int]) -> dict[str, obje
         probes = sum(t.probes for t in targets) - probes0
         failed = sum(1 for t in targets if t.state.status != "up")
         gaps = sorted(t.max_gap for t in targets)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait([task])
         return {
             "type": args.type,
             "loop": args.loop,

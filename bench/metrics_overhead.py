@@ -29,23 +29,16 @@ from bench.proxy import (
     ROOT,
     WRK,
     Result,
+    clean_env,
     cpu_ticks,
-    free_port,
     gobalancer_conf,
     measure,
-    nginx_backend_conf,
+    parse_wrk_requests,
     process,
     run_wrk,
+    start_nginx_backends,
 )
-
-
-def variant_conf(port: int, backends: list[int], metrics_on: bool, metrics_port: int, access_log: str) -> str:
-    conf = gobalancer_conf(port, backends, metrics_on).replace(
-        'proxy_listen_address: ""', f"proxy_listen_address: 127.0.0.1:{metrics_port}"
-    )
-    if access_log:
-        conf = conf.replace("logging:\n", f"logging:\n  access_log: true\n  access_log_file: {access_log}\n")
-    return conf
+from shared.redis_server import free_port
 
 
 def micro_costs(number: int = 200_000) -> dict[str, float]:
@@ -74,7 +67,8 @@ def micro_costs(number: int = 200_000) -> dict[str, float]:
         def request_end() -> None:
             conn._open = True
             balancer.started(upstream)
-            conn._finish_attempt(upstream, outcome)
+            conn.upstream = upstream
+            conn._finish_attempt(outcome)
             conn._end_exchange()
             conn._reset_exchange()
 
@@ -97,7 +91,6 @@ def side_by_side(ports: dict[str, tuple[int, int]], args: argparse.Namespace) ->
 
     ``ports``: variant -> (proxy port, proxy pid). Returns variant -> (req/s, CPU us per request).
     """
-    import re
     import subprocess
 
     for port, _ in ports.values():
@@ -115,11 +108,7 @@ def side_by_side(ports: dict[str, tuple[int, int]], args: argparse.Namespace) ->
     outputs = {v: w.communicate()[0] for v, w in wrks.items()}
     out: dict[str, tuple[float, float]] = {}
     for v, text in outputs.items():
-        m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", text)
-        if m is None:
-            raise RuntimeError(f"cannot parse wrk output:\n{text}")
-        requests = int(m.group(1))
-        seconds = float(m.group(2)) * (0.001 if m.group(3) == "ms" else 1.0)
+        requests, seconds = parse_wrk_requests(text)
         user, system = cpu_ticks(ports[v][1])
         cpu = (user - before[v][0] + system - before[v][1]) / ticks
         out[v] = (requests / seconds, cpu * 1e6 / max(requests, 1))
@@ -147,22 +136,16 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, list[Result]] = {v: [] for v in variants}
     with tempfile.TemporaryDirectory(prefix="gobalancer-bench-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
-        backend_ports: list[int] = []
-        for i in range(args.backends):
-            prefix = base / f"backend{i}"
-            (prefix / "tmp").mkdir(parents=True)
-            port = free_port()
-            (prefix / "nginx.conf").write_text(nginx_backend_conf(prefix, port))
-            stack.enter_context(process([NGINX, "-p", str(prefix), "-c", str(prefix / "nginx.conf")], port))
-            backend_ports.append(port)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+        backend_ports, _ = start_nginx_backends(stack, base, args.backends)
+        env = clean_env()
         for round_ in range(args.rounds):
             order = variants if round_ % 2 == 0 else variants[::-1]
             for variant in order:
                 port = free_port()
                 conf = base / f"gobalancer-{variant}.yaml"
                 access_log = str(base / "access.log") if variant == "on+access_log" else ""
-                conf.write_text(variant_conf(port, backend_ports, variant != "off", free_port(), access_log))
+                metrics = f"127.0.0.1:{free_port()}"
+                conf.write_text(gobalancer_conf(port, backend_ports, variant != "off", metrics, access_log))
                 cmd = [sys.executable, "-m", "services.proxy", "--config", str(conf)]
                 with process(cmd, port, cwd=ROOT, env=env) as proc:
                     results[variant].append(measure(f"metrics {variant}", proc.pid, port, args))
@@ -175,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
                 for variant in pair:
                     port = free_port()
                     conf = base / f"gobalancer-side-{variant}.yaml"
-                    conf.write_text(variant_conf(port, backend_ports, variant == "on", free_port(), ""))
+                    conf.write_text(gobalancer_conf(port, backend_ports, variant == "on", f"127.0.0.1:{free_port()}"))
                     cmd = [sys.executable, "-m", "services.proxy", "--config", str(conf)]
                     ports[variant] = (port, procs.enter_context(process(cmd, port, cwd=ROOT, env=env)).pid)
                 together.append(side_by_side(ports, args))

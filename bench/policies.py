@@ -26,12 +26,16 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from services.proxy.policies import POLICIES, Candidate, MutableCounts, PolicyEnv, build_cost, build_policy
 from services.proxy.store_balancer import SYNC_BUILD_MAX_SEC
 from services.proxy.view import LocalView, compute_candidates
 from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
+
+if TYPE_CHECKING:
+    from services.proxy.store_balancer import StoreBalancer
+    from shared.store import Store
 
 SIZES = (10, 1_000, 100_000)
 COUNT_POLICIES = ("least_connections", "weighted_least_connections", "p2c", "ewma", "ip_hash")
@@ -116,22 +120,32 @@ def measure_rebuild(name: str, candidates: list[Candidate], env: PolicyEnv) -> f
     return (time.perf_counter() - start) * 1000
 
 
-def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
-    """A StoreBalancer on an asyncio loop with ``n`` backends: one backend removed; the loop's largest
-    stall during the rebuild, and the rebuild's wall time."""
-    import asyncio
+def _addresses(n: int) -> list[str]:
+    return [f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80" for i in range(n)]
 
+
+def _store_balancer(name: str, backends: dict[str, BackendView], replica_id: str) -> tuple[StoreBalancer, Store]:
+    """A StoreBalancer (policy ``name``) fed ``backends`` by hand, and its store, which reaches no Redis.
+    Call it on a running loop."""
     from services.proxy.store_balancer import StoreBalancer
     from shared.config import Config
     from shared.replica import Replica
     from shared.store import Store
 
+    store = Store.from_url("redis://127.0.0.1:1/0", "bench")
+    balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id=replica_id))
+    balancer.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0)))  # type: ignore[arg-type]
+    return balancer, store
+
+
+def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
+    """A StoreBalancer on an asyncio loop with ``n`` backends: one backend removed; the loop's largest
+    stall during the rebuild, and the rebuild's wall time."""
+
     async def run() -> dict[str, Any]:
-        store = Store.from_url("redis://127.0.0.1:1/0", "bench")
-        balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="b"))
-        addresses = [f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80" for i in range(n)]
+        addresses = _addresses(n)
         backends = {a: BackendView(backend=Backend(address=a), health=Health(status="up")) for a in addresses}
-        balancer.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0)))  # type: ignore[arg-type]
+        balancer, store = _store_balancer(name, backends, "b")
         await asyncio.sleep(0)
         await balancer.built()
         balancer.rebuild()  # warm: the first build after a snapshot creates every Candidate
@@ -178,28 +192,21 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
     on the loop's timer for time-based changes). ``name`` "static" is the StaticRoundRobin a proxy
     without Redis uses, for reference; ``equal`` gives every backend weight 1 (random 1-10 otherwise)."""
     from services.proxy.balancer import Balancer, Outcome, StaticRoundRobin, Upstream
-    from services.proxy.store_balancer import StoreBalancer
-    from shared.config import Config
-    from shared.models import AlgorithmSetting, Backend, BackendView, Health, Snapshot
-    from shared.replica import Replica
-    from shared.store import Store
 
     async def run() -> float:
         rng = random.Random(n)
-        addresses = [f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80" for i in range(n)]
+        addresses = _addresses(n)
         balancer: Balancer
         if name == "static":
             balancer = StaticRoundRobin([Upstream.from_address(a) for a in addresses])
         else:
-            store = Store.from_url("redis://127.0.0.1:1/0", "bench")
-            sb = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="bench"))
             backends = {
                 a: BackendView(
                     backend=Backend(address=a, weight=1 if equal else rng.randint(1, 10)), health=Health(status="up")
                 )
                 for a in addresses
             }
-            sb.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0)))  # type: ignore[arg-type]
+            sb, _ = _store_balancer(name, backends, "bench")
             sb.rebuild()
             balancer = sb
         ok = Outcome(ok=True, latency=0.002, status=200)

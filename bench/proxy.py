@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.proxy_png import bar_chart
+from shared.processes import stop_process
+from shared.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -49,13 +51,6 @@ class Result:
     ratio_rps_to_haproxy: float = 0.0
     ratio_cpu_to_haproxy: float = 0.0
     ratio_p99_to_haproxy: float = 0.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -103,15 +98,16 @@ def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess
         wait_port(port, proc)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
-def nginx_backend_conf(prefix: Path, port: int) -> str:
+def clean_env() -> dict[str, str]:
+    """This environment without ``GOBALANCER_*`` settings: the proxy reads only the bench's config file."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+
+
+def nginx_conf(prefix: Path, http: str) -> str:
+    """One nginx in the foreground (one worker, its files under ``prefix``); ``http``: the rest of its http block."""
     return f"""{nginx_user_line()}
 worker_processes 1;
 daemon off;
@@ -122,38 +118,48 @@ events {{ worker_connections 4096; }}
 http {{
     access_log off;
     keepalive_requests 1000000;
-    keepalive_timeout 60s;
     client_body_temp_path {prefix}/tmp;
     proxy_temp_path {prefix}/tmp;
     fastcgi_temp_path {prefix}/tmp;
     uwsgi_temp_path {prefix}/tmp;
     scgi_temp_path {prefix}/tmp;
+{http}}}
+"""
+
+
+def nginx_backend_conf(prefix: Path, port: int) -> str:
+    return nginx_conf(
+        prefix,
+        f"""    keepalive_timeout 60s;
     server {{
         listen 127.0.0.1:{port} reuseport;
         location / {{ default_type text/plain; return 200 "{BODY}"; }}
     }}
-}}
-"""
+""",
+    )
+
+
+def start_nginx_backends(stack: contextlib.ExitStack, base: Path, count: int) -> tuple[list[int], list[int]]:
+    """``count`` nginx backends under ``base``, stopped with ``stack``: their ports and pids."""
+    ports: list[int] = []
+    pids: list[int] = []
+    for i in range(count):
+        prefix = base / f"backend{i}"
+        (prefix / "tmp").mkdir(parents=True)
+        port = free_port()
+        conf = prefix / "nginx.conf"
+        conf.write_text(nginx_backend_conf(prefix, port))
+        proc = stack.enter_context(process([NGINX, "-p", str(prefix), "-c", str(conf)], port))
+        ports.append(port)
+        pids.append(proc.pid)
+    return ports, pids
 
 
 def nginx_lb_conf(prefix: Path, port: int, backends: list[int]) -> str:
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backends)
-    return f"""{nginx_user_line()}
-worker_processes 1;
-daemon off;
-master_process off;
-pid {prefix}/nginx.pid;
-error_log {prefix}/error.log error;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {prefix}/tmp;
-    proxy_temp_path {prefix}/tmp;
-    fastcgi_temp_path {prefix}/tmp;
-    uwsgi_temp_path {prefix}/tmp;
-    scgi_temp_path {prefix}/tmp;
-    upstream backends {{
+    return nginx_conf(
+        prefix,
+        f"""    upstream backends {{
 {servers}
         keepalive 64;
     }}
@@ -166,8 +172,8 @@ http {{
             proxy_buffering on;
         }}
     }}
-}}
-"""
+""",
+    )
 
 
 def haproxy_conf(port: int, backends: list[int]) -> str:
@@ -191,11 +197,18 @@ backend be
 """
 
 
-def gobalancer_conf(port: int, backends: list[int], metrics: bool = True) -> str:
+def gobalancer_conf(
+    port: int, backends: list[int], metrics: bool = True, metrics_address: str = "", access_log: str = ""
+) -> str:
+    """``metrics_address``: where /metrics is served (none by default); ``access_log``: a file to log to."""
     lines = [f"listen_address: 127.0.0.1:{port}", "backends:"]
     lines += [f"  - address: 127.0.0.1:{p}" for p in backends]
-    lines += ["logging:", "  level: warning", "proxy:", "  workers: 1"]
-    lines += ["metrics:", f"  enabled: {'true' if metrics else 'false'}", '  proxy_listen_address: ""']
+    lines += ["logging:"]
+    if access_log:
+        lines += ["  access_log: true", f"  access_log_file: {access_log}"]
+    lines += ["  level: warning", "proxy:", "  workers: 1"]
+    listen = metrics_address or '""'
+    lines += ["metrics:", f"  enabled: {'true' if metrics else 'false'}", f"  proxy_listen_address: {listen}"]
     return "\n".join(lines) + "\n"
 
 
@@ -218,6 +231,14 @@ def parse_ms(value: str, unit: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def parse_wrk_requests(out: str) -> tuple[int, float]:
+    """Requests completed and the seconds they took, from wrk's output."""
+    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
+    if m is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return int(m.group(1)), float(m.group(2)) * (0.001 if m.group(3) == "ms" else 1.0)
+
+
 def run_wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[int, float, float, float, int]:
     out = subprocess.run(
         [WRK, f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", f"http://127.0.0.1:{port}/"],
@@ -225,11 +246,7 @@ def run_wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[
         text=True,
         check=True,
     ).stdout
-    m = re.search(r"(\d+) requests in ([\d.]+)(m?s)", out)
-    if m is None:
-        raise RuntimeError(f"cannot parse wrk output:\n{out}")
-    requests = int(m.group(1))
-    elapsed = float(m.group(2)) * (0.001 if m.group(3) == "ms" else 1.0)
+    requests, elapsed = parse_wrk_requests(out)
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     p50 = parse_ms(*re.fullmatch(r"([\d.]+)(\w+)", lat["50"]).groups())  # type: ignore[union-attr]
     p99 = parse_ms(*re.fullmatch(r"([\d.]+)(\w+)", lat["99"]).groups())  # type: ignore[union-attr]
@@ -302,22 +319,11 @@ def run(args: argparse.Namespace) -> int:
     per_round: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="gobalancer-bench-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
-        backend_ports: list[int] = []
-        backend_pids: list[int] = []
-        for i in range(args.backends):
-            prefix = base / f"backend{i}"
-            (prefix / "tmp").mkdir(parents=True)
-            port = free_port()
-            conf = prefix / "nginx.conf"
-            conf.write_text(nginx_backend_conf(prefix, port))
-            proc = stack.enter_context(process([NGINX, "-p", str(prefix), "-c", str(conf)], port))
-            backend_ports.append(port)
-            backend_pids.append(proc.pid)
+        backend_ports, backend_pids = start_nginx_backends(stack, base, args.backends)
 
         # Each target: (name, command, its config file, the file's text for a listening port, popen options).
         targets: list[tuple[str, list[str], Path, Callable[[int], str], dict[str, object]]] = []
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
-        gb_kwargs: dict[str, object] = {"cwd": ROOT, "env": env}
+        gb_kwargs: dict[str, object] = {"cwd": ROOT, "env": clean_env()}
         gb_file = base / "gobalancer.yaml"
         gb_cmd = [sys.executable, "-m", "services.proxy", "--config", str(gb_file)]
         metrics = args.metrics == "on"

@@ -83,6 +83,12 @@ def parse_address(value: str, *, allow_empty_host: bool = False) -> HostPort:
     return HostPort(host, port)
 
 
+def with_port_offset(address: str, offset: int) -> str:
+    """``127.0.0.1:9100`` + 2 -> ``127.0.0.1:9102`` (proxy worker i serves on port + i)."""
+    hp = parse_address(address, allow_empty_host=True)
+    return format_address(hp.host, hp.port + offset)
+
+
 def normalize_address(value: str) -> str:
     """The canonical spelling used as a backend's key in the store."""
     hp = parse_address(value)

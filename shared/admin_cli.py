@@ -13,7 +13,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import quote
 
@@ -129,6 +129,16 @@ def _print_backends(items: Sequence[dict[str, Any]], out: TextIO) -> None:
     print(table(BACKEND_COLUMNS, backend_rows(items)), file=out)
 
 
+def _print_backend(data: dict[str, Any], out: TextIO) -> None:
+    _print_backends([data], out)
+
+
+def _print_state_change(change: dict[str, Any], out: TextIO) -> None:
+    _print_backends([change["backend"]], out)
+    if change["state"] == "draining":
+        print(f"draining {change['address']}: {change['in_flight']} request(s) still in flight", file=out)
+
+
 def _print_algorithm(data: dict[str, Any], out: TextIO) -> None:
     options = {k: data.get(k) for k in ("hash_key", "hash_epsilon", "slow_start_sec") if data.get(k) is not None}
     rows: list[list[object]] = [["algorithm", data["algorithm"]], *[[k, v] for k, v in options.items()]]
@@ -150,7 +160,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> None:
 
 def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> None:
     action = args.admin_action
-    raw = getattr(args, "json", False)
+    printer: Callable[[Any, TextIO], None]
     if action == "algorithm":
         if args.name is None:
             data = client.call("GET", "/algorithm")
@@ -160,41 +170,29 @@ def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> Non
                 if getattr(args, option) is not None:
                     body[option] = getattr(args, option)
             data = client.call("PUT", "/algorithm", body)
-        if raw:
-            print(json.dumps(data, indent=2), file=out)
-        else:
-            _print_algorithm(data, out)
-        return
-    if action == "list":
-        items = client.call("GET", "/backends")
-        if raw:
-            print(json.dumps(items, indent=2), file=out)
-        else:
-            _print_backends(items, out)
-        return
-    if action == "add":
+        printer = _print_algorithm
+    elif action == "list":
+        data = client.call("GET", "/backends")
+        printer = _print_backends
+    elif action == "add":
         data = client.call("POST", "/backends", {"address": args.address, "weight": args.weight})
+        printer = _print_backend
     elif action == "weight":
         data = client.call("PUT", backend_path(args.address), {"weight": args.weight})
+        printer = _print_backend
     elif action in ("drain", "enable", "disable"):
-        change = client.call("POST", backend_path(args.address, action))
-        if raw:
-            print(json.dumps(change, indent=2), file=out)
-            return
-        _print_backends([change["backend"]], out)
-        if action == "drain":
-            print(f"draining {change['address']}: {change['in_flight']} request(s) still in flight", file=out)
-        return
+        data = client.call("POST", backend_path(args.address, action))
+        printer = _print_state_change
     elif action == "remove":
         client.call("DELETE", backend_path(args.address), params={"force": "true"} if args.force else None)
         print(f"removed {args.address}", file=out)
         return
     else:  # pragma: no cover - argparse allows only the actions above
         raise ApiError(f"unknown action {action}")
-    if raw:
+    if args.json:
         print(json.dumps(data, indent=2), file=out)
     else:
-        _print_backends([data], out)
+        printer(data, out)
 
 
 def _command(args: argparse.Namespace) -> int:

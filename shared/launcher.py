@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
+from shared.addresses import with_port_offset
 from shared.config import Config, redact_url
-from shared.metrics import with_port_offset
 from shared.processes import die_with_parent
 from shared.redis_server import RedisServer, free_port, wait_for_port
 
@@ -43,6 +43,7 @@ class Launcher:
     redis: RedisServer | None = None
     demo_addresses: list[str] = field(default_factory=list)
     _stopping: bool = False
+    stop_requested: bool = False
 
     def _say(self, text: str) -> None:
         print(text, file=self.out, flush=True)  # type: ignore[call-overload]
@@ -123,8 +124,6 @@ class Launcher:
                 child.process.wait()
         if self.redis is not None:
             self.redis.cleanup()
-
-    stop_requested: bool = False
 
     def on_signal(self, signum: int, frame: FrameType | None) -> None:
         self.stop_requested = True

@@ -8,18 +8,11 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from shared.addresses import parse_address
+from shared.addresses import format_address, parse_address
 from shared.logs import get_logger
 
 log = get_logger("metrics")
 _MAX_REQUEST = 8192
-
-
-def with_port_offset(address: str, offset: int) -> str:
-    """``127.0.0.1:9100`` + 2 -> ``127.0.0.1:9102`` (proxy worker i serves on port + i)."""
-    hp = parse_address(address, allow_empty_host=True)
-    host = f"[{hp.host}]" if ":" in hp.host else hp.host
-    return f"{host}:{hp.port + offset}"
 
 
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, registry: CollectorRegistry) -> None:
@@ -66,7 +59,7 @@ async def metrics_server(address: str, registry: CollectorRegistry) -> AsyncIter
         yield ""
         return
     sock = server.sockets[0].getsockname()
-    bound = f"{hp.host or '0.0.0.0'}:{sock[1]}"
+    bound = format_address(hp.host or "0.0.0.0", sock[1])
     log.info("serving metrics", address=bound)
     try:
         yield bound

@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from shared.processes import die_with_parent
+from shared.processes import die_with_parent, stop_process
 
 INSTALL_HINT = (
     "redis-server was not found: install it with `sudo apt-get install redis-server` "
@@ -97,13 +97,7 @@ class RedisServer:
     def stop(self, timeout: float = 10.0) -> None:
         if self.process is None:
             return
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout)
         self.process = None
 
     def kill(self) -> None:

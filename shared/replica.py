@@ -76,7 +76,6 @@ class Replica:
         self.local: dict[str, int] = {}  # exact in-flight counts of this replica (no zero entries)
         self._pushed: dict[str, int] = {}  # ``local`` as of the last push (deltas are taken against it)
         self.totals: dict[str, int] = defaultdict(int)  # requests finished, by "address|class"
-        self._pending_totals: dict[str, int] = defaultdict(int)
         self.totals_source: TotalsSource | None = None
         self._seq = 0
         self._needs_absolute = True
@@ -101,13 +100,8 @@ class Replica:
         else:
             self.local.pop(address, None)
 
-    def count(self, key: str) -> None:
-        """Count one finished request under ``key`` ("address|class"). Hot path: no I/O."""
-        self.totals[key] += 1
-        self._pending_totals[key] += 1
-
     def _has_totals(self) -> bool:
-        return bool(self._pending_totals) or (self.totals_source is not None and self.totals_source.has_totals())
+        return self.totals_source is not None and self.totals_source.has_totals()
 
     async def push(self) -> bool:
         """Send pending deltas (or the absolute counts after a failure) plus the heartbeat."""
@@ -115,11 +109,9 @@ class Replica:
         pushed, self._pushed = self._pushed, absolute
         deltas = {a: c - pushed.get(a, 0) for a, c in absolute.items() if c != pushed.get(a, 0)}
         deltas.update((a, -c) for a, c in pushed.items() if a not in absolute)
-        if self.totals_source is not None:
-            for key, n in self.totals_source.take_totals().items():
-                self.totals[key] += n
-                self._pending_totals[key] += n
-        total_deltas, self._pending_totals = self._pending_totals, defaultdict(int)
+        total_deltas = self.totals_source.take_totals() if self.totals_source is not None else {}
+        for key, n in total_deltas.items():
+            self.totals[key] += n
         self._seq += 1
         try:
             await self.store.push_counters(
@@ -130,7 +122,7 @@ class Replica:
                 self.ttl,
                 force_absolute=self._needs_absolute,
                 total_deltas=total_deltas,
-                totals=dict(self.totals),
+                totals=self.totals,  # (read before this coroutine next changes it)
             )
         except (*UNAVAILABLE, RedisError) as exc:
             # Unreachable, or refusing writes (OOM, MISCONF, READONLY after a failover...). The batch
@@ -161,5 +153,5 @@ class Replica:
             await asyncio.sleep(self.flush_interval if self._reachable else min(1.0, self.heartbeat))
 
     async def deregister(self) -> None:
-        with contextlib.suppress(*UNAVAILABLE):
+        with contextlib.suppress(*UNAVAILABLE, RedisError):
             await self.store.deregister(self.id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -30,3 +31,11 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any ``GOBALANCER_*`` setting, plus ``settings``: a child service
+    sees only the configuration its test gives it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+    env.update(settings)
+    return env

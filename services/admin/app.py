@@ -18,6 +18,7 @@ from services.admin.docs_page import render_plugins
 from services.admin.guards import strict_body, token_guard
 from services.admin.metrics import AdminMetrics, count_responses, time_requests
 from services.admin.problems import EXCEPTION_HANDLERS
+from shared.aio import cancel_and_wait
 from shared.config import Config
 from shared.logs import get_logger
 from shared.replica import Replica
@@ -35,15 +36,6 @@ DESCRIPTION = (
 )
 
 
-async def _heartbeat(replica: Replica, stopping: asyncio.Event) -> None:
-    """Renew the admin replica's registration every heartbeat until ``stopping`` is set."""
-    while not stopping.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), timeout=replica.heartbeat)
-        if not stopping.is_set():
-            await replica.push()  # never raises for an unreachable Redis
-
-
 def create_app(config: Config, store: Store | None = None) -> Litestar:
     """The admin app. Without ``store`` the lifespan opens one from ``config`` (and heartbeats as a replica)."""
     ctx = AdminContext(config=config, metrics=AdminMetrics(), store=store)
@@ -58,20 +50,16 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
             return
         own = open_store(config)
         ctx.store = own
-        replica = Replica(own, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
+        # The admin counts nothing in flight: it pushes only its heartbeat, so no need to wake every 50 ms.
+        heartbeat = config.redis.heartbeat_sec
+        replica = Replica(own, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=heartbeat, flush_interval=heartbeat)
         await replica.push()  # registered before the first request (False, not an error, if Redis is down)
-        stopping = asyncio.Event()
-        heartbeat = asyncio.create_task(_heartbeat(replica, stopping), name="admin-heartbeat")
+        task = asyncio.create_task(replica.run(), name="admin-heartbeat")
         try:
             yield
         finally:
             ctx.closing.set()
-            # Stop the heartbeat between pushes rather than cancelling it inside a Redis call: with
-            # redis-py 8.1 a cancel landing mid-command was seen to leave a cancellation on the
-            # lifespan task itself (intermittent hang of the test client's shutdown).
-            stopping.set()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(heartbeat, timeout=10)
+            await cancel_and_wait([task])  # re-cancels: 3.11 can lose a cancel inside redis-py
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(replica.deregister(), timeout=5)
             await own.close()
@@ -102,9 +90,3 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
         logging_config=None,
     )
     return app
-
-
-def context(app: Litestar) -> AdminContext:
-    """The app's shared context (tests use it to check streams and metrics)."""
-    ctx: AdminContext = app.state.admin
-    return ctx

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated, Any
 
 from litestar import Controller, delete, get, patch, post, put
@@ -13,7 +12,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CON
 from services.admin.context import context_of
 from services.admin.problems import InvalidRequest, problem_responses
 from services.admin.schemas import BackendCreate, BackendOut, BackendPatch, BackendReplace, StateChange
-from shared.addresses import normalize_address, parse_address
+from shared.addresses import normalize_address
 from shared.logs import get_logger
 from shared.models import AdminState, Backend, BackendView
 from shared.store import BackendNotFound, Store
@@ -29,15 +28,14 @@ AddressParam = Annotated[
 def path_address(raw: str) -> str:
     """Validate and normalize an address taken from the path; 400 naming `address` otherwise."""
     try:
-        parse_address(raw)
+        return normalize_address(raw)
     except ValueError as exc:
         raise InvalidRequest("address", str(exc)) from None
-    return normalize_address(raw)
 
 
 async def present(store: Store, view: BackendView, *, start_healthy: bool) -> BackendOut:
-    inflight = await store.global_inflight()
-    return BackendOut.of(view, conn_count=inflight.get(view.address, 0), start_healthy=start_healthy, at=time.time())
+    [out] = BackendOut.of_views([view], await store.global_inflight(), start_healthy=start_healthy)
+    return out
 
 
 async def present_written(store: Store, backend: Backend, *, start_healthy: bool) -> BackendOut:
@@ -60,12 +58,7 @@ class BackendsController(Controller):
         ctx = context_of(state)
         store = ctx.require_store()
         views = await store.list_backends()
-        inflight = await store.global_inflight()
-        at = time.time()
-        return [
-            BackendOut.of(v, conn_count=inflight.get(v.address, 0), start_healthy=ctx.start_healthy, at=at)
-            for v in views
-        ]
+        return BackendOut.of_views(views, await store.global_inflight(), start_healthy=ctx.start_healthy)
 
     @post(
         "/",
@@ -105,7 +98,7 @@ class BackendsController(Controller):
         addr = path_address(address)
         if data.address is not None and data.address != addr:
             raise InvalidRequest("address", f"the body names {data.address} but the path {addr}")
-        updated = await store.update_backend(addr, {"weight": data.weight})
+        updated = (await store.update_backend(addr, {"weight": data.weight})).backend
         log.info("backend weight set", address=updated.address, weight=updated.weight)
         return await present_written(store, updated, start_healthy=ctx.start_healthy)
 
@@ -123,7 +116,7 @@ class BackendsController(Controller):
             changes["weight"] = data.weight
         if data.state is not None:
             changes["state"] = data.state
-        updated = await store.update_backend(path_address(address), changes)
+        updated = (await store.update_backend(path_address(address), changes)).backend
         log.info("backend updated", address=updated.address, **changes)
         return await present_written(store, updated, start_healthy=ctx.start_healthy)
 
@@ -148,14 +141,13 @@ class BackendsController(Controller):
         ctx = context_of(state)
         store = ctx.require_store()
         addr = path_address(address)
-        before = await store.get_backend(addr)
-        updated = await store.update_backend(addr, {"state": target})
+        result = await store.update_backend(addr, {"state": target})
         log.info("backend state set", address=addr, state=target)
-        out = await present_written(store, updated, start_healthy=ctx.start_healthy)
+        out = await present_written(store, result.backend, start_healthy=ctx.start_healthy)
         return StateChange(
             address=addr,
-            state=updated.state,
-            changed=before is None or before.backend.state != updated.state,
+            state=result.backend.state,
+            changed=result.outcome != "unchanged",
             in_flight=out.conn_count,
             backend=out,
         )

@@ -45,19 +45,18 @@ def _read(name: str) -> bytes:
     return (resources.files("services.admin") / "static" / name).read_bytes()
 
 
-def _etag(body: bytes) -> str:
-    return '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+def _asset(body: bytes, media_type: str) -> Asset:
+    return Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
 
 
 @cache
 def assets() -> dict[str, Asset]:
     """The page (with asset URLs stamped with their hashes) and the assets, read once from the package."""
-    out = {name: Asset(_read(name), media_type, _etag(_read(name))) for name, media_type in ASSETS.items()}
+    out = {name: _asset(_read(name), media_type) for name, media_type in ASSETS.items()}
     page = _read(PAGE).decode()
     for name, asset in out.items():
         page = page.replace(f'"static/{name}"', f'"static/{name}?v={asset.etag.strip(chr(34))}"')
-    body = page.encode()
-    out[PAGE] = Asset(body, "text/html", _etag(body))
+    out[PAGE] = _asset(page.encode(), "text/html")
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncGenerator
 from typing import cast
 
@@ -22,7 +21,8 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from services.admin.context import AdminContext, context_of
 from services.admin.problems import problem_responses
-from services.admin.schemas import AlgorithmOut, BackendOut
+from services.admin.schemas import AlgorithmOut, BackendOut, SnapshotOut
+from shared.aio import cancel_and_wait
 from shared.models import Event, Snapshot
 from shared.store import UNAVAILABLE, Store
 
@@ -30,24 +30,16 @@ KEEPALIVE_SEC = 15.0
 _encoder = msgspec.json.Encoder()
 
 
-class SnapshotOut(msgspec.Struct, kw_only=True):
-    version: int
-    backends: list[BackendOut]
-    algorithm: AlgorithmOut
-
-
 async def _snapshot_message(store: Store, snap: Snapshot, start_healthy: bool) -> ServerSentEventMessage:
     try:
         inflight = await store.global_inflight()
     except UNAVAILABLE:
         inflight = {}
-    at = time.time()
     body = SnapshotOut(
         version=snap.version,
-        backends=[
-            BackendOut.of(v, conn_count=inflight.get(v.address, 0), start_healthy=start_healthy, at=at)
-            for v in sorted(snap.backends.values(), key=lambda v: v.address)
-        ],
+        backends=BackendOut.of_views(
+            sorted(snap.backends.values(), key=lambda v: v.address), inflight, start_healthy=start_healthy
+        ),
         algorithm=AlgorithmOut.of(snap.algorithm),
     )
     return ServerSentEventMessage(data=_encoder.encode(body).decode(), event="snapshot", id=str(snap.version))
@@ -92,12 +84,7 @@ async def stream(ctx: AdminContext, keepalive: float = KEEPALIVE_SEC) -> AsyncGe
                 yield ServerSentEventMessage(comment="keep-alive")
     finally:
         ctx.event_streams -= 1
-        tasks = [t for t in (getter, watcher, closing) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, *UNAVAILABLE):
-                await task
+        await cancel_and_wait(t for t in (getter, watcher, closing) if t is not None)
 
 
 @get(

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import uvicorn
 from litestar import Litestar
 
-from services.admin.app import SERVICE, context, create_app
+from services.admin.app import SERVICE, create_app
+from services.admin.context import context_of
 from shared.addresses import parse_address
 from shared.config import Config
 from shared.logs import get_logger
@@ -69,7 +70,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                 raise SystemExit(1)
             return
         log.info("admin API stopping")
-        context(app).closing.set()  # end open event streams so connections can close
+        context_of(app.state).closing.set()  # end open event streams so connections can close
         server.should_exit = True
         await serving
     finally:

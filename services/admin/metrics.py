@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -98,10 +99,9 @@ class AdminMetrics:
         self.totals = RequestTotals()
         r.register(self.totals)
 
-    def observe_state(
-        self, snap: Snapshot, replicas: list[ReplicaInfo], inflight: dict[str, int], *, start_healthy: bool
-    ) -> None:
-        """Set the store gauges from one consistent read. Synchronous: scrapes cannot interleave."""
+    def observe_state(self, snap: Snapshot, replicas: list[ReplicaInfo], *, start_healthy: bool) -> None:
+        """Set the store gauges and request totals from one consistent read. Synchronous: scrapes cannot
+        interleave. Not called while Redis is down: the totals are then kept as they were."""
         self.redis_up.set(1)
         self.version.set(snap.version)
         counts = {(h, s): 0 for h in HEALTH_STATES for s in ADMIN_STATES}
@@ -114,9 +114,12 @@ class AdminMetrics:
         for (health, state), n in counts.items():
             self.backends.labels(health=health, state=state).set(n)
         self.usable.set(usable)
+        inflight: collections.Counter[str] = collections.Counter()  # summed over live replicas
+        for replica in replicas:
+            inflight.update(replica.inflight)
         self.inflight.clear()
         for view in views:
-            self.inflight.labels(address=view.address).set(inflight.get(view.address, 0))
+            self.inflight.labels(address=view.address).set(inflight[view.address])
         self.replicas.clear()
         by_service: dict[str, int] = {}
         for replica in replicas:
@@ -125,9 +128,6 @@ class AdminMetrics:
             self.replicas.labels(service=service).set(n)
         for name in ALGORITHMS:
             self.algorithm.labels(algorithm=name).set(1 if name == snap.algorithm.name else 0)
-
-    def observe_totals(self, replicas: list[ReplicaInfo]) -> None:
-        """Replace the request totals with those of the live replicas (kept as they were while Redis is down)."""
         self.totals.update(replicas)
 
     def store_down(self) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Iterable, Mapping
 from typing import Annotated
 
 import msgspec
 
-from shared.addresses import normalize_address, parse_address
+from shared.addresses import normalize_address
 from shared.config import Algorithm
 from shared.models import AdminState, AlgorithmSetting, BackendView, HealthStatus, Origin
 
@@ -24,6 +26,14 @@ Address = Annotated[
 HASH_KEY = re.compile(r"client_ip|header:[!#$%&'*+.^_`|~0-9A-Za-z-]+|cookie:[^\s;=]+")
 
 
+def checked_address(value: str) -> str:
+    """``value`` in its canonical spelling; otherwise a ValueError naming the `address` field."""
+    try:
+        return normalize_address(value)
+    except ValueError as exc:
+        raise ValueError(f"address: {exc}") from None
+
+
 class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
@@ -36,11 +46,7 @@ class BackendCreate(_Request):
     state: AdminState = "enabled"
 
     def __post_init__(self) -> None:
-        try:
-            parse_address(self.address)
-        except ValueError as exc:
-            raise ValueError(f"address: {exc}") from None
-        self.address = normalize_address(self.address)
+        self.address = checked_address(self.address)
 
 
 class BackendReplace(_Request):
@@ -54,10 +60,7 @@ class BackendReplace(_Request):
 
     def __post_init__(self) -> None:
         if self.address is not None:
-            try:
-                self.address = normalize_address(self.address)
-            except ValueError as exc:
-                raise ValueError(f"address: {exc}") from None
+            self.address = checked_address(self.address)
 
 
 class BackendPatch(_Request):
@@ -111,6 +114,14 @@ class BackendOut(msgspec.Struct, kw_only=True):
     updated_at: float
 
     @classmethod
+    def of_views(
+        cls, views: Iterable[BackendView], inflight: Mapping[str, int], *, start_healthy: bool
+    ) -> list[BackendOut]:
+        """Each view with its global in-flight count (``inflight`` by address), judged at one instant."""
+        at = time.time()
+        return [cls.of(v, conn_count=inflight.get(v.address, 0), start_healthy=start_healthy, at=at) for v in views]
+
+    @classmethod
     def of(cls, view: BackendView, *, conn_count: int, start_healthy: bool, at: float) -> BackendOut:
         b = view.backend
         ejected = view.ejected(at)
@@ -159,6 +170,14 @@ class AlgorithmOut(msgspec.Struct, kw_only=True):
             updated_at=setting.updated_at,
             changed=changed,
         )
+
+
+class SnapshotOut(msgspec.Struct, kw_only=True):
+    """The `snapshot` event of `GET /events`: the whole state."""
+
+    version: int
+    backends: list[BackendOut]
+    algorithm: AlgorithmOut
 
 
 class ReplicaOut(msgspec.Struct, kw_only=True):

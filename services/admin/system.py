@@ -97,12 +97,7 @@ async def metrics(state: State) -> Response[bytes]:
     except UNAVAILABLE:
         ctx.metrics.store_down()
     else:
-        inflight: dict[str, int] = {}
-        for replica in live:
-            for addr, count in replica.inflight.items():
-                inflight[addr] = inflight.get(addr, 0) + count
-        ctx.metrics.observe_state(snap, live, inflight, start_healthy=ctx.start_healthy)
-        ctx.metrics.observe_totals(live)
+        ctx.metrics.observe_state(snap, live, start_healthy=ctx.start_healthy)
     ctx.metrics.event_streams.set(ctx.event_streams)
     return Response(ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -25,17 +25,9 @@ class Desired:
     def publish(self, backends: Mapping[str, Backend]) -> bool:
         """Replace the set; True (and waiters woken) when it differs from the current one."""
         new = dict(backends)
-        if self.value is not None and _same(self.value, new):
+        if self.value == new:  # Backend Structs compare field by field (sources set no timestamps)
             return False
         self.value = new
         self.generation += 1
         self.changed.set()
         return True
-
-
-def _key(b: Backend) -> tuple[str, int, str, str]:
-    return (b.address, b.weight, b.origin, b.state)
-
-
-def _same(a: Mapping[str, Backend], b: Mapping[str, Backend]) -> bool:
-    return a.keys() == b.keys() and all(_key(a[k]) == _key(b[k]) for k in a)

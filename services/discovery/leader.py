@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import time
 
+from redis.exceptions import RedisError
+
 from services.discovery import reconcile
 from services.discovery.desired import Desired
 from shared.logs import get_logger
@@ -49,6 +51,8 @@ class Leader:
         self.renew = self.lease_ttl / 3
         self.lease: Lease | None = None
         self.reconciles = 0  # completed reconciles as leader (tests and logs)
+        self.changes = {"added": 0, "updated": 0, "removed": 0}  # backends written by this replica (metrics)
+        self.errors = 0  # reconciles cut short by a failed store call (metrics)
         self.is_leader = asyncio.Event()
         self._conflicts: set[str] = set()
         self._applied = -1  # the desired generation last reconciled in this term
@@ -56,7 +60,7 @@ class Leader:
     async def _tick_lease(self) -> None:
         try:
             lease = await self.store.acquire_lease(LEASE, self.holder, self.lease_ttl, held=self.lease)
-        except UNAVAILABLE as exc:
+        except (*UNAVAILABLE, RedisError) as exc:
             if self.lease is not None:
                 log.warning("cannot renew the lease; writes will be refused if it lapses", error=str(exc))
             return
@@ -70,19 +74,26 @@ class Leader:
         self.lease = lease
 
     async def _reconcile(self) -> bool:
-        """One reconcile as leader; False when it must be retried (redis unreachable)."""
+        """One reconcile as leader; False when it must be retried (redis unreachable or refusing writes)."""
         assert self.lease is not None and self.desired.value is not None
         generation = self.desired.generation
+        outcome = reconcile.Outcome()
         try:
-            outcome = await reconcile.apply(self.store, self.desired.value, self.origin, self.fields, self.lease)
+            await reconcile.apply(self.store, self.desired.value, self.origin, self.fields, self.lease, outcome)
         except Fenced:
+            self.errors += 1
             log.warning("write fenced: another replica leads now; standing by", lease=self.lease.value)
             self.lease = None
             self.is_leader.clear()
             return True
-        except UNAVAILABLE as exc:
+        except (*UNAVAILABLE, RedisError) as exc:
+            self.errors += 1
             log.warning("cannot reconcile: redis unreachable", error=str(exc) or type(exc).__name__)
             return False
+        finally:  # the writes that landed count, also those of a reconcile cut short
+            self.changes["added"] += outcome.added
+            self.changes["updated"] += outcome.updated
+            self.changes["removed"] += outcome.removed
         for address in sorted(set(outcome.conflicts) - self._conflicts):
             log.info("address held by another origin; left alone", address=address)
         self._conflicts = set(outcome.conflicts)
@@ -126,7 +137,7 @@ class Leader:
                         waiter.cancel()
         finally:
             if self.lease is not None:
-                with contextlib.suppress(*UNAVAILABLE):
+                with contextlib.suppress(*UNAVAILABLE, RedisError):
                     await self.store.release_lease(self.lease)
                 log.info("lease released", lease=self.lease.value)
                 self.lease = None

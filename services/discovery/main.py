@@ -2,14 +2,14 @@
 
 ``python -m services.discovery --config FILE``. Every replica runs the configured source (so a
 standby always holds a current desired set); the replica holding the ``discovery`` lease
-reconciles the store to it. The static source needs the config file's path to watch it: ``main``
-reads it with the same argument parser as ``run_service`` (``--config``, else ``$GOBALANCER_CONFIG``).
+reconciles the store to it. The static source needs the config file's path to watch it:
+``run_service`` exports the path it was given as ``$GOBALANCER_CONFIG``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import os
 import sys
 
 from services.discovery.desired import Desired
@@ -21,29 +21,35 @@ from shared.config import Config
 from shared.logs import get_logger
 from shared.metrics import metrics_server
 from shared.replica import Replica
-from shared.service import open_store, parse_args, require_redis_url, run_service
+from shared.service import open_store, require_redis_url, run_service
 
 SERVICE = "discovery"
 log = get_logger("discovery")
 
 
 async def run(config: Config, stop: asyncio.Event, config_path: str | None = None) -> None:
+    """``config_path``: the file the static source watches; by default the one ``run_service`` was given."""
     require_redis_url(SERVICE, config)
+    if config_path is None:
+        config_path = os.environ.get("GOBALANCER_CONFIG")
     try:
         source = make_source(config, config_path)
     except ValueError as exc:
         print(f"gobalancer {SERVICE}: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     store = open_store(config)
-    replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
+    beat = config.redis.heartbeat_sec  # no in-flight counts here: wake only to heartbeat
+    replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=beat, flush_interval=beat)
     desired = Desired()
     metrics = DiscoveryMetrics(
         source.origin,
         leading=lambda: leader.is_leader.is_set(),
         source_running=lambda: not source_task.done(),
+        changes=lambda: leader.changes,
+        errors=lambda: leader.errors,
     )
     leader = Leader(
-        metrics.instrument(store),
+        store,
         desired,
         origin=source.origin,
         fields=source.fields,
@@ -53,33 +59,23 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
     log.info("discovery starting", source=config.discovery.type, replica=replica.id)
     source_task = asyncio.create_task(source.run(metrics.wrap_publish(desired.publish)), name="source")
     tasks = [asyncio.create_task(replica.run(), name="heartbeat"), source_task]
-    exits = contextlib.AsyncExitStack()
     try:
-        served = metrics_server(config.metrics.discovery_listen_address, registry_for(metrics))
-        replica.info.metrics = await exits.enter_async_context(served)
-        leading = asyncio.create_task(leader.run(stop), name="leader")
-        # The leader returns when `stop` is set; a source or heartbeat that dies is a bug: stop too.
-        done, _ = await asyncio.wait([leading, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not leading and task.exception() is not None:
-                log.error("discovery task failed", task=task.get_name(), error=repr(task.exception()))
-        if not leading.done():
-            stop.set()
-            await leading
+        async with metrics_server(config.metrics.discovery_listen_address, registry_for(metrics)) as bound:
+            replica.info.metrics = bound
+            leading = asyncio.create_task(leader.run(stop), name="leader")
+            # The leader returns when `stop` is set; a source or heartbeat that dies is a bug: stop too.
+            done, _ = await asyncio.wait([leading, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task.exception() is not None:
+                    log.error("discovery task failed", task=task.get_name(), error=repr(task.exception()))
+            if not leading.done():
+                stop.set()
+            await leading  # re-raises a leader's failure: the process must not exit 0 with discovery dead
     finally:
-        await exits.aclose()
         await cancel_and_wait(tasks)  # re-cancels: 3.11 can lose a cancel inside redis-py
-        try:
-            await replica.deregister()
-        except Exception as exc:  # the heartbeat expires by itself; a failed goodbye must not fail the exit
-            log.warning("cannot deregister the replica", error=str(exc) or repr(exc))
+        await replica.deregister()
         await store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    path = parse_args(SERVICE, argv).config
-
-    async def run_with_path(config: Config, stop: asyncio.Event) -> None:
-        await run(config, stop, path)
-
-    return run_service(SERVICE, run_with_path, argv)
+    return run_service(SERVICE, run, argv)

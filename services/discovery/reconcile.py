@@ -57,9 +57,14 @@ def plan(
 
 @dataclass
 class Outcome:
-    written: int = 0
+    added: int = 0
+    updated: int = 0
     removed: int = 0
     conflicts: list[str] = field(default_factory=list)
+
+    @property
+    def written(self) -> int:
+        return self.added + self.updated
 
 
 async def apply(
@@ -68,11 +73,17 @@ async def apply(
     origin: Origin,
     fields: tuple[str, ...],
     lease: Lease | None,
+    result: Outcome | None = None,
 ) -> Outcome:
-    """Read the store, plan, write. Raises ``Fenced`` when the lease is gone (the caller steps down)."""
+    """Read the store, plan, write. Raises ``Fenced`` when the lease is gone (the caller steps down).
+
+    The writes are counted into ``result`` as they land: a caller that passes its own still sees
+    the writes of a reconcile that raised part-way.
+    """
     current = {view.address: view.backend for view in await store.list_backends()}
     todo = plan(desired, current, origin, fields)
-    result = Outcome(conflicts=list(todo.conflicts))  # the caller logs new ones (a reconcile repeats)
+    result = result if result is not None else Outcome()
+    result.conflicts = list(todo.conflicts)  # the caller logs new ones (a reconcile repeats)
     for backend in todo.upserts:
         try:
             written = await store.upsert_backend(backend, fields=fields, guard_origin=origin, fence=lease)
@@ -80,7 +91,10 @@ async def apply(
             result.conflicts.append(backend.address)
             continue
         if written.outcome != "unchanged":
-            result.written += 1
+            if written.outcome == "backend_added":
+                result.added += 1
+            else:
+                result.updated += 1
             log.info(written.outcome, address=backend.address, weight=backend.weight, state=written.backend.state)
     for address in todo.removals:
         try:

@@ -1,5 +1,5 @@
-"""Prometheus metrics of the health checker (in the default registry; exposure over HTTP comes with
-the metrics endpoint every service will share — nothing here opens a port).
+"""Prometheus metrics of the health checker, in the default registry (``main.py`` serves it on
+``metrics.health_listen_address``; nothing here opens a port).
 
 Per-backend series are removed when a backend leaves the store, so the label set stays bounded by
 the number of live backends.

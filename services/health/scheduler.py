@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -50,7 +49,6 @@ class Target:
         "ejected",
         "first_verdict_at",
         "last_start",
-        "last_verdict",
         "max_gap",
         "metrics",
         "probe",
@@ -70,7 +68,6 @@ class Target:
         self.reason = ""
         self.task: asyncio.Task[None] | None = None
         self.probes = 0
-        self.last_verdict: Verdict | None = None
         self.first_verdict_at = 0.0  # monotonic
         self.last_start = 0.0  # monotonic
         self.max_gap = 0.0  # longest time between two probe starts
@@ -221,7 +218,6 @@ class Scheduler:
             target.first_verdict_at = started + elapsed
         target.probes += 1
         target.last_start = started
-        target.last_verdict = verdict
         target.metrics.probe(verdict.ok, elapsed)
         before = target.state.status
         after = target.state.observe(verdict.ok)
@@ -260,8 +256,3 @@ class Scheduler:
         target.written = status
         if status == "up":
             target.ejected = False
-
-    # -- introspection (tests, logs) ---------------------------------------------------------
-
-    def status(self) -> dict[str, Any]:
-        return {a: t.state.status for a, t in self.targets.items()}

@@ -60,10 +60,7 @@ class HealthService:
         self.ttl = float(config.lease_ttl_sec)
         self.renew_every = self.ttl / 3
         self.poll_every = min(self.ttl / 10, 1.0)
-        self.lease: Lease | None = None
-        self.scheduler: Scheduler | None = None
         self.leading = asyncio.Event()  # set while this replica leads (tests wait on it)
-        self.terms = 0  # how many times this replica became the leader
 
     async def run(self, stop: asyncio.Event) -> None:
         """Alternate between standby and leader until ``stop`` is set; release the lease on the way out."""
@@ -99,11 +96,8 @@ class HealthService:
         return None
 
     async def _lead(self, lease: Lease, stop: asyncio.Event) -> None:
-        self.lease = lease
-        self.terms += 1
         log.info("leading: probing backends", lease=lease.value)
         scheduler = Scheduler(self.store, self.config, fence=lease, prober=self.prober)
-        self.scheduler = scheduler
         self.leading.set()
         metrics.LEADER.set(1)
         probing = asyncio.create_task(scheduler.run(), name="health scheduler")
@@ -116,8 +110,6 @@ class HealthService:
             await cancel_and_wait(tasks)
             self.leading.clear()
             metrics.LEADER.set(0)
-            self.scheduler = None
-            self.lease = None
         failure = None if probing.cancelled() else probing.exception()
         crashed = failure if isinstance(failure, Exception) and not isinstance(failure, LeaseLost) else None
         if crashed is not None:

@@ -37,12 +37,16 @@ class Outcome(NamedTuple):
     """
 
     ok: bool  # False: connect failure, reset, timeout, or (HTTP) a 5xx response
-    latency: float | None = None  # seconds until the response head (HTTP) or connect (TCP)
+    # Seconds. HTTP: the whole attempt (from its start, connect included, to the end of the response),
+    # only for a response that completed; TCP: the time to connect. None otherwise.
+    latency: float | None = None
     status: int | None = None  # HTTP status when a response arrived
     connect_failed: bool = False
 
 
 class Balancer(Protocol):
+    hash_key: str  # where the affinity key comes from: "client_ip", "header:NAME" or "cookie:NAME"
+
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
         """An upstream for a request whose affinity key is ``key`` (client IP, header or cookie
         value), avoiding the addresses in ``exclude`` (already tried). None: nothing usable."""
@@ -62,12 +66,13 @@ class StaticRoundRobin:
     """Round robin over the configured backends, all considered usable. The simplest Balancer."""
 
     upstreams: list[Upstream]
+    hash_key: str = "client_ip"
     inflight: dict[str, int] = field(default_factory=dict)
     _counter: itertools.count[int] = field(default_factory=itertools.count)
 
     @classmethod
     def from_config(cls, config: Config) -> StaticRoundRobin:
-        return cls([Upstream.from_address(b.address) for b in config.backends])
+        return cls([Upstream.from_address(b.address) for b in config.backends], config.balancing.hash_key)
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
         n = len(self.upstreams)

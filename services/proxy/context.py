@@ -44,7 +44,6 @@ class Context:
         self.exporter: SpanExporter | None = make_exporter(config.tracing) if config.tracing.propagate else None
         self._stall_timer: asyncio.TimerHandle | None = None
         self._key_spec = ""
-        self._live_key = hasattr(balancer, "hash_key")  # decided once: no attribute lookup miss per request
         self._key_source: tuple[bytes | None, bytes | None] = (None, None)
         self.draining = False
         self.connections: set[ClientConnection | TcpClient] = set()
@@ -53,9 +52,9 @@ class Context:
     def key_source(self) -> tuple[bytes | None, bytes | None]:
         """(header name, cookie name) the affinity key comes from; (None, None): the client IP.
 
-        It can change live (the store's algorithm setting), so it is read from the balancer when it has
-        one, and parsed again only when the spec string changes."""
-        spec: str = (self.balancer.hash_key if self._live_key else "") or self.config.balancing.hash_key  # type: ignore[attr-defined]
+        It can change live (the store's algorithm setting), so it is read from the balancer on each call,
+        and parsed again only when the spec string changes."""
+        spec = self.balancer.hash_key
         if spec != self._key_spec:
             self._key_spec = spec
             if spec.startswith("header:"):
@@ -80,21 +79,31 @@ class Context:
     def _check_stalls(self) -> None:
         now = self.loop.time()
         for conn in list(self.connections):
-            check = getattr(conn, "check_stall", None)
-            if check is not None:
-                check(now)
+            conn.check_stall(now)
         self._stall_timer = self.loop.call_later(self._stall_tick, self._check_stalls)
 
     def close(self) -> None:
-        """The server stopped: timers off, logs flushed, spans handed to the exporter's thread."""
+        """The server stopped: timers off, access log flushed, pool closed (the span exporter is shut down
+        by ``Server.stop``, off the loop)."""
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
         if self.access_log is not None:
             self.access_log.close()
-        if self.exporter is not None:
-            self.exporter.shutdown()
         self.pool.close()
+
+    # -- counters shared by the HTTP and TCP paths ----------------------------------------------
+
+    def count_retry(self, address: str) -> None:
+        """Another attempt after the one against ``address`` failed."""
+        self.stats.retries += 1
+        if self.metrics_on:
+            self.stats.backend(address).retries += 1
+
+    def count_connect_failure(self, address: str) -> None:
+        self.stats.connect_failures += 1
+        if self.metrics_on:
+            self.stats.backend(address).connect_errors += 1
 
     def forget(self, conn: ClientConnection | TcpClient) -> None:
         self.connections.discard(conn)

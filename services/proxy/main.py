@@ -18,9 +18,10 @@ from services.proxy.balancer import Balancer, StaticRoundRobin
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
 from services.proxy.store_balancer import open_store_balancer
+from shared.addresses import with_port_offset
 from shared.config import Config
 from shared.logs import get_logger
-from shared.metrics import metrics_server, with_port_offset
+from shared.metrics import metrics_server
 from shared.processes import die_with_parent
 from shared.service import open_store, run_service
 
@@ -29,7 +30,7 @@ log = get_logger("proxy")
 
 
 @contextlib.asynccontextmanager
-async def make_balancer(config: Config, stop: asyncio.Event) -> AsyncIterator[Balancer]:
+async def make_balancer(config: Config) -> AsyncIterator[Balancer]:
     """The Balancer the data plane asks for backends.
 
     With a Redis URL: the Redis-coordinated StoreBalancer (local view kept by pub/sub and snapshots,
@@ -81,12 +82,12 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     if config.proxy.workers > 1:
         workers = await _spawn_workers(config.proxy.workers - 1, config.metrics.proxy_listen_address)
     try:
-        async with make_balancer(config, stop) as balancer:
+        async with make_balancer(config) as balancer:
             server = Server(config, balancer, reuse_port=True)
             await server.start()
             replica = getattr(balancer, "replica", None)
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
-            registry = proxy_registry(lambda: server.ctx.stats if server.ctx else None, balancer, info)
+            registry = proxy_registry(lambda: server.context.stats, balancer, info)
             async with metrics_server(config.metrics.proxy_listen_address, registry) as bound:
                 if replica is not None:
                     replica.info.metrics = bound

@@ -19,7 +19,6 @@ from shared.models import Ejection
 
 @dataclass
 class _State:
-    consecutive: int = 0
     ejections: int = 0  # recent ejections (drives the growing interval)
     last_until: float = 0.0
 
@@ -29,7 +28,9 @@ class OutlierDetector:
         self.config = config
         self.replica_id = replica_id
         self._state: dict[str, _State] = {}
-        self.failing: set[str] = set()  # backends with consecutive failures (successes reset them)
+        # Consecutive failures per backend, only while there are some (a success ends the streak): the
+        # hot path's success check is whether this is empty.
+        self.failing: dict[str, int] = {}
         self.refused = 0  # ejections refused by the max_ejection_percent cap
 
     def record(
@@ -56,24 +57,21 @@ class OutlierDetector:
             state = self._state[address] = _State()
         if current is not None and current.until > at:
             return None  # already out: late failures of requests started before do not extend it
-        state.consecutive += 1
-        self.failing.add(address)
-        if state.consecutive < self.config.consecutive_failures:
+        streak = self.failing[address] = self.failing.get(address, 0) + 1
+        if streak < self.config.consecutive_failures:
             return None
-        self.failing.discard(address)  # every path below starts counting again from zero
+        del self.failing[address]  # every path below starts counting again from zero
         ejected_now = ejected() if callable(ejected) else ejected
         if (ejected_now + 1) * 100 > self.config.max_ejection_percent * pool_size:
             # Refused (too much of the pool is out). Start counting again, so that a broad outage
             # costs one O(n) count per `consecutive_failures` failures, not one per failure.
             self.refused += 1
-            state.consecutive = 0
             return None
         recent = state.ejections if at - state.last_until < self.config.max_ejection_sec else 0
         if current is not None and at - current.until < self.config.max_ejection_sec:
             recent = max(recent, current.count)  # another replica's history counts too
         count = recent + 1
         duration = min(self.config.base_ejection_sec * count, self.config.max_ejection_sec)
-        state.consecutive = 0
         state.ejections = count
         state.last_until = at + duration
         return Ejection(
@@ -85,13 +83,11 @@ class OutlierDetector:
 
     def succeeded(self, address: str) -> None:
         """A successful attempt (the caller may skip this while ``failing`` is empty)."""
-        if address in self.failing:
-            self._state[address].consecutive = 0
-            self.failing.discard(address)
+        self.failing.pop(address, None)
 
     def tracked(self) -> list[str]:
         return list(self._state)
 
     def forget(self, address: str) -> None:
         self._state.pop(address, None)
-        self.failing.discard(address)
+        self.failing.pop(address, None)

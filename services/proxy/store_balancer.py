@@ -217,7 +217,6 @@ class StoreBalancer:
                 pass  # no loop (pure use): build here
             else:
                 self._building = loop.create_task(self._build_in_background(), name="balancer-rebuild")
-                self._slow = True
                 return
         self.rebuild()
 
@@ -230,12 +229,20 @@ class StoreBalancer:
         override = self.view.algorithm.hash_epsilon
         self.env.hash_epsilon = self.config.balancing.hash_epsilon if override is None else override
 
-    def rebuild(self, at: float | None = None) -> None:
-        """Build the policy from the view here and now: O(n), on view changes only."""
+    def _behind(self) -> bool:
+        """The view changed, or a time-based change fell due, since the policy in force was built."""
+        return self._dirty or self.clock() >= self._next_change
+
+    def _build_inputs(self, *, copy: bool, at: float | None = None) -> tuple[str, ViewState, float, float]:
+        """What a build reads, taken on the loop: policy name, view state, time, slow-start window."""
         now = self.clock() if at is None else at
         self.view.end_carry(now)
         self._apply_settings()
-        result, policy = _build(self.algorithm, self.view.state(copy=False), now, self.slow_start_sec, self.env)
+        return self.algorithm, self.view.state(copy=copy), now, self.slow_start_sec
+
+    def rebuild(self, at: float | None = None) -> None:
+        """Build the policy from the view here and now: O(n), on view changes only."""
+        result, policy = _build(*self._build_inputs(copy=False, at=at), self.env)
         self._install(result, policy)
         self._dirty = False
         self._settle()
@@ -265,17 +272,12 @@ class StoreBalancer:
         changes that arrive during a build are folded into the next round, built from the latest view."""
         loop = asyncio.get_running_loop()
         try:
-            while self._dirty or self.clock() >= self._next_change:
+            while self._behind():
                 self._dirty = False
                 installs = self.rebuilds
                 if not isinstance(self.policy, Journaled):
                     self.policy = Journaled(self.policy)  # remembers count changes during the build
-                self._apply_settings()
-                self.view.end_carry(self.clock())
-                state, now, name = self.view.state(), self.clock(), self.algorithm
-                result, policy = await loop.run_in_executor(
-                    None, _build, name, state, now, self.slow_start_sec, self.env
-                )
+                result, policy = await loop.run_in_executor(None, _build, *self._build_inputs(copy=True), self.env)
                 if self.rebuilds == installs:  # else a synchronous rebuild() installed a newer one meanwhile
                     self._install(result, policy)
         except Exception as exc:  # a bug: keep serving with the policy in force, retry on the next change
@@ -353,7 +355,7 @@ class StoreBalancer:
         return self._upstreams[address] if address is not None else None
 
     def _pick_slow(self, key: str, exclude: Collection[str]) -> Upstream | None:
-        if self._dirty or self.clock() >= self._next_change:
+        if self._behind():
             self._refresh_policy()
         elif self._timed and self._building is None:
             self._settle()  # a timer that fired early: arm it again
@@ -436,29 +438,23 @@ class StoreBalancer:
                 await asyncio.sleep(1.0)
 
     async def refresh(self) -> None:
-        reachable = True
         while True:
             self.refresh_rounds += 1
-            if not self._policy.uses_counts:
-                # Round robin and weighted never read counts: no Redis read every interval. What
-                # was read before is dropped, so a switch back starts from this replica's exact
-                # counts (the next read follows within one interval).
-                for address in self.counts.set_others({}):
-                    self.policy.count_changed(address)
-                self._refresh_ok = reachable = True
-                await asyncio.sleep(self.refresh_interval)
-                continue
-            try:
-                others = await self.store.global_inflight(exclude=self.replica.id)
-            except (*UNAVAILABLE, RedisError) as exc:
-                if reachable:
-                    log.warning("cannot read global in-flight counts; using the last ones", error=str(exc))
-                    reachable = False
-            else:
-                reachable = True
+            others: dict[str, int] | None = {}
+            # Round robin and weighted never read counts: no Redis read every interval. What was read
+            # before is dropped, so a switch back starts from this replica's exact counts (the next
+            # read follows within one interval).
+            if self._policy.uses_counts:
+                try:
+                    others = await self.store.global_inflight(exclude=self.replica.id)
+                except (*UNAVAILABLE, RedisError) as exc:
+                    if self._refresh_ok:  # (once per outage)
+                        log.warning("cannot read global in-flight counts; using the last ones", error=str(exc))
+                    others = None
+            if others is not None:
                 for address in self.counts.set_others(others):
                     self.policy.count_changed(address)
-            self._refresh_ok = reachable
+            self._refresh_ok = others is not None
             await asyncio.sleep(self.refresh_interval)
 
     async def publish(self) -> None:
@@ -487,10 +483,9 @@ class StoreBalancer:
         if not self.first_snapshot.is_set():
             log.warning("no snapshot from the store yet; serving the configured backends", waited_sec=wait)
             self.view.load_static(self.config)
-            self._sync_hash_key()
             self._mark_dirty()
-        self._dirty = self._slow = True
-        self._refresh_policy()
+        if self._dirty:  # (else the rebuild scheduled by the snapshot already ran)
+            self._refresh_policy()
         await self.built()
 
 

@@ -1,9 +1,9 @@
 """TCP mode: a byte relay with half-close, backpressure both ways and an optional PROXY protocol header.
 
-A client connection is paused until an upstream is connected (tried on other backends on connect
-failure); then bytes flow both ways. EOF on one side becomes ``write_eof`` on the other; the
-relay ends when both directions are done or either side closes. Each side's ``pause_writing``
-pauses reading on the other side.
+Bytes from the client queue until an upstream is connected (tried on other backends on connect
+failure; reading the client pauses if the queue passes the high-water mark); then bytes flow both
+ways. EOF on one side becomes ``write_eof`` on the other; the relay ends when both directions are
+done or either side closes. Each side's ``pause_writing`` pauses reading on the other side.
 """
 
 from __future__ import annotations
@@ -75,6 +75,7 @@ class TcpClient(asyncio.Protocol):
         self.up: _UpstreamSide | None = None
         self.upstream: Upstream | None = None
         self.pending: list[bytes] = []
+        self.pending_size = 0
         self.closed = False
         self.client_eof = False
         self.upstream_eof_seen = False
@@ -86,10 +87,6 @@ class TcpClient(asyncio.Protocol):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
-
-    @property
-    def busy(self) -> bool:
-        return True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
@@ -115,9 +112,7 @@ class TcpClient(asyncio.Protocol):
             if upstream is None:
                 break
             if attempt:
-                ctx.stats.retries += 1
-                if ctx.metrics_on:
-                    ctx.stats.backend(tried[-1]).retries += 1
+                ctx.count_retry(tried[-1])
             tried.append(upstream.address)
             ctx.balancer.started(upstream)
             start = time.perf_counter()  # loop.time() is in whole ms under uvloop
@@ -132,11 +127,9 @@ class TcpClient(asyncio.Protocol):
                 ctx.balancer.finished(upstream, Outcome(ok=True))
                 raise
             except (TimeoutError, OSError) as exc:
-                ctx.stats.connect_failures += 1
+                ctx.count_connect_failure(upstream.address)
                 if ctx.metrics_on:
-                    b = ctx.stats.backend(upstream.address)
-                    b.connect_errors += 1
-                    b.finished(None, time.perf_counter() - start, None)
+                    ctx.stats.backend(upstream.address).finished(None, time.perf_counter() - start, None)
                 ctx.balancer.finished(upstream, Outcome(ok=False, connect_failed=True))
                 log.debug("connect failed", upstream=upstream.address, error=str(exc) or type(exc).__name__)
                 continue
@@ -155,6 +148,7 @@ class TcpClient(asyncio.Protocol):
             if self.pending:
                 proto.transport.writelines(self.pending)
                 self.pending = []
+                self.pending_size = 0
             if proto.transport.get_write_buffer_size() <= ctx.high_water:
                 self.resume_client()
             if self.client_eof and proto.transport.can_write_eof():
@@ -171,7 +165,8 @@ class TcpClient(asyncio.Protocol):
             up.transport.write(data)
         else:
             self.pending.append(data)
-            if sum(len(p) for p in self.pending) > self.ctx.high_water:
+            self.pending_size += len(data)
+            if self.pending_size > self.ctx.high_water:
                 self.pause_client()
 
     def eof_received(self) -> bool:
@@ -260,6 +255,9 @@ class TcpClient(asyncio.Protocol):
 
     def drain(self, grace: float) -> None:
         """TCP connections are not interrupted by a drain; they end on their own or at the deadline."""
+
+    def check_stall(self, now: float) -> None:
+        """No stall sweep in TCP mode: an idle relay ends by the client idle timer."""
 
     def _close(self) -> None:
         if self.closed:

@@ -235,57 +235,55 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[1]))
 return 'ok'
 """
 
-# KEYS: replicas (zset); ARGV: key prefix ("ns:"), "1" to include request totals. Returns
-# {id, info, {address, count, ...}, {totals...}} per live replica. Lapsed replicas are dropped from the set here.
-READ_REPLICAS = """
+# Both replica reads start here: the time from Redis, then lapsed replicas dropped from the set.
+_PRUNE_LAPSED = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+"""
+
+# KEYS: replicas (zset); ARGV: key prefix ("ns:"). Returns {id, info, {address, count, ...},
+# {totals...}} per live replica.
+READ_REPLICAS = (
+    _PRUNE_LAPSED
+    + """
 local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
   if info then
-    local totals = {}
-    if ARGV[2] == '1' then totals = redis.call('HGETALL', ARGV[1] .. 'totals:' .. id) end
-    table.insert(out, {id, info, redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id), totals})
+    local inflight = redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id)
+    table.insert(out, {id, info, inflight, redis.call('HGETALL', ARGV[1] .. 'totals:' .. id)})
   end
 end
 return out
 """
+)
 
 # What a proxy reads every refresh interval: the live replicas' in-flight counts summed per backend
 # here, leaving out the caller's own (it knows its exact count), as a flat [address, count, ...].
 # KEYS: replicas; ARGV: key prefix, replica id to leave out
-GLOBAL_INFLIGHT = """
-local t = redis.call('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+GLOBAL_INFLIGHT = (
+    _PRUNE_LAPSED
+    + """
 local sums = {}
-local order = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if id ~= ARGV[2] and redis.call('EXISTS', ARGV[1] .. 'replica:' .. id) == 1 then
     local flat = redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id)
     for i = 1, #flat, 2 do
-      local addr = flat[i]
-      if addr ~= '__seq' then
-        local count = tonumber(flat[i + 1])
-        if sums[addr] == nil then
-          table.insert(order, addr)
-          sums[addr] = count
-        else
-          sums[addr] = sums[addr] + count
-        end
+      if flat[i] ~= '__seq' then
+        sums[flat[i]] = (sums[flat[i]] or 0) + tonumber(flat[i + 1])
       end
     end
   end
 end
 local out = {}
-for _, addr in ipairs(order) do
+for addr, count in pairs(sums) do
   table.insert(out, addr)
-  table.insert(out, sums[addr])
+  table.insert(out, count)
 end
 return out
 """
+)
 
 # KEYS: replicas, replica info, inflight hash, totals hash; ARGV: replica id
 DEREGISTER = """

@@ -256,10 +256,10 @@ class Store:
         *,
         guard_origin: Origin | None = None,
         fence: Lease | None = None,
-    ) -> Backend:
-        """Change fields of an existing backend; BackendNotFound if there is none."""
-        result = await self._write("update", address, patch, guard_origin=guard_origin, fence=fence)
-        return result.backend
+    ) -> WriteResult:
+        """Change fields of an existing backend (outcome ``"unchanged"`` when they already held those
+        values: nothing written); BackendNotFound if there is none."""
+        return await self._write("update", address, patch, guard_origin=guard_origin, fence=fence)
 
     async def upsert_backend(
         self,
@@ -459,12 +459,9 @@ class Store:
             )
         return outcome
 
-    async def replicas(self, service: str | None = None, *, totals: bool = True) -> list[ReplicaInfo]:
-        """Live replicas with their in-flight counts (and request totals unless ``totals=False``);
-        lapsed ones are pruned."""
-        rows = await self._read_replicas(
-            keys=[self.keys.replicas], args=[f"{self.keys.namespace}:", "1" if totals else "0"]
-        )
+    async def replicas(self, service: str | None = None) -> list[ReplicaInfo]:
+        """Live replicas with their in-flight counts and request totals; lapsed ones are pruned."""
+        rows = await self._read_replicas(keys=[self.keys.replicas], args=[f"{self.keys.namespace}:"])
         out: list[ReplicaInfo] = []
         for _id, info, flat, flat_totals in rows:
             replica = _replica_decoder.decode(info)

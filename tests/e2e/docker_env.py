@@ -11,7 +11,6 @@ import http.client
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -21,6 +20,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from shared.redis_server import free_port
+from tests.helpers import service_env
 
 T = TypeVar("T")
 
@@ -118,13 +120,6 @@ def wait_for(check: Callable[[], T], *, timeout: float, interval: float = 0.1, m
         time.sleep(interval)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 # ---------------------------------------------------------------------------------------------------
 # HTTP
 
@@ -199,15 +194,13 @@ class Stack:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
-        env.update(
+        return service_env(
             GOBALANCER_HTTP_BIND="127.0.0.1",
             GOBALANCER_HTTP_PORT=str(self.http_port),
             GOBALANCER_ADMIN_PORT=str(self.admin_port),
             GOBALANCER_ADMIN_TOKEN=self.token,
             COMPOSE_PROJECT_NAME=self.project,
         )
-        return env
 
     def run(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]

@@ -1,8 +1,7 @@
 """Backends for fault scenarios.
 
 * ``python -m tests.reliability.backends --listen H:P --name N``: an HTTP/1.1 backend that says who it
-  is (``X-Backend``) and can hold a request (``GET /?delay=SECONDS``) or send a large body
-  (``GET /big?bytes=N``).
+  is (``X-Backend``) and can hold a request (``GET /?delay=SECONDS``).
 * :class:`CapturingBackend`: a raw asyncio server in the test process that records every byte it
   receives, per connection, and answers each request head it can find with a small 200. It proves
   what the proxy let through.
@@ -42,7 +41,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, na
             q = _query(target)
             if "delay" in q:
                 await asyncio.sleep(float(q["delay"]))
-            body = b"x" * int(q["bytes"]) if "bytes" in q else f'{{"backend": "{name}"}}\n'.encode()
+            body = f'{{"backend": "{name}"}}\n'.encode()
             writer.write(
                 f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\nX-Backend: {name}\r\n\r\n".encode()
                 + (body if method != "HEAD" else b"")
@@ -91,9 +90,6 @@ class CapturingBackend:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
-
-    def total_bytes(self) -> int:
-        return sum(len(r) for r in self.received)
 
     async def _conn(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         buf = bytearray()

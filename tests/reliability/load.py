@@ -53,6 +53,17 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return status, headers, body
 
 
+async def held_request(port: int, delay: float) -> tuple[int, str]:
+    """A GET the backend holds for ``delay`` seconds (it stays in flight on the proxy): (status, X-Backend)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET /?delay={delay} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        status, headers, _ = await asyncio.wait_for(_read_response(reader), delay + 10)
+        return status, headers.get("x-backend", "")
+    finally:
+        writer.close()
+
+
 class Load:
     """``connections`` keep-alive clients sending GETs until stopped or ``max_requests``/``max_seconds``.
 

@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from shared.processes import die_with_parent
+from shared.processes import die_with_parent, stop_process
 from shared.redis_server import free_port, wait_for_port
+from tests.helpers import service_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,14 +57,7 @@ class Proc:
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return stop_process(self.process, timeout)
 
     def rss_kb(self) -> int:
         """VmRSS of the process (kB), from /proc."""
@@ -140,7 +131,7 @@ class Suite:
         return self.config_path
 
     def env(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+        return service_env()
 
     def start(self, service: str, name: str | None = None, extra_env: dict[str, str] | None = None) -> Proc:
         if not self.config_path.exists():
@@ -186,9 +177,6 @@ class Suite:
         port = port or self.proxy_port
         assert wait_for_port("127.0.0.1", port, timeout), f"proxy did not listen on {port}\n{self.logs()}"
 
-    def wait_admin(self, timeout: float = 20.0) -> None:
-        assert wait_for_port("127.0.0.1", self.admin_port, timeout), f"admin did not listen\n{self.logs()}"
-
     def stop_all(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()
@@ -200,16 +188,6 @@ class Suite:
 
     def all_log_text(self) -> str:
         return "\n".join(p.log.read_text(errors="replace") for p in self.procs if p.log.exists())
-
-
-def wait_until(check: Any, timeout: float, interval: float = 0.02) -> float:
-    """Poll a synchronous check; return the seconds it took, raise on timeout."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
-    return time.monotonic() - start
 
 
 async def await_port(port: int, timeout: float = 15.0) -> None:

@@ -11,22 +11,13 @@ import time
 
 from shared.redis_server import RedisServer
 from shared.store import Store
+from tests.helpers import eventually
 from tests.reliability.conftest import Results, SuiteFactory
-from tests.reliability.load import _read_response
+from tests.reliability.load import held_request
 from tests.reliability.probe import propagation
 from tests.reliability.stack import start_stack
 
 HOLD = 2.0
-
-
-async def held_request(port: int) -> tuple[int, str]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET /?delay={HOLD} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        status, headers, _ = await asyncio.wait_for(_read_response(reader), HOLD + 10)
-        return status, headers.get("x-backend", "")
-    finally:
-        writer.close()
 
 
 async def test_drain_in_flight(
@@ -35,11 +26,12 @@ async def test_drain_in_flight(
     suite = make_suite(redis_server.url)
     stack = await start_stack(suite, backends=2, proxies=2, slow_backends=True)
     a = stack.backends["A"]
-    held = [asyncio.create_task(held_request(port)) for port in stack.ports for _ in range(2)]
-    deadline = time.monotonic() + 10
-    while (await suite_store.global_inflight()).get(a, 0) < 2:
-        assert time.monotonic() < deadline, "held requests never counted"
-        await asyncio.sleep(0.05)
+    held = [asyncio.create_task(held_request(port, HOLD)) for port in stack.ports for _ in range(2)]
+
+    async def counted() -> bool:
+        return (await suite_store.global_inflight()).get(a, 0) >= 2
+
+    await eventually(counted, timeout=10, interval=0.05, message="held requests never counted")
     async with stack.admin() as admin:
         response = await admin.post(f"/backends/{a}/drain")
     drained = time.monotonic()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import Any
 
@@ -18,7 +19,9 @@ import msgspec
 from shared.models import Event
 from shared.redis_server import RedisServer
 from shared.store import Store
+from tests.helpers import eventually
 from tests.reliability.conftest import Results, SuiteFactory
+from tests.reliability.load import held_request
 from tests.reliability.stack import run_loads, start_stack
 from tests.reliability.suite import Proc
 
@@ -27,23 +30,13 @@ HEARTBEAT = 0.25
 LEASE_TTL = 1.5
 
 
-async def hold(port: int, delay: float) -> None:
-    """A request the backend holds for ``delay`` seconds (it stays in flight on the proxy)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(f"GET /?delay={delay} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-        await reader.read(65536)
-    finally:
-        writer.close()
-
-
 async def test_proxy_replica_sigkilled(
     redis_server: RedisServer, make_suite: SuiteFactory, suite_store: Store, results: Results
 ) -> None:
     suite = make_suite(redis_server.url)
     stack = await start_stack(suite, backends=2, proxies=2, admin=False, slow_backends=True)
     victim = next(p for p in suite.procs if p.name == "proxy-1")
-    held = [asyncio.create_task(hold(suite.proxy_ports["proxy-1"], 30)) for _ in range(4)]
+    held = [asyncio.create_task(held_request(suite.proxy_ports["proxy-1"], 30)) for _ in range(4)]
     survivor_load = stack.loads(connections_per_port=2, max_seconds=30)[1].start()
     try:
 
@@ -51,10 +44,12 @@ async def test_proxy_replica_sigkilled(
             replicas = {r.id: r for r in await suite_store.replicas("proxy")}
             return sum(replicas["proxy-1"].inflight.values()) if "proxy-1" in replicas else -1
 
-        deadline = time.monotonic() + 10
-        while await victim_inflight() < 4:
-            assert time.monotonic() < deadline, "held requests never showed in the global counters"
-            await asyncio.sleep(0.05)
+        async def held_counted() -> bool:
+            return await victim_inflight() >= 4
+
+        await eventually(
+            held_counted, timeout=10, interval=0.05, message="held requests never showed in the global counters"
+        )
         before = sum((await suite_store.global_inflight()).values())
         killed = time.monotonic()
         await asyncio.to_thread(victim.kill)
@@ -136,10 +131,9 @@ async def test_leaders_killed(
     stack = await start_stack(suite, backends=2, proxies=1, health=2, discovery=2, admin=False)
     procs = {p.name: p for p in suite.procs}
     for lease in ("health", "discovery"):  # both leaders elected, both standbys waiting
-        deadline = time.monotonic() + 10
-        while await suite_store.lease_holder(lease) is None:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await eventually(
+            functools.partial(suite_store.lease_holder, lease), timeout=10, interval=0.05, message=f"{lease} leader"
+        )
     tap = await EventTap(suite_store).start()
     load = stack.loads(connections_per_port=2, max_seconds=30)[0].start()
     took: dict[str, tuple[str, str, float]] = {}
@@ -181,10 +175,11 @@ async def test_proxy_replica_drained(
     suite.start("proxy", "proxy-2")
     suite.proxy_ports["shared"] = suite.proxy_port
     await stack.ready()
-    deadline = time.monotonic() + 10
-    while len(await suite_store.replicas("proxy")) < 2:
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.05)
+
+    async def both_registered() -> bool:
+        return len(await suite_store.replicas("proxy")) >= 2
+
+    await eventually(both_registered, timeout=10, interval=0.05, message="both proxy replicas registered")
     load = stack.loads(connections_per_port=4, max_seconds=30)[0].start()
     await asyncio.sleep(1.0)
     stopping = time.monotonic()

@@ -38,16 +38,16 @@ def aof_redis() -> Iterator[RedisServer]:
 async def disable(stack: Stack, name: str) -> float:
     """Disable a backend through the admin API; the time the API answered (monotonic)."""
     async with stack.admin() as client:
-        deadline = time.monotonic() + 10
-        while True:
+
+        async def accepted() -> bool:
             try:
                 response = await client.post(f"/backends/{stack.backends[name]}/disable")
             except httpx.HTTPError:
-                response = None
-            if response is not None and response.status_code == 200:
-                return time.monotonic()
-            assert time.monotonic() < deadline, f"admin API did not take the change: {response!r}"
-            await asyncio.sleep(0.05)
+                return False
+            return response.status_code == 200
+
+        await eventually(accepted, timeout=10, interval=0.05, message="admin API did not take the change")
+        return time.monotonic()
 
 
 async def scenario(

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from shared.processes import die_with_parent
+from shared.processes import die_with_parent, stop_process
 from shared.redis_server import RedisServer, free_port, wait_for_port
+from tests.helpers import eventually
 from tests.reliability.conftest import Results, SuiteFactory
 from tests.reliability.probe import propagation
 from tests.reliability.stack import run_loads, start_stack
@@ -76,8 +77,8 @@ class SentinelSet:
 
     async def settled(self, timeout: float = 20.0) -> None:
         """Every sentinel knows the replica and the two other sentinels."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        async def discovered() -> bool:
             ok = True
             for port in self.ports:
                 client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
@@ -87,20 +88,13 @@ class SentinelSet:
                     await client.aclose()
                 fields = dict(zip(info[::2], info[1::2], strict=True)) if isinstance(info, list) else info
                 ok &= int(fields["num-slaves"]) >= 1 and int(fields["num-other-sentinels"]) >= len(self.ports) - 1
-            if ok:
-                return
-            assert time.monotonic() < deadline, "sentinels did not discover each other"
-            await asyncio.sleep(0.2)
+            return ok
+
+        await eventually(discovered, timeout=timeout, interval=0.2, message="sentinels did not discover each other")
 
     def cleanup(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
         self.master.cleanup()
         self.replica.cleanup()
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -130,10 +124,11 @@ async def test_sentinel_failover(sentinels: SentinelSet, make_suite: SuiteFactor
     await master.aclose()
     killed = time.monotonic()
     await asyncio.to_thread(sentinels.master.kill)
-    deadline = killed + 20
-    while await sentinels.master_port() != sentinels.replica.port:
-        assert time.monotonic() < deadline, "no failover within 20 s"
-        await asyncio.sleep(0.05)
+
+    async def promoted_replica() -> bool:
+        return await sentinels.master_port() == sentinels.replica.port
+
+    await eventually(promoted_replica, timeout=20, interval=0.05, message="no failover")
     promoted = time.monotonic() - killed
     await asyncio.sleep(0.5)
     result = await run_loads(loads)

@@ -38,10 +38,9 @@
   // -- API --------------------------------------------------------------------------------------
 
   class ApiError extends Error {
-    constructor(status, detail, field) {
+    constructor(status, detail) {
       super(detail);
       this.status = status;
-      this.field = field || null;
     }
   }
 
@@ -69,14 +68,15 @@
     const type = resp.headers.get("content-type") || "";
     const data = type.includes("json") ? await resp.json().catch(() => null) : await resp.text().catch(() => "");
     if (!resp.ok) {
-      // Errors are RFC 9457 problem documents: show their detail (and the field at fault).
+      // Errors are RFC 9457 problem documents: show their detail (a 400's names the field at fault).
       const detail = data && typeof data === "object" && data.detail ? data.detail : resp.status + " " + resp.statusText;
-      throw new ApiError(resp.status, detail, data && data.field);
+      throw new ApiError(resp.status, detail);
     }
     return data;
   }
 
   const backendPath = (address) => "backends/" + encodeURIComponent(address);
+  const capitalize = (word) => word[0].toUpperCase() + word.slice(1);
 
   // -- errors and notices ---------------------------------------------------------------------
 
@@ -169,7 +169,7 @@
 
   function setState(address, action) {
     if (action === "disable" && !window.confirm("Disable " + address + "? It gets no traffic at all, in-flight requests finish.")) return;
-    mutate(action[0].toUpperCase() + action.slice(1) + " " + address, "POST", backendPath(address) + "/" + action);
+    mutate(capitalize(action) + " " + address, "POST", backendPath(address) + "/" + action);
   }
 
   // -- backends table -------------------------------------------------------------------------
@@ -181,15 +181,19 @@
     return td;
   }
 
-  function makeRow(address) {
-    const tr = document.createElement("tr");
-    tr.dataset.address = address;
+  function rowHeader(tr, text) {
     const th = document.createElement("th");
     th.scope = "row";
     const code = document.createElement("code");
-    code.textContent = address;
+    code.textContent = text;
     th.append(code);
     tr.append(th);
+  }
+
+  function makeRow(address) {
+    const tr = document.createElement("tr");
+    tr.dataset.address = address;
+    rowHeader(tr, address);
     const cells = {
       health: cell(tr, "health"),
       state: cell(tr, "state"),
@@ -238,7 +242,7 @@
       const b = document.createElement("button");
       b.type = "button";
       b.dataset.action = action;
-      b.textContent = action[0].toUpperCase() + action.slice(1);
+      b.textContent = capitalize(action);
       b.setAttribute("aria-label", b.textContent + " " + address);
       b.addEventListener("click", () => setState(address, action));
       cells.actions.append(b);
@@ -373,12 +377,7 @@
       const inflight = Object.values(r.inflight || {}).reduce((a, b) => a + b, 0);
       const rate = state.replicaRates.get(r.id);
       const values = [r.service, r.host, r.listen || "-", r.heartbeat_age_sec.toFixed(1), String(inflight), rate === undefined ? "-" : rate.toFixed(1)];
-      const th = document.createElement("th");
-      th.scope = "row";
-      const code = document.createElement("code");
-      code.textContent = r.id;
-      th.append(code);
-      tr.append(th);
+      rowHeader(tr, r.id);
       values.forEach((v, i) => (cell(tr, i >= 3 ? "num" : "").textContent = v));
       return tr;
     });

@@ -39,7 +39,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.discovery.sources import Publish
+from services.discovery.sources import Backoff, Publish
 from shared.addresses import format_address, normalize_address
 from shared.config import DockerDiscoveryConfig
 from shared.logs import get_logger
@@ -121,7 +121,7 @@ def container_backend(attrs: Mapping[str, Any], preferred_network: str = "") -> 
             return port
 
     networks: Mapping[str, Any] = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
-    with_ip = {name: _network_ip(s or {}) for name, s in networks.items() if _network_ip(s or {})}
+    with_ip = {name: ip for name, s in networks.items() if (ip := _network_ip(s or {}))}
     chosen = labels.get("lb.network")
     if chosen is not None:
         if chosen not in networks:
@@ -146,18 +146,6 @@ class _End:
     error: BaseException | None
 
 
-class _Backoff:
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first, self.cap, self.delay = first, cap, first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.cap, self.delay * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-
 class DockerSource:
     origin: Origin = "docker"
     fields: tuple[str, ...] = ("weight",)  # no draining from Docker; an operator's drain is kept
@@ -169,7 +157,7 @@ class DockerSource:
         self._reasons: dict[str, str] = {}  # container id -> last logged skip reason
         self._seen: set[tuple[str, str, int]] = set()
         self._seen_order: deque[tuple[str, str, int]] = deque()
-        self._backoff = _Backoff(cap=backoff_cap)
+        self._backoff = Backoff(cap=backoff_cap)
         # Counters for logs and tests.
         self.connects = 0
         self.relists = 0
@@ -243,12 +231,8 @@ class DockerSource:
         listed = await asyncio.to_thread(self._list, client)
         self.relists += 1
         present = {str(attrs["Id"]) for attrs in listed}
-        for container_id in list(self._entries):
-            if container_id not in present:
-                self._update(container_id, None)
-        for container_id in list(self._reasons):
-            if container_id not in present:
-                self._reasons.pop(container_id, None)
+        for container_id in (self._entries.keys() | self._reasons.keys()) - present:
+            self._update(container_id, None)  # gone: forgets its backend or its skip reason
         for attrs in listed:
             self._update(str(attrs["Id"]), attrs)
         publish(self.desired())

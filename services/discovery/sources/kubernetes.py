@@ -26,7 +26,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from services.discovery.sources import Publish
+from services.discovery.sources import Backoff, Publish
 from shared.addresses import format_address, normalize_address
 from shared.config import KubernetesDiscoveryConfig
 from shared.logs import get_logger
@@ -110,10 +110,7 @@ class KubernetesSource:
         self._stopping = threading.Event()
         self._watch: Any = None
         self._problems: set[str] = set()
-        # Counters for logs and tests.
-        self.lists = 0
-        self.watches = 0
-        self.gone = 0
+        self.gone = 0  # relists after 410 Gone (tests)
 
     def _api(self) -> Any:
         from kubernetes import client
@@ -147,7 +144,6 @@ class KubernetesSource:
         result = api.list_namespaced_endpoint_slice(
             self.config.namespace, label_selector=self.selector, _request_timeout=(5, 30)
         )
-        self.lists += 1
         sanitize = api.api_client.sanitize_for_serialization
         slices = {item.metadata.name: sanitize(item) for item in result.items or []}
         return str(result.metadata.resource_version), slices
@@ -161,7 +157,6 @@ class KubernetesSource:
 
         w = watch.Watch()
         self._watch = w
-        self.watches += 1
         try:
             for event in w.stream(
                 api.list_namespaced_endpoint_slice,
@@ -201,7 +196,7 @@ class KubernetesSource:
         return rv
 
     def _loop(self, loop: asyncio.AbstractEventLoop, publish: Publish) -> None:
-        delay = 0.1
+        backoff = Backoff(cap=self.backoff_cap)
 
         def emit(slices: Mapping[str, Mapping[str, Any]]) -> None:
             self._emit(loop, publish, slices)
@@ -214,7 +209,7 @@ class KubernetesSource:
                 rv, slices = self._list(api)
                 emit(slices)
                 log.info("endpoint slices listed", service=self.config.service, slices=len(slices), rv=rv)
-                delay = 0.1
+                backoff.reset()
                 while not self._stopping.is_set():
                     rv = self._watch_once(api, rv, slices, emit)  # ended normally: watch again from rv
             except _Gone:
@@ -223,9 +218,9 @@ class KubernetesSource:
             except Exception as exc:  # network, API and decode errors all mean: list again
                 if self._stopping.is_set():
                     break
+                delay = backoff.next()
                 log.warning("kubernetes API error; listing again", error=str(exc) or repr(exc), retry_in=delay)
                 self._stopping.wait(delay)
-                delay = min(self.backoff_cap, delay * 2)
 
     async def run(self, publish: Publish) -> None:
         loop = asyncio.get_running_loop()

@@ -36,8 +36,6 @@ class StaticSource:
         self.watch = config.discovery.watch_file and path is not None
         self._stamp: tuple[int, int, int] | None = None
         self._digest: str | None = None
-        self.reloads = 0  # accepted changes (tests)
-        self.refusals = 0  # refused invalid files (tests)
 
     def _stat(self) -> tuple[int, int, int] | None:
         assert self.path is not None
@@ -70,10 +68,8 @@ class StaticSource:
         try:
             config = load_config(self.path)
         except ConfigError as exc:
-            self.refusals += 1
             log.error("config change refused; keeping the running backends", error=str(exc))
             return None
-        self.reloads += 1
         return config
 
     async def run(self, publish: Publish) -> None:

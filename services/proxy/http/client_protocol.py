@@ -48,7 +48,7 @@ from services.proxy.http.parser import (
     RequestHead,
     ResponseHead,
     check_incomplete_head,
-    frame_chunk,
+    frame_chunks,
     parse_request_head,
 )
 from services.proxy.http.upstream_protocol import UpstreamProtocol
@@ -63,6 +63,9 @@ HEAD, BODY, WAIT, TUNNEL, CLOSED = range(5)
 # whole milliseconds, cached per loop iteration — too coarse for sub-millisecond backends.
 _clock = time.perf_counter
 _IDLE, _HEADER, _RESPONSE = range(3)  # what the single timer is waiting for
+# A response head and body (or several body pieces) up to this size are joined into one write (one
+# send()); beyond it they go as writelines, not copied.
+JOIN_MAX = 65536
 
 
 class ClientConnection(asyncio.Protocol):
@@ -74,7 +77,6 @@ class ClientConnection(asyncio.Protocol):
         self.state = HEAD
         self.buf = b""
         self._paused: set[str] = set()
-        self._draining = False
         self._eof = False
         self._eofs = 0  # tunnel: directions that saw EOF
         # timer: one handle, deadline moved lazily
@@ -99,14 +101,11 @@ class ClientConnection(asyncio.Protocol):
         self.body_remaining = 0
         self.decoder: ChunkedDecoder | None = None
         self.body_done = True
-        self.sent = False  # request bytes handed to an upstream transport in this attempt
         self.responded = False  # response bytes written to the client
         self.keep_alive = False
         self.rechunk = False
         self.resp_head: bytes | None = None
-        self.wants_tunnel = False
         self.started_at = 0.0
-        self.status = 0
         self.body_seen = 0
         self.connecting: asyncio.Task[None] | None = None
         # observability of this exchange
@@ -133,8 +132,6 @@ class ClientConnection(asyncio.Protocol):
         self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
         self.ctx.connections.add(self)
         self.ctx.stats.connections += 1
-        if self.ctx.draining:
-            self._draining = True
         self._set_timer(_IDLE, self.ctx.client_idle)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -149,8 +146,8 @@ class ClientConnection(asyncio.Protocol):
         if up is not None:
             self.up = None
             up.abort()
-        if self.upstream is not None:  # the client went away mid-exchange: not the backend's fault
-            self._finish_attempt(self.upstream, Outcome(ok=True, status=self.status or None))
+        # The client went away mid-exchange: not the backend's fault.
+        self._finish_attempt(Outcome(ok=True, status=self.resp_status or None))
         if self._open:
             self._end_exchange()
 
@@ -241,13 +238,7 @@ class ClientConnection(asyncio.Protocol):
         self.bytes_out += len(response)
         self.resp_status = status
         if close:
-            self.state = CLOSED
-            if self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
-            self.transport.close()
-            if self._open:
-                self._end_exchange()
+            self._close()
 
     def _start(self, req: RequestHead, rest: bytes) -> None:
         ctx = self.ctx
@@ -256,25 +247,14 @@ class ClientConnection(asyncio.Protocol):
         self.req = req
         self.rid = req.request_id or new_request_id()
         self._open = True
-        trace = None
         if ctx.propagate_trace:
-            self.trace = trace = continue_or_start(req.traceparent, ctx.sample_ratio)
+            self.trace = continue_or_start(req.traceparent, ctx.sample_ratio)
         if ctx.max_body and req.content_length is not None and req.content_length > ctx.max_body:
             ctx.stats.error(413)
             self._send_error(413, self.rid, close=True)
             return
-        self.keep_alive = req.keep_alive and not self._draining
-        self.wants_tunnel = req.upgrade
-        self.head_out = upstream_request_head(
-            req,
-            self.client_ip,
-            self.proto,
-            self.rid,
-            b"",
-            req.upgrade,
-            trace.header() if trace is not None else None,
-            trace is None or trace.tracestate_kept,
-        )
+        self.keep_alive = req.keep_alive and not ctx.draining
+        self.head_out = self._request_head(req, b"")
         self.pending = [self.head_out]
         self.pending_size = len(self.head_out)
         self.body_done = not req.has_body
@@ -308,9 +288,7 @@ class ClientConnection(asyncio.Protocol):
             if self.ctx.max_body and self.body_seen > self.ctx.max_body:
                 self._body_error(HttpError(413, "request body too large"))
                 return
-            out: list[bytes] = []
-            for p in pieces:
-                out += frame_chunk(p)
+            out = frame_chunks(pieces)
             if self.decoder.done:
                 out.append(LAST_CHUNK)
                 self._body_complete(data[used:])
@@ -348,8 +326,7 @@ class ClientConnection(asyncio.Protocol):
         if self.connecting is not None:
             self.connecting.cancel()
             self.connecting = None
-        if self.upstream is not None:
-            self._finish_attempt(self.upstream, outcome)
+        self._finish_attempt(outcome)
 
     def _body_error(self, exc: HttpError) -> None:
         # Whatever part of the body was forwarded, the upstream exchange is unusable now.
@@ -364,7 +341,6 @@ class ClientConnection(asyncio.Protocol):
         up = self.up
         if up is not None and self.connecting is None:
             up.writelines(chunks)
-            self.sent = True
             return
         for c in chunks:
             self.pending.append(c)
@@ -406,17 +382,7 @@ class ClientConnection(asyncio.Protocol):
         req = self.req
         if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
             # HTTP/1.0 without Host: the backend gets its own address as Host.
-            trace = self.trace
-            head = upstream_request_head(
-                req,
-                self.client_ip,
-                self.proto,
-                self.rid,
-                upstream.address.encode(),
-                req.upgrade,
-                trace.header() if trace is not None else None,
-                trace is None or trace.tracestate_kept,
-            )
+            head = self._request_head(req, upstream.address.encode())
             self.pending_size += len(head) - len(self.head_out)
             self.pending[0] = self.head_out = head
         ctx.balancer.started(upstream)
@@ -424,7 +390,6 @@ class ClientConnection(asyncio.Protocol):
         if self.attempts == 1:
             self.t0 = now
         self.ttfb = None
-        self.sent = False
         conn = ctx.pool.get(upstream.address)
         if conn is not None:
             assert isinstance(conn, UpstreamProtocol)
@@ -433,6 +398,20 @@ class ClientConnection(asyncio.Protocol):
         else:
             ctx.stats.pool_misses += 1
             self.connecting = ctx.loop.create_task(self._connect(upstream))
+
+    def _request_head(self, req: RequestHead, host: bytes) -> bytes:
+        """The head sent upstream; ``host``: the Host given to a request without one."""
+        trace = self.trace
+        return upstream_request_head(
+            req,
+            self.client_ip,
+            self.proto,
+            self.rid,
+            host,
+            req.upgrade,
+            trace.header() if trace is not None else None,
+            trace is None or trace.tracestate_kept,
+        )
 
     async def _connect(self, upstream: Upstream) -> None:
         ctx = self.ctx
@@ -455,15 +434,11 @@ class ClientConnection(asyncio.Protocol):
 
     def _connect_failed(self, upstream: Upstream, exc: BaseException) -> None:
         ctx = self.ctx
-        ctx.stats.connect_failures += 1
-        if ctx.metrics_on:
-            ctx.stats.backend(upstream.address).connect_errors += 1
-        self._finish_attempt(upstream, Outcome(ok=False, connect_failed=True))
+        ctx.count_connect_failure(upstream.address)
+        self._finish_attempt(Outcome(ok=False, connect_failed=True))
         log.debug("connect failed", upstream=upstream.address, error=str(exc) or type(exc).__name__)
         if self.attempts <= ctx.retries and ctx.budget.withdraw():
-            ctx.stats.retries += 1
-            if ctx.metrics_on:
-                ctx.stats.backend(upstream.address).retries += 1
+            ctx.count_retry(upstream.address)
             self._attempt()
         else:
             self._fail(502)
@@ -481,7 +456,6 @@ class ClientConnection(asyncio.Protocol):
         pending = self.pending
         if pending:
             up.writelines(pending)
-            self.sent = True
             self.pending = []
             self.pending_size = 0
             buffered = up.transport.get_write_buffer_size() if up.transport is not None else 0
@@ -494,8 +468,7 @@ class ClientConnection(asyncio.Protocol):
             return
         self.up = None
         ctx = self.ctx
-        upstream = up.upstream
-        self._finish_attempt(upstream, Outcome(ok=False, latency=None))
+        self._finish_attempt(Outcome(ok=False, latency=None))
         req = self.req
         assert req is not None
         if self.responded or up.got_bytes:
@@ -510,9 +483,7 @@ class ClientConnection(asyncio.Protocol):
             and ctx.budget.withdraw()
         ):
             self.resent = True
-            ctx.stats.retries += 1
-            if ctx.metrics_on:
-                ctx.stats.backend(upstream.address).retries += 1
+            ctx.count_retry(up.upstream.address)
             self.pending = [self.head_out]
             self.pending_size = len(self.head_out)
             self._attempt()
@@ -523,7 +494,7 @@ class ClientConnection(asyncio.Protocol):
         if up is not self.up:
             return
         self.up = None
-        self._finish_attempt(up.upstream, Outcome(ok=False))
+        self._finish_attempt(Outcome(ok=False))
         log.debug("bad response from backend", upstream=up.upstream.address, error=exc.reason)
         if self.responded:
             self._close()
@@ -541,7 +512,11 @@ class ClientConnection(asyncio.Protocol):
         if not close:
             self._exchange_done()
 
-    def _finish_attempt(self, upstream: Upstream, outcome: Outcome) -> None:
+    def _finish_attempt(self, outcome: Outcome) -> None:
+        """The current attempt (if any) is over: report ``outcome`` for its upstream."""
+        upstream = self.upstream
+        if upstream is None:
+            return
         self.upstream = None
         ctx = self.ctx
         ctx.balancer.finished(upstream, outcome)
@@ -613,7 +588,7 @@ class ClientConnection(asyncio.Protocol):
     def response_head(self, up: UpstreamProtocol, head: ResponseHead) -> None:
         req = self.req
         assert req is not None and self.transport is not None
-        self.status = self.resp_status = head.status
+        self.resp_status = head.status
         self.ttfb = _clock() - self.started_at
         if self._timer_kind == _RESPONSE:
             self._set_timer(_IDLE, 1e9)  # body transfer: no deadline (idle timer re-armed after)
@@ -632,8 +607,6 @@ class ClientConnection(asyncio.Protocol):
                 self.keep_alive = False  # body ends with the backend's close
             elif head.chunked and req.minor == 0:
                 self.keep_alive = False  # 1.0 client: send decoded, delimited by close
-            if self._draining:
-                self.keep_alive = False
         self.rechunk = head.chunked and req.minor >= 1
         self.responded = True
         out = client_response_head(head, req.minor, self.keep_alive, self.rechunk, tunnel)
@@ -650,7 +623,7 @@ class ClientConnection(asyncio.Protocol):
         if head is not None:
             self.resp_head = None
             self.bytes_out += len(head) + len(data)
-            if len(data) <= 65536:
+            if len(data) <= JOIN_MAX:
                 self.transport.write(head + data)
             else:
                 self.transport.writelines([head, data])
@@ -666,13 +639,12 @@ class ClientConnection(asyncio.Protocol):
             out.append(self.resp_head)
             self.resp_head = None
         if self.rechunk:
-            for p in pieces:
-                out += frame_chunk(p)
+            out += frame_chunks(pieces)
         else:
             out += pieces
         size = sum(map(len, out))
         self.bytes_out += size
-        if size <= 65536:
+        if size <= JOIN_MAX:
             self.transport.write(b"".join(out))
         else:
             self.transport.writelines(out)
@@ -692,10 +664,9 @@ class ClientConnection(asyncio.Protocol):
             if tail:
                 self.bytes_out += len(tail)
                 self.transport.write(tail)
-        status = self.status
-        assert self.upstream is not None
+        status = self.resp_status
         latency = _clock() - self.started_at
-        self._finish_attempt(up.upstream, Outcome(ok=status < 500, latency=latency, status=status))
+        self._finish_attempt(Outcome(ok=status < 500, latency=latency, status=status))
         if reusable and self.body_done:
             up.resume_reading()
             ctx.pool.put(up.upstream.address, up)
@@ -722,7 +693,7 @@ class ClientConnection(asyncio.Protocol):
             # From the loop, not a direct call: a run of pipelined requests answered synchronously
             # (a 503, say) would otherwise nest one call per request and overflow the stack.
             self.ctx.loop.call_soon(self._continue_pipeline)
-        elif self._draining:
+        elif self.ctx.draining:
             self._close()
         else:
             self._set_timer(_IDLE, self.ctx.client_idle)
@@ -734,26 +705,20 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write_eof()
             self._tunnel_eof()
         else:
-            self._end_tunnel()
+            self.end_tunnel()
 
     def _tunnel_eof(self) -> None:
         self._eofs += 1
         if self._eofs == 2:  # both directions are done
-            self._end_tunnel()
+            self.end_tunnel()
 
-    def _end_tunnel(self) -> None:
+    def end_tunnel(self) -> None:
+        """Both directions are done, or either side closed."""
         up = self.up
         self.up = None
         if up is not None:
             up.close()  # close, not abort: what is still buffered for the backend goes out
-        if self.upstream is not None:
-            self._finish_attempt(self.upstream, Outcome(ok=True, status=101))
-        self._close()
-
-    def tunnel_peer_closed(self) -> None:
-        self.up = None
-        if self.upstream is not None:
-            self._finish_attempt(self.upstream, Outcome(ok=True, status=101))
+        self._finish_attempt(Outcome(ok=True, status=101))
         self._close()
 
     # -- flow control, timers, closing ---------------------------------------------------------
@@ -788,8 +753,7 @@ class ClientConnection(asyncio.Protocol):
             return
         kind = self._timer_kind
         if kind == _HEADER and self.state == HEAD:
-            self.ctx.stats.error(408)
-            self._send_error(408, new_request_id(), close=True)
+            self._reject(HttpError(408, "request header timeout"))
         elif kind == _RESPONSE and self.state in (BODY, WAIT) and not self.responded:
             self._abandon_upstream(Outcome(ok=False))
             self.keep_alive = False
@@ -799,8 +763,7 @@ class ClientConnection(asyncio.Protocol):
 
     def drain(self, grace: float) -> None:
         """Server stopping: finish the current exchange with ``Connection: close``; close when idle."""
-        self._draining = True
-        self.keep_alive = False if self.state != HEAD else self.keep_alive
+        self.keep_alive = False  # in HEAD it is False already: _start sets it per request
         if self.state == HEAD and not self.buf:
             # An idle keep-alive connection: a request already on its way still gets an answer
             # (with Connection: close) during a short grace, then the connection closes.
@@ -818,8 +781,7 @@ class ClientConnection(asyncio.Protocol):
         if self.up is not None:
             up, self.up = self.up, None
             up.abort()
-            if self.upstream is not None:
-                self._finish_attempt(self.upstream, Outcome(ok=True))
+            self._finish_attempt(Outcome(ok=True))
         if self._open:
             self._end_exchange()
 
@@ -867,7 +829,3 @@ class ClientConnection(asyncio.Protocol):
         self._close()
         if self.transport is not None:
             self.transport.abort()
-
-    @property
-    def busy(self) -> bool:
-        return self.state in (BODY, WAIT, TUNNEL)

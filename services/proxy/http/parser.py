@@ -367,4 +367,12 @@ def frame_chunk(data: bytes) -> list[bytes]:
     return [b"%x\r\n" % len(data), data, b"\r\n"]
 
 
+def frame_chunks(pieces: list[bytes]) -> list[bytes]:
+    """Each of ``pieces`` as one chunk, in a list of the parts to write."""
+    out: list[bytes] = []
+    for p in pieces:
+        out += frame_chunk(p)
+    return out
+
+
 LAST_CHUNK = b"0\r\n\r\n"

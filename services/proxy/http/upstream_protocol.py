@@ -35,7 +35,6 @@ class UpstreamProtocol(asyncio.Protocol):
         "transport",
         "tunnel",
         "upstream",
-        "used",
     )
 
     def __init__(self, ctx: Context, upstream: Upstream) -> None:
@@ -52,7 +51,6 @@ class UpstreamProtocol(asyncio.Protocol):
         self._clean = True  # no protocol surprise so far: may go back to the pool
         self.got_bytes = False  # any response byte for the current exchange
         self.tunnel = False
-        self.used = False  # served an exchange before (taken from the pool)
 
     # -- asyncio callbacks ---------------------------------------------------------------------
 
@@ -68,7 +66,7 @@ class UpstreamProtocol(asyncio.Protocol):
         if client is not None:
             self.client = None
             if self.tunnel:
-                client.tunnel_peer_closed()
+                client.end_tunnel()
             elif self.head is not None and self.head.content_length is None and not self.head.chunked:
                 client.response_end(self, reusable=False)  # body delimited by close: complete
             else:
@@ -116,7 +114,8 @@ class UpstreamProtocol(asyncio.Protocol):
                 return
             data = buf[end + 4 :]
             if head.status < 200:
-                if head.status == 101 and client.wants_tunnel:
+                req = client.req
+                if head.status == 101 and req is not None and req.upgrade:
                     self.head = head
                     self.tunnel = True
                     client.response_head(self, head)
@@ -231,7 +230,5 @@ class UpstreamProtocol(asyncio.Protocol):
             self.transport.abort()
 
     def _protocol_error(self, client: ClientConnection, exc: HttpError) -> None:
-        self.client = None
-        self._clean = False
         self.abort()
         client.upstream_bad_response(self, exc)

@@ -41,7 +41,6 @@ class AccessLog:
         self._flush_interval = flush_interval
         self._timer: asyncio.TimerHandle | None = None
         self._rand = random.random
-        self.written = 0  # lines written (tests)
 
     @classmethod
     def from_config(cls, config: LoggingConfig) -> AccessLog | None:
@@ -78,7 +77,6 @@ class AccessLog:
         if not self._lines:
             return
         data = memoryview(b"".join(self._lines))
-        self.written += len(self._lines)
         self._lines = []
         self._size = 0
         try:

@@ -55,10 +55,6 @@ class Counts:
     def total(self) -> int:
         return self._others_total + self.local_total
 
-    def local_changed(self, delta: int) -> None:
-        """The owner changed ``local`` by ``delta`` (keeps :meth:`total` O(1))."""
-        self.local_total += delta
-
     def set_others(self, others: Mapping[str, int]) -> list[str]:
         """Replace the other replicas' counts; returns the addresses whose count changed."""
         changed = [a for a, c in others.items() if self.others.get(a, 0) != c]
@@ -79,7 +75,7 @@ class MutableCounts(Counts):
 
     def add(self, address: str, delta: int) -> None:
         self._table[address] = self._table.get(address, 0) + delta
-        self.local_changed(delta)
+        self.local_total += delta
 
 
 @dataclass
@@ -102,7 +98,7 @@ class Policy:
     # What the policy needs from its owner (who skips the work a policy has no use for):
     uses_counts: ClassVar[bool] = True  # in-flight counts, the other replicas' included (read from Redis)
     reads_counts: ClassVar[bool] = False  # count_changed() after every in-flight change (hot path)
-    learns: ClassVar[bool] = False  # observe() after every attempt (hot path)
+    learns: ClassVar[bool] = False  # attempt latencies recorded in ``env.latency`` (hot path)
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         self.candidates = list(candidates)
@@ -152,12 +148,6 @@ class Journaled(Policy):
     def count_changed(self, address: str) -> None:
         self.changed.add(address)
         self.inner.count_changed(address)
-
-    def observe(self, address: str, latency: float | None, ok: bool, at: float) -> None:
-        self.inner.observe(address, latency, ok, at)
-
-    def fallback(self, exclude: Collection[str]) -> str | None:
-        return self.inner.fallback(exclude)
 
 
 def stable_hash(text: str, salt: bytes = b"") -> int:

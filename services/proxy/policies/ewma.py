@@ -64,8 +64,8 @@ class PeakEwma(PowerOfTwo):
 def record(
     env: PolicyEnv, address: str, latency: float | None, ok: bool, at: float, failure_latency: float = FAILURE_LATENCY
 ) -> None:
-    """Fold one attempt into the latency estimate of ``address`` (the balancer calls this whatever the
-    current policy, so switching to ewma starts with data)."""
+    """Fold one attempt into the latency estimate of ``address`` (the balancer calls this while the
+    policy in force learns from latencies, see ``Policy.learns``)."""
     rtt = latency if latency is not None else 0.0
     if not ok:
         rtt = max(rtt, failure_latency)

@@ -50,9 +50,6 @@ class _ScoredHeap(Policy):
         self._pending: str | None = None
         self._rebuild()
 
-    def score(self, count: int, weight: float) -> float:
-        return (count + self.offset) / weight
-
     def _entry(self, address: str) -> tuple[float, float, int, str, int]:
         return (
             (self._others.get(address, 0) + self._local.get(address, 0) + self.offset) / self._weight[address],
@@ -69,33 +66,22 @@ class _ScoredHeap(Policy):
         heapq.heapify(self._heap)
 
     def count_changed(self, address: str) -> None:
-        # The hot path's one O(log n) update per in-flight change (inlined: called twice per request).
-        weight = self._weight.get(address)
-        if weight is None:
+        if address not in self._weight:
             return
         if address == self._pending:
             self._pending = None
-        version = self._version[address] = self._version[address] + 1
-        heap = self._heap
-        heapq.heappush(
-            heap,
-            (
-                (self._others.get(address, 0) + self._local.get(address, 0) + self.offset) / weight,
-                self._deadline[address],
-                next(self._seq),
-                address,
-                version,
-            ),
-        )
-        if len(heap) > self._limit:
+        self._version[address] += 1
+        self._push(address)
+
+    def _push(self, address: str) -> None:
+        heapq.heappush(self._heap, self._entry(address))
+        if len(self._heap) > self._limit:
             self._rebuild()
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:
         if self._pending is not None:  # the last pick's entry, not re-pushed by a started() yet
             pending, self._pending = self._pending, None
-            heapq.heappush(self._heap, self._entry(pending))
-            if len(self._heap) > self._limit:
-                self._rebuild()
+            self._push(pending)
         heap, version = self._heap, self._version
         skipped: list[tuple[float, float, int, str, int]] | None = None
         chosen: str | None = None

@@ -9,7 +9,7 @@ import time
 import msgspec
 from litestar import Litestar
 
-from services.admin.app import context
+from services.admin.context import context_of
 from services.admin.main import build_server
 from shared.config import Config
 from shared.redis_server import free_port
@@ -47,7 +47,7 @@ class ServedAdmin:
 
     @property
     def app_context(self) -> object:
-        return context(self.app)
+        return context_of(self.app.state)
 
     def __enter__(self) -> ServedAdmin:
         self._thread.start()
@@ -62,7 +62,7 @@ class ServedAdmin:
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(context(self.app).closing.set)
+            self._loop.call_soon_threadsafe(context_of(self.app.state).closing.set)
         self.server.should_exit = True
         self._thread.join(15)
         assert not self._thread.is_alive(), "admin server did not stop"

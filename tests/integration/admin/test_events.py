@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from services.admin.app import context
+from services.admin.context import context_of
 from shared.models import Backend
 from shared.redis_server import RedisServer
 from shared.store import Store
@@ -64,9 +64,9 @@ async def test_snapshot_then_changes_made_after_subscribing(served: ServedAdmin,
         assert [int(e["id"]) for e in seen] == [snap["version"] + 1, snap["version"] + 2, snap["version"] + 3]
         assert json.loads(seen[0]["data"])["backend"]["state"] == "draining"
         assert json.loads(seen[2]["data"])["health"]["status"] == "up"
-        assert context(served.app).event_streams == 1
+        assert context_of(served.app.state).event_streams == 1
     # The client went away: the stream's watcher and its Redis subscription are gone.
-    await eventually(lambda: context(served.app).event_streams == 0, message="event stream still open")
+    await eventually(lambda: context_of(served.app.state).event_streams == 0, message="event stream still open")
     await eventually(
         lambda: _no_subscribers(store), timeout=5, message="events channel still has a subscriber after disconnect"
     )
@@ -83,7 +83,7 @@ async def test_many_clients_come_and_go_without_leaks(served: ServedAdmin, store
                 first = await anext(sse_events(response))
                 assert first["event"] == "snapshot"
             await eventually(lambda: _no_subscribers(store), timeout=5, message="subscription leaked")
-    assert context(served.app).event_streams == 0
+    assert context_of(served.app.state).event_streams == 0
 
 
 async def test_server_stop_ends_open_streams(redis_url: str, namespace: str, store: Store) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,13 +10,7 @@ import time
 import httpx
 
 from shared.redis_server import free_port
-from tests.helpers import eventually
-
-
-def service_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
-    env.update(settings)
-    return env
+from tests.helpers import eventually, service_env
 
 
 def test_refuses_non_loopback_without_token() -> None:

@@ -7,28 +7,15 @@ an engine restart, and an event that never arrives (caught by the periodic re-li
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from structlog.testing import capture_logs
 
 from services.discovery.sources.docker import DockerSource
 from shared.config import DockerDiscoveryConfig, Seconds
-from tests.fakes.docker_api import FakeDockerEngine, short_socket_path
+from tests.fakes.docker_api import FakeDockerEngine
 from tests.helpers import eventually
 from tests.integration.discovery.helpers import addresses, running
 
 LB = {"lb.enable": "true"}
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[FakeDockerEngine]:
-    e = FakeDockerEngine(short_socket_path(tmp_path)).start()
-    try:
-        yield e
-    finally:
-        e.stop()
 
 
 def source(engine: FakeDockerEngine, resync: float = 60.0, network: str = "") -> DockerSource:

@@ -12,36 +12,22 @@ from services.discovery.reconcile import apply
 from shared.models import Backend
 from shared.store import Fenced, Store
 from tests.helpers import eventually
+from tests.integration.discovery.helpers import backends, equals
 
 
 def docker(address: str, weight: int = 1) -> Backend:
     return Backend(address=address, weight=weight, origin="docker")
 
 
-async def backends(store: Store) -> dict[str, tuple[int, str, str]]:
-    return {v.address: (v.backend.weight, v.backend.origin, v.backend.state) for v in await store.list_backends()}
-
-
 async def test_apply_adds_updates_removes_and_leaves_other_origins(store: Store) -> None:
     await store.create_backend(Backend(address="10.0.0.9:80", origin="api"))
     await store.create_backend(Backend(address="10.0.0.8:80", origin="static"))
-    out = await apply(
-        store,
-        {"10.0.0.1:80": docker("10.0.0.1:80"), "10.0.0.2:80": docker("10.0.0.2:80", 2)},
-        "docker",
-        ("weight",),
-        None,
-    )
+    desired = {"10.0.0.1:80": docker("10.0.0.1:80"), "10.0.0.2:80": docker("10.0.0.2:80", 2)}
+    out = await apply(store, desired, "docker", ("weight",), None)
     assert (out.written, out.removed) == (2, 0)
     version = await store.version()
     # Again: equal records write nothing and bump nothing (reconciles repeat freely).
-    out = await apply(
-        store,
-        {"10.0.0.1:80": docker("10.0.0.1:80"), "10.0.0.2:80": docker("10.0.0.2:80", 2)},
-        "docker",
-        ("weight",),
-        None,
-    )
+    out = await apply(store, desired, "docker", ("weight",), None)
     assert (out.written, out.removed) == (0, 0) and await store.version() == version
 
     # An operator drains a docker backend: a weight-only source keeps the drain while changing the weight.
@@ -87,14 +73,7 @@ async def test_leader_steps_down_when_its_lease_is_taken_and_the_standby_leads(s
     await asyncio.wait_for(b.is_leader.wait(), 2)
     desired.publish({"10.0.0.2:80": docker("10.0.0.2:80")})
     await eventually(lambda: not a.is_leader.is_set(), message="a stepped down")
-    await eventually(async_equal(store, {"10.0.0.2:80": (1, "docker", "enabled")}), message="b reconciled")
+    await eventually(equals(store, {"10.0.0.2:80": (1, "docker", "enabled")}), message="b reconciled")
     stop.set()
     await asyncio.wait_for(asyncio.gather(ta, tb), 3)
     assert await store.lease_holder("discovery") is None  # released on stop
-
-
-def async_equal(store: Store, want: dict[str, tuple[int, str, str]]):  # type: ignore[no-untyped-def]
-    async def check() -> bool:
-        return await backends(store) == want
-
-    return check

@@ -4,7 +4,6 @@ the lease TTL, and nothing flaps (the store sees no write at all from the takeov
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 
 from shared.models import Event, Snapshot
 from shared.store import Store
-from tests.helpers import eventually
+from tests.helpers import eventually, service_env
 
 TTL = 2.0
 ROOT = Path(__file__).resolve().parents[3]
@@ -45,8 +44,7 @@ def procs() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
 
 
 def spawn(path: Path, replica_id: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
-    env["GOBALANCER_REPLICA_ID"] = replica_id
+    env = service_env(GOBALANCER_REPLICA_ID=replica_id)
     return subprocess.Popen(
         [sys.executable, "-m", "services.discovery", "--config", str(path)],
         cwd=ROOT,

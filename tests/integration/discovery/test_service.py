@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from structlog.testing import capture_logs
 
 from services.discovery.main import run
 from shared.config import load_config
 from shared.models import Backend
 from shared.store import Store
-from tests.fakes.docker_api import FakeDockerEngine, short_socket_path
+from tests.fakes.docker_api import FakeDockerEngine
 from tests.helpers import eventually
+from tests.integration.discovery.helpers import backends, equals
 
 
 def write_config(path: Path, redis_url: str, namespace: str, body: str) -> None:
@@ -35,22 +35,6 @@ async def service(path: Path) -> AsyncIterator[None]:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-
-
-def view(store: Store):  # type: ignore[no-untyped-def]
-    async def read() -> dict[str, tuple[int, str, str]]:
-        return {v.address: (v.backend.weight, v.backend.origin, v.backend.state) for v in await store.list_backends()}
-
-    return read
-
-
-def equals(store: Store, want: dict[str, tuple[int, str, str]]):  # type: ignore[no-untyped-def]
-    read = view(store)
-
-    async def check() -> bool:
-        return await read() == want
-
-    return check
 
 
 STATIC = "backends:\n  - {address: '10.0.0.1:80', weight: 2}\n  - {address: '10.0.0.2:80'}\n"
@@ -91,7 +75,7 @@ async def test_static_file_changes_apply_live_and_invalid_files_are_refused(
             assert "backends[0].weight" in refused[0]["error"] and "\n" not in refused[0]["error"]
             path.write_text("backends: [unclosed\n", encoding="utf-8")
             await eventually(lambda: len([e for e in logs if e["event"].startswith("config change refused")]) == 2)
-            assert await view(store)() == want and await store.version() == version
+            assert await backends(store) == want and await store.version() == version
             # And a valid file again is applied.
             write_config(path, redis_url, namespace, "backends:\n  - {address: '10.0.0.4:80'}\n")
             await eventually(
@@ -112,15 +96,6 @@ async def test_api_backend_on_a_static_address_is_left_alone(
                 equals(store, {"10.0.0.1:80": (2, "static", "enabled"), "10.0.0.2:80": (7, "api", "enabled")})
             )
             await eventually(lambda: any(e["event"].startswith("address held by another origin") for e in logs))
-
-
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[FakeDockerEngine]:
-    e = FakeDockerEngine(short_socket_path(tmp_path)).start()
-    try:
-        yield e
-    finally:
-        e.stop()
 
 
 async def test_docker_containers_reach_the_store(

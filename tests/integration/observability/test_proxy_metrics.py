@@ -8,11 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 from shared.models import Backend as StoredBackend
+from shared.redis_server import free_port
 from shared.store import Store
 from tests.helpers import eventually
 from tests.integration.observability.scrape import named, scrape
 from tests.integration.proxy.backends import Backend, Backends, read_response, status
-from tests.integration.proxy.test_process import free_port, proxy_process, wait_listening
+from tests.integration.proxy.test_process import proxy_process, wait_listening
 
 
 def raw_request(code: int) -> bytes:

@@ -3,41 +3,35 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from shared.models import Backend as StoredBackend
+from shared.processes import stop_process
+from shared.redis_server import free_port
 from shared.store import Store
-from tests.helpers import eventually
+from tests.helpers import eventually, service_env
 from tests.integration.observability.scrape import Samples, scrape
 from tests.integration.proxy.backends import Backend, Backends
-from tests.integration.proxy.test_process import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
 @contextlib.contextmanager
 def service(name: str, config: Path) -> Iterator[subprocess.Popen[bytes]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", f"services.{name}", "--config", str(config)],
         cwd=ROOT,
-        env=env,
+        env=service_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def redis_section(url: str, namespace: str) -> str:

@@ -10,39 +10,37 @@ import asyncio
 import contextlib
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 
+class _Headers:
+    headers: list[tuple[str, str]]
+
+    def header(self, name: str) -> str | None:
+        for n, v in self.headers:
+            if n.lower() == name.lower():
+                return v
+        return None
+
+
 @dataclass
-class Request:
+class Request(_Headers):
     method: str
     target: str
     version: str
     headers: list[tuple[str, str]]
     body: bytes
 
-    def header(self, name: str) -> str | None:
-        for n, v in self.headers:
-            if n.lower() == name.lower():
-                return v
-        return None
-
     def all(self, name: str) -> list[str]:
         return [v for n, v in self.headers if n.lower() == name.lower()]
 
 
 @dataclass
-class Response:
+class Response(_Headers):
     status: int
     headers: list[tuple[str, str]]
     body: bytes
-
-    def header(self, name: str) -> str | None:
-        for n, v in self.headers:
-            if n.lower() == name.lower():
-                return v
-        return None
 
 
 Handler = Callable[["Backend", Request, asyncio.StreamWriter], Awaitable[bool]]
@@ -104,7 +102,6 @@ class Backend:
         self.connections = 0
         self.server: asyncio.Server | None = None
         self.port = 0
-        self.event = asyncio.Event()  # set at each request
 
     @property
     def address(self) -> str:
@@ -140,7 +137,6 @@ class Backend:
                     body = b""
                 req = Request(method, target, version, headers, body)
                 self.requests.append(req)
-                self.event.set()
                 if not await self.handler(self, req, writer):
                     return
                 await writer.drain()
@@ -148,6 +144,16 @@ class Backend:
             return
         finally:
             writer.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]) -> AsyncIterator[str]:
+    """A raw server on 127.0.0.1 calling ``serve`` for each connection; yields its address, closed on exit."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
 
 
 class _Tap:

@@ -383,6 +383,7 @@ class Recorder:
 
     def __init__(self, inner: StaticRoundRobin) -> None:
         self.inner = inner
+        self.hash_key = inner.hash_key
         self.events: list[tuple[str, str, Outcome | None]] = []
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:

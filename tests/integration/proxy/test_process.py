@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-from tests.helpers import eventually
-from tests.integration.proxy.backends import Backend, Backends, read_response, slow
+from shared.redis_server import free_port
+from tests.helpers import eventually, service_env
+from tests.integration.proxy.backends import Backend, Backends, read_response, serving, slow
 
 ROOT = Path(__file__).resolve().parents[3]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
@@ -33,11 +25,10 @@ def proxy_process(
     config = tmp_path / "proxy.yaml"
     lines = [f"listen_address: 127.0.0.1:{port}", "backends:"] + [f"  - address: {a}" for a in backends]
     config.write_text("\n".join(lines) + "\n" + extra)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.proxy", "--config", str(config)],
         cwd=ROOT,
-        env=env,
+        env=service_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -138,11 +129,8 @@ async def sink_and_source(size: int) -> AsyncIterator[str]:
                 await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    async with serving(serve) as address:
+        yield address
 
 
 async def test_one_gib_both_ways_in_bounded_memory(tmp_path: Path) -> None:

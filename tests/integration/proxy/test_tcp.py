@@ -13,6 +13,7 @@ import pytest
 
 from services.proxy.tcp import PROXY_V2_SIGNATURE, proxy_header
 from tests.helpers import eventually
+from tests.integration.proxy.backends import serving
 from tests.integration.proxy.conftest import StartProxy
 from tests.integration.proxy.test_http import unused_address
 
@@ -28,11 +29,8 @@ async def upper_after_eof(received: list[bytes]) -> AsyncIterator[str]:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    async with serving(serve) as address:
+        yield address
 
 
 async def relay(port: int, payload: bytes) -> bytes:

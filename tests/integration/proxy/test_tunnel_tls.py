@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import eventually
-from tests.integration.proxy.backends import Backend, Backends, read_response
+from tests.integration.proxy.backends import Backend, Backends, read_response, serving
 from tests.integration.proxy.conftest import StartProxy
 
 
@@ -33,11 +33,8 @@ async def websocket_echo() -> AsyncIterator[str]:
         writer.write(b"bye")  # after the client's half-close
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        yield f"127.0.0.1:{server.sockets[0].getsockname()[1]}"
-    finally:
-        server.close()
+    async with serving(serve) as address:
+        yield address
 
 
 async def test_websocket_echo_through_tunnel(start_proxy: StartProxy) -> None:

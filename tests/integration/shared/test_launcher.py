@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from shared.redis_server import free_port
+from tests.helpers import service_env
 
 
 def _descendants(pid: int) -> set[int]:
@@ -55,7 +56,7 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
         f'admin: {{listen_address: "127.0.0.1:{free_port()}"}}\n'
         "health_check: {interval_sec: 0.2}\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+    env = service_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up", "--config", str(config), "--proxies", "2"],
         stdout=subprocess.PIPE,
@@ -136,7 +137,7 @@ def test_bundled_config_serves_the_demo_alternating_backends(tmp_path: Path) -> 
     )
     config = tmp_path / "config.yaml"
     config.write_text(text)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+    env = service_env()
     process = subprocess.Popen(
         [sys.executable, "-m", "shared.cli", "up", "--config", str(config)],
         stdout=subprocess.DEVNULL,

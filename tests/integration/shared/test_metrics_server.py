@@ -2,7 +2,8 @@ import asyncio
 
 from prometheus_client import CollectorRegistry, Counter
 
-from shared.metrics import metrics_server, with_port_offset
+from shared.addresses import with_port_offset
+from shared.metrics import metrics_server
 from shared.redis_server import free_port
 
 
