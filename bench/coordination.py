@@ -25,6 +25,7 @@ OTHER = "127.0.0.1:10"
 
 
 async def child(url: str, namespace: str) -> None:
+    from services.proxy.balancer import Outcome
     from services.proxy.store_balancer import open_store_balancer
     from shared.config import Config
     from shared.logs import configure_logging
@@ -40,7 +41,9 @@ async def child(url: str, namespace: str) -> None:
         while True:
             await balancer.changed.wait()
             balancer.changed.clear()
-            balancer.pick("k")  # rebuilds the policy if the view changed
+            upstream = balancer.pick("k")  # rebuilds the policy if the view changed
+            if upstream is not None:
+                balancer.finished(upstream, Outcome(ok=True))  # (a pick counts a request in flight)
             weight = next((c.weight for c in balancer.policy.candidates if c.address == ADDRESS), 0)
             if weight != seen:
                 seen = weight

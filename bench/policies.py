@@ -5,8 +5,8 @@ cold caches), the rebuild time after one backend is removed (``rebuild_ms``: the
 plus the policy, what every view change costs; ``where``: on the event loop, or in a worker thread
 when ``build_cost`` exceeds ``SYNC_BUILD_MAX_SEC``), and the cost of one pick
 (timeit-style: the best of several repeats of a timed loop, in CPU ns per pick). Count-based policies
-are also timed for a whole request cycle, pick + started + finished, because their counts change
-on every request. The pool has random weights 1..10 and a few hundred requests in flight, so the
+are also timed for a whole request cycle (acquire, then released), because their counts change on
+every request. The pool has random weights 1..10 and a few hundred requests in flight, so the
 count-based structures and the bounded-load walk are not in their trivial empty state.
 The original GoBalancer is O(N): round robin 57.8 ns at 10 and 2,230 ns at 1,000 backends.
 
@@ -25,7 +25,9 @@ import platform
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from services.proxy.policies import POLICIES, Candidate, MutableCounts, PolicyEnv, build_cost, build_policy
@@ -77,14 +79,17 @@ def measure(name: str, n: int, loops: int, repeats: int) -> dict[str, Any]:
             pick(keys[i & 4095])
 
     def cycles(loops: int) -> None:
-        pick, changed, add = policy.pick, policy.count_changed, counts.add
+        # As the proxy's hot path drives a policy: acquire, then released at the request's end.
+        acquire, changed, released, add = policy.acquire, policy.count_changed, policy.released, counts.add
+        counted = policy.counts_acquired
         for i in range(loops):
-            chosen = pick(keys[i & 4095])
+            chosen = acquire(keys[i & 4095])
             assert chosen is not None
             add(chosen, 1)
-            changed(chosen)
+            if not counted:
+                changed(chosen)
             add(chosen, -1)
-            changed(chosen)
+            released(chosen)
 
     row: dict[str, Any] = {
         "policy": name,
@@ -185,15 +190,20 @@ def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
 
 
 def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = False) -> dict[str, Any]:
-    """One request's whole cost in the StoreBalancer the proxy calls: pick + started + finished
+    """One request's whole cost in the StoreBalancer the proxy calls: pick (the request starts) + finished
     (in-flight bookkeeping, request totals, outlier detection, the latency estimate for ewma), with
     50 requests in flight as in the proxy benchmark. No Redis is reached: the view is fed by hand and
     no background task runs. It runs on an asyncio loop, as in the proxy (the fast pick path relies
     on the loop's timer for time-based changes). ``name`` "static" is the StaticRoundRobin a proxy
-    without Redis uses, for reference; ``equal`` gives every backend weight 1 (random 1-10 otherwise)."""
+    without Redis uses, for reference; ``equal`` gives every backend weight 1 (random 1-10 otherwise).
+
+    Also counted: the bytecodes one request executes there (``balancer_cycle_bytecodes``), which,
+    unlike times, do not vary from run to run. In a proxy under load a bytecode costs about three
+    times what it costs in this loop (see bench/README.md), so this is the number to watch.
+    """
     from services.proxy.balancer import Balancer, Outcome, StaticRoundRobin, Upstream
 
-    async def run() -> float:
+    async def run() -> tuple[float, float]:
         rng = random.Random(n)
         addresses = _addresses(n)
         balancer: Balancer
@@ -211,12 +221,11 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
             balancer = sb
         ok = Outcome(ok=True, latency=0.002, status=200)
         keys = [f"192.168.{i // 256}.{i % 256}" for i in range(4096)]
-        pick, started, finished = balancer.pick, balancer.started, balancer.finished
+        pick, finished = balancer.pick, balancer.finished
         held: collections.deque[Upstream] = collections.deque()
         for i in range(50):
             upstream = pick(keys[i])
             assert upstream is not None
-            started(upstream)
             held.append(upstream)
 
         def cycles(loops: int) -> None:
@@ -224,13 +233,40 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
                 finished(held.popleft(), ok)
                 upstream = pick(keys[i & 4095])
                 assert upstream is not None
-                started(upstream)
                 held.append(upstream)
 
-        return _best_ns(cycles, loops, repeats)
+        ns = _best_ns(cycles, loops, repeats)
+        return ns, _bytecodes(cycles, 200) / 200
 
+    ns, bytecodes = asyncio.run(run())
     label = f"{name} (equal weights)" if equal else name
-    return {"policy": label, "backends": n, "balancer_cycle_ns": round(asyncio.run(run()), 1)}
+    return {
+        "policy": label,
+        "backends": n,
+        "balancer_cycle_ns": round(ns, 1),
+        "balancer_cycle_bytecodes": round(bytecodes, 1),
+    }
+
+
+def _bytecodes(run: Callable[[int], None], loops: int) -> float:
+    """Bytecodes executed by the functions ``run(loops)`` calls (its own loop not counted)."""
+    count = 0
+
+    def tracer(frame: FrameType, event: str, arg: object) -> Callable[..., object] | None:
+        nonlocal count
+        if frame.f_code is run.__code__:
+            return None  # the driving loop itself
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            count += 1
+        return tracer
+
+    sys.settrace(tracer)
+    try:
+        run(loops)
+    finally:
+        sys.settrace(None)
+    return count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         row = measure_loop_gap(name, largest)
         gap_rows.append(row)
         print(f"{name:28} {row['loop_rebuild_ms']:>10.1f} {row['loop_gap_ms']:>9.1f}", flush=True)
-    print("\nwhole request through StoreBalancer (pick + started + finished), CPU ns:")
+    print("\nwhole request through StoreBalancer (pick + finished): CPU ns, bytecodes")
     balancer_rows = []
     cases = [("static", False)] + [(name, False) for name in args.policies.split(",")]
     cases.append(("least_connections", True))
@@ -272,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
         for n in (2, 10, 1000):
             row = measure_balancer(name, n, args.loops, args.repeats, equal)
             balancer_rows.append(row)
-            print(f"{row['policy']:28} {n:>9,} {row['balancer_cycle_ns']:>9.0f}", flush=True)
+            print(
+                f"{row['policy']:28} {n:>9,} {row['balancer_cycle_ns']:>9.0f} {row['balancer_cycle_bytecodes']:>9.0f}",
+                flush=True,
+            )
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(

@@ -299,7 +299,8 @@ class BalancingConfig(_Struct):
 
 
 class MetricsConfig(_Struct):
-    # Count on the proxy's hot path (requests, latency, bytes...). Off: nothing is counted there.
+    # Count on the proxy's hot path (requests, latency, bytes...). Off: nothing is counted there, and
+    # a proxy reports no request totals to the store either (the dashboard's per-backend requests).
     enabled: bool = True
     # Where the services without an HTTP API serve GET /metrics ("" = not served). A proxy with
     # proxy.workers = N serves worker i on port + i. The admin API serves /metrics on its own listener.

@@ -1,8 +1,9 @@
 """The seam between the data plane and the choice of backend.
 
-The protocol classes only ask a :class:`Balancer` for an upstream and report when a request (HTTP)
-or connection (TCP) starts and finishes. They know nothing of Redis, policies or the store: the
-implementation behind this interface does (see the load-balancing policies).
+The protocol classes only ask a :class:`Balancer` for an upstream, which counts as in flight from
+that moment, and report when that request (HTTP) or connection (TCP) finishes. They know nothing
+of Redis, policies or the store: the implementation behind this interface does (see the
+load-balancing policies).
 """
 
 from __future__ import annotations
@@ -49,15 +50,14 @@ class Balancer(Protocol):
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
         """An upstream for a request whose affinity key is ``key`` (client IP, header or cookie
-        value), avoiding the addresses in ``exclude`` (already tried). None: nothing usable."""
-        ...
+        value), avoiding the addresses in ``exclude`` (already tried). None: nothing usable.
 
-    def started(self, upstream: Upstream) -> None:
-        """A request/connection to ``upstream`` begins (counts toward its in-flight)."""
+        The request/connection begins there: the upstream returned counts toward its in-flight
+        at once, until :meth:`finished` (one call per request, not a pick and then a start)."""
         ...
 
     def finished(self, upstream: Upstream, outcome: Outcome) -> None:
-        """The request/connection started with :meth:`started` is over."""
+        """The request/connection an upstream was picked for is over."""
         ...
 
 
@@ -78,11 +78,14 @@ class StaticRoundRobin:
         n = len(self.upstreams)
         for _ in range(n):
             upstream = self.upstreams[next(self._counter) % n]
-            if upstream.address not in exclude:
+            address = upstream.address
+            if address not in exclude:
+                self.inflight[address] = self.inflight.get(address, 0) + 1
                 return upstream
         return None
 
     def started(self, upstream: Upstream) -> None:
+        """One more request to ``upstream`` without a pick (tests and tools)."""
         self.inflight[upstream.address] = self.inflight.get(upstream.address, 0) + 1
 
     def finished(self, upstream: Upstream, outcome: Outcome) -> None:

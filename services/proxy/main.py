@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from services.proxy.balancer import Balancer, StaticRoundRobin
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
+from services.proxy.stats import StatsTotals
 from services.proxy.store_balancer import open_store_balancer
 from shared.addresses import with_port_offset
 from shared.config import Config
@@ -86,6 +87,8 @@ async def run(config: Config, stop: asyncio.Event) -> None:
             server = Server(config, balancer, reuse_port=True)
             await server.start()
             replica = getattr(balancer, "replica", None)
+            if replica is not None and config.metrics.enabled:
+                replica.totals_source = StatsTotals(server.context.stats)
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
             registry = proxy_registry(lambda: server.context.stats, balancer, info)
             async with metrics_server(config.metrics.proxy_listen_address, registry) as bound:

@@ -98,6 +98,37 @@ class Stats:
         return b
 
 
+class StatsTotals:
+    """The replica's request totals (``shared.replica.TotalsSource``) in a proxy: attempts per backend
+    and status class, read from the data plane's own counters (the ones /metrics shows) as the
+    difference since the last push. One count per request serves both; with metrics off the hot path
+    counts nothing, so there are no totals either."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self._taken: dict[str, list[int]] = {}  # each backend's classes as of the last take
+
+    def has_totals(self) -> bool:
+        taken = self._taken
+        return any(b.classes != taken.get(a, _NONE) for a, b in self.stats.backends.items())
+
+    def take_totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for address, b in self.stats.backends.items():
+            now = list(b.classes)
+            before = self._taken.get(address, _NONE)
+            if now == before:
+                continue
+            self._taken[address] = now
+            for name, n, m in zip(CLASS_NAMES, now, before, strict=True):
+                if n != m:
+                    totals[f"{address}|{name}"] = n - m
+        return totals
+
+
+_NONE = [0] * len(CLASS_NAMES)
+
+
 class RetryBudget:
     """Retries allowed as a share of requests: each request deposits ``ratio`` tokens, a retry takes one.
 

@@ -1,7 +1,7 @@
 """The Redis-coordinated :class:`~services.proxy.balancer.Balancer`.
 
-Hot path (``pick``/``started``/``finished``): dict lookups and the policy's O(1)/O(log n) work; it
-never awaits anything. Background tasks (started by :func:`open_store_balancer`):
+Hot path (``pick``, which starts a request, and ``finished``): dict lookups and the policy's
+O(1)/O(log n) work; it never awaits anything. Background tasks (started by :func:`open_store_balancer`):
 
 - ``watch``: ``Store.watch()`` → the local view (snapshot, then events; a fresh snapshot after every
   reconnect). Each change marks the policy dirty and schedules one rebuild on the loop (coalescing
@@ -36,7 +36,7 @@ from services.proxy.balancer import Outcome, Upstream
 from services.proxy.outlier import OutlierDetector
 from services.proxy.policies import Candidate, Counts, Journaled, Policy, PolicyEnv, build_cost, build_policy
 from services.proxy.policies.ewma import record as record_latency
-from services.proxy.stats import CLASS_NAMES, Histogram
+from services.proxy.stats import Histogram
 from services.proxy.view import Candidates, LocalView, ViewState, compute_candidates
 from shared.aio import cancel_and_wait
 from shared.config import Config
@@ -96,11 +96,12 @@ class StoreBalancer:
         self.hash_key = config.balancing.hash_key
         self._policy: Policy = build_policy("round_robin", [], self.env)
         self._on_count: Callable[[str], None] | None = None  # policy.count_changed, if it reads counts
+        self._acquire: Callable[[str, Collection[str]], str | None] = self._policy.pick
+        # What pick() and finished() call besides the local count (None: nothing), chosen per policy.
+        self._on_start: Callable[[str], None] | None = None
+        self._on_end: Callable[[str], None] | None = None
         self._learns = False  # the policy learns from latencies (ewma)
-        # Attempts finished since the replica's last push, per backend, by status class (CLASS_NAMES
-        # order): a list increment per request; the replica folds them into its totals when it pushes.
-        self._finished: dict[str, list[int]] = {}
-        replica.totals_source = self
+        self._keeps_total = False  # counts.local_total kept in step (the policy reads the total)
         self._upstreams: dict[str, Upstream] = {}
         self._dirty = True
         # pick()'s one check: True while the policy may be behind the view (dirty, a build running,
@@ -319,7 +320,27 @@ class StoreBalancer:
         # What the hot path calls is decided here, once per policy, not on every request.
         self._policy = policy
         self._on_count = policy.count_changed if policy.reads_counts else None
+        self._acquire = policy.acquire if policy.counts_acquired else policy.pick
         self._learns = policy.learns
+        if policy.reads_total and not self._keeps_total:
+            self.counts.local_total = sum(self._local.values())
+        self._keeps_total = policy.reads_total
+        if policy.reads_total:
+            self._on_start, self._on_end = self._start_total, self._end_total
+        elif policy.counts_acquired:  # acquire() counted the start; released() takes it off
+            self._on_start, self._on_end = None, policy.released
+        else:
+            self._on_start = self._on_end = self._on_count
+
+    def _start_total(self, address: str) -> None:
+        self.counts.local_total += 1
+        if self._on_count is not None:
+            self._on_count(address)
+
+    def _end_total(self, address: str) -> None:
+        self.counts.local_total -= 1
+        if self._on_count is not None:
+            self._on_count(address)
 
     def _pick_usable(self, key: str, exclude: Collection[str]) -> str | None:
         """A pick by a policy older than the view: what it chooses is checked against the view (O(1)),
@@ -348,11 +369,21 @@ class StoreBalancer:
 
     # -- Balancer ----------------------------------------------------------------------------
 
+    # pick/finished run once per request each: a dict update of the local count, and the policy is
+    # only called when it uses what changed (count-based policies, latency-aware ones). Every
+    # bytecode here costs about 14 ns per request in a proxy under load (see bench/README.md).
+
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
         if self._slow:
             return self._pick_slow(key, exclude)
-        address = self._policy.pick(key, exclude)
-        return self._upstreams[address] if address is not None else None
+        address = self._acquire(key, exclude)
+        if address is None:
+            return None
+        local = self._local
+        local[address] = local.get(address, 0) + 1
+        if self._on_start is not None:
+            self._on_start(address)
+        return self._upstreams[address]
 
     def _pick_slow(self, key: str, exclude: Collection[str]) -> Upstream | None:
         if self._behind():
@@ -361,41 +392,38 @@ class StoreBalancer:
             self._settle()  # a timer that fired early: arm it again
         # While a build runs in a worker thread, the policy in force is older than the view.
         address = self.policy.pick(key, exclude) if self._building is None else self._pick_usable(key, exclude)
-        return self._upstreams[address] if address is not None else None
-
-    # started/finished run once per request each: plain dict and list updates, and the policy is
-    # only called when it uses what changed (count-based policies, latency-aware ones).
+        if address is None:
+            return None
+        upstream = self._upstreams[address]
+        self.started(upstream)
+        return upstream
 
     def started(self, upstream: Upstream) -> None:
+        """One more request to ``upstream`` (pick counts its own; tests and tools add more)."""
         address = upstream.address
         local = self._local
         local[address] = local.get(address, 0) + 1
-        self.counts.local_total += 1
+        if self._keeps_total:
+            self.counts.local_total += 1
         if self._on_count is not None:
             self._on_count(address)
 
     def finished(self, upstream: Upstream, outcome: Outcome) -> None:
         address = upstream.address
-        local = self._local
-        count = local.get(address, 0) - 1
-        if count:
-            local[address] = count
-        else:
-            local.pop(address, None)
-        self.counts.local_total -= 1
-        if self._on_count is not None:
-            self._on_count(address)
-        row = self._finished.get(address)
-        if row is None:
-            row = self._finished[address] = [0] * len(CLASS_NAMES)
-        status = outcome.status
-        row[status // 100 if status and 100 <= status < 600 else 0] += 1
+        self._local[address] -= 1  # (an entry left at 0 goes when the replica next pushes)
+        if self._on_end is not None:
+            self._on_end(address)
         if self._learns:
             record_latency(self.env, address, outcome.latency, outcome.ok, self.clock())
         if outcome.ok:
             if self._failing:  # (usually empty: one check)
                 self.outlier.succeeded(address)
-            return
+        else:
+            self._failed(address)
+
+    def _failed(self, address: str) -> None:
+        """A failed attempt: passive health (outlier detection), maybe an ejection here and now.
+        (Apart from finished(): its closure would make every request pay for cell variables.)"""
         now = self.clock()
         if address not in self.view.backends:
             return
@@ -416,15 +444,6 @@ class StoreBalancer:
             self._pending_ejections[address] = ejection
             self._publish_wake.set()
             self._mark_dirty()
-
-    # -- request totals (the replica's TotalsSource) ------------------------------------------
-
-    def has_totals(self) -> bool:
-        return bool(self._finished)
-
-    def take_totals(self) -> dict[str, int]:
-        finished, self._finished = self._finished, {}
-        return {f"{address}|{CLASS_NAMES[i]}": n for address, row in finished.items() for i, n in enumerate(row) if n}
 
     # -- background tasks --------------------------------------------------------------------
 

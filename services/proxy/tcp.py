@@ -114,7 +114,6 @@ class TcpClient(asyncio.Protocol):
             if attempt:
                 ctx.count_retry(tried[-1])
             tried.append(upstream.address)
-            ctx.balancer.started(upstream)
             start = time.perf_counter()  # loop.time() is in whole ms under uvloop
             try:
                 _, proto = await asyncio.wait_for(

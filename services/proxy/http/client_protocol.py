@@ -385,7 +385,6 @@ class ClientConnection(asyncio.Protocol):
             head = self._request_head(req, upstream.address.encode())
             self.pending_size += len(head) - len(self.head_out)
             self.pending[0] = self.head_out = head
-        ctx.balancer.started(upstream)
         self.started_at = now = _clock()
         if self.attempts == 1:
             self.t0 = now

@@ -38,7 +38,8 @@ class Counts:
 
     ``local`` is the replica's own exact table (``shared.replica.Replica.local``, updated on the hot
     path); ``others`` is replaced by a background refresh. Reads are two dict lookups. The owner that
-    changes ``local`` keeps ``local_total`` (its sum) in step, so :meth:`total` is O(1).
+    changes ``local`` keeps ``local_total`` (its sum) in step while a policy that ``reads_total`` is
+    in force, so :meth:`total` is O(1).
     """
 
     __slots__ = ("_others_total", "local", "local_total", "others")
@@ -57,11 +58,12 @@ class Counts:
 
     def set_others(self, others: Mapping[str, int]) -> list[str]:
         """Replace the other replicas' counts; returns the addresses whose count changed."""
+        others = {a: c for a, c in others.items() if c > 0}  # (a contribution is never below 0)
         changed = [a for a, c in others.items() if self.others.get(a, 0) != c]
-        changed += [a for a in self.others if a not in others and self.others[a] != 0]
+        changed += [a for a in self.others if a not in others]
         # In place: policies keep a reference to this dict (one attribute hop less per request).
         self.others.clear()
-        self.others.update((a, c) for a, c in others.items() if c)
+        self.others.update(others)
         self._others_total = sum(self.others.values())
         return changed
 
@@ -99,6 +101,10 @@ class Policy:
     uses_counts: ClassVar[bool] = True  # in-flight counts, the other replicas' included (read from Redis)
     reads_counts: ClassVar[bool] = False  # count_changed() after every in-flight change (hot path)
     learns: ClassVar[bool] = False  # attempt latencies recorded in ``env.latency`` (hot path)
+    reads_total: ClassVar[bool] = False  # Counts.total() (its local sum is kept up to date on the hot path)
+    # acquire() and released() move the backend by the one request themselves (see acquire): no
+    # count_changed() follows either.
+    counts_acquired: ClassVar[bool] = False
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         self.candidates = list(candidates)
@@ -107,6 +113,20 @@ class Policy:
     def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:
         """The address of the chosen backend; None when every candidate is excluded (or there is none)."""
         raise NotImplementedError
+
+    def acquire(self, key: str, exclude: Collection[str] = ()) -> str | None:
+        """:meth:`pick` for a request that starts there at once (the proxy's hot path).
+
+        A policy with ``counts_acquired`` counts that request in its own structure in the same step
+        (its owner adds it to the local count and calls nothing more), and :meth:`released` takes it
+        off again when it ends: one move each, no recount. Both assume counts are never negative
+        (``Counts.set_others`` drops negative ones). The others just pick, and their owner calls
+        :meth:`count_changed` as after any change."""
+        return self.pick(key, exclude)
+
+    def released(self, address: str) -> None:
+        """A request started by :meth:`acquire` at ``address`` ended (its local count is one lower)."""
+        self.count_changed(address)
 
     def count_changed(self, address: str) -> None:
         """The global in-flight count of ``address`` changed (O(log n) at most)."""
@@ -138,6 +158,7 @@ class Journaled(Policy):
         super().__init__((), inner.env)
         self.learns = inner.learns  # type: ignore[misc]
         self.uses_counts = inner.uses_counts  # type: ignore[misc]
+        self.reads_total = inner.reads_total  # type: ignore[misc]
         self.inner = inner
         self.candidates = inner.candidates
         self.changed: set[str] = set()

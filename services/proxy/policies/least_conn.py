@@ -116,16 +116,19 @@ class _CountBuckets(Policy):
     """Least count first, all effective weights equal: backends bucketed by count.
 
     ``_buckets[c]`` holds the backends whose count is ``c``, in rotation order (a dict used as an
-    ordered set: O(1) removal anywhere, insertion at the back); ``_low`` is the lowest index that
-    may be non-empty. Moving the low mark up after its bucket empties scans empty buckets, which
-    costs at most the change of the lowest count (each step of a count moves it by one).
+    ordered set: O(1) removal anywhere, insertion at the back); ``_low`` is the lowest non-empty
+    one whenever there are candidates. A change that empties it moves the mark up to where the
+    backend went, scanning the empty buckets between: at most the size of that change, which is
+    one for a request's start.
 
-    A picked backend goes to the back of a bucket: of the next one up when the started() that
-    normally follows changes its count (count_changed), else of its own before the next pick
-    (``_pending``), so the usual request moves it once, not twice.
+    The proxy's hot path calls :meth:`acquire` and :meth:`released`: the chosen backend moves to the
+    back of the next bucket up, and back down when the request ends, with no recount (every
+    bytecode here is paid on every request). A plain :meth:`pick` sends the chosen backend to the
+    back of its own bucket, so ties rotate whether or not its count then changes.
     """
 
     reads_counts = True
+    counts_acquired = True
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         super().__init__(candidates, env)
@@ -137,7 +140,6 @@ class _CountBuckets(Policy):
             self._level[c.address] = level
             self._bucket(level)[c.address] = None
         self._low = min(self._level.values(), default=0)
-        self._pending: str | None = None
 
     def _bucket(self, level: int) -> dict[str, None]:
         buckets = self._buckets
@@ -145,43 +147,82 @@ class _CountBuckets(Policy):
             buckets.append({})
         return buckets[level]
 
+    def _move(self, address: str, old: int, new: int) -> None:
+        buckets = self._buckets
+        bucket = buckets[old]
+        del bucket[address]
+        self._bucket(new)[address] = None
+        self._level[address] = new
+        if new < self._low:
+            self._low = new
+        elif old == self._low and not bucket:
+            low = old
+            while not buckets[low]:  # (stops at ``new`` at the latest)
+                low += 1
+            self._low = low
+
     def count_changed(self, address: str) -> None:
         old = self._level.get(address)
         if old is None:
             return
-        if address == self._pending:
-            self._pending = None
         new = self._others.get(address, 0) + self._local.get(address, 0)
-        if new == old:
+        if new != old:
+            self._move(address, old, new if new > 0 else 0)
+
+    def acquire(self, key: str, exclude: Collection[str] = ()) -> str | None:
+        # Its count is about to go up by one (the owner adds the request to the local count), so
+        # its level does too; counts are never negative, so the level stays the count.
+        if exclude:
+            address = self._first(exclude)
+            if address is not None:
+                level = self._level[address]
+                self._move(address, level, level + 1)
+            return address
+        low = self._low
+        bucket = self._buckets[low]
+        for address in bucket:  # the first one (the loop ends here: no step after the change)
+            del bucket[address]
+            up = low + 1
+            try:
+                self._buckets[up][address] = None
+            except IndexError:
+                self._buckets.append({address: None})
+            self._level[address] = up
+            if not bucket:
+                self._low = up
+            return address
+        return None  # no candidates
+
+    def released(self, address: str) -> None:
+        try:
+            level = self._level[address]
+        except KeyError:  # not a candidate (the backend left the pool meanwhile)
             return
-        if new < 0:
-            new = 0
+        if level:
+            buckets = self._buckets
+            del buckets[level][address]
+            level -= 1
+            buckets[level][address] = None
+            self._level[address] = level
+            if level < self._low:
+                self._low = level
+
+    def _first(self, exclude: Collection[str]) -> str | None:
+        """The backend at the front of the lowest bucket, skipping ``exclude``."""
         buckets = self._buckets
-        del buckets[old][address]
-        (buckets[new] if new < len(buckets) else self._bucket(new))[address] = None
-        self._level[address] = new
-        if new < self._low:
-            self._low = new
+        for level in range(self._low, len(buckets)):
+            for address in buckets[level]:
+                if not exclude or address not in exclude:
+                    return address
+        return None
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:
-        buckets = self._buckets
-        if self._pending is not None:  # the last pick, whose count did not change: to the back
-            pending, self._pending = self._pending, None
-            bucket = buckets[self._level[pending]]
-            del bucket[pending]
-            bucket[pending] = None
-        level, top = self._low, len(buckets)
-        while level < top and not buckets[level]:
-            level += 1
-        self._low = level
-        while level < top:
-            for address in buckets[level]:
-                if exclude and address in exclude:
-                    continue
-                self._pending = address
-                return address
-            level += 1
-        return None
+        address = self._first(exclude)
+        if address is not None:  # to the back of its bucket: ties rotate
+            bucket = self._buckets[self._level[address]]
+            del bucket[address]
+            bucket[address] = None
+        return address
 
 
 class LeastConnections(_ScoredHeap):

@@ -210,6 +210,7 @@ def build_table(backends: Sequence[tuple[str, int]]) -> tuple[list[int], int]:
 
 class MaglevHash(Policy):
     name = "ip_hash"
+    reads_total = True  # (the bounded-load cap)
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         super().__init__(candidates, env)

@@ -60,15 +60,12 @@ async def test_global_counts_steer_other_replicas(replicas: list[StoreBalancer])
     """Replica A holds 20 requests on one backend; replica B, once it has seen A's counts, sends its
     next 20 requests elsewhere (a replica-local count would have split them evenly)."""
     a, b, _ = replicas
-    hot = a.pick("x")
+    hot = a.pick("x")  # (counts one request in flight)
     assert hot is not None
-    for _ in range(20):
+    for _ in range(19):
         a.started(hot)
     await eventually(lambda: b.counts.get(hot.address) == 20, timeout=3, message="B sees A's in-flight")
-    chosen = [b.pick("x") for _ in range(20)]
-    for upstream in chosen:
-        assert upstream is not None
-        b.started(upstream)
+    chosen = [b.pick("x") for _ in range(20)]  # each held: in flight from its pick
     assert hot.address not in {u.address for u in chosen if u is not None}
     assert sorted(b.counts.get(addr) for addr in ADDRS) == [10, 10, 20]
 
@@ -87,7 +84,6 @@ async def test_three_replicas_keep_least_connections_balanced_under_uneven_durat
         upstream = balancer.pick("client")
         assert upstream is not None
         received[upstream.address] += 1
-        balancer.started(upstream)
         await asyncio.sleep(duration[upstream.address])  # the request's service time
         balancer.finished(upstream, Outcome(ok=True, latency=duration[upstream.address]))
 
@@ -161,18 +157,26 @@ async def test_store_changes_reach_every_replica_within_100ms(store: Store, repl
     await eventually(lambda: all(ADDRS[2] not in pick_set(r) for r in replicas), timeout=0.1, interval=0.002)
 
 
+def probe(balancer: StoreBalancer, key: str) -> Upstream | None:
+    """A pick for a request that ends at once (a pick counts its request in flight until finished)."""
+    upstream = balancer.pick(key)
+    if upstream is not None:
+        balancer.finished(upstream, Outcome(ok=True, status=200))
+    return upstream
+
+
 def pick_set(balancer: StoreBalancer, n: int = 30) -> set[str]:
-    return {u.address for u in (balancer.pick(str(i)) for i in range(n)) if u is not None}
+    return {u.address for u in (probe(balancer, str(i)) for i in range(n)) if u is not None}
 
 
 async def test_algorithm_change_switches_every_replica_live(store: Store, replicas: list[StoreBalancer]) -> None:
     assert {r.policy.name for r in replicas} == {"least_connections"}
     await store.set_algorithm(AlgorithmSetting(name="weighted"))
-    await eventually(lambda: all(r.pick("k") and r.policy.name == "weighted" for r in replicas), timeout=1)
+    await eventually(lambda: all(probe(r, "k") and r.policy.name == "weighted" for r in replicas), timeout=1)
     await store.set_algorithm(AlgorithmSetting(name="ip_hash", hash_key="header:X-User"))
-    await eventually(lambda: all(r.pick("k") and r.policy.name == "ip_hash" for r in replicas), timeout=1)
+    await eventually(lambda: all(probe(r, "k") and r.policy.name == "ip_hash" for r in replicas), timeout=1)
     assert {r.hash_key for r in replicas} == {"header:X-User"}
-    first = {r.pick("user-42").address for r in replicas}  # type: ignore[union-attr]
+    first = {probe(r, "user-42").address for r in replicas}  # type: ignore[union-attr]
     assert len(first) == 1  # every replica hashes a key to the same backend
 
 
@@ -190,7 +194,7 @@ async def test_outlier_ejection_is_shared_and_ends(redis_url: str, namespace: st
             stack.push_async_callback(own.close)
             balancers.append(await stack.enter_async_context(open_store_balancer(config, own)))
         a, b = balancers
-        bad = next(u for u in (a.pick(str(i)) for i in range(3)) if u is not None and u.address == ADDRS[0])
+        bad = next(u for u in (probe(a, str(i)) for i in range(3)) if u is not None and u.address == ADDRS[0])
         for _ in range(3):
             a.started(bad)
             a.finished(bad, Outcome(ok=False, connect_failed=True))
@@ -225,7 +229,6 @@ async def test_redis_restart_under_picks_never_fails_and_resyncs(private_redis: 
                     if upstream is None:
                         failures += 1
                     else:
-                        balancer.started(upstream)
                         balancer.finished(upstream, Outcome(ok=True, latency=0.001))
                     await asyncio.sleep(0.001)
 
@@ -324,13 +327,13 @@ async def test_round_robin_reads_no_global_counts_and_least_connections_does(
     """The other replicas' counts cost a Redis read per period: only policies that use them pay it.
     Switching to round robin drops what was read; switching back reads them again."""
     a, b, _ = replicas
-    hot = a.pick("x")
+    hot = a.pick("x")  # (counts one request in flight)
     assert hot is not None
-    for _ in range(5):
+    for _ in range(4):
         a.started(hot)
     await eventually(lambda: b.counts.get(hot.address) == 5, timeout=3, message="B sees A's in-flight")
     await store.set_algorithm(AlgorithmSetting(name="round_robin"))
-    await eventually(lambda: b.pick("x") is not None and b.policy.name == "round_robin", timeout=3)
+    await eventually(lambda: probe(b, "x") is not None and b.policy.name == "round_robin", timeout=3)
     await eventually(lambda: b.counts.others == {}, timeout=3, message="B dropped the others' counts")
     for _ in range(5):
         a.started(hot)  # A now holds 10; B does not read it while it runs round robin

@@ -387,13 +387,14 @@ class Recorder:
         self.events: list[tuple[str, str, Outcome | None]] = []
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
-        return self.inner.pick(key, exclude)
-
-    def started(self, upstream: Upstream) -> None:
-        self.events.append(("started", upstream.address, None))
+        upstream = self.inner.pick(key, exclude)
+        if upstream is not None:  # (a pick starts a request)
+            self.events.append(("started", upstream.address, None))
+        return upstream
 
     def finished(self, upstream: Upstream, outcome: Outcome) -> None:
         self.events.append(("finished", upstream.address, outcome))
+        self.inner.finished(upstream, outcome)
 
 
 async def test_every_attempt_reported_to_the_balancer(backends: Backends, start_proxy: StartProxy) -> None:
@@ -418,3 +419,4 @@ async def test_every_attempt_reported_to_the_balancer(backends: Backends, start_
     last = events[-1][2]
     assert last is not None and not last.ok and last.status == 503  # a 5xx response counts as a failure
     assert sum(e[0] == "started" for e in events) == sum(e[0] == "finished" for e in events)
+    assert not any(recorder.inner.inflight.values())  # every pick was given back

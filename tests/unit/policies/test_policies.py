@@ -246,7 +246,10 @@ def test_least_connections_ties_follow_weights() -> None:
 @given(
     st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=12),
     st.booleans(),
-    st.lists(st.tuples(st.sampled_from(["pick", "finish", "pick_only", "others"]), st.integers(0, 11)), max_size=300),
+    st.lists(
+        st.tuples(st.sampled_from(["pick", "acquire", "finish", "pick_only", "others"]), st.integers(0, 11)),
+        max_size=300,
+    ),
     st.sampled_from(["least_connections", "weighted_least_connections"]),
 )
 def test_count_policies_always_pick_a_lowest_score(
@@ -254,7 +257,9 @@ def test_count_policies_always_pick_a_lowest_score(
 ) -> None:
     """Whatever the interleaving of picks and count changes (the other replicas' counts jumping
     too), the pick has the lowest score among the non-excluded backends: with unequal weights the
-    heap (lazy entries, deferred pushes, compaction), with equal ones the count buckets."""
+    heap (lazy entries, deferred pushes, compaction), with equal ones the count buckets. Requests
+    are started either as the proxy's hot path does (acquire, then released at the end) or with a
+    pick and count_changed calls, in any mix."""
     if equal:
         weights = [weights[0]] * len(weights)
     e = env()
@@ -267,23 +272,27 @@ def test_count_policies_always_pick_a_lowest_score(
     def score(address: str) -> float:
         return (counts.get(address) + plus) / weights[int(address[1:])]
 
-    held: list[str] = []
+    held: list[tuple[str, bool]] = []  # (address, started by acquire)
     rng = random.Random(len(ops))
     for op, arg in ops:
         exclude = {f"b{arg % len(weights)}"} if arg % 3 == 0 and len(weights) > 1 else set()
-        if op in ("pick", "pick_only"):
-            chosen = policy.pick("", exclude)
-            assert chosen is not None and chosen not in exclude
+        if op in ("pick", "pick_only", "acquire"):
             best = min(score(c.address) for c in policy.candidates if c.address not in exclude)
+            chosen = policy.acquire("", exclude) if op == "acquire" else policy.pick("", exclude)
+            assert chosen is not None and chosen not in exclude
             assert score(chosen) == best
-            if op == "pick":
+            if op != "pick_only":
                 counts.add(chosen, 1)
-                policy.count_changed(chosen)
-                held.append(chosen)
+                if op == "pick" or not policy.counts_acquired:
+                    policy.count_changed(chosen)
+                held.append((chosen, op == "acquire"))
         elif op == "finish" and held:
-            done = held.pop(arg % len(held))
+            done, acquired = held.pop(arg % len(held))
             counts.add(done, -1)
-            policy.count_changed(done)
+            if acquired:
+                policy.released(done)
+            else:
+                policy.count_changed(done)
         elif op == "others":  # a refresh of the other replicas' contributions
             others = {c.address: rng.randrange(arg + 1) for c in policy.candidates if rng.random() < 0.5}
             for address in counts.set_others(others):
@@ -310,3 +319,29 @@ def test_equal_weight_least_connections_ties_rotate_and_counts_order() -> None:
     assert picks == ["b2", "b0", "b2", "b0"]  # b1 (2 in flight) only once b0/b2 reach 2
     assert policy.pick("") == "b1"
     assert policy.pick("", {"b1"}) in {"b0", "b2"}
+
+
+def test_equal_weight_least_connections_hot_path_rotates_ties_and_follows_counts() -> None:
+    """acquire/released (one move each, no recount) keep the rotation and the order by count."""
+    e = env()
+    counts = e.counts
+    assert isinstance(counts, MutableCounts)
+    policy = build_policy("least_connections", cands(1, 1, 1), e)
+    assert isinstance(policy, _CountBuckets) and policy.counts_acquired
+    order = []
+    for _ in range(6):  # short requests: each over before the next starts
+        chosen = policy.acquire("")
+        assert chosen is not None
+        counts.add(chosen, 1)
+        order.append(chosen)
+        counts.add(chosen, -1)
+        policy.released(chosen)
+    assert order == ["b0", "b1", "b2", "b0", "b1", "b2"]
+    held = [policy.acquire("") for _ in range(4)]  # b0 b1 b2, then b0 again (all at 1)
+    for address in held:
+        assert address is not None
+        counts.add(address, 1)
+    assert held == ["b0", "b1", "b2", "b0"]
+    counts.add("b0", -1)
+    policy.released("b0")
+    assert policy.acquire("", {"b1"}) == "b2"  # b0 is back to 1 like b1, b2: b2 is next in turn

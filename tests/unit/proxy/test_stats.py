@@ -7,7 +7,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.proxy.balancer import StaticRoundRobin, Upstream
 from services.proxy.observability.metrics import proxy_registry
-from services.proxy.stats import LATENCY_BUCKETS, Histogram, Stats, status_class
+from services.proxy.stats import LATENCY_BUCKETS, Histogram, Stats, StatsTotals, status_class
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -66,3 +66,19 @@ def test_collector_folds_stats() -> None:
     assert got[("gobalancer_proxy_backend_request_duration_seconds_bucket", (*lb, ("le", "+Inf")))] == 4
     assert got[("gobalancer_proxy_backend_upstream_ttfb_seconds_count", lb)] == 3
     assert got[("gobalancer_proxy_info", (("replica", "r1"),))] == 1
+
+
+def test_request_totals_are_what_the_counters_gained_since_the_last_take() -> None:
+    """The replica's request totals come from the same per-backend class counts as /metrics."""
+    stats = Stats()
+    totals = StatsTotals(stats)
+    assert not totals.has_totals() and totals.take_totals() == {}
+    for status in (200, 200, 503, None):
+        stats.backend("a:1").finished(status, 0.01, None)
+    stats.backend("b:1")  # seen, nothing finished yet
+    assert totals.has_totals()
+    assert totals.take_totals() == {"a:1|2xx": 2, "a:1|5xx": 1, "a:1|error": 1}
+    assert not totals.has_totals() and totals.take_totals() == {}
+    stats.backend("a:1").finished(200, 0.01, None)
+    stats.backend("b:1").finished(404, 0.01, None)
+    assert totals.take_totals() == {"a:1|2xx": 1, "b:1|4xx": 1}

@@ -1,0 +1,129 @@
+"""Python bytecodes per request through the whole proxy: ``python -m bench bytecodes``.
+
+Throughput on these machines moves by several percent between two identical proxy processes, so a
+small change in the cost of the hot path drowns in noise. The number of bytecodes a request executes
+does not: it is the same on every run. This starts the static proxy (round robin, no Redis) and the
+Redis-coordinated one (the store's view, ``least_connections``, counter pushes), each with a tracer
+that counts the bytecodes of every Python frame while a fixed number of keep-alive requests go
+through it (from a plain asyncio client, to nginx backends as in ``bench proxy``), and prints
+bytecodes per request, the functions where the two differ most, and the ratio. Tracing makes the
+proxy about 50 times slower, so the background work of the coordinated proxy (pushes and reads every
+``redis.counts_sync_sec``) weighs about 30 times more per request here than under real load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from bench.proxy import _seed_store, clean_env, gobalancer_conf, process, start_nginx_backends
+from shared.redis_server import RedisServer, free_port
+
+# Run as the proxy's entry point: count bytecodes per function between SIGUSR1 and SIGUSR2, then
+# write them to $BYTECODES_OUT.
+TRACED_PROXY = """
+import collections, json, os, runpy, signal, sys
+counts = collections.Counter()
+def tracer(frame, event, arg):
+    frame.f_trace_opcodes = True
+    if event == "opcode":
+        code = frame.f_code
+        counts[code.co_qualname + " " + code.co_filename.rsplit("/", 1)[-1]] += 1
+    return tracer
+def start(*_):
+    counts.clear()
+    sys.settrace(tracer)
+def stop(*_):
+    sys.settrace(None)
+    with open(os.environ["BYTECODES_OUT"], "w") as f:
+        json.dump(counts, f)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
+sys.argv = ["services.proxy"] + sys.argv[1:]
+runpy.run_module("services.proxy", run_name="__main__", alter_sys=True)
+"""
+
+
+async def _requests(port: int, connections: int, per_connection: int, body: int) -> None:
+    async def one() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(per_connection):
+            writer.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            await writer.drain()
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(body)
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+
+
+def _count(name: str, config: Path, port: int, out: Path, args: argparse.Namespace) -> Counter[str]:
+    env = dict(clean_env(), BYTECODES_OUT=str(out))
+    cmd = [sys.executable, "-c", TRACED_PROXY, "--config", str(config)]
+    with process(cmd, port, cwd=Path(__file__).resolve().parents[1], env=env) as proc:
+        asyncio.run(_requests(port, args.connections, 20, 100))  # warm-up: pools filled, caches specialised
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.2)
+        asyncio.run(_requests(port, args.connections, args.requests // args.connections, 100))
+        proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 10
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)  # (the file is written at once; let the writer finish)
+    counts: Counter[str] = Counter(json.loads(out.read_text()))
+    print(f"  {name:<20} {sum(counts.values()) / args.requests:8.1f} bytecodes per request", flush=True)
+    return counts
+
+
+def run(args: argparse.Namespace) -> int:
+    requests = args.requests - args.requests % args.connections
+    args.requests = requests
+    with tempfile.TemporaryDirectory(prefix="gobalancer-bytecodes-") as tmp, contextlib.ExitStack() as stack:
+        base = Path(tmp)
+        backends, _ = start_nginx_backends(stack, base, 2)
+        redis = stack.enter_context(RedisServer())
+        asyncio.run(_seed_store(redis.url, "bench", backends))
+        results: dict[str, Counter[str]] = {}
+        for name in ("gobalancer", "gobalancer-redis-lc"):
+            port = free_port()
+            text = gobalancer_conf(port, backends)
+            if name == "gobalancer-redis-lc":
+                text += f"redis:\n  url: {redis.url}\n  namespace: bench\nalgorithm: least_connections\n"
+            config = base / f"{name}.yaml"
+            config.write_text(text)
+            results[name] = _count(name, config, port, base / f"{name}.json", args)
+    static, coordinated = results["gobalancer"], results["gobalancer-redis-lc"]
+    a, b = sum(static.values()) / requests, sum(coordinated.values()) / requests
+    print(f"\ngobalancer-redis-lc / gobalancer: {b / a:.3f} ({b - a:+.1f} bytecodes per request)")
+    print("largest differences per request (coordinated - static):")
+    keys = sorted(set(static) | set(coordinated), key=lambda k: abs(coordinated[k] - static[k]), reverse=True)
+    for key in keys[: args.top]:
+        print(f"  {(coordinated[key] - static[key]) / requests:+8.1f}  {key}")
+    report = {
+        "requests": requests,
+        "bytecodes_per_request": {"gobalancer": round(a, 1), "gobalancer-redis-lc": round(b, 1)},
+        "ratio": round(b / a, 4),
+        "differences": {k: round((coordinated[k] - static[k]) / requests, 2) for k in keys[: args.top]},
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bytecodes.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nwrote {out / 'bytecodes.json'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench bytecodes", description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=4000, help="requests counted per proxy (default 4000)")
+    parser.add_argument("--connections", type=int, default=20, help="client connections (default 20)")
+    parser.add_argument("--top", type=int, default=12, help="differences listed (default 12)")
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"), help="output directory")
+    return run(parser.parse_args(argv))
