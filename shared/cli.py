@@ -34,7 +34,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     if not config.redis.url and find_redis_server() is None:
         print(INSTALL_HINT, file=sys.stderr)
         return 2
-    return run_up(config, args.config, args.proxies)
+    return run_up(config, args.config, args.proxies, exit_with_parent=args.exit_with_parent)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole suite locally")
     up.add_argument("--config", default=os.environ.get("GOBALANCER_CONFIG"), help="YAML config file")
     up.add_argument("--proxies", type=int, default=1, help="number of proxy replicas (default 1)")
+    up.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="stop the suite when the process that started it exits (make run: a signal to make alone)",
+    )
     up.set_defaults(func=_cmd_up)
 
     check = sub.add_parser("check-config", help="validate a config file and print the effective settings")

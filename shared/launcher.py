@@ -144,13 +144,18 @@ class Launcher:
             self.stop()
 
 
-def run_up(config: Config, config_path: str | None, proxies: int) -> int:
+def run_up(config: Config, config_path: str | None, proxies: int, *, exit_with_parent: bool = False) -> int:
     if config_path is not None:
         config_path = str(Path(config_path).resolve())
     launcher = Launcher(config, config_path, proxies)
     # Handlers first: a signal that arrives while the suite is starting still stops it cleanly.
     signal.signal(signal.SIGTERM, launcher.on_signal)
     signal.signal(signal.SIGINT, launcher.on_signal)
+    if exit_with_parent:
+        parent = os.getppid()
+        die_with_parent()  # SIGTERM when the parent exits: the handler above stops the suite
+        if os.getppid() != parent:  # it exited before that took effect
+            launcher.on_signal(signal.SIGTERM, None)
     try:
         launcher.start()
     except BaseException:

@@ -49,7 +49,8 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
-def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+def _start(tmp_path: Path, *extra: str, parent: bool = False) -> tuple[subprocess.Popen[str], Path]:
+    """The launcher (``parent``: a process that started it and waits for it, like make)."""
     config = tmp_path / "config.yaml"
     config.write_text(
         f'listen_address: "127.0.0.1:{free_port()}"\n'
@@ -57,8 +58,11 @@ def _start(tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
         "health_check: {interval_sec: 0.2}\n"
     )
     env = service_env()
+    command = [sys.executable, "-m", "shared.cli", "up", "--config", str(config), "--proxies", "2", *extra]
+    if parent:
+        command = [sys.executable, "-c", "import subprocess, sys; subprocess.run(sys.argv[1:])", *command]
     process = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", "up", "--config", str(config), "--proxies", "2"],
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -110,6 +114,20 @@ def test_a_killed_launcher_takes_its_children_along(tmp_path: Path) -> None:
     while _alive(children) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(children), "children outlived a SIGKILLed launcher"
+
+
+def test_with_exit_with_parent_the_suite_stops_when_its_parent_dies(tmp_path: Path) -> None:
+    """`make run` execs the launcher with --exit-with-parent: a signal to make alone (timeout, a
+    process supervisor) must not leave the suite running, orphaned."""
+    parent, _ = _start(tmp_path, "--exit-with-parent", parent=True)
+    processes = _wait_for_children(parent.pid, 9)  # the launcher and its 8
+    assert len(processes) >= 9, processes
+    parent.kill()  # (SIGKILL: the parent cannot pass anything on)
+    parent.wait(10)
+    deadline = time.monotonic() + 20
+    while _alive(processes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(processes), "the suite outlived the process that started it"
 
 
 def test_up_refuses_a_bad_config(tmp_path: Path) -> None:
