@@ -22,7 +22,7 @@ install: $(STAMP)
 
 run: install
 	@scripts/need redis-server:redis-server
-	exec $(VENV)/bin/gobalancer up --config config/config.yaml --exit-with-parent
+	exec $(VENV)/bin/gobalancer up --config config/config.yaml --exit-with-parent=$$PPID
 
 lint: install
 	$(VENV)/bin/ruff check $(LINT_DIRS)

@@ -191,7 +191,7 @@ def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
 
 def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = False) -> dict[str, Any]:
     """One request's whole cost in the StoreBalancer the proxy calls: pick (the request starts) + finished
-    (in-flight bookkeeping, request totals, outlier detection, the latency estimate for ewma), with
+    (in-flight bookkeeping, outlier detection, the latency estimate for ewma), with
     50 requests in flight as in the proxy benchmark. No Redis is reached: the view is fed by hand and
     no background task runs. It runs on an asyncio loop, as in the proxy (the fast pick path relies
     on the loop's timer for time-based changes). ``name`` "static" is the StaticRoundRobin a proxy

@@ -46,8 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--proxies", type=int, default=1, help="number of proxy replicas (default 1)")
     up.add_argument(
         "--exit-with-parent",
-        action="store_true",
-        help="stop the suite when the process that started it exits (make run: a signal to make alone)",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="PID",
+        help="stop the suite when its parent process (PID, if given, as a check) exits (make run uses it)",
     )
     up.set_defaults(func=_cmd_up)
 

@@ -144,18 +144,22 @@ class Launcher:
             self.stop()
 
 
-def run_up(config: Config, config_path: str | None, proxies: int, *, exit_with_parent: bool = False) -> int:
+def run_up(config: Config, config_path: str | None, proxies: int, *, exit_with_parent: int | None = None) -> int:
+    """Run the suite until a signal. ``exit_with_parent``: also stop when the parent process exits
+    (0: whatever process is the parent now; a PID: the parent it must be, so a parent that already
+    died while this process was starting is noticed too)."""
     if config_path is not None:
         config_path = str(Path(config_path).resolve())
     launcher = Launcher(config, config_path, proxies)
     # Handlers first: a signal that arrives while the suite is starting still stops it cleanly.
     signal.signal(signal.SIGTERM, launcher.on_signal)
     signal.signal(signal.SIGINT, launcher.on_signal)
-    if exit_with_parent:
-        parent = os.getppid()
+    if exit_with_parent is not None:
+        parent = exit_with_parent or os.getppid()
         die_with_parent()  # SIGTERM when the parent exits: the handler above stops the suite
         if os.getppid() != parent:  # it exited before that took effect
-            launcher.on_signal(signal.SIGTERM, None)
+            print(f"gobalancer up: the process that started it ({parent}) has exited; not starting", file=sys.stderr)
+            return 0
     try:
         launcher.start()
     except BaseException:

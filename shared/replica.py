@@ -74,7 +74,7 @@ class Replica:
             listen=listen,
         )
         # Exact in-flight counts of this replica. The hot path may leave an entry at 0 (one dict
-        # operation less per request); push() drops those.
+        # operation less per request); the heartbeat task drops those.
         self.local: dict[str, int] = {}
         self._pushed: dict[str, int] = {}  # ``local`` as of the last push (deltas are taken against it)
         self.totals: dict[str, int] = defaultdict(int)  # requests finished, by "address|class"
@@ -102,15 +102,18 @@ class Replica:
         else:
             self.local.pop(address, None)
 
+    def _drop_zeros(self) -> None:
+        local = self.local
+        for address in [a for a, c in local.items() if not c]:
+            del local[address]
+
     def _has_totals(self) -> bool:
         return self.totals_source is not None and self.totals_source.has_totals()
 
     async def push(self) -> bool:
         """Send pending deltas (or the absolute counts after a failure) plus the heartbeat."""
-        local = self.local
-        for address in [a for a, c in local.items() if not c]:
-            del local[address]
-        absolute = dict(local)
+        self._drop_zeros()
+        absolute = dict(self.local)
         pushed, self._pushed = self._pushed, absolute
         deltas = {a: c - pushed.get(a, 0) for a, c in absolute.items() if c != pushed.get(a, 0)}
         deltas.update((a, -c) for a, c in pushed.items() if a not in absolute)
@@ -149,6 +152,7 @@ class Replica:
         """Push while deltas are pending (every flush_interval) and at least every heartbeat."""
         while True:
             due = time.monotonic() - self._last_push >= self.heartbeat
+            self._drop_zeros()  # (a request that came and went is no change to push)
             if due or self._needs_absolute or self.local != self._pushed or self._has_totals():
                 try:
                     await self.push()

@@ -102,7 +102,8 @@ class StatsTotals:
     """The replica's request totals (``shared.replica.TotalsSource``) in a proxy: attempts per backend
     and status class, read from the data plane's own counters (the ones /metrics shows) as the
     difference since the last push. One count per request serves both; with metrics off the hot path
-    counts nothing, so there are no totals either."""
+    counts nothing, so there are no totals either. In TCP mode only failed connects are counted
+    ("error"), as in /metrics: a relayed connection has no status class."""
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats

@@ -290,8 +290,15 @@ class StoreBalancer:
             self._settle()
 
     def _install(self, result: Candidates, policy: Policy) -> None:
-        """Swap ``policy`` in (on the loop): the view's bookkeeping, rotation carried over, count
-        changes seen while it was built elsewhere replayed, upstreams for new backends."""
+        """Swap ``policy`` in (on the loop): upstreams for new backends (first: a pick must find
+        one), the view's bookkeeping, rotation carried over, count changes seen while it was built
+        elsewhere replayed."""
+        candidates: list[Candidate] = result.candidates
+        for c in candidates:
+            if c.address not in self._upstreams:
+                self._upstreams[c.address] = Upstream.from_address(c.address)
+        if len(self._upstreams) > 2 * len(candidates) + 64:
+            self._upstreams = {c.address: self._upstreams[c.address] for c in candidates}
         self.view.commit(result)
         previous = self.policy
         changed: set[str] = set()
@@ -303,12 +310,6 @@ class StoreBalancer:
             policy.count_changed(address)
         self.policy = policy
         self._next_change = min(result.next_change, self.view.carry_until)
-        candidates: list[Candidate] = result.candidates
-        for c in candidates:
-            if c.address not in self._upstreams:
-                self._upstreams[c.address] = Upstream.from_address(c.address)
-        if len(self._upstreams) > 2 * len(candidates) + 64:
-            self._upstreams = {c.address: self._upstreams[c.address] for c in candidates}
         self.rebuilds += 1
 
     @property
@@ -410,7 +411,7 @@ class StoreBalancer:
 
     def finished(self, upstream: Upstream, outcome: Outcome) -> None:
         address = upstream.address
-        self._local[address] -= 1  # (an entry left at 0 goes when the replica next pushes)
+        self._local[address] -= 1  # (an entry left at 0 is dropped by the replica's heartbeat task)
         if self._on_end is not None:
             self._on_end(address)
         if self._learns:

@@ -125,7 +125,10 @@ class Policy:
         return self.pick(key, exclude)
 
     def released(self, address: str) -> None:
-        """A request started by :meth:`acquire` at ``address`` ended (its local count is one lower)."""
+        """A request at ``address`` ended (its local count is one lower). The owner calls it for
+        every request that ends while this policy is in force, whether started by acquire(), by a
+        pick() and count_changed(), or under an earlier policy: a counts_acquired policy may move by
+        one only because every path keeps its structure equal to the counts."""
         self.count_changed(address)
 
     def count_changed(self, address: str) -> None:

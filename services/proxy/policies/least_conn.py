@@ -17,8 +17,9 @@ structure must update in O(log n) at most. Two structures, chosen when the polic
 Ties are broken by weighted rotation (as NGINX's least_conn breaks them by weighted round robin).
 In the heap each backend carries a virtual deadline that advances by 1/weight each time it is
 picked, and among equal scores the earliest deadline wins; in the buckets (all weights equal) the
-picked backend goes to the back of its bucket. With short requests most picks see all counts at 0,
-so this is what makes weights and slow start count at low concurrency.
+picked backend goes to the back of the next bucket up (and of the one below when its request
+ends). With short requests most picks see all counts at 0, so this is what makes weights and slow
+start count at low concurrency.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ class _ScoredHeap(Policy):
             self._rebuild()
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:
-        if self._pending is not None:  # the last pick's entry, not re-pushed by a started() yet
+        if self._pending is not None:  # the last pick's entry, not re-pushed by a count change yet
             pending, self._pending = self._pending, None
             self._push(pending)
         heap, version = self._heap, self._version
@@ -105,7 +106,7 @@ class _ScoredHeap(Policy):
             # deadlines compare equal.
             k = self._picks[chosen] = self._picks[chosen] + 1
             self._deadline[chosen] = (k + 1) / self._weight[chosen]
-            # Its heap entry is now stale; the fresh one is pushed by the started() that normally
+            # Its heap entry is now stale; the fresh one is pushed by the count_changed() that normally
             # follows (count_changed), or before the next pick: one push per request saved.
             version[chosen] += 1
             self._pending = chosen

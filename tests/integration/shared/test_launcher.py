@@ -130,6 +130,24 @@ def test_with_exit_with_parent_the_suite_stops_when_its_parent_dies(tmp_path: Pa
     assert not _alive(processes), "the suite outlived the process that started it"
 
 
+def test_exit_with_parent_given_a_parent_that_is_gone_starts_nothing(tmp_path: Path) -> None:
+    """The parent died while the launcher was starting (its PID, passed by make, no longer matches)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(f'listen_address: "127.0.0.1:{free_port()}"\n')
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a process that has exited: the launcher's parent is this test, not it
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "up", "--config", str(config), f"--exit-with-parent={gone.pid}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=service_env(),
+    )
+    assert result.returncode == 0
+    assert f"the process that started it ({gone.pid}) has exited; not starting" in result.stderr
+    assert "Ctrl-C stops everything" not in result.stdout
+
+
 def test_up_refuses_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("backends: [{address: 'nohost', weight: 1}]\n")

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import msgspec
 import pytest
 
+from shared.aio import cancel_and_wait
 from shared.models import AlgorithmSetting, Backend, Ejection, Event, Snapshot, now
 from shared.redis_server import RedisServer
 from shared.replica import Replica
@@ -311,8 +312,30 @@ async def test_a_replayed_batch_is_not_applied_twice(store: Store) -> None:
     assert (await store.global_inflight())["b:1"] == 5
 
 
+async def test_zero_entries_left_by_the_hot_path_are_pushed_as_nothing(store: Store) -> None:
+    """The proxy leaves a finished backend's count at 0 in ``local``; the heartbeat task drops it,
+    and a request that came and went between two pushes is no change (no Redis round trip)."""
+    replica = Replica(store, "proxy", ttl=5, heartbeat=30, flush_interval=0.02)
+    replica.local["b:1"] = 2
+    task = asyncio.create_task(replica.run())
+    try:
+        await eventually(lambda: _count(store, "b:1", 2), message="first push")
+        replica.local["b:1"] = 0
+        await eventually(lambda: _count(store, "b:1", 0), message="the drop to 0 is pushed")
+        await eventually(lambda: "b:1" not in replica.local, message="the zero entry is dropped")
+        pushes = replica._seq
+        for _ in range(5):  # requests that come and go between pushes: zero entries each time
+            replica.local["c:1"] = 0
+            replica.pushed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(replica.pushed.wait(), 0.1)  # (5 flush intervals)
+        assert replica._seq == pushes and "c:1" not in replica.local
+    finally:
+        await cancel_and_wait([task])
+
+
 class CountedTotals:
-    """A TotalsSource (what the proxy's balancer is to its replica): finished requests by key."""
+    """A TotalsSource (what the proxy is to its replica): finished requests by key."""
 
     def __init__(self) -> None:
         self.pending: Counter[str] = Counter()
