@@ -136,5 +136,6 @@ class ReplicaInfo(msgspec.Struct, kw_only=True):
     listen: str = ""
     metrics: str = ""  # where this replica serves GET /metrics ("" = not served)
     inflight: dict[str, int] = msgspec.field(default_factory=dict)
-    # Requests finished since the replica started, by "address|class" (class: 2xx..5xx, or "error").
+    # Requests finished since the replica started, by "address|class" (class: 1xx..5xx, "error" for no
+    # response, "tcp" for a relayed TCP connection).
     totals: dict[str, int] = msgspec.field(default_factory=dict)

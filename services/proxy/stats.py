@@ -29,8 +29,10 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
 )
-# Index of a status class in BackendStats.classes: 0 for "error" (no response), else status // 100.
-CLASS_NAMES: tuple[str, ...] = ("error", "1xx", "2xx", "3xx", "4xx", "5xx")
+# Index of a class in BackendStats.classes: 0 for "error" (no response), status // 100 for an HTTP
+# status, TCP_RELAYED for a TCP connection relayed to its end (L4 mode: no status).
+CLASS_NAMES: tuple[str, ...] = ("error", "1xx", "2xx", "3xx", "4xx", "5xx", "tcp")
+TCP_RELAYED = 6
 
 
 def status_class(status: int | None) -> str:
@@ -102,8 +104,8 @@ class StatsTotals:
     """The replica's request totals (``shared.replica.TotalsSource``) in a proxy: attempts per backend
     and status class, read from the data plane's own counters (the ones /metrics shows) as the
     difference since the last push. One count per request serves both; with metrics off the hot path
-    counts nothing, so there are no totals either. In TCP mode only failed connects are counted
-    ("error"), as in /metrics: a relayed connection has no status class."""
+    counts nothing, so there are no totals either. In TCP mode a relayed connection counts as "tcp",
+    a failed connect as "error"."""
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats

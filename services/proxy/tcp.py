@@ -16,6 +16,7 @@ from typing import cast
 
 from services.proxy.balancer import Outcome, Upstream
 from services.proxy.context import Context
+from services.proxy.stats import TCP_RELAYED
 from shared.logs import get_logger
 
 log = get_logger("proxy.tcp")
@@ -233,8 +234,9 @@ class TcpClient(asyncio.Protocol):
             upstream, self.upstream = self.upstream, None
             ctx = self.ctx
             ctx.balancer.finished(upstream, Outcome(ok=True, latency=self.latency))
-            if ctx.metrics_on:  # a relayed connection: no status ("error" is left to failed connects)
+            if ctx.metrics_on:  # a relayed connection: class "tcp" ("error" is left to failed connects)
                 b = ctx.stats.backend(upstream.address)
+                b.classes[TCP_RELAYED] += 1
                 b.duration.observe(time.perf_counter() - self.started_at)
                 if self.latency is not None:
                     b.ttfb.observe(self.latency)

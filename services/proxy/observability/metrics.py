@@ -4,7 +4,8 @@ families at scrape time (nothing on the request path touches prometheus_client).
 Series (every one per proxy process, i.e. per worker: each worker serves its own port):
 
 - ``gobalancer_proxy_backend_requests_total{backend,class}``: attempts finished against a backend by
-  status class (``1xx``..``5xx``, ``error``: no response — connect failure, reset, timeout, abort)
+  status class (``1xx``..``5xx``, ``error``: no response — connect failure, reset, timeout, abort;
+  TCP mode: ``tcp``, a connection relayed to its end)
 - ``gobalancer_proxy_backend_inflight{backend}``: requests (TCP: connections) in flight
 - ``gobalancer_proxy_backend_connect_errors_total``, ``..._retries_total`` (retries after a failure on
   that backend), ``..._ejections_total`` (passive ejections decided by this process)

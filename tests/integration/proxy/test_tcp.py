@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from services.proxy.stats import CLASS_NAMES, TCP_RELAYED, StatsTotals
 from services.proxy.tcp import PROXY_V2_SIGNATURE, proxy_header
 from tests.helpers import eventually
 from tests.integration.proxy.backends import serving
@@ -45,12 +46,19 @@ async def relay(port: int, payload: bytes) -> bytes:
 async def test_relay_with_half_close_and_retry(start_proxy: StartProxy) -> None:
     received: list[bytes] = []
     async with upper_after_eof(received) as address:
-        proxy = await start_proxy([unused_address(), address], mode="tcp")
+        unused = unused_address()
+        proxy = await start_proxy([unused, address], mode="tcp")
         payload = b"hello tcp " * 100_000  # ~1 MB
         for _ in range(2):  # one of the two picks hits the refused backend first
             assert await relay(proxy.port, payload) == payload.upper()
         assert received == [payload, payload]
         assert proxy.context.stats.connect_failures >= 1
+        # Per backend (what /metrics and the store's request totals read): relayed "tcp", failed "error".
+        await eventually(lambda: proxy.context.stats.backend(address).classes[TCP_RELAYED] == 2)
+        classes = dict(zip(CLASS_NAMES, proxy.context.stats.backend(address).classes, strict=True))
+        assert classes == {**dict.fromkeys(CLASS_NAMES, 0), "tcp": 2}
+        totals = StatsTotals(proxy.context.stats).take_totals()
+        assert totals[f"{address}|tcp"] == 2 and totals[f"{unused}|error"] >= 1
 
 
 def parse_v2(data: bytes) -> tuple[str, str, int, int, bytes]:
