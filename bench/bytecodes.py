@@ -24,11 +24,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.proxy import _seed_store, clean_env, gobalancer_conf, process, start_nginx_backends
+from bench.proxy import BODY, ROOT, _seed_store, gobalancer_conf, process, start_nginx_backends
+from shared.processes import service_env
 from shared.redis_server import RedisServer, free_port
 
-# Run as the proxy's entry point: count bytecodes per function between SIGUSR1 and SIGUSR2, then
-# write them to $BYTECODES_OUT.
+# Run as the proxy's entry point: count bytecodes per function between SIGUSR1 (then $BYTECODES_OUT.on
+# appears) and SIGUSR2 (then $BYTECODES_OUT appears, whole: written aside and renamed).
 TRACED_PROXY = """
 import collections, json, os, runpy, signal, sys
 counts = collections.Counter()
@@ -41,10 +42,13 @@ def tracer(frame, event, arg):
 def start(*_):
     counts.clear()
     sys.settrace(tracer)
+    open(os.environ["BYTECODES_OUT"] + ".on", "w").close()
 def stop(*_):
     sys.settrace(None)
-    with open(os.environ["BYTECODES_OUT"], "w") as f:
+    out = os.environ["BYTECODES_OUT"]
+    with open(out + ".tmp", "w") as f:
         json.dump(counts, f)
+    os.replace(out + ".tmp", out)
 signal.signal(signal.SIGUSR1, start)
 signal.signal(signal.SIGUSR2, stop)
 sys.argv = ["services.proxy"] + sys.argv[1:]
@@ -65,27 +69,32 @@ async def _requests(port: int, connections: int, per_connection: int, body: int)
     await asyncio.gather(*(one() for _ in range(connections)))
 
 
+def _wait_for(path: Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the traced proxy did not write {path} within {timeout}s")
+        time.sleep(0.02)
+
+
 def _count(name: str, config: Path, port: int, out: Path, args: argparse.Namespace) -> Counter[str]:
-    env = dict(clean_env(), BYTECODES_OUT=str(out))
+    env = service_env(BYTECODES_OUT=str(out))
     cmd = [sys.executable, "-c", TRACED_PROXY, "--config", str(config)]
-    with process(cmd, port, cwd=Path(__file__).resolve().parents[1], env=env) as proc:
-        asyncio.run(_requests(port, args.connections, 20, 100))  # warm-up: pools filled, caches specialised
+    with process(cmd, port, cwd=ROOT, env=env) as proc:
+        asyncio.run(_requests(port, args.connections, 20, len(BODY)))  # warm-up: pools filled, caches specialised
         proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.2)
-        asyncio.run(_requests(port, args.connections, args.requests // args.connections, 100))
+        _wait_for(out.with_name(out.name + ".on"))
+        asyncio.run(_requests(port, args.connections, args.requests // args.connections, len(BODY)))
         proc.send_signal(signal.SIGUSR2)
-        deadline = time.monotonic() + 10
-        while not out.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.2)  # (the file is written at once; let the writer finish)
+        _wait_for(out)
     counts: Counter[str] = Counter(json.loads(out.read_text()))
     print(f"  {name:<20} {sum(counts.values()) / args.requests:8.1f} bytecodes per request", flush=True)
     return counts
 
 
 def run(args: argparse.Namespace) -> int:
-    requests = args.requests - args.requests % args.connections
-    args.requests = requests
+    args.requests -= args.requests % args.connections
+    requests = args.requests
     with tempfile.TemporaryDirectory(prefix="gobalancer-bytecodes-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         backends, _ = start_nginx_backends(stack, base, 2)
@@ -94,9 +103,7 @@ def run(args: argparse.Namespace) -> int:
         results: dict[str, Counter[str]] = {}
         for name in ("gobalancer", "gobalancer-redis-lc"):
             port = free_port()
-            text = gobalancer_conf(port, backends)
-            if name == "gobalancer-redis-lc":
-                text += f"redis:\n  url: {redis.url}\n  namespace: bench\nalgorithm: least_connections\n"
+            text = gobalancer_conf(port, backends, redis_url=redis.url if name == "gobalancer-redis-lc" else "")
             config = base / f"{name}.yaml"
             config.write_text(text)
             results[name] = _count(name, config, port, base / f"{name}.json", args)

@@ -29,7 +29,6 @@ from bench.proxy import (
     ROOT,
     WRK,
     Result,
-    clean_env,
     cpu_ticks,
     gobalancer_conf,
     measure,
@@ -38,6 +37,7 @@ from bench.proxy import (
     run_wrk,
     start_nginx_backends,
 )
+from shared.processes import service_env
 from shared.redis_server import free_port
 
 
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="gobalancer-bench-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
         backend_ports, _ = start_nginx_backends(stack, base, args.backends)
-        env = clean_env()
+        env = service_env()
         for round_ in range(args.rounds):
             order = variants if round_ % 2 == 0 else variants[::-1]
             for variant in order:

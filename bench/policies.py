@@ -28,16 +28,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from services.proxy.balancer import Balancer, Outcome, StaticRoundRobin, Upstream
 from services.proxy.policies import POLICIES, Candidate, MutableCounts, PolicyEnv, build_cost, build_policy
-from services.proxy.store_balancer import SYNC_BUILD_MAX_SEC
+from services.proxy.store_balancer import SYNC_BUILD_MAX_SEC, StoreBalancer
 from services.proxy.view import LocalView, compute_candidates
+from shared.config import Config
 from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
-
-if TYPE_CHECKING:
-    from services.proxy.store_balancer import StoreBalancer
-    from shared.store import Store
+from shared.replica import Replica
+from shared.store import Store
 
 SIZES = (10, 1_000, 100_000)
 COUNT_POLICIES = ("least_connections", "weighted_least_connections", "p2c", "ewma", "ip_hash")
@@ -56,7 +56,7 @@ def _best_ns(run: Any, loops: int, repeats: int) -> float:
 
 def measure(name: str, n: int, loops: int, repeats: int) -> dict[str, Any]:
     rng = random.Random(n)
-    candidates = [Candidate(f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80", rng.randint(1, 10)) for i in range(n)]
+    candidates = [Candidate(a, rng.randint(1, 10)) for a in _addresses(n)]
     counts = MutableCounts()
     env = PolicyEnv(counts=counts, rng=random.Random(1), clock=time.time)
     for c in candidates[: min(n, 50)]:
@@ -129,18 +129,13 @@ def _addresses(n: int) -> list[str]:
     return [f"10.{i // 65536}.{(i // 256) % 256}.{i % 256}:80" for i in range(n)]
 
 
-def _store_balancer(name: str, backends: dict[str, BackendView], replica_id: str) -> tuple[StoreBalancer, Store]:
-    """A StoreBalancer (policy ``name``) fed ``backends`` by hand, and its store, which reaches no Redis.
-    Call it on a running loop."""
-    from services.proxy.store_balancer import StoreBalancer
-    from shared.config import Config
-    from shared.replica import Replica
-    from shared.store import Store
-
+def _store_balancer(name: str, backends: dict[str, BackendView]) -> StoreBalancer:
+    """A StoreBalancer (policy ``name``) fed ``backends`` by hand; its store reaches no Redis (close
+    ``balancer.store`` when done). Call it on a running loop."""
     store = Store.from_url("redis://127.0.0.1:1/0", "bench")
-    balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id=replica_id))
+    balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="bench"))
     balancer.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0)))  # type: ignore[arg-type]
-    return balancer, store
+    return balancer
 
 
 def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
@@ -150,7 +145,7 @@ def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         addresses = _addresses(n)
         backends = {a: BackendView(backend=Backend(address=a), health=Health(status="up")) for a in addresses}
-        balancer, store = _store_balancer(name, backends, "b")
+        balancer = _store_balancer(name, backends)
         await asyncio.sleep(0)
         await balancer.built()
         balancer.rebuild()  # warm: the first build after a snapshot creates every Candidate
@@ -178,7 +173,7 @@ def measure_loop_gap(name: str, n: int) -> dict[str, Any]:
         wall = time.perf_counter() - start
         stop.set()
         await task
-        await store.close()
+        await balancer.store.close()
         return {
             "policy": name,
             "backends": n,
@@ -201,7 +196,6 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
     unlike times, do not vary from run to run. In a proxy under load a bytecode costs about three
     times what it costs in this loop (see bench/README.md), so this is the number to watch.
     """
-    from services.proxy.balancer import Balancer, Outcome, StaticRoundRobin, Upstream
 
     async def run() -> tuple[float, float]:
         rng = random.Random(n)
@@ -216,7 +210,7 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
                 )
                 for a in addresses
             }
-            sb, _ = _store_balancer(name, backends, "bench")
+            sb = _store_balancer(name, backends)
             sb.rebuild()
             balancer = sb
         ok = Outcome(ok=True, latency=0.002, status=200)
@@ -236,7 +230,10 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
                 held.append(upstream)
 
         ns = _best_ns(cycles, loops, repeats)
-        return ns, _bytecodes(cycles, 200) / 200
+        bytecodes = _bytecodes(cycles, 200) / 200
+        if isinstance(balancer, StoreBalancer):
+            await balancer.store.close()
+        return ns, bytecodes
 
     ns, bytecodes = asyncio.run(run())
     label = f"{name} (equal weights)" if equal else name

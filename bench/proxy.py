@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench.proxy_png import bar_chart
-from shared.processes import stop_process
-from shared.redis_server import free_port
+from shared.processes import service_env, stop_process
+from shared.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -99,11 +99,6 @@ def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess
         yield proc
     finally:
         stop_process(proc)
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without ``GOBALANCER_*`` settings: the proxy reads only the bench's config file."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
 
 
 def nginx_conf(prefix: Path, http: str) -> str:
@@ -198,9 +193,15 @@ backend be
 
 
 def gobalancer_conf(
-    port: int, backends: list[int], metrics: bool = True, metrics_address: str = "", access_log: str = ""
+    port: int,
+    backends: list[int],
+    metrics: bool = True,
+    metrics_address: str = "",
+    access_log: str = "",
+    redis_url: str = "",
 ) -> str:
-    """``metrics_address``: where /metrics is served (none by default); ``access_log``: a file to log to."""
+    """``metrics_address``: where /metrics is served (none by default); ``access_log``: a file to log to;
+    ``redis_url``: coordinated through that Redis (the store seeded by :func:`_seed_store`)."""
     lines = [f"listen_address: 127.0.0.1:{port}", "backends:"]
     lines += [f"  - address: 127.0.0.1:{p}" for p in backends]
     lines += ["logging:"]
@@ -209,6 +210,8 @@ def gobalancer_conf(
     lines += ["  level: warning", "proxy:", "  workers: 1"]
     listen = metrics_address or '""'
     lines += ["metrics:", f"  enabled: {'true' if metrics else 'false'}", f"  proxy_listen_address: {listen}"]
+    if redis_url:
+        lines += ["redis:", f"  url: {redis_url}", "  namespace: bench", "algorithm: least_connections"]
     return "\n".join(lines) + "\n"
 
 
@@ -258,7 +261,11 @@ def run_wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[
     return requests, elapsed, p50, p99, errors
 
 
-def measure(name: str, pid: int, port: int, args: argparse.Namespace, quiet: bool = False) -> Result:
+def _proxy_cmd(config: Path) -> list[str]:
+    return [sys.executable, "-m", "services.proxy", "--config", str(config)]
+
+
+def measure(name: str, pid: int, port: int, args: argparse.Namespace) -> Result:
     run_wrk(port, 1, args.connections, args.threads)  # warm-up: pools filled, code paths hot
     ticks = os.sysconf("SC_CLK_TCK")
     user0, sys0 = cpu_ticks(pid)
@@ -278,13 +285,12 @@ def measure(name: str, pid: int, port: int, args: argparse.Namespace, quiet: boo
         cpu_user_us_per_request=user_s * per_request,
         cpu_system_us_per_request=sys_s * per_request,
     )
-    if not quiet:
-        print(
-            f"  {name:<20} {result.rps:>8.0f} req/s  p50 {p50:>6.2f} ms  p99 {p99:>6.2f} ms  "
-            f"cpu {result.cpu_us_per_request:>6.1f} us/req (user {result.cpu_user_us_per_request:>5.1f}, "
-            f"sys {result.cpu_system_us_per_request:>5.1f})  errors {errors}",
-            flush=True,
-        )
+    print(
+        f"  {name:<20} {result.rps:>8.0f} req/s  p50 {p50:>6.2f} ms  p99 {p99:>6.2f} ms  "
+        f"cpu {result.cpu_us_per_request:>6.1f} us/req (user {result.cpu_user_us_per_request:>5.1f}, "
+        f"sys {result.cpu_system_us_per_request:>5.1f})  errors {errors}",
+        flush=True,
+    )
     return result
 
 
@@ -323,26 +329,22 @@ def run(args: argparse.Namespace) -> int:
 
         # Each target: (name, command, its config file, the file's text for a listening port, popen options).
         targets: list[tuple[str, list[str], Path, Callable[[int], str], dict[str, object]]] = []
-        gb_kwargs: dict[str, object] = {"cwd": ROOT, "env": clean_env()}
+        gb_kwargs: dict[str, object] = {"cwd": ROOT, "env": service_env()}
         gb_file = base / "gobalancer.yaml"
-        gb_cmd = [sys.executable, "-m", "services.proxy", "--config", str(gb_file)]
         metrics = args.metrics == "on"
-        targets.append(("gobalancer", gb_cmd, gb_file, lambda p: gobalancer_conf(p, backend_ports, metrics), gb_kwargs))
+        static = _proxy_cmd(gb_file)
+        targets.append(("gobalancer", static, gb_file, lambda p: gobalancer_conf(p, backend_ports, metrics), gb_kwargs))
         # The same proxy coordinated through Redis: the store's view, least_connections on global in-flight
         # counts, the replica's batched counter pushes (issue 4: within 5 % of the static round robin).
         if not only or "gobalancer-redis-lc" in only:
-            from shared.redis_server import RedisServer
-
             redis = stack.enter_context(RedisServer())
             asyncio.run(_seed_store(redis.url, "bench", backend_ports))
             lc_file = base / "gobalancer-redis.yaml"
-            coordinated = f"redis:\n  url: {redis.url}\n  namespace: bench\nalgorithm: least_connections\n"
 
             def lc_text(p: int) -> str:
-                return gobalancer_conf(p, backend_ports, metrics) + coordinated
+                return gobalancer_conf(p, backend_ports, metrics, redis_url=redis.url)
 
-            lc_cmd = [sys.executable, "-m", "services.proxy", "--config", str(lc_file)]
-            targets.append(("gobalancer-redis-lc", lc_cmd, lc_file, lc_text, gb_kwargs))
+            targets.append(("gobalancer-redis-lc", _proxy_cmd(lc_file), lc_file, lc_text, gb_kwargs))
         ha_file = base / "haproxy.cfg"
         targets.append(
             ("haproxy", [HAPROXY, "-f", str(ha_file)], ha_file, lambda p: haproxy_conf(p, backend_ports), {})
@@ -399,18 +401,19 @@ def run(args: argparse.Namespace) -> int:
         ratios = [
             lc.rps / st.rps for st, lc in zip(per_round["gobalancer"], per_round["gobalancer-redis-lc"], strict=True)
         ]
-        apart = 1.0 - statistics.median(ratios)
+        median = statistics.median(ratios)
+        met = 1.0 - median <= 0.05
         coordination = {
             "ratio_rps_per_round": [round(x, 4) for x in ratios],
-            "median_ratio_rps": round(statistics.median(ratios), 4),
-            "apart_pct": round(100 * apart, 2),
+            "median_ratio_rps": round(median, 4),
+            "apart_pct": round(100 * (1.0 - median), 2),
             "target_pct": 5.0,
-            "met": apart <= 0.05,
+            "met": met,
         }
         print(
             f"\nredis-coordinated least_connections / static round robin, per round: "
-            f"{' '.join(f'{x:.3f}' for x in ratios)}\n  median {statistics.median(ratios):.3f}: "
-            f"{100 * apart:.1f} % apart (target <= 5 %: {'met' if apart <= 0.05 else 'NOT met'})"
+            f"{' '.join(f'{x:.3f}' for x in ratios)}\n  median {median:.3f}: "
+            f"{100 * (1.0 - median):.1f} % apart (target <= 5 %: {'met' if met else 'NOT met'})"
         )
     meta = {
         "duration_sec": args.duration,

@@ -1,4 +1,4 @@
-"""Stopping asyncio tasks reliably.
+"""asyncio helpers: stopping tasks reliably, and retry delays.
 
 On Python 3.11 a cancellation can be lost: ``asyncio.wait_for`` (used inside redis-py for socket
 writes) returns the inner result instead of raising when the cancel lands just as the inner
@@ -24,3 +24,17 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], *, retry_every: fl
     for task in tasks:
         if not task.cancelled():
             task.exception()  # mark as retrieved; callers inspect results themselves if they care
+
+
+class Backoff:
+    """Capped exponential retry delays: ``first``, twice that, ... up to ``cap``; ``reset`` starts over."""
+
+    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
+        self.first, self.cap, self.delay = first, cap, first
+
+    def next(self) -> float:
+        delay, self.delay = self.delay, min(self.cap, self.delay * 2)
+        return delay
+
+    def reset(self) -> None:
+        self.delay = self.first

@@ -1,13 +1,22 @@
-"""Child processes that cannot outlive their parent."""
+"""Child processes: their environment, and that they cannot outlive their parent."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import subprocess
 
 _PR_SET_PDEATHSIG = 1
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """This process's environment without any ``GOBALANCER_*`` setting, plus ``settings``: a child
+    service (in a test or a benchmark) sees only the configuration it is given."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
+    env.update(settings)
+    return env
 
 
 def die_with_parent() -> None:

@@ -1,7 +1,7 @@
 """A service replica's presence in the store: heartbeat plus (for proxies) in-flight counters.
 
-The hot path only updates :attr:`Replica.local` (through :meth:`Replica.add`, or directly: it is a
-plain dict of exact counts) with no I/O. A background task pushes the change since the last push
+The hot path only updates :attr:`Replica.local` (a plain dict of exact counts, directly or through
+:meth:`Replica.add`) with no I/O. A background task pushes the change since the last push
 (the difference of two snapshots of ``local``, so the hot path keeps no second table of deltas)
 with HINCRBY in one round trip every ``flush_interval`` and renews the heartbeat, so a replica's
 contribution expires ``ttl`` after its last push — a crashed replica's counts leave the global sum
@@ -20,11 +20,9 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Protocol
 
-from redis.exceptions import RedisError
-
 from shared.logs import get_logger
 from shared.models import ReplicaInfo
-from shared.store import UNAVAILABLE, Store
+from shared.store import STORE_ERRORS, Store
 
 log = get_logger("replica")
 
@@ -56,14 +54,15 @@ class Replica:
         *,
         ttl: float,
         heartbeat: float,
-        flush_interval: float = 0.05,
+        flush_interval: float | None = None,
         listen: str = "",
         replica_id: str | None = None,
     ) -> None:
         self.store = store
         self.ttl = ttl
         self.heartbeat = heartbeat
-        self.flush_interval = flush_interval
+        # Pushes of changed counts; a service that counts nothing in flight wakes only to heartbeat.
+        self.flush_interval = heartbeat if flush_interval is None else flush_interval
         self.info = ReplicaInfo(
             id=replica_id or new_replica_id(service),
             service=service,
@@ -132,7 +131,7 @@ class Replica:
                 total_deltas=total_deltas,
                 totals=self.totals,  # (read before this coroutine next changes it)
             )
-        except (*UNAVAILABLE, RedisError) as exc:
+        except STORE_ERRORS as exc:
             # Unreachable, or refusing writes (OOM, MISCONF, READONLY after a failover...). The batch
             # may or may not have been applied: the next push sends absolute counts.
             self._needs_absolute = True
@@ -162,5 +161,5 @@ class Replica:
             await asyncio.sleep(self.flush_interval if self._reachable else min(1.0, self.heartbeat))
 
     async def deregister(self) -> None:
-        with contextlib.suppress(*UNAVAILABLE, RedisError):
+        with contextlib.suppress(*STORE_ERRORS):
             await self.store.deregister(self.id)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
+
+from shared.processes import service_env as service_env  # (re-exported: tests import it from here)
 
 T = TypeVar("T")
 
@@ -31,11 +32,3 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)
-
-
-def service_env(**settings: str) -> dict[str, str]:
-    """This process's environment without any ``GOBALANCER_*`` setting, plus ``settings``: a child service
-    sees only the configuration its test gives it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GOBALANCER_")}
-    env.update(settings)
-    return env

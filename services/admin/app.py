@@ -50,9 +50,7 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
             return
         own = open_store(config)
         ctx.store = own
-        # The admin counts nothing in flight: it pushes only its heartbeat, so no need to wake every 50 ms.
-        heartbeat = config.redis.heartbeat_sec
-        replica = Replica(own, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=heartbeat, flush_interval=heartbeat)
+        replica = Replica(own, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
         await replica.push()  # registered before the first request (False, not an error, if Redis is down)
         task = asyncio.create_task(replica.run(), name="admin-heartbeat")
         try:

@@ -107,7 +107,7 @@ async def events(state: State) -> ServerSentEvent:
             detail=f"too many open event streams ({ctx.event_streams}); try again later",
             headers={"Retry-After": "5"},
         )
-    return ServerSentEvent(stream(context_of(state)), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return ServerSentEvent(stream(ctx), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
 ROUTES = [events]

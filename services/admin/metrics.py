@@ -121,10 +121,7 @@ class AdminMetrics:
         for view in views:
             self.inflight.labels(address=view.address).set(inflight[view.address])
         self.replicas.clear()
-        by_service: dict[str, int] = {}
-        for replica in replicas:
-            by_service[replica.service] = by_service.get(replica.service, 0) + 1
-        for service, n in by_service.items():
+        for service, n in collections.Counter(r.service for r in replicas).items():
             self.replicas.labels(service=service).set(n)
         for name in ALGORITHMS:
             self.algorithm.labels(algorithm=name).set(1 if name == snap.algorithm.name else 0)

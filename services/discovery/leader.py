@@ -15,13 +15,11 @@ import asyncio
 import contextlib
 import time
 
-from redis.exceptions import RedisError
-
 from services.discovery import reconcile
 from services.discovery.desired import Desired
 from shared.logs import get_logger
 from shared.models import Origin
-from shared.store import UNAVAILABLE, Fenced, Lease, Store
+from shared.store import STORE_ERRORS, Fenced, Lease, Store
 
 log = get_logger("discovery.leader")
 
@@ -51,7 +49,9 @@ class Leader:
         self.renew = self.lease_ttl / 3
         self.lease: Lease | None = None
         self.reconciles = 0  # completed reconciles as leader (tests and logs)
-        self.changes = {"added": 0, "updated": 0, "removed": 0}  # backends written by this replica (metrics)
+        # Backends written by this replica (metrics): every reconcile counts into it as writes land,
+        # also those of a reconcile cut short; its ``conflicts`` are the last reconcile's.
+        self.writes = reconcile.Outcome()
         self.errors = 0  # reconciles cut short by a failed store call (metrics)
         self.is_leader = asyncio.Event()
         self._conflicts: set[str] = set()
@@ -60,7 +60,7 @@ class Leader:
     async def _tick_lease(self) -> None:
         try:
             lease = await self.store.acquire_lease(LEASE, self.holder, self.lease_ttl, held=self.lease)
-        except (*UNAVAILABLE, RedisError) as exc:
+        except STORE_ERRORS as exc:
             if self.lease is not None:
                 log.warning("cannot renew the lease; writes will be refused if it lapses", error=str(exc))
             return
@@ -77,7 +77,7 @@ class Leader:
         """One reconcile as leader; False when it must be retried (redis unreachable or refusing writes)."""
         assert self.lease is not None and self.desired.value is not None
         generation = self.desired.generation
-        outcome = reconcile.Outcome()
+        outcome = self.writes
         try:
             await reconcile.apply(self.store, self.desired.value, self.origin, self.fields, self.lease, outcome)
         except Fenced:
@@ -86,14 +86,10 @@ class Leader:
             self.lease = None
             self.is_leader.clear()
             return True
-        except (*UNAVAILABLE, RedisError) as exc:
+        except STORE_ERRORS as exc:
             self.errors += 1
             log.warning("cannot reconcile: redis unreachable", error=str(exc) or type(exc).__name__)
             return False
-        finally:  # the writes that landed count, also those of a reconcile cut short
-            self.changes["added"] += outcome.added
-            self.changes["updated"] += outcome.updated
-            self.changes["removed"] += outcome.removed
         for address in sorted(set(outcome.conflicts) - self._conflicts):
             log.info("address held by another origin; left alone", address=address)
         self._conflicts = set(outcome.conflicts)
@@ -137,7 +133,7 @@ class Leader:
                         waiter.cancel()
         finally:
             if self.lease is not None:
-                with contextlib.suppress(*UNAVAILABLE, RedisError):
+                with contextlib.suppress(*STORE_ERRORS):
                     await self.store.release_lease(self.lease)
                 log.info("lease released", lease=self.lease.value)
                 self.lease = None

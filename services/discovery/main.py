@@ -38,16 +38,8 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
         print(f"gobalancer {SERVICE}: config error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     store = open_store(config)
-    beat = config.redis.heartbeat_sec  # no in-flight counts here: wake only to heartbeat
-    replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=beat, flush_interval=beat)
+    replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     desired = Desired()
-    metrics = DiscoveryMetrics(
-        source.origin,
-        leading=lambda: leader.is_leader.is_set(),
-        source_running=lambda: not source_task.done(),
-        changes=lambda: leader.changes,
-        errors=lambda: leader.errors,
-    )
     leader = Leader(
         store,
         desired,
@@ -56,6 +48,7 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
         holder=replica.id,
         ttl=float(config.discovery.lease_ttl_sec),
     )
+    metrics = DiscoveryMetrics(source.origin, leader=leader, source_running=lambda: not source_task.done())
     log.info("discovery starting", source=config.discovery.type, replica=replica.id)
     source_task = asyncio.create_task(source.run(metrics.wrap_publish(desired.publish)), name="source")
     tasks = [asyncio.create_task(replica.run(), name="heartbeat"), source_task]

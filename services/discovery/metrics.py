@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.discovery.leader import Leader
 from services.discovery.sources import Publish
 from shared.models import Backend
 
@@ -33,16 +34,12 @@ class DiscoveryMetrics(Collector):
         self,
         origin: str,
         *,
-        leading: Callable[[], bool],
+        leader: Leader,
         source_running: Callable[[], bool],
-        changes: Callable[[], Mapping[str, int]],
-        errors: Callable[[], int],
     ) -> None:
         self.origin = origin
-        self._leading = leading
+        self.leader = leader
         self._source_running = source_running
-        self._changes = changes
-        self._errors = errors
         self.publishes = 0
         self.last_publish = 0.0
         self.desired = 0
@@ -65,11 +62,12 @@ class DiscoveryMetrics(Collector):
         changes = CounterMetricFamily(
             P + "changes", "Backends added/updated/removed in the store by this replica.", labels=["origin", "change"]
         )
-        for change, n in self._changes().items():
+        writes = self.leader.writes
+        for change, n in (("added", writes.added), ("updated", writes.updated), ("removed", writes.removed)):
             changes.add_metric([self.origin, change], n)
         yield changes
         errors = CounterMetricFamily(P + "reconcile_errors", "Failed store calls of reconciles.", labels=["origin"])
-        errors.add_metric(origin, self._errors())
+        errors.add_metric(origin, self.leader.errors)
         yield errors
         up = GaugeMetricFamily(P + "source_up", "1 once the source listed, while it runs.", labels=["origin"])
         up.add_metric(origin, int(self.publishes > 0 and self._source_running()))
@@ -79,7 +77,7 @@ class DiscoveryMetrics(Collector):
             P + "source_last_publish_timestamp_seconds", "When the source last published.", value=self.last_publish
         )
         yield GaugeMetricFamily(P + "desired_backends", "Backends in the source's last set.", value=self.desired)
-        yield GaugeMetricFamily(P + "leader", "1 while this replica leads.", value=int(self._leading()))
+        yield GaugeMetricFamily(P + "leader", "1 while this replica leads.", value=int(self.leader.is_leader.is_set()))
 
 
 def registry_for(metrics: DiscoveryMetrics) -> CollectorRegistry:

@@ -23,8 +23,7 @@ SERVICE = "health"
 async def run(config: Config, stop: asyncio.Event) -> None:
     require_redis_url(SERVICE, config)
     store = open_store(config)
-    beat = config.redis.heartbeat_sec  # no in-flight counts here: wake only to heartbeat
-    replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=beat, flush_interval=beat)
+    replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     heartbeat = asyncio.create_task(replica.run())
     try:
         # The checker's series live in the default registry (services/health/metrics.py).

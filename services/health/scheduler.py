@@ -19,8 +19,6 @@ import asyncio
 import random
 import time
 
-from redis.exceptions import RedisError
-
 from services.health import metrics
 from services.health.probes import Prober, ProbeTarget
 from services.health.state import ProbeState, Schedule, Verdict
@@ -28,7 +26,7 @@ from shared.aio import cancel_and_wait
 from shared.config import HealthCheckConfig
 from shared.logs import get_logger
 from shared.models import Event, HealthStatus, Snapshot
-from shared.store import UNAVAILABLE, BackendNotFound, Fenced, Lease, Store
+from shared.store import STORE_ERRORS, BackendNotFound, Fenced, Lease, Store
 
 log = get_logger("health")
 
@@ -245,7 +243,7 @@ class Scheduler:
             log.warning("health write fenced: another replica leads now", backend=target.address)
             self._lost.set()
             return
-        except (*UNAVAILABLE, RedisError) as exc:
+        except STORE_ERRORS as exc:
             if not self._redis_down:
                 log.warning("cannot write health; retrying after the next probe", error=str(exc) or repr(exc))
                 self._redis_down = True

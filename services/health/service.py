@@ -28,15 +28,13 @@ import asyncio
 import contextlib
 import time
 
-from redis.exceptions import RedisError
-
 from services.health import metrics
 from services.health.probes import Prober
 from services.health.scheduler import LeaseLost, Scheduler
 from shared.aio import cancel_and_wait
 from shared.config import HealthCheckConfig
 from shared.logs import get_logger
-from shared.store import UNAVAILABLE, Lease, Store
+from shared.store import STORE_ERRORS, Lease, Store
 
 log = get_logger("health")
 
@@ -77,7 +75,7 @@ class HealthService:
             try:
                 lease = await self.store.acquire_lease(LEASE, self.holder, self.ttl)
                 reachable = True
-            except (*UNAVAILABLE, RedisError) as exc:
+            except STORE_ERRORS as exc:
                 if reachable:
                     log.warning("cannot reach redis for the health lease", error=str(exc) or repr(exc))
                 reachable = False
@@ -91,7 +89,7 @@ class HealthService:
         return None
 
     async def _holder(self) -> str | None:
-        with contextlib.suppress(*UNAVAILABLE, RedisError):
+        with contextlib.suppress(*STORE_ERRORS):
             return await self.store.lease_holder(LEASE)
         return None
 
@@ -115,7 +113,7 @@ class HealthService:
         if crashed is not None:
             log.error("scheduler crashed; giving up the lease", error=repr(crashed))
         if stop.is_set() or crashed is not None:
-            with contextlib.suppress(*UNAVAILABLE, RedisError):
+            with contextlib.suppress(*STORE_ERRORS):
                 await self.store.release_lease(lease)
             if crashed is not None:
                 # Give a standby the first chance to take over before trying again ourselves.
@@ -132,7 +130,7 @@ class HealthService:
             try:
                 async with asyncio.timeout(self.renew_every):
                     held = await self.store.acquire_lease(LEASE, self.holder, self.ttl, held=lease)
-            except (*UNAVAILABLE, RedisError, TimeoutError) as exc:
+            except (*STORE_ERRORS, TimeoutError) as exc:
                 if time.monotonic() - renewed_at >= self.ttl - self.renew_every:
                     log.warning("cannot renew the health lease in time: stepping down", error=str(exc) or repr(exc))
                     return

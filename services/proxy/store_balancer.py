@@ -38,12 +38,12 @@ from services.proxy.policies import Candidate, Counts, Journaled, Policy, Policy
 from services.proxy.policies.ewma import record as record_latency
 from services.proxy.stats import Histogram
 from services.proxy.view import Candidates, LocalView, ViewState, compute_candidates
-from shared.aio import cancel_and_wait
+from shared.aio import Backoff, cancel_and_wait
 from shared.config import Config
 from shared.logs import get_logger
 from shared.models import Ejection, Event, Snapshot
 from shared.replica import Replica
-from shared.store import UNAVAILABLE, BackendNotFound, Store
+from shared.store import STORE_ERRORS, UNAVAILABLE, BackendNotFound, Store
 
 log = get_logger("balancer")
 
@@ -101,7 +101,6 @@ class StoreBalancer:
         self._on_start: Callable[[str], None] | None = None
         self._on_end: Callable[[str], None] | None = None
         self._learns = False  # the policy learns from latencies (ewma)
-        self._keeps_total = False  # counts.local_total kept in step (the policy reads the total)
         self._upstreams: dict[str, Upstream] = {}
         self._dirty = True
         # pick()'s one check: True while the policy may be behind the view (dirty, a build running,
@@ -319,13 +318,12 @@ class StoreBalancer:
     @policy.setter
     def policy(self, policy: Policy) -> None:
         # What the hot path calls is decided here, once per policy, not on every request.
+        if policy.reads_total and not self._policy.reads_total:  # counts.local_total was not kept
+            self.counts.local_total = sum(self._local.values())
         self._policy = policy
         self._on_count = policy.count_changed if policy.reads_counts else None
         self._acquire = policy.acquire if policy.counts_acquired else policy.pick
         self._learns = policy.learns
-        if policy.reads_total and not self._keeps_total:
-            self.counts.local_total = sum(self._local.values())
-        self._keeps_total = policy.reads_total
         if policy.reads_total:
             self._on_start, self._on_end = self._start_total, self._end_total
         elif policy.counts_acquired:  # acquire() counted the start; released() takes it off
@@ -404,7 +402,7 @@ class StoreBalancer:
         address = upstream.address
         local = self._local
         local[address] = local.get(address, 0) + 1
-        if self._keeps_total:
+        if self._policy.reads_total:
             self.counts.local_total += 1
         if self._on_count is not None:
             self._on_count(address)
@@ -467,7 +465,7 @@ class StoreBalancer:
             if self._policy.uses_counts:
                 try:
                     others = await self.store.global_inflight(exclude=self.replica.id)
-                except (*UNAVAILABLE, RedisError) as exc:
+                except STORE_ERRORS as exc:
                     if self._refresh_ok:  # (once per outage)
                         log.warning("cannot read global in-flight counts; using the last ones", error=str(exc))
                     others = None
@@ -478,7 +476,7 @@ class StoreBalancer:
             await asyncio.sleep(self.refresh_interval)
 
     async def publish(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(first=0.05, cap=2.0)
         while True:
             await self._publish_wake.wait()
             self._publish_wake.clear()
@@ -487,12 +485,11 @@ class StoreBalancer:
                 try:
                     await self.store.set_ejection(address, ejection)
                 except UNAVAILABLE:  # (before RedisError: redis' ConnectionError is one)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 2.0)
+                    await asyncio.sleep(backoff.next())
                     continue
                 except (BackendNotFound, RedisError):
                     pass  # removed meanwhile, or refused: nothing to retry
-                backoff = 0.05
+                backoff.reset()
                 if self._pending_ejections.get(address) is ejection:
                     del self._pending_ejections[address]
 

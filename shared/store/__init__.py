@@ -3,6 +3,7 @@
 from shared.store.connect import redis_from_url
 from shared.store.keys import Keys
 from shared.store.store import (
+    STORE_ERRORS,
     UNAVAILABLE,
     BackendExists,
     BackendNotFound,
@@ -15,6 +16,7 @@ from shared.store.store import (
 )
 
 __all__ = [
+    "STORE_ERRORS",
     "UNAVAILABLE",
     "BackendExists",
     "BackendNotFound",

@@ -38,6 +38,9 @@ log = get_logger("store")
 
 # Errors that mean "Redis is not reachable right now" (as opposed to a bug or a refused command).
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, asyncio.TimeoutError)
+# Anything a store call can fail with short of a bug: unreachable, or a command refused (READONLY
+# after a failover, OOM, MISCONF...). Background loops catch these and retry.
+STORE_ERRORS = (*UNAVAILABLE, RedisError)
 
 _backend_decoder = msgspec.json.Decoder(Backend)
 _health_decoder = msgspec.json.Decoder(Health)
@@ -138,7 +141,7 @@ class Store:
     async def ping(self) -> bool:
         try:
             return bool(await self.redis.ping())
-        except (*UNAVAILABLE, RedisError):
+        except STORE_ERRORS:
             return False
 
     # -- reads -------------------------------------------------------------------------------

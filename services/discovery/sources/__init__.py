@@ -18,20 +18,6 @@ from shared.models import Backend, Origin
 Publish = Callable[[Mapping[str, Backend]], object]
 
 
-class Backoff:
-    """Capped exponential retry delays: ``first``, twice that, ... up to ``cap``; ``reset`` starts over."""
-
-    def __init__(self, first: float = 0.1, cap: float = 5.0) -> None:
-        self.first, self.cap, self.delay = first, cap, first
-
-    def next(self) -> float:
-        delay, self.delay = self.delay, min(self.cap, self.delay * 2)
-        return delay
-
-    def reset(self) -> None:
-        self.delay = self.first
-
-
 class Source(Protocol):
     origin: Origin
     fields: tuple[str, ...]

@@ -39,8 +39,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from services.discovery.sources import Backoff, Publish
+from services.discovery.sources import Publish
 from shared.addresses import format_address, normalize_address
+from shared.aio import Backoff
 from shared.config import DockerDiscoveryConfig
 from shared.logs import get_logger
 from shared.models import Backend, Origin

@@ -26,8 +26,9 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from services.discovery.sources import Backoff, Publish
+from services.discovery.sources import Publish
 from shared.addresses import format_address, normalize_address
+from shared.aio import Backoff
 from shared.config import KubernetesDiscoveryConfig
 from shared.logs import get_logger
 from shared.models import AdminState, Backend, Origin

@@ -56,14 +56,20 @@ async def replicas(redis_url: str, namespace: str, store: Store) -> AsyncIterato
         yield out
 
 
+def hold(balancer: StoreBalancer, requests: int) -> Upstream:
+    """``requests`` requests held in flight on one backend (the first a pick, the rest on top)."""
+    upstream = balancer.pick("x")
+    assert upstream is not None
+    for _ in range(requests - 1):
+        balancer.started(upstream)
+    return upstream
+
+
 async def test_global_counts_steer_other_replicas(replicas: list[StoreBalancer]) -> None:
     """Replica A holds 20 requests on one backend; replica B, once it has seen A's counts, sends its
     next 20 requests elsewhere (a replica-local count would have split them evenly)."""
     a, b, _ = replicas
-    hot = a.pick("x")  # (counts one request in flight)
-    assert hot is not None
-    for _ in range(19):
-        a.started(hot)
+    hot = hold(a, 20)
     await eventually(lambda: b.counts.get(hot.address) == 20, timeout=3, message="B sees A's in-flight")
     chosen = [b.pick("x") for _ in range(20)]  # each held: in flight from its pick
     assert hot.address not in {u.address for u in chosen if u is not None}
@@ -113,7 +119,7 @@ from shared.replica import Replica
 from shared.store import Store
 async def main():
     store = Store.from_url({redis_url!r}, {namespace!r})
-    replica = Replica(store, "proxy", ttl={ttl}, heartbeat=0.5)
+    replica = Replica(store, "proxy", ttl={ttl}, heartbeat=0.5, flush_interval=0.05)
     for _ in range(50):
         replica.add({ADDRS[1]!r}, 1)
     await replica.push()
@@ -327,10 +333,7 @@ async def test_round_robin_reads_no_global_counts_and_least_connections_does(
     """The other replicas' counts cost a Redis read per period: only policies that use them pay it.
     Switching to round robin drops what was read; switching back reads them again."""
     a, b, _ = replicas
-    hot = a.pick("x")  # (counts one request in flight)
-    assert hot is not None
-    for _ in range(4):
-        a.started(hot)
+    hot = hold(a, 5)
     await eventually(lambda: b.counts.get(hot.address) == 5, timeout=3, message="B sees A's in-flight")
     await store.set_algorithm(AlgorithmSetting(name="round_robin"))
     await eventually(lambda: probe(b, "x") is not None and b.policy.name == "round_robin", timeout=3)

@@ -82,6 +82,21 @@ def _start(tmp_path: Path, *extra: str, parent: bool = False) -> tuple[subproces
     pytest.fail(f"gobalancer up did not start: {''.join(lines)}")
 
 
+def _survivors(pids: set[int], timeout: float) -> set[int]:
+    """Those of ``pids`` still alive once all are gone or ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _alive(pids)
+
+
+def _run_up(*args: str) -> subprocess.CompletedProcess[str]:
+    """``gobalancer up ARGS`` run to its end (for the cases where it stops by itself)."""
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "up", *args], capture_output=True, text=True, timeout=30, env=service_env()
+    )
+
+
 def _wait_for_children(pid: int, minimum: int) -> set[int]:
     deadline = time.monotonic() + 10
     while True:
@@ -99,10 +114,7 @@ def test_up_then_signal_leaves_nothing_running(tmp_path: Path, sig: signal.Signa
     assert len(children) >= 8, children
     process.send_signal(sig)
     assert process.wait(30) == 0
-    deadline = time.monotonic() + 10
-    while _alive(children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(children), "processes left behind"
+    assert not _survivors(children, 10), "processes left behind"
 
 
 def test_a_killed_launcher_takes_its_children_along(tmp_path: Path) -> None:
@@ -110,10 +122,7 @@ def test_a_killed_launcher_takes_its_children_along(tmp_path: Path) -> None:
     children = _wait_for_children(process.pid, 8)
     process.kill()
     process.wait(10)
-    deadline = time.monotonic() + 15
-    while _alive(children) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(children), "children outlived a SIGKILLed launcher"
+    assert not _survivors(children, 15), "children outlived a SIGKILLed launcher"
 
 
 def test_with_exit_with_parent_the_suite_stops_when_its_parent_dies(tmp_path: Path) -> None:
@@ -124,10 +133,7 @@ def test_with_exit_with_parent_the_suite_stops_when_its_parent_dies(tmp_path: Pa
     assert len(processes) >= 9, processes
     parent.kill()  # (SIGKILL: the parent cannot pass anything on)
     parent.wait(10)
-    deadline = time.monotonic() + 20
-    while _alive(processes) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(processes), "the suite outlived the process that started it"
+    assert not _survivors(processes, 20), "the suite outlived the process that started it"
 
 
 def test_exit_with_parent_given_a_parent_that_is_gone_starts_nothing(tmp_path: Path) -> None:
@@ -136,13 +142,7 @@ def test_exit_with_parent_given_a_parent_that_is_gone_starts_nothing(tmp_path: P
     config.write_text(f'listen_address: "127.0.0.1:{free_port()}"\n')
     gone = subprocess.Popen(["true"])
     gone.wait()  # a process that has exited: the launcher's parent is this test, not it
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "up", "--config", str(config), f"--exit-with-parent={gone.pid}"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=service_env(),
-    )
+    result = _run_up("--config", str(config), f"--exit-with-parent={gone.pid}")
     assert result.returncode == 0
     assert f"the process that started it ({gone.pid}) has exited; not starting" in result.stderr
     assert "Ctrl-C stops everything" not in result.stdout
@@ -151,9 +151,7 @@ def test_exit_with_parent_given_a_parent_that_is_gone_starts_nothing(tmp_path: P
 def test_up_refuses_a_bad_config(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("backends: [{address: 'nohost', weight: 1}]\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "up", "--config", str(bad)], capture_output=True, text=True, timeout=30
-    )
+    result = _run_up("--config", str(bad))
     assert result.returncode == 2
     assert result.stderr.strip() == (f"config error: {bad}: backends[0].address: address 'nohost' must be host:port")
 

@@ -250,7 +250,7 @@ async def test_leases_and_fencing(store: Store) -> None:
 
 
 async def test_concurrent_counter_updates_are_exact(store: Store) -> None:
-    replicas = [Replica(store, "proxy", ttl=5, heartbeat=1) for _ in range(3)]
+    replicas = [Replica(store, "proxy", ttl=5, heartbeat=1, flush_interval=0.05) for _ in range(3)]
 
     async def traffic(replica: Replica, seed: int) -> None:
         for i in range(200):
@@ -277,8 +277,8 @@ async def test_concurrent_counter_updates_are_exact(store: Store) -> None:
 
 
 async def test_a_dead_replicas_counters_expire(store: Store) -> None:
-    alive = Replica(store, "proxy", ttl=5, heartbeat=1)
-    dead = Replica(store, "proxy", ttl=0.6, heartbeat=0.2)
+    alive = Replica(store, "proxy", ttl=5, heartbeat=1, flush_interval=0.05)
+    dead = Replica(store, "proxy", ttl=0.6, heartbeat=0.2, flush_interval=0.05)
     for _ in range(50):
         dead.add("b:1", +1)
     alive.add("b:1", +2)
@@ -349,7 +349,7 @@ class CountedTotals:
 
 
 async def test_request_totals_are_exact_and_expire_with_the_replica(store: Store) -> None:
-    replica = Replica(store, "proxy", ttl=0.8, heartbeat=0.2)
+    replica = Replica(store, "proxy", ttl=0.8, heartbeat=0.2, flush_interval=0.05)
     replica.totals_source = counted = CountedTotals()
     counted.pending.update({"b:1|2xx": 5, "b:1|5xx": 1})
     await replica.push()

@@ -14,6 +14,7 @@ from shared.config import Config, OutlierConfig
 from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
 from shared.replica import Replica
 from shared.store import Store
+from tests.helpers import eventually
 
 ADDRS = ["127.0.0.1:9201", "127.0.0.1:9202"]
 
@@ -124,15 +125,6 @@ def test_round_robin_rotation_survives_unrelated_view_changes() -> None:
 
 
 def test_per_backend_state_is_forgotten_when_a_backend_leaves() -> None:
-    import random
-
-    from services.proxy.balancer import Outcome, Upstream
-    from services.proxy.store_balancer import StoreBalancer
-    from shared.config import Config
-    from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
-    from shared.replica import Replica
-    from shared.store import Store
-
     store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
     balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5, heartbeat=1), rng=random.Random(1))
     up = Health(status="up")
@@ -163,13 +155,6 @@ def test_per_backend_state_is_forgotten_when_a_backend_leaves() -> None:
 
 def test_only_a_latency_aware_policy_pays_for_latency_estimates() -> None:
     """The hot path skips the EWMA update unless the policy in force learns from latencies."""
-    from services.proxy.balancer import Outcome, Upstream
-    from services.proxy.store_balancer import StoreBalancer
-    from shared.config import Config
-    from shared.models import AlgorithmSetting, Backend, BackendView, Health, Snapshot
-    from shared.replica import Replica
-    from shared.store import Store
-
     store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
     balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5, heartbeat=1))
     backends = {"a:1": BackendView(backend=Backend(address="a:1"), health=Health(status="up"))}
@@ -188,8 +173,6 @@ def test_only_a_latency_aware_policy_pays_for_latency_estimates() -> None:
 async def test_with_the_real_clock_a_timer_brings_time_based_changes_to_the_fast_pick_path() -> None:
     """On a loop with the real clock, pick() reads no clock: the loop's timer for the next
     time-based change (here the slow-start steps of a recovered backend) marks the policy stale."""
-    from tests.helpers import eventually
-
     config = Config()
     config.balancing.slow_start_sec = 0.3  # type: ignore[assignment]
     store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
@@ -206,7 +189,9 @@ async def test_with_the_real_clock_a_timer_brings_time_based_changes_to_the_fast
     assert factors[ADDRS[1]] < 1.0 and not balancer._slow  # ramping, and picks take the fast path
 
     def ramped() -> bool:
-        balancer.pick("k")
+        upstream = balancer.pick("k")  # (the fast path: it would rebuild if the timer marked a change due)
+        assert upstream is not None
+        balancer.finished(upstream, Outcome(ok=True, status=200))
         return all(c.factor == 1.0 for c in balancer.policy.candidates)
 
     await eventually(ramped, timeout=3, message="the ramp ends without any event")
