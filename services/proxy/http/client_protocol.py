@@ -259,7 +259,7 @@ class ClientConnection(asyncio.Protocol):
         self.pending_size = len(self.head_out)
         self.body_done = not req.has_body
         self.body_remaining = req.content_length or 0
-        self.decoder = ChunkedDecoder(400) if req.chunked else None
+        self.decoder = ChunkedDecoder(400, ctx.max_head) if req.chunked else None
         self.body_seen = 0
         self.state = BODY if not self.body_done else WAIT
         if rest:
@@ -495,6 +495,10 @@ class ClientConnection(asyncio.Protocol):
         self.up = None
         self._finish_attempt(Outcome(ok=False))
         log.debug("bad response from backend", upstream=up.upstream.address, error=exc.reason)
+        if self.resp_head is not None:  # refused before any of it reached the client: a clean 502
+            self.resp_head = None
+            self.responded = False
+            self.keep_alive = False
         if self.responded:
             self._close()
         else:

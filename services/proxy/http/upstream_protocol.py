@@ -129,7 +129,7 @@ class UpstreamProtocol(asyncio.Protocol):
             self.head = head
             self._remaining = head.content_length or 0
             if head.chunked:
-                self._decoder = ChunkedDecoder(502)
+                self._decoder = ChunkedDecoder(502, MAX_RESPONSE_HEAD)
             if not head.keep_alive:
                 self._clean = False
             client.response_head(self, head)
