@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from services.proxy.http.upstream_protocol import MAX_RESPONSE_HEAD
+from services.proxy.http.upstream import MAX_RESPONSE_HEAD
 from tests.integration.proxy.backends import Backend, Backends, exchange_raw, request, serving
 from tests.integration.proxy.conftest import StartProxy
 
