@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -31,14 +31,11 @@ if TYPE_CHECKING:
 log = get_logger("proxy.attempts")
 
 _clock = time.perf_counter  # uvloop's loop.time() is in whole milliseconds
-_outcome = tuple.__new__  # Outcome(...) without the NamedTuple's Python-level __new__
-OK = Outcome(ok=True)
-FAILED = Outcome(ok=False)
-CONNECT_FAILED = Outcome(ok=False, connect_failed=True)
 
 
 class Attempts:
-    """The attempts of one exchange; reused by a connection for each of its requests."""
+    """The attempts of one exchange (HTTP: a request; TCP: a connection). The HTTP exchange and the TCP
+    client *are* their attempts (they subclass this): the hot path reads these fields directly."""
 
     __slots__ = ("count", "ctx", "last", "started_at", "tried", "upstream")
 
@@ -73,20 +70,20 @@ class Attempts:
         self.upstream = upstream
         return upstream
 
-    def finish(self, outcome: Outcome) -> None:
+    def finish(self, ok: bool, latency: float | None = None) -> None:
         """The current attempt is over (a no-op when there is none)."""
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
             self.last = upstream.address
-            self.ctx.balancer.finished(upstream, outcome)
+            self.ctx.balancer.finished(upstream, ok, latency)
 
     def finish_ok(self, latency: float, status: int) -> None:
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
             self.last = upstream.address
-            self.ctx.balancer.finished(upstream, _outcome(Outcome, (status < 500, latency, status, False)))
+            self.ctx.balancer.finished(upstream, status < 500, latency)
 
     async def connect(self, upstream: Upstream, factory: Callable[[], asyncio.Protocol]) -> Any:
         """A new connection's protocol, or None after a failure (counted, reported, logged)."""
@@ -99,11 +96,11 @@ class Attempts:
         except asyncio.CancelledError:
             # The client went away during the connect: the attempt is over too (else its in-flight
             # count would stay forever and steer every replica away from this backend).
-            self.finish(OK)
+            self.finish(True)
             raise
         except (TimeoutError, OSError) as exc:
             ctx.count_connect_failure(upstream.address, _clock() - start)
-            self.finish(CONNECT_FAILED)
+            self.finish(False)
             log.debug("connect failed", upstream=upstream.address, error=str(exc) or type(exc).__name__)
             return None
         return proto

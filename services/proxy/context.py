@@ -10,7 +10,7 @@ import asyncio
 from typing import TYPE_CHECKING, Protocol
 
 from services.proxy.balancer import Balancer
-from services.proxy.http.headers import FAST_SUFFIX_NEW_TRACE
+from services.proxy.http.headers import FAST_HEAD_NEW_TRACE
 from services.proxy.http.parser import fast_request_matcher
 from services.proxy.http.pool import Pool
 from services.proxy.observability.access_log import AccessLog
@@ -68,9 +68,7 @@ class Context:
         # The fast path's own lines with a new sampled trace, when that is all tracing asks of a request
         # (None: see Exchange._fast_head).
         self.trace_new: bytes | None = (
-            FAST_SUFFIX_NEW_TRACE
-            if self.propagate_trace and self.sample_ratio >= 1.0 and not self.observe_each
-            else None
+            FAST_HEAD_NEW_TRACE if self.propagate_trace and self.sample_ratio >= 1.0 and not self.observe_each else None
         )
         self._key_spec = ""
         self._key_source: tuple[bytes | None, bytes | None] = (None, None)
@@ -78,8 +76,9 @@ class Context:
         self.connections: set[Swept] = set()
         self.all_closed = asyncio.Event()  # set when draining and the last connection is gone
         # The clock of deadlines: loop time, refreshed by the sweep (no clock read per request).
-        self.now = loop.time()
         self.tick = min(1.0, max(0.01, min(self.client_idle, self.backend_idle, self.header_read) / 4))
+        self.now = self.response_at = self.idle_at = 0.0
+        self._clock(loop.time())
         self._sweeper: asyncio.TimerHandle | None = None
 
     def key_source(self) -> tuple[bytes | None, bytes | None]:
@@ -106,8 +105,14 @@ class Context:
         armed or moved per request, and the clock is read once per sweep, not per request."""
         self._sweeper = self.loop.call_later(self.tick, self._sweep)
 
+    def _clock(self, now: float) -> None:
+        self.now = now
+        self.response_at = now + self.response_timeout  # a response head is due by then
+        self.idle_at = now + self.client_idle  # an idle keep-alive connection closes then
+
     def _sweep(self) -> None:
-        now = self.now = self.loop.time()
+        now = self.loop.time()
+        self._clock(now)
         for conn in [c for c in self.connections if c.deadline <= now]:
             conn.on_deadline(now)
         self._sweeper = self.loop.call_later(self.tick, self._sweep)

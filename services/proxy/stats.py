@@ -33,6 +33,7 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 # status, TCP_RELAYED for a TCP connection relayed to its end (L4 mode: no status).
 CLASS_NAMES: tuple[str, ...] = ("error", "1xx", "2xx", "3xx", "4xx", "5xx", "tcp")
 TCP_RELAYED = 6
+WHOLE_SLOTS = len(LATENCY_BUCKETS) + 1  # latency slots per status class in BackendStats.whole
 
 
 def status_class(status: int | None) -> str:
@@ -78,6 +79,7 @@ class BackendStats:
         "retries",
         "ttfb",
         "whole",
+        "whole_sum",
     )
 
     def __init__(self) -> None:
@@ -88,13 +90,28 @@ class BackendStats:
         self.response_bytes = 0  # bytes sent to clients for those requests
         self.duration = Histogram()  # attempt start -> response complete (or failure)
         self.ttfb = Histogram()  # attempt start -> response head from the backend
-        self.whole = Histogram()  # responses complete in one read: duration == time to first byte
+        # Responses complete in one read (duration == time to first byte), one counter per status class
+        # and latency bucket: whole[class * WHOLE_SLOTS + bucket]; one increment per response.
+        self.whole = [0] * (len(CLASS_NAMES) * WHOLE_SLOTS)
+        self.whole_sum = 0.0
+
+    def _whole(self) -> Histogram:
+        out = Histogram()
+        whole = self.whole
+        out.counts = [sum(whole[i::WHOLE_SLOTS]) for i in range(WHOLE_SLOTS)]
+        out.sum = self.whole_sum
+        return out
+
+    def classes_total(self) -> list[int]:
+        """Finished attempts by status class, both paths."""
+        whole = self.whole
+        return [n + sum(whole[c * WHOLE_SLOTS : (c + 1) * WHOLE_SLOTS]) for c, n in enumerate(self.classes)]
 
     def duration_total(self) -> Histogram:
-        return _sum(self.duration, self.whole)
+        return _sum(self.duration, self._whole())
 
     def ttfb_total(self) -> Histogram:
-        return _sum(self.ttfb, self.whole)
+        return _sum(self.ttfb, self._whole())
 
     def finished(self, status: int | None, duration: float, ttfb: float | None) -> None:
         self.classes[status // 100 if status and 100 <= status < 600 else 0] += 1
@@ -122,7 +139,7 @@ class Stats:
     def pool_hits(self) -> int:
         """Attempts that reused a pooled connection, derived when read: finished attempts (with metrics
         on) less those that opened a connection."""
-        finished = sum(sum(b.classes) for b in self.backends.values())
+        finished = sum(sum(b.classes_total()) for b in self.backends.values())
         return max(0, finished - self.pool_misses)
 
     def backend(self, address: str) -> BackendStats:
@@ -145,12 +162,12 @@ class StatsTotals:
 
     def has_totals(self) -> bool:
         taken = self._taken
-        return any(b.classes != taken.get(a, _NONE) for a, b in self.stats.backends.items())
+        return any(b.classes_total() != taken.get(a, _NONE) for a, b in self.stats.backends.items())
 
     def take_totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
         for address, b in self.stats.backends.items():
-            now = list(b.classes)
+            now = b.classes_total()
             before = self._taken.get(address, _NONE)
             if now == before:
                 continue

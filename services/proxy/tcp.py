@@ -15,7 +15,7 @@ import time
 from typing import cast
 
 from services.proxy.attempts import Attempts
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from services.proxy.context import NEVER, Context
 from services.proxy.flow import PEER_FULL, QUEUED, ReadPauses
 from services.proxy.stats import TCP_RELAYED
@@ -211,7 +211,7 @@ class TcpClient(asyncio.Protocol):
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
             ctx = self.ctx
-            self.attempts.finish(Outcome(ok=True, latency=self.latency))
+            self.attempts.finish(True, self.latency)
             if ctx.metrics_on:  # a relayed connection: class "tcp" ("error" is left to failed connects)
                 b = ctx.stats.backend(upstream.address)
                 b.classes[TCP_RELAYED] += 1

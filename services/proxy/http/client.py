@@ -47,11 +47,11 @@ class ClientConnection(asyncio.Protocol):
         "eof",
         "ex",
         "pauses",
+        "plain",
         "prefix",
         "proto",
         "state",
         "transport",
-        "waiting",
         "write_blocked",
     )
 
@@ -68,8 +68,10 @@ class ClientConnection(asyncio.Protocol):
         self.buf: bytes | bytearray = b""
         self._scanned = 0
         self.deadline = NEVER
-        self.waiting = False  # the deadline is the response timeout
         self.eof = False  # the client half-closed while its request was answered
+        # After the current response, the connection simply goes back to reading heads: no pipelined
+        # bytes, no read paused, no half-close, not the last request (one check on the hot path).
+        self.plain = True
         self._eofs = 0  # tunnel: directions that saw EOF
         self.write_blocked = False  # our writes to the client are paused (it does not read)
         self._in_mark = self._out_mark = -1  # stall checks: byte counts at the last sweep that saw them move
@@ -90,6 +92,7 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
         self.prefix = forwarding_prefix(self.client_ip, self.proto)
+        self.ex.write = transport.write
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.stats.connections += 1
@@ -111,6 +114,7 @@ class ClientConnection(asyncio.Protocol):
             return True
         if state == WAIT:
             self.eof = True
+            self.plain = False
             return True  # half-closed client still gets its response, then the connection closes
         return None
 
@@ -129,11 +133,9 @@ class ClientConnection(asyncio.Protocol):
                 return
             ctx = self.ctx
             m = ctx.fast_request(data)
-            if m is not None and (end := m.end()) <= ctx.max_head:
-                if end != len(data):
-                    self.buf = data[end:]  # pipelined: read after this request is answered
+            if m is not None and len(data) <= ctx.max_head:
                 self.state = WAIT
-                self.ex.start_fast(data, end, *m.group(1, 3))
+                self.ex.start_fast(m, len(data))
                 return
             self._read_head(data)
             return
@@ -142,8 +144,9 @@ class ClientConnection(asyncio.Protocol):
             self.ex.body(data)
         elif state == WAIT:
             self.buf += data
+            self.plain = False
             if len(self.buf) > self.ctx.max_head:
-                self.pauses.pause(PIPELINE)  # pipelined requests wait for the current response
+                self.pause(PIPELINE)  # pipelined requests wait for the current response
         elif state == TUNNEL:
             up = self.ex.up
             if up is not None:
@@ -203,10 +206,15 @@ class ClientConnection(asyncio.Protocol):
 
     # -- called by the exchange ----------------------------------------------------------------
 
+    def pause(self, reason: int) -> None:
+        """Pause reading this client (``flow`` reasons): the next response ends on the slow path,
+        which resumes it."""
+        self.plain = False
+        self.pauses.pause(reason)
+
     def begin_body(self, uploading: bool) -> None:
         if uploading:
             self.state = BODY
-            self.waiting = False
             self.deadline = self.ctx.now + self.ctx.tick  # watched for stalls
         else:
             self.state = WAIT
@@ -215,7 +223,12 @@ class ClientConnection(asyncio.Protocol):
         if self.state == BODY:
             self.state = WAIT
         if rest:
-            self.buf = rest + self.buf if self.buf else rest
+            self.keep(rest + self.buf if self.buf else rest)
+
+    def keep(self, pipelined: bytes) -> None:
+        """Bytes after the current request: read once its response is complete."""
+        self.buf = pipelined
+        self.plain = False
 
     def mark_progress(self) -> None:
         now = self.ctx.now
@@ -223,9 +236,11 @@ class ClientConnection(asyncio.Protocol):
         self._in_mark, self._in_at = -1, now
 
     def request_done(self) -> None:
-        """The response went out whole and the connection stays: read the next request."""
+        """The response went out whole and the connection stays: read the next request (the exchange
+        does the same inline when the connection is ``plain``)."""
         ctx = self.ctx
         self.state = HEAD
+        self.plain = not self.eof
         if self.pauses.reasons:
             self.pauses.resume(PIPELINE | PEER_FULL | QUEUED)
         if self.buf:
@@ -274,7 +289,7 @@ class ClientConnection(asyncio.Protocol):
         ex.up = None
         if up is not None:
             up.close()  # close, not abort: what is still buffered for the backend goes out
-        ex.attempts.finish_ok(0.0, 101)
+        ex.finish_ok(0.0, 101)
         self.close()
 
     # -- deadlines (called by the Context's sweep) ---------------------------------------------
@@ -288,8 +303,7 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.close()  # idle keep-alive connection
         elif state in (BODY, WAIT):
-            if self.waiting:
-                self.waiting = False
+            if state == WAIT and not self.ex.responded:  # the deadline was the response's
                 self.ex.response_timeout()
             else:
                 self._check_stall(now)
@@ -322,7 +336,7 @@ class ClientConnection(asyncio.Protocol):
 
     def drain(self, grace: float) -> None:
         """Server stopping: finish the current exchange with ``Connection: close``; close when idle."""
-        self.ex.keep_alive = False
+        self.ex.last_response()
         if self.state == HEAD and not self.buf:
             # An idle keep-alive connection: a request already on its way still gets an answer
             # (with Connection: close) during a short grace, then the connection closes.

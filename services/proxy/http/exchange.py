@@ -24,12 +24,14 @@ import asyncio
 import itertools
 import os
 import random
+import re
 import time
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from services.proxy.attempts import FAILED, OK, Attempts
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.attempts import Attempts
+from services.proxy.balancer import Upstream
 from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED
 from services.proxy.http.errors import error_response
 from services.proxy.http.headers import FAST_SUFFIX, FAST_SUFFIX_TRACE, client_response_head, upstream_request_head
@@ -43,10 +45,10 @@ from services.proxy.http.parser import (
     ResponseHead,
     frame_chunks,
 )
-from services.proxy.http.upstream import UpstreamConnection
+from services.proxy.http.upstream import VIA_CLOSE_END, VIA_END, UpstreamConnection
 from services.proxy.observability.access_log import iso_time
 from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
-from services.proxy.stats import LATENCY_BUCKETS
+from services.proxy.stats import LATENCY_BUCKETS, WHOLE_SLOTS
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -58,7 +60,15 @@ _clock = time.perf_counter  # loop.time() is in whole milliseconds under uvloop:
 _ids = itertools.count(1)
 _id_prefix = os.urandom(6).hex().encode()
 _bits = random.Random().getrandbits
-_outcome = tuple.__new__  # Outcome(...) without the NamedTuple's Python-level __new__
+_HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
+# BackendStats.whole's first slot for a status, by the byte value of its first digit (b"2"[0] == 50).
+_CLASS_SLOT = [0] * 48 + [c * WHOLE_SLOTS for c in range(10)]
+
+
+def _unconnected(data: bytes) -> None:
+    raise RuntimeError("no client transport yet")
+
+
 # A response head and body (or several body pieces) up to this size are joined into one write (one
 # send()); beyond it they go as writelines, not copied.
 JOIN_MAX = 65536
@@ -69,16 +79,17 @@ def new_request_id() -> bytes:
     return b"%s-%x" % (_id_prefix, next(_ids))
 
 
-class Exchange:
+class Exchange(Attempts):
+    """A connection's request cycle. It is its own :class:`Attempts` (the pick, the backend, the
+    retries of the current request)."""
+
     __slots__ = (
-        "attempts",
         "body_done",
         "body_remaining",
         "bytes_in",
         "bytes_out",
         "conn",
         "connecting",
-        "ctx",
         "decoder",
         "fast",
         "head_out",
@@ -101,27 +112,33 @@ class Exchange:
         "ttfb",
         "up",
         "upstream_sec",
+        "via_end",
+        "write",
     )
 
     def __init__(self, conn: ClientConnection) -> None:
+        super().__init__(conn.ctx)
         self.conn = conn
-        self.ctx = ctx = conn.ctx
-        self.attempts = Attempts(ctx)
+        ctx = self.ctx
         self.idle = ctx.pool.idle  # the pool's idle connections by address (read on every request)
+        self.write: Callable[[bytes], object] = _unconnected  # the client transport's write, once connected
         self.up: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.open = False  # a request started and not yet ended (end())
         self.req: RequestHead | None = None  # the general path's parsed head (None on the fast path)
         self.method = b"GET"
         self.rid = b"-"
-        self.fast = False  # the response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD)
+        # The response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD, no body left to
+        # send): True between requests, so a plain request does not set it.
+        self.fast = True
+        self.via_end = VIA_END  # how a fast-path response head ends (VIA_CLOSE_END: the connection's last)
         self.head_out = b""
         self.pending: list[bytes] = []
         self.pending_size = 0
         self.body_remaining = 0
         self.decoder: ChunkedDecoder | None = None
         self.body_done = True
-        self.keep_alive = False
+        self.keep_alive = not ctx.draining  # True between requests: a connection's last request sets False
         self.resent = False
         self.responded = False  # response bytes written to the client (or held in resp_head)
         self.rechunk = False
@@ -137,42 +154,41 @@ class Exchange:
 
     # -- starting a request --------------------------------------------------------------------
 
-    def start_fast(self, data: bytes, end: int, method: bytes, host: bytes) -> None:
-        """A plain request (``parser.fast_request_matcher``) whose head is ``data[:end]``: no body.
+    def start_fast(self, m: re.Match[bytes], size: int) -> None:
+        """A plain request (``parser.fast_request_matcher``): ``m`` matched its whole head, no body.
 
-        The hot path. What the general path changes (``req``, ``responded``, ``body_done``, the
-        attempt count...) it puts back when its exchange ends, so a plain request only sets what it
-        uses. Every bytecode here costs about 14 ns per request (``python -m bench bytecodes``).
+        The hot path. Between requests the exchange holds what a plain request needs (see
+        ``_restore``): ``req`` is None, ``fast`` and ``keep_alive`` are True (unless draining), the
+        attempt count is 1; the method and request id are read back from ``head_out`` when a failure
+        needs them. Every bytecode here costs about 14 ns per request (``python -m bench bytecodes``).
         """
         ctx = self.ctx
         conn = self.conn
         ctx.stats.requests += 1
-        self.open = True
-        self.method = method
-        self.fast = method != b"HEAD"
-        self.keep_alive = not ctx.draining
-        self.bytes_in = end
-        rid = self.rid = b"%s-%x" % (_id_prefix, next(_ids))
-        if ctx.trace_new is not None:  # a new trace per request (tracing.propagate), sampled or not
-            head = self.head_out = (
-                data[: end - 2] + conn.prefix + ctx.trace_new % (host, rid, _bits(128) or 1, _bits(64) or 1)
+        self.bytes_in = size
+        head, host = m.groups()
+        trace = ctx.trace_new
+        if trace is not None:  # a new sampled trace per request (tracing.propagate, the default)
+            out = self.head_out = trace % (
+                head,
+                conn.prefix,
+                host,
+                _id_prefix,
+                next(_ids),
+                _bits(128) or 1,
+                _bits(64) or 1,
             )
         else:
-            head = self.head_out = self._fast_head(data[: end - 2], host, rid)
-        conn.deadline = ctx.now + ctx.response_timeout
-        conn.waiting = True
+            out = self.head_out = self._fast_head(head, host)
+        conn.deadline = ctx.response_at
         balancer = ctx.balancer
-        upstream = balancer.pick(
-            conn.client_ip if balancer.hash_key == "client_ip" else self._affinity_key(data[:end]), ()
-        )
-        attempts = self.attempts
-        attempts.upstream = upstream
+        key = conn.client_ip if balancer.hash_key == "client_ip" else self._affinity_key(head)
+        upstream = self.upstream = balancer.pick(key, ())
         if upstream is None:
-            attempts.last = ""
+            self.last = ""
             self.fail(503)
             return
-        attempts.count = 1
-        attempts.started_at = _clock()
+        self.started_at = _clock()
         idle = self.idle.get(upstream.address)
         if not idle:
             self._open_upstream(upstream)
@@ -181,25 +197,38 @@ class Exchange:
         up.ex = self
         if conn.write_blocked:  # a fresh upstream respects a client paused for writing
             up.transport.pause_reading()
-        up.transport.write(head)
+        up.transport.write(out)
 
-    def _fast_head(self, head: bytes, host: bytes, rid: bytes) -> bytes:
+    def _fast_head(self, head: bytes, host: bytes) -> bytes:
         """The fast path's head when its trace is not a plain new one (propagation off, sampling, a
-        span or access log that needs the header kept)."""
+        span or access log that needs the ids kept)."""
         ctx = self.ctx
+        rid = self.rid = new_request_id()
+        self.open = ctx.observe_each  # a span or log line for this request, whatever becomes of it
         if not ctx.propagate_trace:
             self.traceparent = None
             return head + self.conn.prefix + FAST_SUFFIX % (host, rid)
         tp = self.traceparent = b"00-%032x-%016x-%s" % (_bits(128) or 1, _bits(64) or 1, self._flags())
-        self.trace = None
         return head + self.conn.prefix + FAST_SUFFIX_TRACE % (host, rid, tp)
+
+    def request_method(self) -> bytes:
+        req = self.req
+        return req.method if req is not None else self.head_out[: self.head_out.find(b" ")]
+
+    def request_id(self) -> bytes:
+        """The request's X-Request-ID (a plain request's is read back from the head it was sent with)."""
+        if self.req is not None or self.ctx.trace_new is None:
+            return self.rid
+        head = self.head_out
+        start = head.rfind(b"\r\nX-Request-ID: ") + 16
+        return head[start : head.find(b"\r\n", start)]
 
     def _open_upstream(self, upstream: Upstream) -> None:
         """No idle connection to ``upstream``: open one (the request waits in ``pending``)."""
         self.ctx.stats.pool_misses += 1
         self.pending = [self.head_out]
         self.pending_size = len(self.head_out)
-        self.attempts.last = upstream.address
+        self.last = upstream.address
         self.connecting = self.ctx.loop.create_task(self._connect(upstream))
 
     def _flags(self) -> bytes:
@@ -214,7 +243,8 @@ class Exchange:
         self.open = True
         self.req = req
         self.method = req.method
-        self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD"
+        self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD" and not req.has_body
+        self.via_end = VIA_END if req.keep_alive and not ctx.draining else VIA_CLOSE_END
         self.rid = req.request_id or new_request_id()
         self.bytes_in = head_size
         self.bytes_out = 0
@@ -230,6 +260,8 @@ class Exchange:
             self.error(413, close=True)
             return
         self.keep_alive = req.keep_alive and not ctx.draining
+        if not self.keep_alive:
+            conn.plain = False  # this response is the connection's last
         self.head_out = self._request_head(req, b"")
         self.pending = [self.head_out]
         self.pending_size = len(self.head_out)
@@ -239,16 +271,15 @@ class Exchange:
         conn.begin_body(not self.body_done)
         if rest:
             if self.body_done:
-                conn.buf = rest
+                conn.keep(rest)
             else:
                 self.body(rest)
                 if conn.closed:
                     return  # invalid framing in what came with the head: nothing was forwarded
         if self.body_done:
             conn.deadline = ctx.now + ctx.response_timeout
-            conn.waiting = True
         self.t0 = 0.0
-        self._attempt(self.attempts.first(self._key()))
+        self._attempt(self.first(self._key()))
 
     def _key(self) -> str:
         header, cookie = self.ctx.key_source()
@@ -334,16 +365,20 @@ class Exchange:
 
     def _body_complete(self, rest: bytes) -> None:
         self.body_done = True
+        req = self.req
+        if req is not None and req.minor == 1 and not req.upgrade:  # nothing left to send: may go fast
+            self.fast = True
+            if self.up is not None:
+                self.up.fast_again()
         conn = self.conn
         conn.body_complete(rest)
         if not self.responded:
             conn.deadline = self.ctx.now + self.ctx.response_timeout
-            conn.waiting = True
 
     def _body_error(self, exc: HttpError) -> None:
         # Whatever part of the body was forwarded, the upstream exchange is unusable now.
         self._abandon_upstream()
-        self.attempts.finish(OK)
+        self.finish(True)
         if self.responded and self.resp_head is None:
             self.ctx.stats.error(exc.status)
             self.conn.close()
@@ -360,14 +395,15 @@ class Exchange:
             self.pending.append(c)
             self.pending_size += len(c)
         if self.pending_size > self.ctx.high_water:
-            self.conn.pauses.pause(QUEUED)
+            self.conn.pause(QUEUED)
 
     # -- attempts ------------------------------------------------------------------------------
 
     def _attempt(self, upstream: Upstream | None) -> None:
         ctx = self.ctx
+        self.open = True  # the general path has this exchange now (a retry of a plain request too)
         if upstream is None:
-            self.fail(503 if self.attempts.count <= 1 and not self.attempts.tried else 502)
+            self.fail(503 if self.count <= 1 and not self.tried else 502)
             return
         req = self.req
         if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
@@ -375,7 +411,7 @@ class Exchange:
             head = self._request_head(req, upstream.address.encode())
             self.pending_size += len(head) - len(self.head_out)
             self.pending[0] = self.head_out = head
-        now = self.attempts.started_at = _clock()
+        now = self.started_at = _clock()
         if not self.t0:
             self.t0 = now
         self.ttfb = None
@@ -388,7 +424,7 @@ class Exchange:
 
     async def _connect(self, upstream: Upstream) -> None:
         ctx = self.ctx
-        up = await self.attempts.connect(upstream, lambda: UpstreamConnection(ctx, upstream))
+        up = await self.connect(upstream, lambda: UpstreamConnection(ctx, upstream))
         self.connecting = None
         if self.conn.closed:
             if up is not None:
@@ -401,8 +437,8 @@ class Exchange:
         self._attach(up)
 
     def _attempt_failed_connect(self, upstream: Upstream) -> None:
-        self.upstream_sec = _clock() - self.attempts.started_at
-        nxt = self.attempts.next(self._key(), upstream.address)
+        self.upstream_sec = _clock() - self.started_at
+        nxt = self.next(self._key(), upstream.address)
         if nxt is None:
             self.fail(502)
         else:
@@ -436,50 +472,60 @@ class Exchange:
 
     # -- the response (called by UpstreamConnection) -------------------------------------------
 
-    def complete_fast(self, up: UpstreamConnection, status: int, out: bytes, reusable: bool) -> None:
-        """A plain response that arrived whole: ``out`` is its head, rewritten for the client, and body."""
-        conn = self.conn
-        conn.transport.write(out)
+    def complete_fast(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+        """A plain response that arrived whole, on a connection that stays clean: ``out`` is its head,
+        rewritten for the client, and body; ``status`` its three digits. The other half of the hot path."""
+        self.write(out)
         ctx = self.ctx
-        attempts = self.attempts
-        latency = _clock() - attempts.started_at
-        upstream = attempts.upstream
-        attempts.upstream = None
-        ctx.balancer.finished(upstream, _outcome(Outcome, (status < 500, latency, status, False)))  # type: ignore[arg-type]
+        latency = _clock() - self.started_at
+        upstream = self.upstream
+        self.upstream = None
+        first = status[0]  # the status class as a digit's byte value: b"5"[0] == 53
+        ctx.balancer.finished(upstream, first < 53, latency)  # type: ignore[arg-type]
         self.up = None
         up.ex = None
         if ctx.metrics_on:
             bs = up.stats
-            bs.classes[status // 100] += 1
-            whole = bs.whole
-            whole.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
-            whole.sum += latency
+            bs.whole[_CLASS_SLOT[first] + bisect_left(LATENCY_BUCKETS, latency)] += 1
+            bs.whole_sum += latency
             bs.request_bytes += self.bytes_in
             bs.response_bytes += len(out)
-        if ctx.observe_each:
-            self.resp_status = status
-            self.bytes_out = len(out)
-            self.upstream_sec = latency
-            self.t0 = self.t0 if self.req is not None else attempts.started_at
-            attempts.last = up.upstream.address
-            self._observe(attempts.last)
-            self.resp_status = self.bytes_out = 0
-        self.open = False
-        if self.req is not None:  # a general request whose response took the fast path
+        if self.open:  # a span or log line, or the general path ran (its start, a retry)
+            if ctx.observe_each:
+                self._observe_fast(up, int(status), latency, len(out))
             self._restore()
-        # Back to the pool (its fast form: see Pool for why a list that exists has a sweep armed).
-        idle = self.idle.get(up.upstream.address)
-        if idle is not None and reusable and len(idle) < ctx.pool.size and not up.transport.get_write_buffer_size():
+        # Back to the pool (its fast form: see Pool for the invariants that make it enough).
+        idle = self.idle.get(up.address)
+        if idle is not None and not up.transport.get_write_buffer_size():
             up.idle_since = ctx.now
             idle.append(up)
-        elif reusable:
-            ctx.pool.put(up.upstream.address, up)
         else:
-            up.close()
-        if self.keep_alive:
+            ctx.pool.put(up.address, up)
+        conn = self.conn
+        if conn.plain:
+            conn.state = _HEAD
+            conn.deadline = ctx.idle_at
+        elif self.keep_alive:
             conn.request_done()
         else:
             conn.close()
+
+    def complete_fast_dirty(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+        """A plain response followed by bytes that belong to no response: relayed, and the connection
+        to the backend is not reused."""
+        self.complete_fast(up, status, out)
+        self.ctx.pool.discard(up.address, up)
+        up.close()
+
+    def _observe_fast(self, up: UpstreamConnection, status: int, latency: float, size: int) -> None:
+        self.resp_status = status
+        self.bytes_out = size
+        self.upstream_sec = latency
+        if self.req is None:
+            self.t0 = self.started_at
+        self.last = up.address
+        self._observe(up.address)
+        self.resp_status = self.bytes_out = 0
 
     def informational(self, head: ResponseHead) -> None:
         if self.req is None or self.req.minor >= 1:
@@ -488,15 +534,14 @@ class Exchange:
     def response_head(self, up: UpstreamConnection, head: ResponseHead, fast_head: bytes | None = None) -> None:
         """The response head arrived (``fast_head``: already rewritten by the fast path)."""
         self.resp_status = head.status
-        self.ttfb = _clock() - self.attempts.started_at
+        self.ttfb = _clock() - self.started_at
         conn = self.conn
-        conn.waiting = False
         conn.deadline = self.ctx.now + self.ctx.tick  # the body transfer is watched for stalls
         conn.mark_progress()
         self.responded = True
         if up.tunnel:
             self.ctx.stats.tunnels += 1
-            self.keep_alive = False
+            self.last_response()
             out = client_response_head(head, 1, False, False, True)
             self.bytes_out += len(out)
             conn.transport.write(out)
@@ -505,9 +550,9 @@ class Exchange:
         req = self.req
         minor = req.minor if req is not None else 1
         if head.content_length is None and not head.chunked:
-            self.keep_alive = False  # body ends with the backend's close
+            self.last_response()  # body ends with the backend's close
         elif head.chunked and minor == 0:
-            self.keep_alive = False  # 1.0 client: send decoded, delimited by close
+            self.last_response()  # 1.0 client: send decoded, delimited by close
         self.rechunk = head.chunked and minor >= 1
         if fast_head is not None:
             self.resp_head = fast_head
@@ -558,8 +603,8 @@ class Exchange:
             self.bytes_out += len(tail)
             self.conn.transport.write(tail)
         status = self.resp_status
-        latency = self.upstream_sec = _clock() - self.attempts.started_at
-        self.attempts.finish_ok(latency, status)
+        latency = self.upstream_sec = _clock() - self.started_at
+        self.finish_ok(latency, status)
         if ctx.metrics_on:
             up.stats.finished(status, latency, self.ttfb)
         if reusable and self.body_done:
@@ -568,7 +613,7 @@ class Exchange:
         else:
             up.close()
         if not self.body_done:
-            self.keep_alive = False  # the rest of the request body would have to be read first
+            self.last_response()  # the rest of the request body would have to be read first
         self.done()
 
     def upstream_failed(self, up: UpstreamConnection) -> None:
@@ -577,17 +622,17 @@ class Exchange:
             return
         self.up = None
         ctx = self.ctx
-        self.upstream_sec = _clock() - self.attempts.started_at
+        self.upstream_sec = _clock() - self.started_at
         self._count_failure(up)
-        self.attempts.finish(FAILED)
+        self.finish(False)
         if (self.responded and self.resp_head is None) or up.got_bytes:
             self.conn.close()  # part of a response went out: the client sees a truncated message
             return
         # Nothing of a response: retry once more if it is safe to send the request again.
         req = self.req
-        safe = (req.idempotent and not req.has_body) if req is not None else self.method in IDEMPOTENT
+        safe = (req.idempotent and not req.has_body) if req is not None else self.request_method() in IDEMPOTENT
         if safe and not self.resent:
-            nxt = self.attempts.next(self._key(), up.upstream.address)
+            nxt = self.next(self._key(), up.upstream.address)
             if nxt is not None:
                 self.resent = True
                 self.responded = False
@@ -603,14 +648,14 @@ class Exchange:
         if up is not self.up:
             return
         self.up = None
-        self.upstream_sec = _clock() - self.attempts.started_at
+        self.upstream_sec = _clock() - self.started_at
         self._count_failure(up)
-        self.attempts.finish(FAILED)
+        self.finish(False)
         log.debug("bad response from backend", upstream=up.upstream.address, error=exc.reason)
         if self.resp_head is not None:  # refused before any of it reached the client: a clean 502
             self.resp_head = None
             self.responded = False
-            self.keep_alive = False
+            self.last_response()
         if self.responded:
             self.ctx.stats.error(exc.status)
             self.conn.close()
@@ -645,7 +690,7 @@ class Exchange:
         if conn.closed:
             return
         req = self.req
-        response = error_response(status, self.rid, close=close, minor=req.minor if req is not None else 1)
+        response = error_response(status, self.request_id(), close=close, minor=req.minor if req is not None else 1)
         conn.transport.write(response)
         self.bytes_out += len(response)
         self.resp_status = status
@@ -659,8 +704,15 @@ class Exchange:
         self._restore()
         self.conn.request_done() if self.keep_alive else self.conn.close()
 
+    def last_response(self) -> None:
+        """The current response is the connection's last (it closes after it)."""
+        self.keep_alive = False
+        self.via_end = VIA_CLOSE_END
+        self.conn.plain = False
+
     def _restore(self) -> None:
         """Put back what the general path changed: the fast path relies on these between requests."""
+        self.open = False
         self.req = None
         self.responded = False
         self.resp_status = 0
@@ -671,12 +723,15 @@ class Exchange:
         self.body_done = True
         self.bytes_out = 0
         self.trace = None
+        self.count = 1
+        self.fast = True
+        self.via_end = VIA_END if self.keep_alive else VIA_CLOSE_END
 
     def end(self) -> None:
         """Once per request, however it ended: bytes per backend, access-log line, span."""
         self.open = False
         ctx = self.ctx
-        address = self.attempts.last
+        address = self.last
         if ctx.metrics_on and address:
             b = ctx.stats.backend(address)
             b.request_bytes += self.bytes_in
@@ -685,7 +740,7 @@ class Exchange:
             self._observe(address)
 
     def _last_backend(self) -> str:
-        return self.attempts.last
+        return self.last
 
     def _observe(self, backend: str) -> None:
         ctx = self.ctx
@@ -700,7 +755,7 @@ class Exchange:
         total = now - (self.t0 or now)
         wall = time.time()
         req = self.req
-        method = self.method.decode("latin-1")
+        method = self.request_method().decode("latin-1")
         target = req.target.decode("latin-1") if req is not None else "-"
         if access_log is not None:
             access_log.write(
@@ -715,8 +770,8 @@ class Exchange:
                     "duration_ms": round(total * 1000.0, 3),
                     "upstream_ms": round(self.upstream_sec * 1000.0, 3) if backend else None,
                     "backend": backend or None,
-                    "attempts": self.attempts.count,
-                    "request_id": self.rid.decode("latin-1"),
+                    "attempts": self.count,
+                    "request_id": self.request_id().decode("latin-1"),
                     "trace_id": trace.trace_id.decode() if trace is not None else None,
                 }
             )
@@ -725,8 +780,8 @@ class Exchange:
                 "http.request.method": method,
                 "url.path": target,
                 "client.address": self.conn.client_ip,
-                "gobalancer.request_id": self.rid.decode("latin-1"),
-                "gobalancer.attempts": self.attempts.count,
+                "gobalancer.request_id": self.request_id().decode("latin-1"),
+                "gobalancer.attempts": self.count,
             }
             if self.resp_status:
                 attributes["http.response.status_code"] = self.resp_status
@@ -743,8 +798,9 @@ class Exchange:
         if up is not None:
             self.up = None
             up.abort()
-        self.attempts.finish(OK)  # the client went away: not the backend's fault
-        if self.open:
+        in_flight = self.open or self.upstream is not None  # (a plain request in flight is not "open")
+        self.finish(True)  # the client went away: not the backend's fault
+        if in_flight:
             self.end()
 
     # -- flow control, stalls ------------------------------------------------------------------
@@ -759,7 +815,7 @@ class Exchange:
 
     def upstream_full(self, full: bool) -> None:
         if full:
-            self.conn.pauses.pause(PEER_FULL)
+            self.conn.pause(PEER_FULL)
         else:
             self.conn.pauses.resume(PEER_FULL)
 
@@ -771,13 +827,13 @@ class Exchange:
             "body transfer stalled",
             side="client" if client else "backend",
             backend=self._last_backend(),
-            request_id=self.rid.decode("latin-1"),
+            request_id=self.request_id().decode("latin-1"),
         )
         up = self.up
         self._abandon_upstream()
         if up is not None and not client:
             self._count_failure(up)
-        self.attempts.finish(OK if client else FAILED)
+        self.finish(client)
         if not self.responded or self.resp_head is not None:  # nothing of a response reached the client
             self.resp_head = None
             self.error(408 if client else 504, close=True)
@@ -786,8 +842,8 @@ class Exchange:
 
     def response_timeout(self) -> None:
         self._abandon_upstream()
-        self.attempts.finish(FAILED)
-        self.keep_alive = False
+        self.finish(False)
+        self.last_response()
         self.fail(504)
 
     def pipeline_paused(self) -> bool:

@@ -72,36 +72,41 @@ _FAST_REQUEST_LINE = rb"(?!" + _REQUEST_SPECIAL + rb")" + _FAST_NAME + rb": " + 
 
 
 def fast_request_matcher(max_target: int) -> Callable[[bytes], re.Match[bytes] | None]:
-    """The ``match`` of a plain HTTP/1.1 request head: origin-form target of at most ``max_target``
-    bytes, exactly one valid Host, no body framing, no Connection, nothing the proxy rewrites.
-    Groups: method, target, host; ``end()`` is the head's end (the caller checks it against the
-    head size limit)."""
+    """The ``fullmatch`` of a read that is exactly one plain HTTP/1.1 request head: not HEAD,
+    origin-form target of at most ``max_target`` bytes, exactly one valid Host, no body framing, no
+    Connection, nothing the proxy rewrites. Groups: the head without its blank line, the Host value.
+    (The caller checks the size against the head limit; a read holding more than one head, or a
+    head and a body, is the general path's.)"""
     return re.compile(
-        rb"("
+        rb"((?!HEAD )"
         + _TOKEN
-        + rb") (/[!-\x22$-~]{0,%d}+) HTTP/1\.1\r\n" % (max_target - 1)
+        + rb" /[!-\x22$-~]{0,%d}+ HTTP/1\.1\r\n" % (max_target - 1)
         + rb"(?:"
         + _FAST_REQUEST_LINE
         + rb")*+"
         rb"(?i:host): (" + _HOST + rb")\r\n"
-        rb"(?:" + _FAST_REQUEST_LINE + rb")*+\r\n"
-    ).match
+        rb"(?:" + _FAST_REQUEST_LINE + rb")*+)\r\n"
+    ).fullmatch
 
 
 _RESPONSE_SPECIAL = rb"(?i:content-length|transfer-encoding|connection|keep-alive|upgrade|te|trailer|proxy-[^:]*):"
+# Lines are matched with the CRLF *before* them, so the head's group ends without its last CRLF.
 _FAST_RESPONSE_LINE = (
-    rb"(?:(?!" + _RESPONSE_SPECIAL + rb")" + _TOKEN + rb": " + _CANONICAL_VALUE + rb"|(?i:connection: keep-alive))\r\n"
+    rb"\r\n(?:(?!" + _RESPONSE_SPECIAL + rb")" + _TOKEN + rb": " + _CANONICAL_VALUE + rb"|(?i:connection: keep-alive))"
 )
 FAST_RESPONSE = re.compile(
-    rb"HTTP/1\.1 (?!204 |304 )([2-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*+\r\n"
+    rb"(HTTP/1\.1 (?!204 |304 )([2-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*+"
     rb"(?:" + _FAST_RESPONSE_LINE + rb")*+"
-    rb"(?i:content-length): ([0-9]{1,18})\r\n"
-    rb"(?:" + _FAST_RESPONSE_LINE + rb")*+\r\n"
+    rb"\r\n(?i:content-length): ([0-9]{1,18})"
+    rb"(?:" + _FAST_RESPONSE_LINE + rb")*+)\r\n\r\n(.*)",
+    re.DOTALL,
 ).match
 """A plain HTTP/1.1 response head (status 2xx-5xx but 204/304) framed by one Content-Length, with at
-most ``Connection: keep-alive`` as a hop-by-hop field. Groups: status, length; ``end()``: head end."""
-STRIP_KEEP_ALIVE = re.compile(rb"\r\n(?i:connection: keep-alive)(?=\r\n)").sub
-"""Removes the ``Connection: keep-alive`` lines of a fast-path response head."""
+most ``Connection: keep-alive`` as a hop-by-hop field. Groups: the head up to its last line's end
+(no CRLF), the status, the length, and what follows the head (``.*`` with DOTALL jumps to the end:
+it costs nothing whatever the size)."""
+STRIP_KEEP_ALIVE = re.compile(rb"\r\n(?i:connection: keep-alive)(?=\r|\Z)").sub
+"""Removes the ``Connection: keep-alive`` lines of a fast-path response head (group 1)."""
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 MAX_CHUNK_LINE = 4096

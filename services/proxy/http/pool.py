@@ -4,6 +4,12 @@ Only connections the caller found clean (response fully read, backend did not sa
 unread bytes, nothing left to write) are put back, so ``get`` trusts what it holds: a connection
 that closes or receives bytes while idle removes itself through :meth:`Pool.discard`, and one idle
 longer than ``idle_sec`` is closed by a periodic sweep, not checked per request.
+
+The HTTP fast path returns a connection with a bare ``append`` to ``idle[address]`` when that list
+exists. That is enough because of two invariants kept here: a list exists only while the sweep is
+armed (``put`` arms it when it creates one; the sweep deletes emptied lists before it stops), and
+the sweep also trims a list to ``size`` (between sweeps a list holds at most one connection per
+request that was in flight to that backend).
 """
 
 from __future__ import annotations
@@ -73,8 +79,12 @@ class Pool(Generic[P]):
         remaining = 0
         for address, conns in list(self.idle.items()):
             expired = [c for c in conns if c.idle_since < deadline]
+            if len(conns) - len(expired) > self.size:  # the oldest beyond the bound go too (LIFO: first)
+                fresh = [c for c in conns if c.idle_since >= deadline]
+                expired += fresh[: len(fresh) - self.size]
             if expired:
-                conns[:] = [c for c in conns if c.idle_since >= deadline]
+                gone = set(map(id, expired))
+                conns[:] = [c for c in conns if id(c) not in gone]
                 for c in expired:
                     c.close()
             if not conns:

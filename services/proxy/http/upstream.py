@@ -16,7 +16,6 @@ Reading a response:
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import TYPE_CHECKING, cast
 
 from services.proxy.balancer import Upstream
@@ -38,11 +37,12 @@ if TYPE_CHECKING:
     from services.proxy.http.exchange import Exchange
 
 MAX_RESPONSE_HEAD = 64 * 1024
-_VIA = b"Via: " + VIA + b"\r\n\r\n"
-_VIA_CLOSE = b"Via: " + VIA + b"\r\nConnection: close\r\n\r\n"  # the connection's last response (draining)
+VIA_END = b"\r\nVia: " + VIA + b"\r\n\r\n"  # how a fast-path response head ends for the client
+VIA_CLOSE_END = b"\r\nVia: " + VIA + b"\r\nConnection: close\r\n\r\n"  # ... on the connection's last one
 _strip = STRIP_KEEP_ALIVE
-# What the connection is reading (0: a response head, where the fast path may apply).
-HEAD, PARTIAL_HEAD, BODY, TUNNEL = range(4)
+# What the connection is reading. HEAD (0, so one truth test): a response head, where the fast path
+# applies; GENERAL: a head for an exchange that is not plain (``Exchange.fast`` is False).
+HEAD, PARTIAL_HEAD, BODY, TUNNEL, GENERAL = range(5)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -52,6 +52,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_decoder",
         "_remaining",
         "_scanned",
+        "address",
         "closed",
         "ctx",
         "ex",
@@ -67,6 +68,7 @@ class UpstreamConnection(asyncio.Protocol):
     def __init__(self, ctx: Context, upstream: Upstream) -> None:
         self.ctx = ctx
         self.upstream = upstream
+        self.address = upstream.address
         # This backend's counters (a detached, never-read set when metrics are off: nothing is counted).
         self.stats = ctx.stats.backend(upstream.address) if ctx.metrics_on else BackendStats()
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
@@ -122,7 +124,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._clean = False
             self.close()
             return
-        if self.reading or not ex.fast:
+        if self.reading:
             self._slow(ex, data)
             return
         # The fast path: a plain head and, most often, the whole body in this one read.
@@ -130,32 +132,26 @@ class UpstreamConnection(asyncio.Protocol):
         if m is None:
             self._read_head(ex, data)
             return
-        end = m.end()
-        extra = len(data) - end - int(m.group(2))
-        if extra == 0:
-            ex.complete_fast(
-                self,
-                int(m.group(1)),
-                _strip(b"", data[: end - 2]) + (_VIA if ex.keep_alive else _VIA_CLOSE) + data[end:],
-                True,
-            )
+        head, status, length, body = m.groups()
+        if len(body) == int(length):
+            ex.complete_fast(self, status, _strip(b"", head) + ex.via_end + body)
         else:
-            self._fast_partial(ex, m, data, extra)
+            self._fast_partial(ex, _strip(b"", head) + ex.via_end, status, int(length), body)
 
-    def _fast_partial(self, ex: Exchange, m: re.Match[bytes], data: bytes, extra: int) -> None:
+    def _fast_partial(self, ex: Exchange, out: bytes, status: bytes, length: int, body: bytes) -> None:
         """A fast-path head with less (or more) than its whole body in this read."""
-        end = m.end()
-        length = int(m.group(2))
-        out = _strip(b"", data[: end - 2]) + (_VIA if ex.keep_alive else _VIA_CLOSE)
-        if extra > 0:  # bytes beyond the response: never reuse the connection
-            self._clean = False
-            ex.complete_fast(self, int(m.group(1)), out + data[end : end + length], False)
+        if len(body) > length:  # bytes beyond the response: never reuse the connection
+            ex.complete_fast_dirty(self, status, out + body[:length])
             return
-        self._start_body(ex, ResponseHead(1, int(m.group(1)), b"", length, False, True), data[end:], out)
+        self.got_bytes = True
+        self._start_body(ex, ResponseHead(1, int(status), b"", length, False, True), body, out)
 
     def _slow(self, ex: Exchange, data: bytes) -> None:
         reading = self.reading
-        if reading == TUNNEL:
+        if reading == GENERAL:
+            self.reading = HEAD
+            self._read_head(ex, data)
+        elif reading == TUNNEL:
             ex.send(data)
         elif reading == BODY:
             self._body(ex, data)
@@ -196,7 +192,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._protocol_error(ex, HttpError(502, "response head too large"))
                 return
             try:
-                head = parse_response_head(raw, ex.method)
+                head = parse_response_head(raw, ex.request_method())
             except HttpError as exc:
                 self._protocol_error(ex, exc)
                 return
@@ -291,6 +287,13 @@ class UpstreamConnection(asyncio.Protocol):
     def begin(self, ex: Exchange) -> None:
         """Attach to an exchange (the reading state is clean: a completed response reset it)."""
         self.ex = ex
+        if not ex.fast:
+            self.reading = GENERAL
+
+    def fast_again(self) -> None:
+        """The exchange became plain (its request body is complete) before any response byte."""
+        if self.reading == GENERAL:
+            self.reading = HEAD
 
     @property
     def tunnel(self) -> bool:

@@ -87,7 +87,7 @@ class ProxyCollector(Collector):
             P + "backend_sent_bytes", "Response bytes sent to clients from the backend.", labels=["backend"]
         )
         for address, b in backends:
-            for name, n in zip(CLASS_NAMES, b.classes, strict=True):
+            for name, n in zip(CLASS_NAMES, b.classes_total(), strict=True):
                 if n:
                     requests.add_metric([address, name], n)
             conn_errors.add_metric([address], b.connect_errors)
