@@ -106,7 +106,10 @@ class Context:
         self._sweeper = self.loop.call_later(self.tick, self._sweep)
 
     def _clock(self, now: float) -> None:
-        self.now = now
+        # ``now`` is read once per sweep; until the next one the current time is at most now + tick, and
+        # that upper bound is what deadlines start from: a timeout never fires early, and at most two
+        # ticks late (a few per cent of the shortest timeout).
+        self.now = now = now + self.tick
         self.response_at = now + self.response_timeout  # a response head is due by then
         self.idle_at = now + self.client_idle  # an idle keep-alive connection closes then
 
