@@ -22,8 +22,13 @@ import yaml
 from shared.addresses import normalize_address, parse_address
 
 ENV_PREFIX = "GOBALANCER_"
+# The `gobalancer backends|algorithm` CLI's variables. The URL is the CLI's alone (reserved below: the
+# settings loader ignores it, and no setting may take its name). The token is the setting
+# ``admin.token`` itself: the CLI sends as bearer token the secret the admin service checks.
+CLI_URL_ENV = "GOBALANCER_ADMIN_URL"
+CLI_TOKEN_ENV = "GOBALANCER_ADMIN_TOKEN"
 # Environment variables with the prefix that are not settings.
-RESERVED_ENV = frozenset({"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE"})
+RESERVED_ENV = frozenset({"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE", CLI_URL_ENV})
 
 Algorithm = Literal[
     "round_robin",

@@ -1,0 +1,19 @@
+"""The CLI's environment variables and the settings' override namespace do not collide."""
+
+from __future__ import annotations
+
+from shared.config import CLI_TOKEN_ENV, CLI_URL_ENV, RESERVED_ENV, env_settings, load_config
+
+
+def test_the_cli_url_is_reserved_and_never_a_setting() -> None:
+    settings = env_settings()
+    assert CLI_URL_ENV in RESERVED_ENV
+    assert not RESERVED_ENV & settings.keys(), "a setting took a reserved variable's name"
+    # The token is one secret under one name: the admin service checks it, the CLI sends it.
+    assert settings[CLI_TOKEN_ENV] == ("admin", "token")
+
+
+def test_exporting_the_cli_variables_leaves_the_config_loadable() -> None:
+    config = load_config(None, {CLI_URL_ENV: "http://10.0.0.1:8081", CLI_TOKEN_ENV: "s3cret"})
+    assert config.admin.token == "s3cret"
+    assert config.admin.listen_address == "127.0.0.1:8081"  # the CLI's URL changes no setting
