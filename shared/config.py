@@ -324,7 +324,9 @@ class TracingConfig(_Struct):
     # W3C traceparent to backends: an incoming valid one continues (the proxy's span becomes the parent),
     # an absent or invalid one is replaced by a new trace.
     propagate: bool = True
-    # OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); "" = no export (needs the otel extra).
+    # OTLP/HTTP collector (needs the otel extra): a base URL (http://127.0.0.1:4318 -> /v1/traces appended) or
+    # the full traces URL (.../v1/traces, used as is). "" = OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+    # OTEL_EXPORTER_OTLP_ENDPOINT (a base URL), else no export.
     otlp_endpoint: str = ""
     service_name: str = "gobalancer-proxy"
     sample_ratio: Fraction = 1.0  # share of new traces marked sampled (incoming sampled flags are kept)
