@@ -124,8 +124,11 @@ return {'removed', cur, version}
 """
 )
 
+# A health verdict never touches a passive ejection: active health and outlier ejection are two
+# signals, and a backend takes traffic only when health says up and no ejection is in force (an
+# ejection ends at its own ``until``; a passing probe does not cut it short).
 # KEYS: lease, backends, health, ejections, version
-# ARGV: fence, events channel, now, address, status, reason, clear ejection on up ("1"/"0")
+# ARGV: fence, events channel, now, address, status, reason
 SET_HEALTH = (
     _FENCE_CHECK
     + """
@@ -133,22 +136,13 @@ local addr, status = ARGV[4], ARGV[5]
 local now = tonumber(ARGV[3])
 if redis.call('HEXISTS', KEYS[2], addr) == 0 then return {'missing'} end
 local cur = redis.call('HGET', KEYS[3], addr)
-local result = 'unchanged'
-local version = tonumber(redis.call('GET', KEYS[5]) or '0')
-if not cur or cjson.decode(cur)['status'] ~= status then
-  local health = {status = status, changed_at = now, reason = ARGV[6]}
-  redis.call('HSET', KEYS[3], addr, cjson.encode(health))
-  version = redis.call('INCR', KEYS[5])
-  redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'health', at = now, address = addr,
-    health = health}))
-  result = 'changed'
-end
-if status == 'up' and ARGV[7] == '1' and redis.call('HDEL', KEYS[4], addr) == 1 then
-  version = redis.call('INCR', KEYS[5])
-  redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'ejection', at = now, address = addr}))
-  if result == 'unchanged' then result = 'cleared' end
-end
-return {result, version}
+if cur and cjson.decode(cur)['status'] == status then return {'unchanged'} end
+local health = {status = status, changed_at = now, reason = ARGV[6]}
+redis.call('HSET', KEYS[3], addr, cjson.encode(health))
+local version = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'health', at = now, address = addr,
+  health = health}))
+return {'changed', version}
 """
 )
 

@@ -303,18 +303,19 @@ class Store:
         status: HealthStatus,
         reason: str = "",
         *,
-        clear_ejection: bool = True,
         fence: Lease | None = None,
     ) -> bool:
-        """Record a health verdict; only a transition is written. True when something changed."""
+        """Record a health verdict; only a transition is written. True when something changed.
+
+        A passive ejection is left alone: it ends at its own time (see ``keys.SET_HEALTH``)."""
         keys, args = self._common(fence)
-        reply = await self._set_health(keys=keys, args=[*args, address, status, reason, "1" if clear_ejection else "0"])
+        reply = await self._set_health(keys=keys, args=[*args, address, status, reason])
         outcome = _text(reply[0])
         if outcome == "fenced":
             raise Fenced("lease lost")
         if outcome == "missing":
             raise BackendNotFound(address)
-        return outcome in ("changed", "cleared")
+        return outcome == "changed"
 
     async def set_ejection(self, address: str, ejection: Ejection | None) -> bool:
         keys, args = self._common(None)
