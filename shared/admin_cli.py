@@ -150,12 +150,30 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-BACKEND_COLUMNS = ("ADDRESS", "WEIGHT", "STATE", "HEALTH", "ALIVE", "CONNS", "ORIGIN", "EJECTED")
+BACKEND_COLUMNS = ("ADDRESS", "WEIGHT", "STATE", "HEALTH", "ALIVE", "CONNS", "ORIGIN", "EJECTED", "OVERRIDE")
+
+
+def _override(b: dict[str, Any]) -> str | None:
+    """``weight=3 (source 1)``: the operator's values on a discovery-owned backend, and the source's."""
+    override = b.get("override") or {}
+    discovered = b.get("discovered") or {}
+    parts = [f"{k}={v}" + (f" (source {discovered[k]})" if k in discovered else "") for k, v in override.items()]
+    return ", ".join(parts) or None
 
 
 def backend_rows(items: Sequence[dict[str, Any]]) -> list[list[object]]:
     return [
-        [b["address"], b["weight"], b["state"], b["health"], b["alive"], b["conn_count"], b["origin"], b["ejected"]]
+        [
+            b["address"],
+            b["weight"],
+            b["state"],
+            b["health"],
+            b["alive"],
+            b["conn_count"],
+            b["origin"],
+            b["ejected"],
+            _override(b),
+        ]
         for b in items
     ]
 
@@ -221,6 +239,9 @@ def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> Non
     elif action in ("drain", "enable", "disable"):
         data = client.call("POST", backend_path(args.address, action))
         printer = _print_state_change
+    elif action == "clear-override":
+        data = client.call("DELETE", backend_path(args.address, "override"))
+        printer = _print_backend
     elif action == "remove":
         try:
             client.call("DELETE", backend_path(args.address), params={"force": "true"} if args.force else None)
@@ -291,9 +312,15 @@ def register(sub: Any) -> None:
     remove = actions.add_parser("remove", parents=[common], help="remove a backend")
     remove.add_argument("address")
     remove.add_argument("--force", action="store_true", help="also remove a backend found by discovery")
-    weight = actions.add_parser("weight", parents=[common], help="set a backend's weight")
+    weight = actions.add_parser(
+        "weight", parents=[common], help="set a backend's weight (on a discovered one: an operator override)"
+    )
     weight.add_argument("address")
     weight.add_argument("weight", type=_weight)
+    clear = actions.add_parser(
+        "clear-override", parents=[common], help="drop the operator override: the discovery source's values again"
+    )
+    clear.add_argument("address")
     for name, text in (
         ("drain", "stop new traffic; in-flight requests finish"),
         ("enable", "take new traffic again"),
