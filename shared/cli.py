@@ -24,6 +24,32 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_settings_reference(args: argparse.Namespace) -> int:
+    from shared.settings_reference import render
+
+    text = render()
+    if args.output is None:
+        print(text, end="")
+        return 0
+    try:
+        with open(args.output, encoding="utf-8") as f:
+            current: str | None = f.read()
+    except OSError:
+        current = None
+    if args.check:
+        if current != text:
+            print(
+                f"{args.output} is not up to date: run gobalancer settings-reference --output {args.output}",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if current != text:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from shared.launcher import run_up
 
@@ -65,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config file and print the effective settings")
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
+
+    reference = sub.add_parser(
+        "settings-reference", help="print (or write) the settings reference generated from the config schema"
+    )
+    reference.add_argument("--output", metavar="FILE", help="write it to FILE (docs/settings.md) instead of stdout")
+    reference.add_argument("--check", action="store_true", help="with --output: exit 1 if FILE is not up to date")
+    reference.set_defaults(func=_cmd_settings_reference)
 
     from shared import admin_cli
 
