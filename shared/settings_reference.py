@@ -238,6 +238,10 @@ def render(comments: dict[str, str] | None = None) -> str:
         lines.append("")
         if section and comments.get(section):
             lines += [_description(comments[section]), ""]
+        nested = sorted({s.path.rsplit(".", 1)[0] for s in rows if s.path.count(".") > 1})
+        notes = [f"- `{n}`: {_description(comments[n])}" for n in nested if comments.get(n)]
+        if notes:
+            lines += [*notes, ""]
         lines.append("| setting | type | default | environment | description |")
         lines.append("|---|---|---|---|---|")
         for s in rows:
