@@ -27,8 +27,27 @@ ENV_PREFIX = "GOBALANCER_"
 # ``admin.token`` itself: the CLI sends as bearer token the secret the admin service checks.
 CLI_URL_ENV = "GOBALANCER_ADMIN_URL"
 CLI_TOKEN_ENV = "GOBALANCER_ADMIN_TOKEN"
-# Environment variables with the prefix that are not settings.
-RESERVED_ENV = frozenset({"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE", CLI_URL_ENV})
+# Variables of the tooling around the suite (the Compose file, scripts/docker-*, the tests' Redis image): a
+# shell that exports them for those must still be able to run every service.
+TOOLING_ENV = frozenset(
+    {
+        "GOBALANCER_ADMIN_PORT",
+        "GOBALANCER_APP_BASE_IMAGE",
+        "GOBALANCER_BASE_IMAGE",
+        "GOBALANCER_DOCKER_STATE",
+        "GOBALANCER_HTTP_BIND",
+        "GOBALANCER_HTTP_PORT",
+        "GOBALANCER_INFRA_BASE_IMAGE",
+        "GOBALANCER_SKIP_BUILD",
+        "GOBALANCER_TEST_REDIS_IMAGE",
+    }
+)
+# Environment variables with the prefix that are not settings: the loader ignores them, and no setting may
+# take one of their names (tests/unit/shared/test_cli_environment.py checks both, and that every GOBALANCER_
+# name in compose/, k8s/, scripts/, .ci/ and the Makefile is a setting or reserved here).
+RESERVED_ENV = frozenset(
+    {"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE", CLI_URL_ENV, *TOOLING_ENV}
+)
 
 Algorithm = Literal[
     "round_robin",

@@ -17,3 +17,21 @@ def test_exporting_the_cli_variables_leaves_the_config_loadable() -> None:
     config = load_config(None, {CLI_URL_ENV: "http://10.0.0.1:8081", CLI_TOKEN_ENV: "s3cret"})
     assert config.admin.token == "s3cret"
     assert config.admin.listen_address == "127.0.0.1:8081"  # the CLI's URL changes no setting
+
+
+def test_every_name_the_tooling_uses_is_a_setting_or_reserved() -> None:
+    """A variable exported for the Compose file or the scripts must not make every service exit 2."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).parents[3]
+    files = [root / "Makefile", *(p for d in ("compose", "k8s", "scripts", ".ci") for p in (root / d).rglob("*"))]
+    names: dict[str, str] = {}
+    for path in files:
+        if path.is_file():
+            for name in re.findall(r"\bGOBALANCER_[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="replace")):
+                names.setdefault(name, str(path.relative_to(root)))
+    settings = env_settings()
+    unknown = {name: where for name, where in names.items() if name not in settings and name not in RESERVED_ENV}
+    assert not unknown, f"neither settings nor reserved (shared/config.py RESERVED_ENV): {unknown}"
+    assert names, "the scan found nothing: the tooling's files moved?"
