@@ -39,12 +39,14 @@ TOOLING_ENV = frozenset(
         "GOBALANCER_HTTP_PORT",
         "GOBALANCER_INFRA_BASE_IMAGE",
         "GOBALANCER_SKIP_BUILD",
+        "GOBALANCER_TEST_APP_IMAGE",
+        "GOBALANCER_TEST_DOCKER_IMAGE",
         "GOBALANCER_TEST_REDIS_IMAGE",
     }
 )
 # Environment variables with the prefix that are not settings: the loader ignores them, and no setting may
 # take one of their names (tests/unit/shared/test_cli_environment.py checks both, and that every GOBALANCER_
-# name in compose/, k8s/, scripts/, .ci/ and the Makefile is a setting or reserved here).
+# name in compose/, k8s/, scripts/, .ci/ and the Makefile, and every one the code reads, is a setting or reserved).
 RESERVED_ENV = frozenset(
     {"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE", CLI_URL_ENV, *TOOLING_ENV}
 )

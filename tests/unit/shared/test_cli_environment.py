@@ -31,6 +31,9 @@ def test_every_name_the_tooling_uses_is_a_setting_or_reserved() -> None:
         if path.is_file():
             for name in re.findall(r"\bGOBALANCER_[A-Z0-9_]*[A-Z0-9]", path.read_text(errors="replace")):
                 names.setdefault(name, str(path.relative_to(root)))
+    for path in (p for d in ("shared", "services", "tests") for p in (root / d).rglob("*.py")):
+        for name in re.findall(r'environ(?:\.get)?\(\s*"(GOBALANCER_[A-Z0-9_]+)"', path.read_text()):
+            names.setdefault(name, str(path.relative_to(root)))  # read by the code itself
     settings = env_settings()
     unknown = {name: where for name, where in names.items() if name not in settings and name not in RESERVED_ENV}
     assert not unknown, f"neither settings nor reserved (shared/config.py RESERVED_ENV): {unknown}"
