@@ -22,8 +22,34 @@ import yaml
 from shared.addresses import normalize_address, parse_address
 
 ENV_PREFIX = "GOBALANCER_"
-# Environment variables with the prefix that are not settings.
-RESERVED_ENV = frozenset({"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE"})
+# The `gobalancer backends|algorithm` CLI's variables. The URL is the CLI's alone (reserved below: the
+# settings loader ignores it, and no setting may take its name). The token is the setting
+# ``admin.token`` itself: the CLI sends as bearer token the secret the admin service checks.
+CLI_URL_ENV = "GOBALANCER_ADMIN_URL"
+CLI_TOKEN_ENV = "GOBALANCER_ADMIN_TOKEN"
+# Variables of the tooling around the suite (the Compose file, scripts/docker-*, the tests' Redis image): a
+# shell that exports them for those must still be able to run every service.
+TOOLING_ENV = frozenset(
+    {
+        "GOBALANCER_ADMIN_PORT",
+        "GOBALANCER_APP_BASE_IMAGE",
+        "GOBALANCER_BASE_IMAGE",
+        "GOBALANCER_DOCKER_STATE",
+        "GOBALANCER_HTTP_BIND",
+        "GOBALANCER_HTTP_PORT",
+        "GOBALANCER_INFRA_BASE_IMAGE",
+        "GOBALANCER_SKIP_BUILD",
+        "GOBALANCER_TEST_APP_IMAGE",
+        "GOBALANCER_TEST_DOCKER_IMAGE",
+        "GOBALANCER_TEST_REDIS_IMAGE",
+    }
+)
+# Environment variables with the prefix that are not settings: the loader ignores them, and no setting may
+# take one of their names (tests/unit/shared/test_cli_environment.py checks both, and that every GOBALANCER_
+# name in compose/, k8s/, scripts/, .ci/ and the Makefile, and every one the code reads, is a setting or reserved).
+RESERVED_ENV = frozenset(
+    {"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE", CLI_URL_ENV, *TOOLING_ENV}
+)
 
 Algorithm = Literal[
     "round_robin",
@@ -322,7 +348,9 @@ class TracingConfig(_Struct):
     # W3C traceparent to backends: an incoming valid one continues (the proxy's span becomes the parent),
     # an absent or invalid one is replaced by a new trace.
     propagate: bool = True
-    # OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); "" = no export (needs the otel extra).
+    # OTLP/HTTP collector (needs the otel extra): a base URL (http://127.0.0.1:4318 -> /v1/traces appended) or
+    # the full traces URL (.../v1/traces, used as is). "" = OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+    # OTEL_EXPORTER_OTLP_ENDPOINT (a base URL), else no export.
     otlp_endpoint: str = ""
     service_name: str = "gobalancer-proxy"
     sample_ratio: Fraction = 1.0  # share of new traces marked sampled (incoming sampled flags are kept)

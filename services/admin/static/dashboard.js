@@ -237,6 +237,19 @@
     cells.weight.append(form);
     cells.weightInput = input;
 
+    // On a backend found by discovery, what the operator changed is an override (kept until cleared).
+    cells.originName = document.createElement("span");
+    cells.override = document.createElement("span");
+    cells.override.className = "tag override";
+    const clear = document.createElement("button");
+    clear.type = "button";
+    clear.className = "clear-override";
+    clear.textContent = "Clear override";
+    clear.setAttribute("aria-label", "Clear the override of " + address + ": the discovery source's values again");
+    clear.addEventListener("click", () => mutate("Clear the override of " + address, "DELETE", backendPath(address) + "/override"));
+    cells.clearOverride = clear;
+    cells.origin.append(cells.originName);
+
     cells.buttons = {};
     for (const action of ["drain", "enable", "disable"]) {
       const b = document.createElement("button");
@@ -280,7 +293,19 @@
     }
     cells.state.textContent = b.state;
     cells.state.className = "state state-" + b.state;
-    cells.origin.textContent = b.origin;
+    cells.originName.textContent = b.origin;
+    const override = b.override ? Object.entries(b.override) : [];
+    const discovered = b.discovered || {};
+    cells.override.textContent = override
+      .map(([k, v]) => "override " + k + "=" + v + (k in discovered ? " (source " + discovered[k] + ")" : ""))
+      .join(", ");
+    cells.override.title = "Set by an operator; discovery keeps it until the override is cleared";
+    // Attached only while there is one (a refresh must not move a focused button).
+    if (override.length && !cells.override.isConnected) cells.origin.append(cells.override, cells.clearOverride);
+    if (!override.length && cells.override.isConnected) {
+      cells.override.remove();
+      cells.clearOverride.remove();
+    }
     const input = cells.weightInput;
     if (document.activeElement !== input && !input.dataset.dirty) input.value = String(b.weight);
     cells.inflight.textContent = String(b.conn_count ?? 0);
