@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.proxy.balancer import Outcome
 from services.proxy.store_balancer import StoreBalancer, open_store_balancer
 from shared.config import Config, OutlierConfig, Seconds
 from shared.models import Backend
@@ -62,7 +61,7 @@ def picked(balancer: StoreBalancer, tries: int = 8) -> set[str]:
         upstream = balancer.pick(str(i))
         if upstream is not None:
             out.add(upstream.address)
-            balancer.finished(upstream, Outcome(ok=True, latency=0.001, status=200))
+            balancer.finished(upstream, True, 0.001)
     return out
 
 
@@ -98,7 +97,7 @@ async def test_passing_probes_do_not_cut_an_ejection_short(
             upstream = balancer._upstreams[bad.address]
             for _ in range(3):  # what the proxy does on three 500s in a row
                 balancer.started(upstream)
-                balancer.finished(upstream, Outcome(ok=False, latency=0.001, status=500))
+                balancer.finished(upstream, False, 0.001)
             ejected_at = time.time()
 
             async def published() -> bool:
