@@ -92,10 +92,12 @@ def nginx_user_line() -> str:
 
 
 @contextlib.contextmanager
-def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], port: int, start_timeout: float = 10.0, **kwargs: object
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
     try:
-        wait_port(port, proc)
+        wait_port(port, proc, start_timeout)
         yield proc
     finally:
         stop_process(proc)

@@ -76,7 +76,8 @@ class Context:
         self.connections: set[Swept] = set()
         self.all_closed = asyncio.Event()  # set when draining and the last connection is gone
         # The clock of deadlines: loop time, refreshed by the sweep (no clock read per request).
-        self.tick = min(1.0, max(0.01, min(self.client_idle, self.backend_idle, self.header_read) / 4))
+        shortest = min(self.client_idle, self.backend_idle, self.header_read, self.response_timeout)
+        self.tick = min(1.0, max(0.01, shortest / 4))
         self.now = self.response_at = self.idle_at = 0.0
         self._clock(loop.time())
         self._sweeper: asyncio.TimerHandle | None = None

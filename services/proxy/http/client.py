@@ -127,7 +127,7 @@ class ClientConnection(asyncio.Protocol):
         self.ex.client_blocked(False)
 
     def data_received(self, data: bytes) -> None:
-        if self.state == HEAD:
+        if not self.state:  # HEAD (0): waiting for a request head
             if self.buf:  # part of a head, or pipelined bytes, came first
                 self._read_head(data)
                 return

@@ -118,10 +118,9 @@ FAST_SUFFIX = b"X-Forwarded-Host: %s\r\nX-Request-ID: %s\r\nVia: " + VIA + b"\r\
 FAST_SUFFIX_TRACE = FAST_SUFFIX + b"traceparent: %s\r\n\r\n"
 # The whole head of a plain request with a new sampled trace, in one formatting: the received head
 # (without its blank line), the connection's forwarding prefix, X-Forwarded-Host, the request id
-# (process prefix and counter) and the trace-id and span-id formatted straight from two random
-# integers (never zero: W3C Trace Context forbids all-zero ids).
+# (process prefix and counter) and "trace-id-span-id" (see new_trace_ids).
 FAST_HEAD_NEW_TRACE = (
-    b"%s%sX-Forwarded-Host: %s\r\nX-Request-ID: %s-%x\r\nVia: " + VIA + b"\r\ntraceparent: 00-%032x-%016x-01\r\n\r\n"
+    b"%s%sX-Forwarded-Host: %s\r\nX-Request-ID: %s-%x\r\nVia: " + VIA + b"\r\ntraceparent: 00-%s-01\r\n\r\n"
 )
 FAST_SUFFIX += b"\r\n"
 

@@ -94,17 +94,10 @@ def test_a_fast_request_is_a_valid_request_and_is_forwarded_the_same(raw: bytes)
     assert req.minor == 1 and req.keep_alive and not req.has_body and not req.upgrade
     assert req.method != b"HEAD" and req.host == host and not req.host_rewritten
     assert req.request_id is None and req.traceparent is None and req.target.startswith(b"/")
-    rid_prefix, rid_n, trace, span = b"abc", 42, 7, 9
-    fast = FAST_HEAD_NEW_TRACE % (
-        head,
-        b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n",
-        host,
-        rid_prefix,
-        rid_n,
-        trace,
-        span,
-    )
-    traceparent = b"00-%032x-%016x-01" % (trace, span)
+    ids = b"%032x-%016x" % (7, 9)
+    prefix = b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n"
+    fast = FAST_HEAD_NEW_TRACE % (head, prefix, host, b"abc", 42, ids)
+    traceparent = b"00-" + ids + b"-01"
     general = upstream_request_head(req, "10.0.0.1", b"http", b"abc-2a", b"", False, traceparent, False)
     assert fast == general
 
