@@ -7,19 +7,16 @@ small :class:`Swept` interface (a deadline and what to do when it passes).
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from services.proxy.balancer import Balancer
 from services.proxy.http.headers import FAST_HEAD_NEW_TRACE
 from services.proxy.http.parser import fast_request_matcher
-from services.proxy.http.pool import Pool
+from services.proxy.http.pool import Pool, Pooled
 from services.proxy.observability.access_log import AccessLog
 from services.proxy.observability.tracing import SpanExporter, make_exporter
 from services.proxy.stats import BackendStats, RetryBudget, Stats
 from shared.config import Config
-
-if TYPE_CHECKING:
-    from services.proxy.http.upstream import UpstreamConnection
 
 NEVER = float("inf")
 
@@ -44,7 +41,7 @@ class Context:
         self.loop = loop
         self.stats = Stats()
         self.budget = RetryBudget(p.retry_budget)
-        self.pool: Pool[UpstreamConnection] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
+        self.pool: Pool[Pooled] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
         self.max_head = p.max_header_bytes
         self.max_target = p.max_target_bytes
         self.max_body = p.max_body_bytes

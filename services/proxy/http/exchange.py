@@ -29,7 +29,7 @@ import time
 from binascii import hexlify as _hexlify
 from bisect import bisect_left
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from services.proxy.attempts import Attempts
 from services.proxy.balancer import Upstream
@@ -66,7 +66,7 @@ _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
 _CLASS_SLOT = [0] * 48 + [c * WHOLE_SLOTS for c in range(10)]
 
 
-_NO_IDLE: dict[str, Any] = {}
+_NO_IDLE: dict[str, list[UpstreamConnection]] = {}
 
 
 def _unconnected(data: bytes) -> None:
@@ -124,7 +124,8 @@ class Exchange(Attempts):
         super().__init__(conn.ctx)
         self.conn = conn
         ctx = self.ctx
-        self.idle = ctx.pool.idle  # the pool's idle connections by address (read on every request)
+        # The pool's idle connections by address (read on every request); the HTTP side pools only these.
+        self.idle = cast("dict[str, list[UpstreamConnection]]", ctx.pool.idle)
         self.write: Callable[[bytes], object] = _unconnected  # the client transport's write, once connected
         self.up: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
@@ -227,7 +228,7 @@ class Exchange(Attempts):
         self.pending = [self.head_out]
         self.pending_size = len(self.head_out)
         up = self.ctx.pool.get(upstream.address)
-        if up is not None:
+        if isinstance(up, UpstreamConnection):
             self._attach(up)
             return
         self.ctx.stats.pool_misses += 1
@@ -419,7 +420,7 @@ class Exchange(Attempts):
             self.t0 = now
         self.ttfb = None
         up = ctx.pool.get(upstream.address)
-        if up is not None:
+        if isinstance(up, UpstreamConnection):
             self._attach(up)
         else:
             ctx.stats.pool_misses += 1
@@ -812,7 +813,7 @@ class Exchange(Attempts):
         """The client stopped (or resumed) reading what we write: so does the upstream. While it is
         blocked the fast path finds no idle connection (``idle`` is an empty map), so a pooled one is
         attached by ``_attach``, which pauses it first."""
-        self.idle = _NO_IDLE if blocked else self.ctx.pool.idle
+        self.idle = _NO_IDLE if blocked else cast("dict[str, list[UpstreamConnection]]", self.ctx.pool.idle)
         up = self.up
         if up is not None and up.transport is not None:
             if blocked:
