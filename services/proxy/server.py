@@ -11,6 +11,7 @@ from collections.abc import Callable
 from services.proxy.balancer import Balancer
 from services.proxy.context import Context
 from services.proxy.http.client_protocol import ClientConnection
+from services.proxy.proxy_protocol import TrustedNetworks
 from services.proxy.tcp import TcpClient
 from shared.addresses import parse_address
 from shared.config import Config
@@ -80,7 +81,8 @@ class Server:
         ssl_context = make_ssl_context(tls.cert_file, tls.key_file) if tls.enabled else None
         factory: Callable[[], asyncio.Protocol]
         if config.mode == "tcp":
-            factory = lambda: TcpClient(ctx)  # noqa: E731
+            proxy_from = TrustedNetworks(config.proxy.proxy_protocol_from)
+            factory = lambda: TcpClient(ctx, proxy_from)  # noqa: E731
         else:
             is_tls = ssl_context is not None
             factory = lambda: ClientConnection(ctx, tls=is_tls)  # noqa: E731
