@@ -91,12 +91,18 @@ class Server:
             ctx.start_stall_checks()
         log.info("listening", address=config.listen_address, port=self.port, mode=config.mode, tls=bool(ssl_context))
 
+    def begin_shutdown(self) -> None:
+        """The shutdown delay: still accepting, but every response now ends its connection (Connection:
+        close), so keep-alive clients reconnect, by then to another replica."""
+        self.context.draining = True
+
     async def stop(self, drain_sec: float | None = None) -> None:
         """Stop accepting, let in-flight exchanges finish up to ``drain_sec``, then close everything."""
         ctx = self.context
         if drain_sec is None:
             drain_sec = float(self.config.timeout.drain_sec)
         ctx.draining = True
+        ctx.all_closed.clear()  # it may have been set during the shutdown delay, with connections since
         if self._server is not None:
             self._server.close()
         grace = min(IDLE_DRAIN_GRACE, drain_sec)
