@@ -220,6 +220,9 @@ class Stack:
         files = ["-f", str(COMPOSE_FILE)]
         if not proxy_protocol_on():
             files += ["-f", str(NO_PROXY_PROTOCOL)]
+        extra = os.environ.get("GOBALANCER_E2E_COMPOSE_OVERRIDE", "")  # e.g. to try a setting by hand
+        if extra:
+            files += ["-f", extra]
         return files
 
     def run(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -230,7 +233,15 @@ class Stack:
         return done
 
     def up(self) -> None:
-        self.run("up", "-d", "--no-build", "--scale", f"proxy={PROXY_REPLICAS}", timeout=180)
+        for attempt in range(3):
+            done = self.run("up", "-d", "--no-build", "--scale", f"proxy={PROXY_REPLICAS}", timeout=180, check=False)
+            if done.returncode == 0:
+                return
+            if "address already in use" not in done.stderr or attempt == 2:
+                raise AssertionError(f"up failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+            # A free port taken by another process in the meantime (the machine is shared): new ports, again.
+            self.down()
+            self.http_port, self.admin_port = free_port(), free_port()
 
     def down(self) -> None:
         self.run("down", "--remove-orphans", "--volumes", "--timeout", "15", timeout=120, check=False)

@@ -12,6 +12,7 @@ import functools
 import http.client
 import json
 import os
+import random
 import subprocess
 import threading
 import time
@@ -185,10 +186,21 @@ def test_labelled_container_receives_traffic_within_5_seconds(stack: Stack) -> N
 
 
 class Load:
-    """Bounded keep-alive GET load through the front: ``workers`` clients, at most ``max_requests`` and
+    """Bounded GET load through the front: ``workers`` keep-alive clients in a tight loop, plus ``fresh``
+    clients opening a new connection per request (the accept path) and ``idle`` keep-alive clients pausing up
+    to 0.6 s between requests (their connection is idle when a replica stops); at most ``max_requests`` and
     ``max_seconds``. Records (completion time, backend name or "!error") for every request."""
 
-    def __init__(self, port: int, *, workers: int = 4, max_requests: int = 6000, max_seconds: float = 20.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        workers: int = 4,
+        fresh: int = 0,
+        idle: int = 0,
+        max_requests: int = 6000,
+        max_seconds: float = 20.0,
+    ) -> None:
         self.port = port
         self.workers = workers
         self.max_requests = max_requests
@@ -196,7 +208,8 @@ class Load:
         self.results: list[tuple[float, str]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        kinds = ["tight"] * workers + ["fresh"] * fresh + ["idle"] * idle
+        self.threads = [threading.Thread(target=self._work, args=(kind,), daemon=True) for kind in kinds]
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -212,21 +225,25 @@ class Load:
         with self.lock:
             return len(self.results)
 
-    def _work(self) -> None:
+    def _work(self, kind: str) -> None:
         conn: http.client.HTTPConnection | None = None
+        pauses = random.Random(threading.get_ident())
+        headers = {"Connection": "close"} if kind == "fresh" else {}
         while not self.stopping.is_set() and time.monotonic() < self.deadline and self.count() < self.max_requests:
+            if kind == "idle":
+                self.stopping.wait(pauses.uniform(0.0, 0.6))  # load shape: a keep-alive connection left idle
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-                conn.request("GET", "/load")
+                conn.request("GET", "/load", headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 outcome = resp.getheader("X-Backend", "") if resp.status == 200 else f"!{resp.status}"
-                if resp.will_close:
+                if resp.will_close or kind == "fresh":
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException) as exc:
-                outcome = f"!{type(exc).__name__}"
+                outcome = f"!{type(exc).__name__}" + (f" ({kind})" if kind != "tight" else "")
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -403,22 +420,33 @@ def test_scaling_4_to_1_to_4_under_load_fails_no_request(stack: Stack) -> None:
     _scale(stack, 4)
     wait_for(lambda: len(stack.containers("proxy")) == 4, timeout=30, message="4 proxy replicas")
     report = []
+    try:
+        _scale_runs(stack, report)
+    finally:
+        print(f"scale 4->1->4 runs (run, requests, failed, scale-in seconds): {report}")
+        _scale(stack, PROXY_REPLICAS)
+
+
+def _scale_runs(stack: Stack, report: list[tuple[int, int, int, float]]) -> None:
     for run in range(SCALE_RUNS):
-        with Load(stack.http_port, workers=4, max_requests=1_000_000, max_seconds=120) as load:
+        with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
             _more(load, 200, "requests before scaling in")
             started = time.monotonic()
             _scale(stack, 1)  # returns once the 3 replicas have drained and exited
             scaled_in = time.monotonic() - started
             assert len(stack.containers("proxy")) == 1
             _more(load, 300, "requests on the one replica left")
+            scale_out = time.monotonic()
             _scale(stack, 4)
             wait_for(lambda: len(stack.containers("proxy")) == 4, timeout=30, message="4 replicas again")
             _more(load, 600, "requests after scaling out")
         failures = _failures(load)
         report.append((run, len(load.results), len(failures), round(scaled_in, 1)))
-        assert failures == [], f"run {run}: {len(failures)} of {len(load.results)} failed: {Counter(failures)}"
-    print(f"scale 4->1->4 runs (run, requests, failed, scale-in seconds): {report}")
-    _scale(stack, PROXY_REPLICAS)
+        when = [(round(t - started, 2), outcome) for t, outcome in list(load.results) if outcome.startswith("!")]
+        assert failures == [], (
+            f"run {run}: {len(failures)} of {len(load.results)} failed: {Counter(failures)}; seconds after the "
+            f"scale-in began (scale-out began at {scale_out - started:.2f}): {when[:20]}\n" + stack.logs("front", 40)
+        )
 
 
 def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) -> None:
@@ -427,7 +455,7 @@ def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) 
     _ready(stack)
     before = {c.id for c in stack.containers("proxy")}
     env = dict(stack.env)
-    with Load(stack.http_port, workers=4, max_requests=1_000_000, max_seconds=120) as load:
+    with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
         _more(load, 200, "requests before the rollout")
         done = subprocess.run(
             [str(ROOT / "scripts" / "compose-rollout"), "-p", stack.project, *stack.files],
@@ -439,7 +467,7 @@ def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) 
         assert done.returncode == 0, done.stdout + done.stderr
         _more(load, 300, "requests after the rollout")
     after = {c.id for c in stack.containers("proxy")}
-    assert len(after) == len(before) == PROXY_REPLICAS and not (after & before), (before, after)
+    assert len(after) == len(before) and not (after & before), (before, after)
     failures = _failures(load)
     assert failures == [], f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}"
     print(f"rollout under load: {len(load.results)} requests, 0 failed")
