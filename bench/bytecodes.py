@@ -109,6 +109,10 @@ def run(args: argparse.Namespace) -> int:
             results[name] = _count(name, config, port, base / f"{name}.json", args)
     static, coordinated = results["gobalancer"], results["gobalancer-redis-lc"]
     a, b = sum(static.values()) / requests, sum(coordinated.values()) / requests
+    print("\nper request, by function (static proxy):")
+    for key, n in static.most_common(args.top * 2):
+        if n / requests >= 0.5:
+            print(f"  {n / requests:8.1f}  {key}")
     print(f"\ngobalancer-redis-lc / gobalancer: {b / a:.3f} ({b - a:+.1f} bytecodes per request)")
     print("largest differences per request (coordinated - static):")
     keys = sorted(set(static) | set(coordinated), key=lambda k: abs(coordinated[k] - static[k]), reverse=True)
@@ -118,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         "requests": requests,
         "bytecodes_per_request": {"gobalancer": round(a, 1), "gobalancer-redis-lc": round(b, 1)},
         "ratio": round(b / a, 4),
+        "by_function": {k: round(n / requests, 2) for k, n in static.most_common() if n / requests >= 0.05},
         "differences": {k: round((coordinated[k] - static[k]) / requests, 2) for k in keys[: args.top]},
     }
     out = Path(args.out)

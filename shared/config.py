@@ -270,6 +270,9 @@ class ProxyConfig(_Struct):
     retry_budget: Fraction = 0.2  # retries allowed as a share of requests
     high_water_bytes: PositiveInt = 256 * 1024
     proxy_protocol: Literal["", "v1", "v2"] = ""  # tcp mode: header sent to the backend
+    # Request header names with "_" are dropped (CGI/WSGI/PHP backends read X_Forwarded_For as
+    # X-Forwarded-For; nginx drops them by default too). True: forward them.
+    keep_underscore_headers: bool = False
     tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
     # Client addresses behind a balancer. Peers in these networks (CIDRs or addresses) must start every
     # connection with a PROXY protocol header (v1 or v2), whose source address becomes the client's;

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from shared.addresses import parse_address
@@ -61,26 +61,28 @@ class Balancer(Protocol):
         ...
 
 
-@dataclass
 class StaticRoundRobin:
     """Round robin over the configured backends, all considered usable. The simplest Balancer."""
 
-    upstreams: list[Upstream]
-    hash_key: str = "client_ip"
-    inflight: dict[str, int] = field(default_factory=dict)
-    _counter: itertools.count[int] = field(default_factory=itertools.count)
+    def __init__(self, upstreams: list[Upstream], hash_key: str = "client_ip") -> None:
+        self.upstreams = upstreams
+        self.hash_key = hash_key
+        self.inflight: dict[str, int] = dict.fromkeys((u.address for u in upstreams), 0)
+        self._next = itertools.cycle(upstreams).__next__ if upstreams else None
 
     @classmethod
     def from_config(cls, config: Config) -> StaticRoundRobin:
         return cls([Upstream.from_address(b.address) for b in config.backends], config.balancing.hash_key)
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
-        n = len(self.upstreams)
-        for _ in range(n):
-            upstream = self.upstreams[next(self._counter) % n]
-            address = upstream.address
-            if address not in exclude:
-                self.inflight[address] = self.inflight.get(address, 0) + 1
+        if not exclude and self._next is not None:
+            upstream = self._next()
+            self.inflight[upstream.address] += 1
+            return upstream
+        for _ in range(len(self.upstreams)):
+            upstream = self._next()  # type: ignore[misc]
+            if upstream.address not in exclude:
+                self.inflight[upstream.address] += 1
                 return upstream
         return None
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from services.proxy.balancer import Balancer
 from services.proxy.context import Context
-from services.proxy.http.client_protocol import ClientConnection
+from services.proxy.http.client import ClientConnection
 from services.proxy.proxy_protocol import TrustedNetworks
 from services.proxy.tcp import TcpClient
 from shared.addresses import parse_address
@@ -87,8 +87,7 @@ class Server:
             is_tls = ssl_context is not None
             factory = lambda: ClientConnection(ctx, tls=is_tls)  # noqa: E731
         self._server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096)
-        if config.mode != "tcp":
-            ctx.start_stall_checks()
+        ctx.start_sweeps()
         log.info("listening", address=config.listen_address, port=self.port, mode=config.mode, tls=bool(ssl_context))
 
     def begin_shutdown(self) -> None:

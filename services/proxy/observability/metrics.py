@@ -99,13 +99,13 @@ class ProxyCollector(Collector):
             P + "backend_request_duration_seconds",
             "Attempt start to response complete (or failure), per backend.",
             ["backend"],
-            (([a], b.duration) for a, b in backends),
+            (([a], b.duration_total()) for a, b in backends),
         )
         yield histogram_family(
             P + "backend_upstream_ttfb_seconds",
             "Attempt start to the backend's response head, per backend.",
             ["backend"],
-            (([a], b.ttfb) for a, b in backends),
+            (([a], b.ttfb_total()) for a, b in backends),
         )
 
     def _balancer_metrics(self) -> Iterable[Metric]:

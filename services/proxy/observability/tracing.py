@@ -91,6 +91,11 @@ class TraceContext:
         return self._header
 
 
+def from_header(header: bytes) -> TraceContext:
+    """The context of a trace the proxy started itself (the fast path keeps only its header)."""
+    return TraceContext(header, None, False)
+
+
 def continue_or_start(incoming: bytes | None, sample_ratio: float) -> TraceContext:
     """The proxy's trace context for a request whose ``traceparent`` was ``incoming`` (None: absent)."""
     if incoming is not None:

@@ -9,7 +9,7 @@ from collections.abc import Collection
 import pytest
 
 from services.proxy.balancer import Outcome, StaticRoundRobin, Upstream
-from services.proxy.http.client_protocol import ClientConnection
+from services.proxy.http.client import ClientConnection
 from tests.helpers import eventually
 from tests.integration.proxy.backends import (
     Backend,
@@ -310,9 +310,9 @@ async def test_upload_backpressure_reaches_client(backends: Backends, start_prox
             sent += len(block)
     assert sent < 50_000_000  # held back long before the body was done (kernel buffers hold the rest)
     buffered = [
-        c.up.transport.get_write_buffer_size()
+        c.ex.up.transport.get_write_buffer_size()
         for c in proxy.context.connections
-        if isinstance(c, ClientConnection) and c.up is not None and c.up.transport is not None
+        if isinstance(c, ClientConnection) and c.ex.up is not None
     ]
     assert buffered and max(buffered) <= 65536 + (1 << 20)  # at most one read beyond the high-water mark
     writer.close()

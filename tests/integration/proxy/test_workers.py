@@ -36,6 +36,35 @@ async def test_workers_share_the_listener_and_stop_together(tmp_path: Path, back
         assert not _alive(workers)
 
 
+def _two_free_ports() -> int:
+    """A port p with p + 1 free too (worker 1 serves its /metrics on the metrics port + 1)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise AssertionError("no two consecutive free ports")
+
+
+def _json_events(text: str) -> list[dict[str, object]]:
+    """The JSON log lines of the parent and its workers (they share stderr: a line may hold two objects)."""
+    decoder = json.JSONDecoder()
+    events, i = [], text.find("{")
+    while i >= 0:
+        try:
+            event, end = decoder.raw_decode(text, i)
+        except ValueError:
+            i = text.find("{", i + 1)
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+        i = text.find("{", end)
+    return events
+
+
 def _worker_requests(metrics_port: int) -> float:
     """gobalancer_proxy_requests_total of the process serving /metrics on ``metrics_port``."""
     with socket.create_connection(("127.0.0.1", metrics_port), timeout=5) as sock:
@@ -51,7 +80,7 @@ def _worker_requests(metrics_port: int) -> float:
 
 async def test_a_killed_worker_is_restarted_and_logged(tmp_path: Path, backends: Backends) -> None:
     backend = await backends.add(Backend())
-    metrics_port = free_port()
+    metrics_port = _two_free_ports()
     extra = f"proxy: {{workers: 2}}\nmetrics: {{proxy_listen_address: '127.0.0.1:{metrics_port}'}}\n"
     with proxy_process(tmp_path, [backend.address], extra=extra) as (proc, port):
         await wait_listening(port)
@@ -82,7 +111,7 @@ async def test_a_killed_worker_is_restarted_and_logged(tmp_path: Path, backends:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
         assert proc.stderr is not None
-        lines = [json.loads(line) for line in proc.stderr.read().decode().splitlines() if line.startswith("{")]
+        lines = _json_events(proc.stderr.read().decode())
         died = [e for e in lines if e.get("event") == "worker died: restarting it"]
         assert len(died) == 1, lines
         assert died[0]["pid"] == worker and died[0]["died_of"] == "signal SIGKILL" and died[0]["level"] == "error"

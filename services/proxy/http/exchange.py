@@ -1,0 +1,794 @@
+"""One request/response cycle of a client connection: attempts, the upstream, the response relay.
+
+A connection owns one Exchange and reuses it for each of its requests (nothing per request is
+allocated that can live per connection). The client side (``client.py``) parses heads and hands a
+request over with ``start_fast`` (a plain request: its received head spliced with the proxy's
+lines) or ``start`` (any other: a parsed :class:`RequestHead`); the upstream side (``upstream.py``)
+reports the response back with ``complete_fast`` (a plain response that arrived whole) or the
+general calls (``response_head``, ``send``, ``send_pieces``, ``response_end``, ``upstream_failed``,
+``bad_response``).
+
+Attempts (``services/proxy/attempts.py``): a connect failure is retried on another backend; a failure
+after the request was written and before any response byte is retried once more only for an
+idempotent request without a body; both within ``proxy.retries`` and the retry budget. Once a
+response byte reached the client, a failure can only abort the client connection.
+
+Backpressure: the upstream's pause/resume_writing pauses/resumes reading the client (``PEER_FULL``);
+the client transport's pause/resume_writing pauses/resumes reading the upstream. Until the upstream is
+attached, request bytes queue in ``pending`` (reading pauses past the high-water mark: ``QUEUED``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import time
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Any
+
+from services.proxy.attempts import FAILED, OK, Attempts
+from services.proxy.balancer import Outcome, Upstream
+from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED
+from services.proxy.http.errors import error_response
+from services.proxy.http.headers import FAST_SUFFIX, FAST_SUFFIX_TRACE, client_response_head, upstream_request_head
+from services.proxy.http.parser import (
+    _FIELDS,
+    IDEMPOTENT,
+    LAST_CHUNK,
+    ChunkedDecoder,
+    HttpError,
+    RequestHead,
+    ResponseHead,
+    frame_chunks,
+)
+from services.proxy.http.upstream import UpstreamConnection
+from services.proxy.observability.access_log import iso_time
+from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
+from services.proxy.stats import LATENCY_BUCKETS
+from shared.logs import get_logger
+
+if TYPE_CHECKING:
+    from services.proxy.http.client import ClientConnection
+
+log = get_logger("proxy.http")
+
+_clock = time.perf_counter  # loop.time() is in whole milliseconds under uvloop: too coarse for latencies
+_ids = itertools.count(1)
+_id_prefix = os.urandom(6).hex().encode()
+_bits = random.Random().getrandbits
+_outcome = tuple.__new__  # Outcome(...) without the NamedTuple's Python-level __new__
+# A response head and body (or several body pieces) up to this size are joined into one write (one
+# send()); beyond it they go as writelines, not copied.
+JOIN_MAX = 65536
+
+
+def new_request_id() -> bytes:
+    """Unique per process and run; cheaper than a uuid4 per request."""
+    return b"%s-%x" % (_id_prefix, next(_ids))
+
+
+class Exchange:
+    __slots__ = (
+        "attempts",
+        "body_done",
+        "body_remaining",
+        "bytes_in",
+        "bytes_out",
+        "conn",
+        "connecting",
+        "ctx",
+        "decoder",
+        "fast",
+        "head_out",
+        "idle",
+        "keep_alive",
+        "method",
+        "open",
+        "pending",
+        "pending_size",
+        "rechunk",
+        "req",
+        "resent",
+        "resp_head",
+        "resp_status",
+        "responded",
+        "rid",
+        "t0",
+        "trace",
+        "traceparent",
+        "ttfb",
+        "up",
+        "upstream_sec",
+    )
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.ctx = ctx = conn.ctx
+        self.attempts = Attempts(ctx)
+        self.idle = ctx.pool.idle  # the pool's idle connections by address (read on every request)
+        self.up: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.open = False  # a request started and not yet ended (end())
+        self.req: RequestHead | None = None  # the general path's parsed head (None on the fast path)
+        self.method = b"GET"
+        self.rid = b"-"
+        self.fast = False  # the response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD)
+        self.head_out = b""
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.body_remaining = 0
+        self.decoder: ChunkedDecoder | None = None
+        self.body_done = True
+        self.keep_alive = False
+        self.resent = False
+        self.responded = False  # response bytes written to the client (or held in resp_head)
+        self.rechunk = False
+        self.resp_head: bytes | None = None
+        self.resp_status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.t0 = 0.0
+        self.ttfb: float | None = None
+        self.upstream_sec = 0.0
+        self.traceparent: bytes | None = None  # sent to the backend
+        self.trace: TraceContext | None = None  # general path: the parsed incoming context
+
+    # -- starting a request --------------------------------------------------------------------
+
+    def start_fast(self, data: bytes, end: int, method: bytes, host: bytes) -> None:
+        """A plain request (``parser.fast_request_matcher``) whose head is ``data[:end]``: no body.
+
+        The hot path. What the general path changes (``req``, ``responded``, ``body_done``, the
+        attempt count...) it puts back when its exchange ends, so a plain request only sets what it
+        uses. Every bytecode here costs about 14 ns per request (``python -m bench bytecodes``).
+        """
+        ctx = self.ctx
+        conn = self.conn
+        ctx.stats.requests += 1
+        self.open = True
+        self.method = method
+        self.fast = method != b"HEAD"
+        self.keep_alive = not ctx.draining
+        self.bytes_in = end
+        rid = self.rid = b"%s-%x" % (_id_prefix, next(_ids))
+        if ctx.trace_new is not None:  # a new trace per request (tracing.propagate), sampled or not
+            head = self.head_out = (
+                data[: end - 2] + conn.prefix + ctx.trace_new % (host, rid, _bits(128) or 1, _bits(64) or 1)
+            )
+        else:
+            head = self.head_out = self._fast_head(data[: end - 2], host, rid)
+        conn.deadline = ctx.now + ctx.response_timeout
+        conn.waiting = True
+        balancer = ctx.balancer
+        upstream = balancer.pick(
+            conn.client_ip if balancer.hash_key == "client_ip" else self._affinity_key(data[:end]), ()
+        )
+        attempts = self.attempts
+        attempts.upstream = upstream
+        if upstream is None:
+            attempts.last = ""
+            self.fail(503)
+            return
+        attempts.count = 1
+        attempts.started_at = _clock()
+        idle = self.idle.get(upstream.address)
+        if not idle:
+            self._open_upstream(upstream)
+            return
+        up = self.up = idle.pop()
+        up.ex = self
+        if conn.write_blocked:  # a fresh upstream respects a client paused for writing
+            up.transport.pause_reading()
+        up.transport.write(head)
+
+    def _fast_head(self, head: bytes, host: bytes, rid: bytes) -> bytes:
+        """The fast path's head when its trace is not a plain new one (propagation off, sampling, a
+        span or access log that needs the header kept)."""
+        ctx = self.ctx
+        if not ctx.propagate_trace:
+            self.traceparent = None
+            return head + self.conn.prefix + FAST_SUFFIX % (host, rid)
+        tp = self.traceparent = b"00-%032x-%016x-%s" % (_bits(128) or 1, _bits(64) or 1, self._flags())
+        self.trace = None
+        return head + self.conn.prefix + FAST_SUFFIX_TRACE % (host, rid, tp)
+
+    def _open_upstream(self, upstream: Upstream) -> None:
+        """No idle connection to ``upstream``: open one (the request waits in ``pending``)."""
+        self.ctx.stats.pool_misses += 1
+        self.pending = [self.head_out]
+        self.pending_size = len(self.head_out)
+        self.attempts.last = upstream.address
+        self.connecting = self.ctx.loop.create_task(self._connect(upstream))
+
+    def _flags(self) -> bytes:
+        ratio = self.ctx.sample_ratio
+        return b"01" if ratio >= 1.0 or random.random() < ratio else b"00"
+
+    def start(self, req: RequestHead, rest: bytes, head_size: int) -> None:
+        """Any other request: ``req`` parsed by the general path; ``rest``: bytes after its head."""
+        ctx = self.ctx
+        conn = self.conn
+        ctx.stats.requests += 1
+        self.open = True
+        self.req = req
+        self.method = req.method
+        self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD"
+        self.rid = req.request_id or new_request_id()
+        self.bytes_in = head_size
+        self.bytes_out = 0
+        self.responded = False
+        self.resp_status = 0
+        self.resent = False
+        self.traceparent = None
+        self.trace = None
+        if ctx.propagate_trace:
+            trace = self.trace = continue_or_start(req.traceparent, ctx.sample_ratio)
+            self.traceparent = trace.header()
+        if ctx.max_body and req.content_length is not None and req.content_length > ctx.max_body:
+            self.error(413, close=True)
+            return
+        self.keep_alive = req.keep_alive and not ctx.draining
+        self.head_out = self._request_head(req, b"")
+        self.pending = [self.head_out]
+        self.pending_size = len(self.head_out)
+        self.body_done = not req.has_body
+        self.body_remaining = req.content_length or 0
+        self.decoder = ChunkedDecoder(400, ctx.max_head) if req.chunked else None
+        conn.begin_body(not self.body_done)
+        if rest:
+            if self.body_done:
+                conn.buf = rest
+            else:
+                self.body(rest)
+                if conn.closed:
+                    return  # invalid framing in what came with the head: nothing was forwarded
+        if self.body_done:
+            conn.deadline = ctx.now + ctx.response_timeout
+            conn.waiting = True
+        self.t0 = 0.0
+        self._attempt(self.attempts.first(self._key()))
+
+    def _key(self) -> str:
+        header, cookie = self.ctx.key_source()
+        if header is None and cookie is None:
+            return self.conn.client_ip
+        req = self.req
+        return self._affinity_from(req.headers if req is not None else [], header, cookie)
+
+    def _affinity_key(self, head: bytes) -> str:
+        """The affinity key of a fast-path request (only when ip_hash reads a header or a cookie)."""
+        header, cookie = self.ctx.key_source()
+        if header is None and cookie is None:
+            return self.conn.client_ip
+        start = head.find(b"\r\n") + 2
+        return self._affinity_from(_FIELDS.findall(head, start), header, cookie)
+
+    def _affinity_from(self, headers: list[tuple[bytes, bytes]], header: bytes | None, cookie: bytes | None) -> str:
+        if header is not None:
+            for name, value in headers:
+                if name.lower() == header and value:
+                    return value.decode("latin-1")
+        elif cookie is not None:
+            prefix = cookie + b"="
+            for name, value in headers:
+                if name.lower() == b"cookie":
+                    for part in value.split(b";"):
+                        part = part.strip()
+                        if part.startswith(prefix) and len(part) > len(prefix):
+                            return part[len(prefix) :].decode("latin-1")
+        return self.conn.client_ip
+
+    def _request_head(self, req: RequestHead, host: bytes) -> bytes:
+        """The head sent upstream; ``host``: the Host given to a request without one."""
+        trace = self.trace
+        return upstream_request_head(
+            req,
+            self.conn.client_ip,
+            self.conn.proto,
+            self.rid,
+            host,
+            req.upgrade,
+            trace.header() if trace is not None else None,
+            trace is None or trace.tracestate_kept,
+            self.ctx.keep_underscores,
+        )
+
+    # -- the request body ----------------------------------------------------------------------
+
+    def body(self, data: bytes) -> None:
+        """Request body bytes: frame-check, then forward (or queue until an upstream is attached)."""
+        ctx = self.ctx
+        decoder = self.decoder
+        if decoder is not None:
+            try:
+                pieces, used = decoder.feed(data)
+            except HttpError as exc:
+                self._body_error(exc)
+                return
+            self.bytes_in += used
+            seen = self.body_remaining = self.body_remaining - sum(map(len, pieces))  # negative: bytes seen
+            if ctx.max_body and -seen > ctx.max_body:
+                self._body_error(HttpError(413, "request body too large"))
+                return
+            out = frame_chunks(pieces)
+            if decoder.done:
+                out.append(LAST_CHUNK)
+                self._body_complete(data[used:])
+            if out:
+                self._forward(out)
+        else:
+            remaining = self.body_remaining
+            if len(data) <= remaining:
+                self.bytes_in += len(data)
+                self.body_remaining = remaining - len(data)
+                self._forward([data])
+                if self.body_remaining == 0:
+                    self._body_complete(b"")
+            else:
+                self.bytes_in += remaining
+                self.body_remaining = 0
+                self._forward([data[:remaining]])
+                self._body_complete(data[remaining:])
+
+    def _body_complete(self, rest: bytes) -> None:
+        self.body_done = True
+        conn = self.conn
+        conn.body_complete(rest)
+        if not self.responded:
+            conn.deadline = self.ctx.now + self.ctx.response_timeout
+            conn.waiting = True
+
+    def _body_error(self, exc: HttpError) -> None:
+        # Whatever part of the body was forwarded, the upstream exchange is unusable now.
+        self._abandon_upstream()
+        self.attempts.finish(OK)
+        if self.responded and self.resp_head is None:
+            self.ctx.stats.error(exc.status)
+            self.conn.close()
+        else:
+            self.resp_head = None
+            self.error(exc.status, close=True)
+
+    def _forward(self, chunks: list[bytes]) -> None:
+        up = self.up
+        if up is not None and self.connecting is None:
+            up.transport.writelines(chunks)
+            return
+        for c in chunks:
+            self.pending.append(c)
+            self.pending_size += len(c)
+        if self.pending_size > self.ctx.high_water:
+            self.conn.pauses.pause(QUEUED)
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    def _attempt(self, upstream: Upstream | None) -> None:
+        ctx = self.ctx
+        if upstream is None:
+            self.fail(503 if self.attempts.count <= 1 and not self.attempts.tried else 502)
+            return
+        req = self.req
+        if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
+            # HTTP/1.0 without Host: the backend gets its own address as Host.
+            head = self._request_head(req, upstream.address.encode())
+            self.pending_size += len(head) - len(self.head_out)
+            self.pending[0] = self.head_out = head
+        now = self.attempts.started_at = _clock()
+        if not self.t0:
+            self.t0 = now
+        self.ttfb = None
+        up = ctx.pool.get(upstream.address)
+        if up is not None:
+            self._attach(up)
+        else:
+            ctx.stats.pool_misses += 1
+            self.connecting = ctx.loop.create_task(self._connect(upstream))
+
+    async def _connect(self, upstream: Upstream) -> None:
+        ctx = self.ctx
+        up = await self.attempts.connect(upstream, lambda: UpstreamConnection(ctx, upstream))
+        self.connecting = None
+        if self.conn.closed:
+            if up is not None:
+                up.close()
+            return
+        if up is None:
+            self._attempt_failed_connect(upstream)
+            return
+        assert isinstance(up, UpstreamConnection)
+        self._attach(up)
+
+    def _attempt_failed_connect(self, upstream: Upstream) -> None:
+        self.upstream_sec = _clock() - self.attempts.started_at
+        nxt = self.attempts.next(self._key(), upstream.address)
+        if nxt is None:
+            self.fail(502)
+        else:
+            self._attempt(nxt)
+
+    def _attach(self, up: UpstreamConnection) -> None:
+        self.up = up
+        up.begin(self)
+        conn = self.conn
+        # Paused for writing means paused until resume_writing, even once the buffer has drained below
+        # the high-water mark: no other pause_writing will come to stop a fresh upstream.
+        if conn.write_blocked or conn.transport.get_write_buffer_size() > self.ctx.high_water:
+            up.transport.pause_reading()
+        pending = self.pending
+        if pending:
+            up.transport.writelines(pending)
+            self.pending = []
+            self.pending_size = 0
+            if QUEUED in conn.pauses and up.transport.get_write_buffer_size() <= self.ctx.high_water:
+                conn.pauses.resume(QUEUED)
+
+    def _abandon_upstream(self) -> None:
+        """Drop the exchange with the backend (connected or still connecting)."""
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.abort()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+
+    # -- the response (called by UpstreamConnection) -------------------------------------------
+
+    def complete_fast(self, up: UpstreamConnection, status: int, out: bytes, reusable: bool) -> None:
+        """A plain response that arrived whole: ``out`` is its head, rewritten for the client, and body."""
+        conn = self.conn
+        conn.transport.write(out)
+        ctx = self.ctx
+        attempts = self.attempts
+        latency = _clock() - attempts.started_at
+        upstream = attempts.upstream
+        attempts.upstream = None
+        ctx.balancer.finished(upstream, _outcome(Outcome, (status < 500, latency, status, False)))  # type: ignore[arg-type]
+        self.up = None
+        up.ex = None
+        if ctx.metrics_on:
+            bs = up.stats
+            bs.classes[status // 100] += 1
+            whole = bs.whole
+            whole.counts[bisect_left(LATENCY_BUCKETS, latency)] += 1
+            whole.sum += latency
+            bs.request_bytes += self.bytes_in
+            bs.response_bytes += len(out)
+        if ctx.observe_each:
+            self.resp_status = status
+            self.bytes_out = len(out)
+            self.upstream_sec = latency
+            self.t0 = self.t0 if self.req is not None else attempts.started_at
+            attempts.last = up.upstream.address
+            self._observe(attempts.last)
+            self.resp_status = self.bytes_out = 0
+        self.open = False
+        if self.req is not None:  # a general request whose response took the fast path
+            self._restore()
+        # Back to the pool (its fast form: see Pool for why a list that exists has a sweep armed).
+        idle = self.idle.get(up.upstream.address)
+        if idle is not None and reusable and len(idle) < ctx.pool.size and not up.transport.get_write_buffer_size():
+            up.idle_since = ctx.now
+            idle.append(up)
+        elif reusable:
+            ctx.pool.put(up.upstream.address, up)
+        else:
+            up.close()
+        if self.keep_alive:
+            conn.request_done()
+        else:
+            conn.close()
+
+    def informational(self, head: ResponseHead) -> None:
+        if self.req is None or self.req.minor >= 1:
+            self.conn.transport.write(client_response_head(head, 1, True, rechunk=False, tunnel=False))
+
+    def response_head(self, up: UpstreamConnection, head: ResponseHead, fast_head: bytes | None = None) -> None:
+        """The response head arrived (``fast_head``: already rewritten by the fast path)."""
+        self.resp_status = head.status
+        self.ttfb = _clock() - self.attempts.started_at
+        conn = self.conn
+        conn.waiting = False
+        conn.deadline = self.ctx.now + self.ctx.tick  # the body transfer is watched for stalls
+        conn.mark_progress()
+        self.responded = True
+        if up.tunnel:
+            self.ctx.stats.tunnels += 1
+            self.keep_alive = False
+            out = client_response_head(head, 1, False, False, True)
+            self.bytes_out += len(out)
+            conn.transport.write(out)
+            conn.start_tunnel(up)
+            return
+        req = self.req
+        minor = req.minor if req is not None else 1
+        if head.content_length is None and not head.chunked:
+            self.keep_alive = False  # body ends with the backend's close
+        elif head.chunked and minor == 0:
+            self.keep_alive = False  # 1.0 client: send decoded, delimited by close
+        self.rechunk = head.chunked and minor >= 1
+        if fast_head is not None:
+            self.resp_head = fast_head
+        else:  # written together with the first body bytes: one send() instead of two
+            self.resp_head = client_response_head(head, minor, self.keep_alive, self.rechunk, False)
+
+    def send(self, data: bytes) -> None:
+        transport = self.conn.transport
+        head = self.resp_head
+        if head is not None:
+            self.resp_head = None
+            self.bytes_out += len(head) + len(data)
+            if len(data) <= JOIN_MAX:
+                transport.write(head + data)
+            else:
+                transport.writelines([head, data])
+            return
+        self.bytes_out += len(data)
+        transport.write(data)
+
+    def send_pieces(self, pieces: list[bytes]) -> None:
+        out: list[bytes] = []
+        if self.resp_head is not None:
+            out.append(self.resp_head)
+            self.resp_head = None
+        if self.rechunk:
+            out += frame_chunks(pieces)
+        else:
+            out += pieces
+        size = sum(map(len, out))
+        self.bytes_out += size
+        if size <= JOIN_MAX:
+            self.conn.transport.write(b"".join(out))
+        else:
+            self.conn.transport.writelines(out)
+
+    def response_end(self, up: UpstreamConnection, reusable: bool) -> None:
+        if up is not self.up:
+            return
+        ctx = self.ctx
+        self.up = None
+        up.ex = None
+        tail = LAST_CHUNK if self.rechunk else b""
+        if self.resp_head is not None:
+            tail = self.resp_head + tail
+            self.resp_head = None
+        if tail:
+            self.bytes_out += len(tail)
+            self.conn.transport.write(tail)
+        status = self.resp_status
+        latency = self.upstream_sec = _clock() - self.attempts.started_at
+        self.attempts.finish_ok(latency, status)
+        if ctx.metrics_on:
+            up.stats.finished(status, latency, self.ttfb)
+        if reusable and self.body_done:
+            up.transport.resume_reading()
+            ctx.pool.put(up.upstream.address, up)
+        else:
+            up.close()
+        if not self.body_done:
+            self.keep_alive = False  # the rest of the request body would have to be read first
+        self.done()
+
+    def upstream_failed(self, up: UpstreamConnection) -> None:
+        """The backend closed or reset the connection before the response was complete."""
+        if up is not self.up or self.conn.closed:
+            return
+        self.up = None
+        ctx = self.ctx
+        self.upstream_sec = _clock() - self.attempts.started_at
+        self._count_failure(up)
+        self.attempts.finish(FAILED)
+        if (self.responded and self.resp_head is None) or up.got_bytes:
+            self.conn.close()  # part of a response went out: the client sees a truncated message
+            return
+        # Nothing of a response: retry once more if it is safe to send the request again.
+        req = self.req
+        safe = (req.idempotent and not req.has_body) if req is not None else self.method in IDEMPOTENT
+        if safe and not self.resent:
+            nxt = self.attempts.next(self._key(), up.upstream.address)
+            if nxt is not None:
+                self.resent = True
+                self.responded = False
+                self.resp_head = None
+                self.pending = [self.head_out]
+                self.pending_size = len(self.head_out)
+                self._attempt(nxt)
+                return
+        ctx.stats.error(502)
+        self._answer(502)
+
+    def bad_response(self, up: UpstreamConnection, exc: HttpError) -> None:
+        if up is not self.up:
+            return
+        self.up = None
+        self.upstream_sec = _clock() - self.attempts.started_at
+        self._count_failure(up)
+        self.attempts.finish(FAILED)
+        log.debug("bad response from backend", upstream=up.upstream.address, error=exc.reason)
+        if self.resp_head is not None:  # refused before any of it reached the client: a clean 502
+            self.resp_head = None
+            self.responded = False
+            self.keep_alive = False
+        if self.responded:
+            self.ctx.stats.error(exc.status)
+            self.conn.close()
+        else:
+            self.fail(exc.status)
+
+    def _count_failure(self, up: UpstreamConnection) -> None:
+        if self.ctx.metrics_on:
+            up.stats.finished(None, self.upstream_sec, self.ttfb)
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def fail(self, status: int) -> None:
+        """The proxy answers the current request itself (502/503/504)."""
+        self.ctx.stats.error(status)
+        self._answer(status)
+
+    def _answer(self, status: int) -> None:
+        if self.responded:
+            self.conn.close()
+            return
+        close = not (self.keep_alive and self.body_done)
+        self.error(status, close=close, counted=True)
+        if not close:
+            self.done()
+
+    def error(self, status: int, *, close: bool, counted: bool = False) -> None:
+        """Write the proxy's own response ``status`` (and close the connection when ``close``)."""
+        if not counted:
+            self.ctx.stats.error(status)
+        conn = self.conn
+        if conn.closed:
+            return
+        req = self.req
+        response = error_response(status, self.rid, close=close, minor=req.minor if req is not None else 1)
+        conn.transport.write(response)
+        self.bytes_out += len(response)
+        self.resp_status = status
+        if close:
+            conn.close()
+
+    def done(self) -> None:
+        """The response is complete: account for the exchange, then let the connection go on."""
+        if self.open:
+            self.end()
+        self._restore()
+        self.conn.request_done() if self.keep_alive else self.conn.close()
+
+    def _restore(self) -> None:
+        """Put back what the general path changed: the fast path relies on these between requests."""
+        self.req = None
+        self.responded = False
+        self.resp_status = 0
+        self.resp_head = None
+        self.resent = False
+        self.rechunk = False
+        self.decoder = None
+        self.body_done = True
+        self.bytes_out = 0
+        self.trace = None
+
+    def end(self) -> None:
+        """Once per request, however it ended: bytes per backend, access-log line, span."""
+        self.open = False
+        ctx = self.ctx
+        address = self.attempts.last
+        if ctx.metrics_on and address:
+            b = ctx.stats.backend(address)
+            b.request_bytes += self.bytes_in
+            b.response_bytes += self.bytes_out
+        if ctx.observe_each:
+            self._observe(address)
+
+    def _last_backend(self) -> str:
+        return self.attempts.last
+
+    def _observe(self, backend: str) -> None:
+        ctx = self.ctx
+        access_log = ctx.access_log
+        trace = self.trace
+        if trace is None and self.traceparent is not None:
+            trace = from_header(self.traceparent)
+        export = ctx.exporter is not None and trace is not None and trace.sampled
+        if (access_log is None or not access_log.sampled()) and not export:
+            return
+        now = _clock()
+        total = now - (self.t0 or now)
+        wall = time.time()
+        req = self.req
+        method = self.method.decode("latin-1")
+        target = req.target.decode("latin-1") if req is not None else "-"
+        if access_log is not None:
+            access_log.write(
+                {
+                    "time": iso_time(wall),
+                    "client": self.conn.client_ip,
+                    "method": method,
+                    "target": target,
+                    "status": self.resp_status or None,
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "duration_ms": round(total * 1000.0, 3),
+                    "upstream_ms": round(self.upstream_sec * 1000.0, 3) if backend else None,
+                    "backend": backend or None,
+                    "attempts": self.attempts.count,
+                    "request_id": self.rid.decode("latin-1"),
+                    "trace_id": trace.trace_id.decode() if trace is not None else None,
+                }
+            )
+        if export and ctx.exporter is not None and trace is not None:
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "url.path": target,
+                "client.address": self.conn.client_ip,
+                "gobalancer.request_id": self.rid.decode("latin-1"),
+                "gobalancer.attempts": self.attempts.count,
+            }
+            if self.resp_status:
+                attributes["http.response.status_code"] = self.resp_status
+            if backend:
+                attributes["gobalancer.backend"] = backend
+            ctx.exporter.export(trace, wall - total, total, attributes, not self.resp_status or self.resp_status >= 500)
+
+    def abort(self) -> None:
+        """The client connection is gone (or being closed): drop the upstream, end the attempt."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.abort()
+        self.attempts.finish(OK)  # the client went away: not the backend's fault
+        if self.open:
+            self.end()
+
+    # -- flow control, stalls ------------------------------------------------------------------
+
+    def client_blocked(self, blocked: bool) -> None:
+        up = self.up
+        if up is not None and up.transport is not None:
+            if blocked:
+                up.transport.pause_reading()
+            else:
+                up.transport.resume_reading()
+
+    def upstream_full(self, full: bool) -> None:
+        if full:
+            self.conn.pauses.pause(PEER_FULL)
+        else:
+            self.conn.pauses.resume(PEER_FULL)
+
+    def stalled(self, client: bool) -> None:
+        """A body transfer stopped moving: ``client`` says which side stopped."""
+        ctx = self.ctx
+        ctx.stats.idle_timeouts += 1
+        log.info(
+            "body transfer stalled",
+            side="client" if client else "backend",
+            backend=self._last_backend(),
+            request_id=self.rid.decode("latin-1"),
+        )
+        up = self.up
+        self._abandon_upstream()
+        if up is not None and not client:
+            self._count_failure(up)
+        self.attempts.finish(OK if client else FAILED)
+        if not self.responded or self.resp_head is not None:  # nothing of a response reached the client
+            self.resp_head = None
+            self.error(408 if client else 504, close=True)
+        else:
+            self.conn.abort()  # the client sees a truncated response
+
+    def response_timeout(self) -> None:
+        self._abandon_upstream()
+        self.attempts.finish(FAILED)
+        self.keep_alive = False
+        self.fail(504)
+
+    def pipeline_paused(self) -> bool:
+        return PIPELINE in self.conn.pauses
