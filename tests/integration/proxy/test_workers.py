@@ -125,3 +125,36 @@ def test_restart_backoff_doubles_up_to_a_ceiling() -> None:
 
     assert [restart_delay(n) for n in range(1, 6)] == [0.0, 0.5, 1.0, 2.0, 4.0]
     assert restart_delay(50) == BACKOFF_MAX_SEC
+
+
+def _ready_status(port: int) -> int:
+    """The status of GET /ready on a metrics listener (0: not listening yet)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(b"GET /ready HTTP/1.1\r\nHost: h\r\n\r\n")
+            return int(sock.recv(64).split(b" ")[1])
+    except OSError:
+        return 0
+
+
+async def test_sigterm_reaches_the_workers_at_once(tmp_path: Path, backends: Backends) -> None:
+    """The parent forwards SIGTERM when it gets it, not after its own delay and drain: every process says
+    not-ready at once and serves through the same delay."""
+    backend = await backends.add(Backend())
+    metrics_port = _two_free_ports()
+    extra = (
+        f"proxy: {{workers: 2, shutdown_delay_sec: 3}}\nmetrics: {{proxy_listen_address: '127.0.0.1:{metrics_port}'}}\n"
+    )
+    with proxy_process(tmp_path, [backend.address], extra=extra) as (proc, port):
+        await wait_listening(port)
+        for p in (metrics_port, metrics_port + 1):
+            await eventually(lambda p=p: _ready_status(p) == 200, timeout=15, message=f"/ready on {p}")
+        proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        await eventually(lambda: _ready_status(metrics_port + 1) == 503, timeout=1, message="the worker not ready")
+        assert _ready_status(metrics_port) == 503
+        assert time.monotonic() - signalled < 1.5
+        raw = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        assert [(await request(port, raw)).status for _ in range(10)] == [200] * 10  # still serving, both
+        assert proc.wait(30) == 0
+        assert time.monotonic() - signalled >= 3
