@@ -225,9 +225,11 @@ class Stack:
             files += ["-f", extra]
         return files
 
-    def run(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, timeout: float = 120.0, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         cmd = [*self.compose, "-p", self.project, *self.files, *args]
-        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done

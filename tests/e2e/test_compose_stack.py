@@ -449,6 +449,35 @@ def _scale_runs(stack: Stack, report: list[tuple[int, int, int, float]]) -> None
         )
 
 
+def test_compose_up_two_at_a_time_replaces_the_proxies_under_load_fails_no_request(stack: Stack) -> None:
+    """Compose's own `up -d` recreating the proxies (what a new image makes it do; --force-recreate takes the
+    same path) with COMPOSE_PARALLEL_LIMIT=2 and 3 replicas: two stop at a time while the third serves, and it
+    stops only after the first two were replaced."""
+    _ready(stack)
+    before = {c.id for c in stack.containers("proxy")}
+    assert len(before) == PROXY_REPLICAS == 3
+    with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
+        _more(load, 200, "requests before the recreate")
+        stack.run(
+            "up",
+            "-d",
+            "--no-build",
+            "--no-deps",
+            "--force-recreate",
+            "--scale",
+            "proxy=3",
+            "proxy",
+            env={"COMPOSE_PARALLEL_LIMIT": "2"},
+            timeout=180,
+        )
+        _more(load, 300, "requests after the recreate")
+    after = {c.id for c in stack.containers("proxy")}
+    assert len(after) == 3 and not (after & before), (before, after)
+    failures = _failures(load)
+    assert failures == [], f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}"
+    print(f"COMPOSE_PARALLEL_LIMIT=2 up -d --force-recreate under load: {len(load.results)} requests, 0 failed")
+
+
 def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) -> None:
     """scripts/compose-rollout: a new replica per old one, ready first, then the old ones stop (Compose's own
     `up -d` after a new image stops every replica at once)."""
