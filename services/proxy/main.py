@@ -93,7 +93,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                     workers.begin_stop()
                 if delay > 0:
                     log.info("not ready: still serving during the shutdown delay", shutdown_delay_sec=delay)
-                    server.begin_shutdown()
+                    server.begin_shutdown(delay)
                     await asyncio.sleep(delay)
                 log.info("draining", drain_sec=float(config.timeout.drain_sec))
                 await server.stop()

@@ -90,10 +90,14 @@ class Server:
         ctx.start_sweeps()
         log.info("listening", address=config.listen_address, port=self.port, mode=config.mode, tls=bool(ssl_context))
 
-    def begin_shutdown(self) -> None:
-        """The shutdown delay: still accepting, but every response now ends its connection (Connection:
-        close), so keep-alive clients reconnect, by then to another replica."""
-        self.context.draining = True
+    def begin_shutdown(self, delay: float) -> None:
+        """The shutdown delay (``delay`` seconds before :meth:`stop`): still accepting, but every response now
+        ends its connection (Connection: close), so keep-alive clients reconnect, by then to another replica.
+        A keep-alive connection that stays idle through the delay is closed at its end."""
+        ctx = self.context
+        ctx.draining = True
+        for conn in list(ctx.connections):
+            conn.drain(delay)
 
     async def stop(self, drain_sec: float | None = None) -> None:
         """Stop accepting, let in-flight exchanges finish up to ``drain_sec``, then close everything."""

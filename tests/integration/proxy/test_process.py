@@ -113,6 +113,14 @@ async def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, byt
         writer.close()
 
 
+async def ready_status(port: int) -> int:
+    """GET /ready's status (0 while the metrics listener is not up yet)."""
+    try:
+        return (await http_get(port, "/ready"))[0]
+    except OSError:
+        return 0
+
+
 async def refused(port: int) -> bool:
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -141,26 +149,32 @@ async def test_shutdown_sequence_not_ready_then_serving_then_drained(tmp_path: P
     )
     with proxy_process(tmp_path, [b.address], extra) as (proc, port):
         await wait_listening(port)
-        await eventually(lambda: http_get(metrics_port, "/ready"), timeout=10, message="metrics listener up")
+        await eventually(lambda: ready_status(metrics_port), timeout=10, message="metrics listener up")
         assert await http_get(metrics_port, "/ready") == (200, b"ready\n")
-        # An idle keep-alive connection, and a slow request in flight.
+        # Two keep-alive connections (one stays idle, one is used during the delay), and a slow request in flight.
         idle_r, idle_w = await asyncio.open_connection("127.0.0.1", port)
         idle_w.write(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")
         assert (await asyncio.wait_for(read_response(idle_r), 5)).status == 200
+        used_r, used_w = await asyncio.open_connection("127.0.0.1", port)
+        used_w.write(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await asyncio.wait_for(read_response(used_r), 5)).header("Connection") is None  # kept alive
         slow_r, slow_w = await asyncio.open_connection("127.0.0.1", port)
         slow_w.write(b"GET /slow HTTP/1.1\r\nHost: h\r\n\r\n")
         await eventually(lambda: any(r.target == "/slow" for r in b.requests), message="slow request at the backend")
 
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
-        await eventually(
-            lambda: http_get(metrics_port, "/ready"), timeout=1, message="/ready answering"
-        )  # still listening
-        status, body = await http_get(metrics_port, "/ready")
+        status, body = await http_get(metrics_port, "/ready")  # the metrics listener stays up throughout
         assert (status, body) == (503, b"not ready: stopping\n")
         assert time.monotonic() - signalled < 1.0, "not-ready must be reported at once"
 
-        # During the delay: new connections are accepted and served, and told to close.
+        # During the delay: a keep-alive connection's next response closes it (its client reconnects)...
+        used_w.write(b"GET /again HTTP/1.1\r\nHost: h\r\n\r\n")
+        resp = await asyncio.wait_for(read_response(used_r), 5)
+        assert resp.status == 200 and resp.header("Connection") == "close"
+        assert await asyncio.wait_for(used_r.read(), 5) == b""
+        used_w.close()
+        # ...and new connections are accepted and served, and told to close.
         served = 0
         while time.monotonic() - signalled < delay - 0.5:
             resp = await request(port, b"GET /during HTTP/1.1\r\nHost: h\r\n\r\n")
@@ -275,7 +289,7 @@ async def test_a_request_arriving_during_the_delay_is_drained_too(start_proxy: S
     """Connections that came and went during the shutdown delay do not make the drain think all is done."""
     b = await backends.add(Backend(slow(1.0)))
     proxy = await start_proxy([b.address])
-    proxy.begin_shutdown()
+    proxy.begin_shutdown(5.0)
     resp = await request(proxy.port, b"GET /quick HTTP/1.1\r\nHost: h\r\n\r\n")  # connection opened and closed
     assert resp.status == 200 and resp.header("Connection") == "close"
     await eventually(lambda: not proxy.context.connections, message="no connection left")
