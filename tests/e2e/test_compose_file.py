@@ -64,6 +64,7 @@ def test_how_traffic_reaches_the_replicas(services: dict[str, Any]) -> None:
     assert front_port.endswith(":8080")
     cfg = (COMPOSE_DIR / "haproxy.cfg").read_text()
     assert re.search(r"^\s+default-server check port 9100 inter 500ms .*resolvers docker", cfg, re.M)
+    assert re.search(r"^\s+default-server .* observe layer4 error-limit 1 on-error mark-down ", cfg, re.M)
     # Readiness over HTTP, and the client's address in a PROXY v2 header unless FRONT_SEND_PROXY=off.
     assert re.search(r"^\s+option httpchk GET /ready$", cfg, re.M)
     assert re.search(r"^\s+server-template proxy 1-16 proxy:8080 send-proxy-v2$", cfg, re.M)
