@@ -239,11 +239,14 @@ class Stack:
             done = self.run("up", "-d", "--no-build", "--scale", f"proxy={PROXY_REPLICAS}", timeout=180, check=False)
             if done.returncode == 0:
                 return
-            if "address already in use" not in done.stderr or attempt == 2:
+            retryable = ("address already in use", "Pool overlaps")
+            if not any(text in done.stderr for text in retryable) or attempt == 2:
                 raise AssertionError(f"up failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-            # A free port taken by another process in the meantime (the machine is shared): new ports, again.
+            # A free port taken by another process in the meantime, or the random clients subnet already in use
+            # (the machine is shared): new ports and subnet, again.
             self.down()
             self.http_port, self.admin_port = free_port(), free_port()
+            self.clients_subnet = f"172.30.{random.randrange(100, 250)}.0/24"
 
     def down(self) -> None:
         self.run("down", "--remove-orphans", "--volumes", "--timeout", "15", timeout=120, check=False)
