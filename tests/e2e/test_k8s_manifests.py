@@ -6,10 +6,12 @@ GoBalancer config)."""
 
 from __future__ import annotations
 
+import http.client
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import pytest
 import yaml
 
 from shared.config import load_config
+from shared.processes import service_env, stop_process
+from shared.redis_server import free_port
 from tests.e2e.docker_env import ROOT, unavailable
 
 K8S = ROOT / "k8s"
@@ -318,3 +322,49 @@ def test_configmap_and_secret_make_a_valid_config(example: list[dict[str, Any]])
             (container,) = deployment["spec"]["template"]["spec"]["containers"]
             refs = [ref.get("configMapRef", {}).get("name") for ref in container["envFrom"]]
             assert find(example, "ConfigMap")[0]["metadata"]["name"] in refs, name
+
+
+@pytest.mark.parametrize("service", ["discovery", "health"])
+def test_the_liveness_endpoint_answers_while_redis_is_down(service: str, tmp_path: Path) -> None:
+    """What the liveness probe asks (the service's own GET /metrics) is answered by a process whose Redis is
+    unreachable: an outage does not make the kubelet restart discovery or health."""
+    metrics_port, dead_redis = free_port(), free_port()
+    config = tmp_path / "config.yaml"
+    config.write_text("discovery: {type: static}\n")
+    env = service_env(
+        GOBALANCER_REDIS_URL=f"redis://127.0.0.1:{dead_redis}/0",
+        **{f"GOBALANCER_METRICS_{service.upper()}_LISTEN_ADDRESS": f"127.0.0.1:{metrics_port}"},
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", f"services.{service}", "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while _metrics_status(metrics_port) != 200:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, f"{service} /metrics never answered with Redis down"
+            time.sleep(0.1)
+        for _ in range(5):  # and keeps answering (a probe every 10 s in the manifests; here every 0.5 s)
+            time.sleep(0.5)
+            assert _metrics_status(metrics_port) == 200
+        assert proc.poll() is None
+    finally:
+        stop_process(proc)
+        if proc.stderr is not None:
+            proc.stderr.close()
+
+
+def _metrics_status(port: int) -> int:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/metrics")
+            return conn.getresponse().status
+        finally:
+            conn.close()
+    except OSError:
+        return 0
