@@ -9,6 +9,7 @@ Errors are raised as :class:`ConfigError`, whose message is one line: ``SOURCE: 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -299,6 +300,25 @@ class ProxyConfig(_Struct):
     # X-Forwarded-For; nginx drops them by default too). True: forward them.
     keep_underscore_headers: bool = False
     tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
+    # Client addresses behind a balancer. Peers in these networks (CIDRs or addresses) must start every
+    # connection with a PROXY protocol header (v1 or v2), whose source address becomes the client's;
+    # empty: no PROXY header is accepted from anyone.
+    proxy_protocol_from: list[str] = msgspec.field(default_factory=list)
+    # Peers whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips); empty: nobody's.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # On SIGTERM: report not-ready (GET /ready -> 503) at once and keep serving this long, so the balancers
+    # in front stop sending new connections, then stop accepting and drain (timeout.drain_sec).
+    shutdown_delay_sec: Seconds = Seconds(0.0)
+
+    def __post_init__(self) -> None:
+        for name in ("proxy_protocol_from", "trusted_proxies"):
+            for i, cidr in enumerate(getattr(self, name)):
+                try:
+                    ipaddress.ip_network(cidr.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{name}[{i}]: {cidr!r} is not a network (a CIDR such as 10.0.0.0/8) or an address"
+                    ) from None
 
 
 class OutlierConfig(_Struct):

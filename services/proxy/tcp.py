@@ -1,4 +1,8 @@
-"""TCP mode: a byte relay with half-close, backpressure both ways and an optional PROXY protocol header.
+"""TCP mode: a byte relay with half-close, backpressure both ways and optional PROXY protocol headers.
+
+A connection from a peer in ``proxy.proxy_protocol_from`` must start with a PROXY header (v1 or v2): its
+source address is then the client's (the balancing key and the header sent on, if any); nothing is
+relayed before it, and a connection whose first bytes are not a valid header is closed.
 
 Bytes from the client queue until an upstream is connected (tried on other backends on connect
 failure; reading the client pauses if the queue passes the high-water mark); then bytes flow both
@@ -18,6 +22,7 @@ from services.proxy.attempts import Attempts
 from services.proxy.balancer import Upstream
 from services.proxy.context import NEVER, Context
 from services.proxy.flow import PEER_FULL, QUEUED, ReadPauses
+from services.proxy.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 from services.proxy.stats import TCP_RELAYED
 from shared.logs import get_logger
 
@@ -77,8 +82,12 @@ class TcpClient(asyncio.Protocol):
     Its idle timeout is a deadline checked by the Context's sweep, moved lazily: bytes in either
     direction only note the time."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, proxy_protocol_from: TrustedNetworks | None = None) -> None:
         self.ctx = ctx
+        self.proxy_protocol_from = proxy_protocol_from
+        self.peer: tuple[str, int] | None = None  # the client (from the PROXY header when one came)
+        self.local: tuple[str, int] | None = None  # the address it connected to
+        self._header: bytearray | None = None  # awaiting a PROXY header: the bytes so far
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.pauses = cast(ReadPauses, None)
         self.attempts = Attempts(ctx)
@@ -107,13 +116,40 @@ class TcpClient(asyncio.Protocol):
         ctx.stats.connections += 1
         self._last = ctx.now
         self.deadline = ctx.now + ctx.client_idle
-        self._task = ctx.loop.create_task(self._connect())
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.peer = peer[:2] if isinstance(peer, tuple) else None
+        self.local = sock[:2] if isinstance(sock, tuple) else None
+        if self.proxy_protocol_from and self.peer is not None and self.peer[0] in self.proxy_protocol_from:
+            self._header = bytearray()  # connect once the header has said who the client is
+        else:
+            self._task = ctx.loop.create_task(self._connect())
+
+    def _header_received(self, data: bytes) -> None:
+        assert self._header is not None
+        self._header += data
+        try:
+            parsed = parse_proxy_header(self._header)
+        except ProxyProtocolError as exc:
+            log.debug("bad PROXY header", peer=self.peer, error=str(exc))
+            self._header = None
+            self._close()
+            return
+        if parsed is None:
+            return  # bounded: the parser refuses a header longer than the protocol allows
+        address, length = parsed
+        rest = bytes(self._header[length:])
+        self._header = None
+        if address is not None:
+            self.peer, self.local = (address.ip, address.port), (address.dst_ip, address.dst_port)
+        self._task = self.ctx.loop.create_task(self._connect())
+        if rest:
+            self.data_received(rest)
 
     async def _connect(self) -> None:
         ctx = self.ctx
-        peer = self.transport.get_extra_info("peername")
-        sock = self.transport.get_extra_info("sockname")
-        key = peer[0] if isinstance(peer, tuple) else ""
+        peer, sock = self.peer, self.local
+        key = peer[0] if peer is not None else ""
         attempts = self.attempts
         upstream = attempts.first(key)
         while upstream is not None:
@@ -132,8 +168,8 @@ class TcpClient(asyncio.Protocol):
                 return
             self.up = proto
             version = ctx.config.proxy.proxy_protocol
-            if version and isinstance(peer, tuple) and isinstance(sock, tuple):
-                proto.transport.write(proxy_header(version, peer[:2], sock[:2]))
+            if version and peer is not None and sock is not None:
+                proto.transport.write(proxy_header(version, peer, sock))
             if self.pending:
                 proto.transport.writelines(self.pending)
                 self.pending = []
@@ -148,6 +184,9 @@ class TcpClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last = self.ctx.now
+        if self._header is not None:
+            self._header_received(data)
+            return
         self.bytes_in += len(data)
         up = self.up
         if up is not None and up.transport is not None:
@@ -160,6 +199,9 @@ class TcpClient(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self._header is not None:  # ended before its PROXY header was complete
+            self._close()
+            return True
         up = self.up
         if up is not None and up.transport is not None and up.transport.can_write_eof():
             up.transport.write_eof()
