@@ -315,6 +315,10 @@ class ProxyConfig(_Struct):
     shutdown_delay_sec: Seconds = Seconds(0.0)
 
     def __post_init__(self) -> None:
+        if self.proxy_protocol_from and self.tls.enabled:
+            raise ValueError(
+                "proxy_protocol_from: not supported with tls on the same listener (the PROXY header comes first)"
+            )
         for name in ("proxy_protocol_from", "trusted_proxies"):
             for i, cidr in enumerate(getattr(self, name)):
                 try:

@@ -15,7 +15,8 @@ from services.proxy.http.parser import fast_request_matcher
 from services.proxy.http.pool import Pool, Pooled
 from services.proxy.observability.access_log import AccessLog
 from services.proxy.observability.tracing import SpanExporter, make_exporter
-from services.proxy.stats import BackendStats, RetryBudget, Stats
+from services.proxy.proxy_protocol import TrustedNetworks
+from services.proxy.stats import RetryBudget, Stats
 from shared.config import Config
 
 NEVER = float("inf")
@@ -48,6 +49,10 @@ class Context:
         self.retries = p.retries
         self.high_water = p.high_water_bytes
         self.keep_underscores = p.keep_underscore_headers
+        # Who the client is behind a balancer: peers that must start with a PROXY header, and peers whose
+        # X-Forwarded-For is believed (both empty by default: nobody).
+        self.proxy_protocol_from = TrustedNetworks(p.proxy_protocol_from)
+        self.trusted_proxies = TrustedNetworks(p.trusted_proxies)
         self.fast_request = fast_request_matcher(self.max_target)
         self.client_idle = float(t.client_idle_sec)
         self.header_read = float(t.header_read_sec)
@@ -129,9 +134,6 @@ class Context:
         self.pool.close()
 
     # -- counters shared by the HTTP and TCP paths ----------------------------------------------
-
-    def backend_stats(self, address: str) -> BackendStats:
-        return self.stats.backend(address)
 
     def count_retry(self, address: str) -> None:
         """Another attempt after the one against ``address`` failed."""

@@ -24,12 +24,16 @@ from typing import cast
 from services.proxy.context import NEVER, Context
 from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED, ReadPauses
 from services.proxy.http.errors import error_response
-from services.proxy.http.exchange import Exchange, new_request_id
-from services.proxy.http.headers import forwarding_prefix
+from services.proxy.http.exchange import Exchange
+from services.proxy.http.headers import forwarding_prefix, new_request_id
 from services.proxy.http.parser import HEAD_END, HttpError, check_incomplete_head, parse_request_head
 from services.proxy.http.upstream import UpstreamConnection
+from services.proxy.proxy_protocol import ProxyProtocolError, parse_proxy_header
+from shared.logs import get_logger
 
-HEAD, BODY, WAIT, TUNNEL, CLOSED = range(5)
+log = get_logger("proxy.http")
+
+HEAD, BODY, WAIT, TUNNEL, CLOSED, PROXY_HEADER = range(6)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -97,6 +101,9 @@ class ClientConnection(asyncio.Protocol):
         ctx.connections.add(self)
         ctx.stats.connections += 1
         self.deadline = ctx.now + ctx.client_idle
+        if self.client_ip in ctx.proxy_protocol_from:  # a balancer in front: it says who the client is first
+            self.state = PROXY_HEADER
+            self.deadline = ctx.now + ctx.header_read
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = CLOSED
@@ -151,6 +158,31 @@ class ClientConnection(asyncio.Protocol):
             up = self.ex.up
             if up is not None:
                 up.transport.write(data)
+        elif state == PROXY_HEADER:
+            self._read_proxy_header(data)
+
+    def _read_proxy_header(self, data: bytes) -> None:
+        """The PROXY header (v1 or v2) a trusted balancer sends before anything else: its source address
+        is the client's for the whole connection (X-Forwarded-For, logs, ip_hash). Bounded by the
+        protocol's sizes; anything invalid closes the connection, as HAProxy does."""
+        buf = self.buf = self.buf + data if self.buf else data
+        try:
+            parsed = parse_proxy_header(buf)
+        except ProxyProtocolError as exc:
+            log.debug("bad PROXY header", peer=self.client_ip, error=str(exc))
+            self.abort()
+            return
+        if parsed is None:
+            return
+        address, length = parsed
+        self.buf = b""
+        if address is not None:
+            self.client_ip = address.ip
+            self.prefix = forwarding_prefix(self.client_ip, self.proto)
+        self.state = HEAD
+        self.deadline = self.ctx.now + self.ctx.client_idle
+        if len(buf) > length:
+            self.data_received(bytes(buf[length:]))
 
     # -- reading request heads (the general path) ---------------------------------------------
 
@@ -158,10 +190,8 @@ class ClientConnection(asyncio.Protocol):
         """A head that did not arrive whole, or is not plain: accumulated in a bytearray (each byte
         scanned once, whatever the size of the reads), then validated by ``parse_request_head``."""
         buf: bytes | bytearray = self.buf
-        if isinstance(buf, bytearray):
+        if isinstance(buf, bytearray):  # (leading empty lines were dropped before it was kept)
             buf += data
-            if buf[:2] == b"\r\n":
-                del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
             start = max(0, self._scanned - 3)
         elif buf:  # pipelined bytes come before these
             self.buf = b""
@@ -215,6 +245,7 @@ class ClientConnection(asyncio.Protocol):
     def begin_body(self, uploading: bool) -> None:
         if uploading:
             self.state = BODY
+            self._in_mark = -1  # not the previous upload's count
             self.deadline = self.ctx.now + self.ctx.tick  # watched for stalls
         else:
             self.state = WAIT
@@ -297,7 +328,9 @@ class ClientConnection(asyncio.Protocol):
     def on_deadline(self, now: float) -> None:
         state = self.state
         ctx = self.ctx
-        if state == HEAD:
+        if state == PROXY_HEADER:
+            self.abort()  # the balancer in front never said who the client is
+        elif state == HEAD:
             if self.buf:
                 self._reject(HttpError(408, "request header timeout"))
             else:

@@ -21,8 +21,6 @@ attached, request bytes queue in ``pending`` (reading pauses past the high-water
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import random
 import re
 import time
@@ -33,9 +31,17 @@ from typing import TYPE_CHECKING, Any, cast
 
 from services.proxy.attempts import Attempts
 from services.proxy.balancer import Upstream
-from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED
+from services.proxy.flow import PEER_FULL, QUEUED
 from services.proxy.http.errors import error_response
-from services.proxy.http.headers import FAST_SUFFIX, FAST_SUFFIX_TRACE, client_response_head, upstream_request_head
+from services.proxy.http.headers import (
+    FAST_SUFFIX,
+    FAST_SUFFIX_TRACE,
+    REQUEST_ID_PREFIX,
+    REQUEST_IDS,
+    client_response_head,
+    new_request_id,
+    upstream_request_head,
+)
 from services.proxy.http.parser import (
     _FIELDS,
     IDEMPOTENT,
@@ -49,6 +55,7 @@ from services.proxy.http.parser import (
 from services.proxy.http.upstream import VIA_CLOSE_END, VIA_END, UpstreamConnection
 from services.proxy.observability.access_log import iso_time
 from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
+from services.proxy.proxy_protocol import forwarded_client
 from services.proxy.stats import LATENCY_BUCKETS, WHOLE_SLOTS
 from shared.logs import get_logger
 
@@ -58,8 +65,8 @@ if TYPE_CHECKING:
 log = get_logger("proxy.http")
 
 _clock = time.perf_counter  # loop.time() is in whole milliseconds under uvloop: too coarse for latencies
-_ids = itertools.count(1)
-_id_prefix = os.urandom(6).hex().encode()
+_ids = REQUEST_IDS
+_id_prefix = REQUEST_ID_PREFIX
 _bits = random.Random().getrandbits
 _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
 # BackendStats.whole's first slot for a status, by the byte value of its first digit (b"2"[0] == 50).
@@ -78,11 +85,6 @@ def _unconnected(data: bytes) -> None:
 JOIN_MAX = 65536
 
 
-def new_request_id() -> bytes:
-    """Unique per process and run; cheaper than a uuid4 per request."""
-    return b"%s-%x" % (_id_prefix, next(_ids))
-
-
 class Exchange(Attempts):
     """A connection's request cycle. It is its own :class:`Attempts` (the pick, the backend, the
     retries of the current request)."""
@@ -92,6 +94,7 @@ class Exchange(Attempts):
         "body_remaining",
         "bytes_in",
         "bytes_out",
+        "client",
         "conn",
         "connecting",
         "decoder",
@@ -99,7 +102,6 @@ class Exchange(Attempts):
         "head_out",
         "idle",
         "keep_alive",
-        "method",
         "open",
         "pending",
         "pending_size",
@@ -124,6 +126,7 @@ class Exchange(Attempts):
         super().__init__(conn.ctx)
         self.conn = conn
         ctx = self.ctx
+        self.client = ""  # general path: the client's address (from a trusted X-Forwarded-For, else the peer)
         # The pool's idle connections by address (read on every request); the HTTP side pools only these.
         self.idle = cast("dict[str, list[UpstreamConnection]]", ctx.pool.idle)
         self.write: Callable[[bytes], object] = _unconnected  # the client transport's write, once connected
@@ -131,7 +134,6 @@ class Exchange(Attempts):
         self.connecting: asyncio.Task[None] | None = None
         self.open = False  # a request started and not yet ended (end())
         self.req: RequestHead | None = None  # the general path's parsed head (None on the fast path)
-        self.method = b"GET"
         self.rid = b"-"
         # The response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD, no body left to
         # send): True between requests, so a plain request does not set it.
@@ -143,7 +145,7 @@ class Exchange(Attempts):
         self.body_remaining = 0
         self.decoder: ChunkedDecoder | None = None
         self.body_done = True
-        self.keep_alive = not ctx.draining  # True between requests: a connection's last request sets False
+        self.keep_alive = True  # between requests: False only for a connection's last response
         self.resent = False
         self.responded = False  # response bytes written to the client (or held in resp_head)
         self.rechunk = False
@@ -156,6 +158,8 @@ class Exchange(Attempts):
         self.upstream_sec = 0.0
         self.traceparent: bytes | None = None  # sent to the backend
         self.trace: TraceContext | None = None  # general path: the parsed incoming context
+        if ctx.draining:  # accepted during the shutdown delay: its first response is its last
+            self.last_response()
 
     # -- starting a request --------------------------------------------------------------------
 
@@ -246,10 +250,11 @@ class Exchange(Attempts):
         ctx.stats.requests += 1
         self.open = True
         self.req = req
-        self.method = req.method
         self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD" and not req.has_body
         self.via_end = VIA_END if req.keep_alive and not ctx.draining else VIA_CLOSE_END
         self.rid = req.request_id or new_request_id()
+        self.last = ""
+        self.client = self._client(req)
         self.bytes_in = head_size
         self.bytes_out = 0
         self.responded = False
@@ -285,11 +290,21 @@ class Exchange(Attempts):
         self.t0 = 0.0
         self._attempt(self.first(self._key()))
 
+    def _client(self, req: RequestHead) -> str:
+        """The client of a request: the connection's peer, or, when that peer is a trusted proxy
+        (``proxy.trusted_proxies``), the address its X-Forwarded-For names (uvicorn's rule)."""
+        peer = self.conn.client_ip
+        trusted = self.ctx.trusted_proxies
+        if not trusted or peer not in trusted:
+            return peer
+        values = [v.decode("latin-1") for n, v in req.headers if n.lower() == b"x-forwarded-for"]
+        return forwarded_client(peer, values, trusted) if values else peer
+
     def _key(self) -> str:
         header, cookie = self.ctx.key_source()
-        if header is None and cookie is None:
-            return self.conn.client_ip
         req = self.req
+        if header is None and cookie is None:
+            return self.client if req is not None else self.conn.client_ip
         return self._affinity_from(req.headers if req is not None else [], header, cookie)
 
     def _affinity_key(self, head: bytes) -> str:
@@ -318,16 +333,18 @@ class Exchange(Attempts):
     def _request_head(self, req: RequestHead, host: bytes) -> bytes:
         """The head sent upstream; ``host``: the Host given to a request without one."""
         trace = self.trace
+        conn = self.conn
         return upstream_request_head(
             req,
-            self.conn.client_ip,
-            self.conn.proto,
+            conn.client_ip,
+            conn.proto,
             self.rid,
             host,
             req.upgrade,
             trace.header() if trace is not None else None,
             trace is None or trace.tracestate_kept,
             self.ctx.keep_underscores,
+            conn.client_ip in self.ctx.trusted_proxies,
         )
 
     # -- the request body ----------------------------------------------------------------------
@@ -370,7 +387,7 @@ class Exchange(Attempts):
     def _body_complete(self, rest: bytes) -> None:
         self.body_done = True
         req = self.req
-        if req is not None and req.minor == 1 and not req.upgrade:  # nothing left to send: may go fast
+        if req is not None and req.minor == 1 and not req.upgrade and req.method != b"HEAD":  # may go fast
             self.fast = True
             if self.up is not None:
                 self.up.fast_again()
@@ -420,8 +437,8 @@ class Exchange(Attempts):
             self.t0 = now
         self.ttfb = None
         up = ctx.pool.get(upstream.address)
-        if isinstance(up, UpstreamConnection):
-            self._attach(up)
+        if up is not None:
+            self._attach(cast(UpstreamConnection, up))
         else:
             ctx.stats.pool_misses += 1
             self.connecting = ctx.loop.create_task(self._connect(upstream))
@@ -461,8 +478,7 @@ class Exchange(Attempts):
             up.transport.writelines(pending)
             self.pending = []
             self.pending_size = 0
-            if QUEUED in conn.pauses and up.transport.get_write_buffer_size() <= self.ctx.high_water:
-                conn.pauses.resume(QUEUED)
+            conn.pauses.resume(QUEUED)  # above the mark, pause_writing has set PEER_FULL already
 
     def _abandon_upstream(self) -> None:
         """Drop the exchange with the backend (connected or still connecting)."""
@@ -479,6 +495,8 @@ class Exchange(Attempts):
     def complete_fast(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
         """A plain response that arrived whole, on a connection that stays clean: ``out`` is its head,
         rewritten for the client, and body; ``status`` its three digits. The other half of the hot path."""
+        self.up = None  # detached before the write: a pause_writing it triggers must not pause ``up``
+        up.ex = None
         self.write(out)
         ctx = self.ctx
         latency = _clock() - self.started_at
@@ -486,8 +504,6 @@ class Exchange(Attempts):
         self.upstream = None
         first = status[0]  # the status class as a digit's byte value: b"5"[0] == 53
         ctx.balancer.finished(upstream, first < 53, latency)  # type: ignore[arg-type]
-        self.up = None
-        up.ex = None
         if ctx.metrics_on:
             bs = up.stats
             bs.whole[_CLASS_SLOT[first] + bisect_left(LATENCY_BUCKETS, latency)] += 1
@@ -539,6 +555,10 @@ class Exchange(Attempts):
         """The response head arrived (``fast_head``: already rewritten by the fast path)."""
         self.resp_status = head.status
         self.ttfb = _clock() - self.started_at
+        if not self.open:  # a plain request leaving the fast path: end() must count it
+            self.open = True
+            self.last = up.address
+            self.t0 = self.started_at
         conn = self.conn
         conn.deadline = self.ctx.now + self.ctx.tick  # the body transfer is watched for stalls
         conn.mark_progress()
@@ -727,6 +747,8 @@ class Exchange(Attempts):
         self.body_done = True
         self.bytes_out = 0
         self.trace = None
+        self.t0 = 0.0
+        self.ttfb = None
         self.count = 1
         self.fast = True
         self.via_end = VIA_END if self.keep_alive else VIA_CLOSE_END
@@ -765,7 +787,7 @@ class Exchange(Attempts):
             access_log.write(
                 {
                     "time": iso_time(wall),
-                    "client": self.conn.client_ip,
+                    "client": self.client if self.req is not None else self.conn.client_ip,
                     "method": method,
                     "target": target,
                     "status": self.resp_status or None,
@@ -783,7 +805,7 @@ class Exchange(Attempts):
             attributes: dict[str, Any] = {
                 "http.request.method": method,
                 "url.path": target,
-                "client.address": self.conn.client_ip,
+                "client.address": self.client if self.req is not None else self.conn.client_ip,
                 "gobalancer.request_id": self.request_id().decode("latin-1"),
                 "gobalancer.attempts": self.count,
             }
@@ -853,6 +875,3 @@ class Exchange(Attempts):
         self.finish(False)
         self.last_response()
         self.fail(504)
-
-    def pipeline_paused(self) -> bool:
-        return PIPELINE in self.conn.pauses

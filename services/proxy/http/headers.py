@@ -31,13 +31,14 @@ VIA = b"1.1 gobalancer"
 _TRACEPARENT = frozenset({b"traceparent"})
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 
-_ids = itertools.count(1)
-_id_prefix = os.urandom(6).hex().encode()
+REQUEST_IDS = itertools.count(1)
+REQUEST_ID_PREFIX = os.urandom(6).hex().encode()
 
 
 def new_request_id() -> bytes:
-    """Unique per process and run; cheaper than a uuid4 per request."""
-    return b"%s-%x" % (_id_prefix, next(_ids))
+    """Unique per process and run; cheaper than a uuid4 per request. (The fast path formats the same
+    ``REQUEST_ID_PREFIX``-counter form inline.)"""
+    return b"%s-%x" % (REQUEST_ID_PREFIX, next(REQUEST_IDS))
 
 
 # Connection options may name any field, but never what the proxy itself needs to deliver the
@@ -56,6 +57,7 @@ def upstream_request_head(
     traceparent: bytes | None = None,
     keep_tracestate: bool = True,
     keep_underscores: bool = False,
+    trusted_peer: bool = False,
 ) -> bytes:
     """The head sent to the backend (always HTTP/1.1, keep-alive unless tunnelling): the general path.
 
@@ -63,10 +65,13 @@ def upstream_request_head(
     hop-by-hop ones, the forwarding fields the proxy sets itself, and (unless ``keep_underscores``)
     names with an underscore, which CGI-style backends would read as the header with a dash (nginx
     drops them too); then the proxy's own lines. On the fast path's requests this gives the same
-    bytes as :func:`fast_request_head` (tests/unit/proxy/test_fast_path.py).
+    bytes as the fast path's ``FAST_HEAD_NEW_TRACE`` (tests/unit/proxy/test_fast_path.py).
 
     ``traceparent``: the proxy's own value, replacing the client's (None: the client's passes as is);
     ``keep_tracestate`` False drops the client's ``tracestate`` (it belonged to a trace not continued).
+    ``trusted_peer``: the peer is a trusted proxy (``proxy.trusted_proxies``): its X-Forwarded-For is
+    kept and the peer appended; from anyone else an incoming X-Forwarded-For is dropped (it could name
+    anybody), and the header holds the peer alone.
     """
     drop = req.connection_tokens - _PROTECTED if req.connection_tokens else req.connection_tokens
     if traceparent is not None:
@@ -83,7 +88,8 @@ def upstream_request_head(
             continue
         if n in _FORWARDED:
             if n == b"x-forwarded-for":
-                xff = value if xff is None else xff + b", " + value
+                if trusted_peer:
+                    xff = value if xff is None else xff + b", " + value
             elif n == b"via":
                 via = value if via is None else via + b", " + value
             continue  # x-forwarded-proto/host and x-request-id: the proxy's own values
@@ -123,14 +129,6 @@ FAST_HEAD_NEW_TRACE = (
     b"%s%sX-Forwarded-Host: %s\r\nX-Request-ID: %s-%x\r\nVia: " + VIA + b"\r\ntraceparent: 00-%s-01\r\n\r\n"
 )
 FAST_SUFFIX += b"\r\n"
-
-
-def fast_request_head(head: bytes, prefix: bytes, host: bytes, request_id: bytes, traceparent: bytes | None) -> bytes:
-    """The head sent upstream for a fast-path request (``head``: as received, up to its blank line
-    excluded; ``prefix``: :func:`forwarding_prefix`). The data plane inlines the same expression."""
-    if traceparent is None:
-        return head + prefix + FAST_SUFFIX % (host, request_id)
-    return head + prefix + FAST_SUFFIX_TRACE % (host, request_id, traceparent)
 
 
 # Response field lines removed on the fast path (one regex substitution over the raw block).

@@ -78,7 +78,7 @@ def fast_request_matcher(max_target: int) -> Callable[[bytes], re.Match[bytes] |
     (The caller checks the size against the head limit; a read holding more than one head, or a
     head and a body, is the general path's.)"""
     return re.compile(
-        rb"((?!HEAD )"
+        rb"((?!HEAD |CONNECT )"
         + _TOKEN
         + rb" /[!-\x22$-~]{0,%d}+ HTTP/1\.1\r\n" % (max_target - 1)
         + rb"(?:"

@@ -45,11 +45,11 @@ class Pool(Generic[P]):
 
     def put(self, address: str, conn: P) -> None:
         conns = self.idle.get(address)
+        if not self.size or not conn.reusable or (conns is not None and len(conns) >= self.size):
+            conn.close()  # (and no list created: a list exists only while the sweep is armed)
+            return
         if conns is None:
             conns = self.idle[address] = []
-        if len(conns) >= self.size or not conn.reusable:
-            conn.close()
-            return
         conn.idle_since = self._loop.time()
         conns.append(conn)
         if self._sweeper is None:

@@ -50,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_buf",
         "_clean",
         "_decoder",
+        "_interim",
         "_remaining",
         "_scanned",
         "address",
@@ -79,6 +80,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._scanned = 0
         self.reading = HEAD
         self._remaining = 0
+        self._interim = 0  # 1xx responses relayed for the current request
         self._decoder: ChunkedDecoder | None = None
         self._clean = True  # no protocol surprise so far: may go back to the pool
         self.got_bytes = False  # any response byte for the current exchange (general path)
@@ -164,7 +166,6 @@ class UpstreamConnection(asyncio.Protocol):
         """Accumulate a response head (linear: each byte is scanned once), then parse it; 1xx heads
         are relayed in a loop, not by recursion, and at most MAX_INTERIM of them."""
         self.got_bytes = True
-        interim = 0
         while True:
             buf: bytes | bytearray
             if self._buf is None:
@@ -210,11 +211,12 @@ class UpstreamConnection(asyncio.Protocol):
                 if data:
                     ex.send(data)
                 return
-            interim += 1
-            if interim > MAX_INTERIM:
+            self._interim += 1  # per response, whatever the reads they came in
+            if self._interim > MAX_INTERIM:
                 self._protocol_error(ex, HttpError(502, "too many interim responses"))
                 return
             ex.informational(head)  # 100 Continue and friends: relay, keep waiting
+            self.reading = GENERAL  # the final response: general path (got_bytes, body still uploading, HEAD, 1.0)
             if not data:
                 return
 
@@ -272,6 +274,7 @@ class UpstreamConnection(asyncio.Protocol):
     def _complete(self, ex: Exchange) -> None:
         self.head = None
         self._decoder = None
+        self._interim = 0
         self.reading = HEAD
         self.got_bytes = False
         ex.response_end(self, reusable=self._clean)
@@ -292,7 +295,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def fast_again(self) -> None:
         """The exchange became plain (its request body is complete) before any response byte."""
-        if self.reading == GENERAL:
+        if self.reading == GENERAL and not self.got_bytes:
             self.reading = HEAD
 
     @property

@@ -63,7 +63,7 @@ SEPARATORS = [b": ", b":", b":  ", b": \t", b" : "]
 ENDS = [b"\r\n", b" \r\n", b"\t\r\n", b"\n"]
 HOSTS = [b"example.com", b"a.example:8080", b"[::1]:80", b"a b", b"a,b", b"a/b", b"u@h", b"", b"h\\x"]
 TARGETS = [b"/", b"/a?b=c", b"/p/q#frag", b"/caf\xc3\xa9", b"*", b"http://h/x", b"/" + b"a" * 70, b"/%20"]
-METHODS = [b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"G@T"]
+METHODS = [b"GET", b"POST", b"DELETE", b"HEAD", b"OPTIONS", b"CONNECT", b"G@T"]
 
 
 @st.composite

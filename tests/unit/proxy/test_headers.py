@@ -16,7 +16,7 @@ def test_upstream_head_drops_hop_by_hop_and_adds_forwarding() -> None:
         b"Transfer-Encoding: chunked\r\nTE: trailers\r\nProxy-Connection: x\r\nX-Forwarded-For: 1.2.3.4\r\nX-Keep: y",
         8192,
     )
-    head = upstream_request_head(req, "10.0.0.9", b"https", b"rid-1", b"", tunnel=False)
+    head = upstream_request_head(req, "10.0.0.9", b"https", b"rid-1", b"", tunnel=False, trusted_peer=True)
     assert head.startswith(b"POST /x HTTP/1.1\r\n") and head.endswith(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     assert b"Host: a.example" in lines and b"X-Keep: y" in lines

@@ -213,3 +213,12 @@ def test_redact_url(url: str, shown: str) -> None:
 def test_errors_stay_on_one_line_whatever_the_key(tmp_path: Path) -> None:
     message = error_of(write(tmp_path, '"a\\nFAKE: injected": 1\n'))
     assert "a\\nFAKE: injected" in message
+
+
+def test_proxy_protocol_is_refused_with_tls_on_the_same_listener(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "proxy:\n  proxy_protocol_from: ['10.0.0.0/8']\n  tls:\n    cert_file: c.pem\n    key_file: k.pem\n"
+    )
+    with pytest.raises(ConfigError, match="proxy_protocol_from"):
+        load_config(path, environ={})
