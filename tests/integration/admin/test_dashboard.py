@@ -135,7 +135,7 @@ async def test_replicas_and_metrics_show_request_totals(client: Client, store: S
 async def test_event_streams_are_capped(client: Client) -> None:
     from services.admin.context import context_of
 
-    context_of(client.app.state).max_event_streams = 0
+    context_of(client.app.state).snapshot.max_streams = 0
     response = await client.get("/events")
     assert response.status_code == 503
     assert response.headers["content-type"].startswith("application/problem+json")
