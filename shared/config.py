@@ -245,6 +245,9 @@ class AdminConfig(_Struct):
     # Host header, or a browser's Origin of another site, is refused with 403: DNS rebinding, CSRF).
     # Names or name:port, e.g. ["admin.example.com"]; "*" turns the Host check off.
     allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    # Open GET /events streams at most (503 beyond; also kept 128 below the process's open-files limit).
+    # A stream costs a queue and its connection in the admin, no Redis connection.
+    max_event_streams: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 512
 
     def __post_init__(self) -> None:
         self.listen_address = _check_address(self.listen_address, "listen_address", listener=True)

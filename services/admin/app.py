@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 from collections.abc import AsyncIterator
 
 from litestar import Litestar
@@ -29,8 +30,6 @@ from shared.store import Store
 log = get_logger("admin")
 
 SERVICE = "admin"
-# Open /events streams at most (each costs a queue in this process, no Redis connection).
-MAX_STREAMS = 256
 # How often the global in-flight counts (conn_count) are read.
 INFLIGHT_SEC = 0.5
 DESCRIPTION = (
@@ -41,9 +40,18 @@ DESCRIPTION = (
 )
 
 
+def stream_cap(config: Config) -> int:
+    """``admin.max_event_streams``, kept below the open-files limit: streams never use up the sockets
+    an operator's call needs."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return config.admin.max_event_streams
+    return max(0, min(config.admin.max_event_streams, soft - 128))
+
+
 def create_app(config: Config, store: Store | None = None) -> Litestar:
     """The admin app. Without ``store`` the lifespan opens one from ``config`` (and heartbeats as a replica)."""
-    snapshot = AdminSnapshot(start_healthy=config.health_check.start_healthy, max_streams=MAX_STREAMS)
+    snapshot = AdminSnapshot(start_healthy=config.health_check.start_healthy, max_streams=stream_cap(config))
     ctx = AdminContext(config=config, metrics=AdminMetrics(), snapshot=snapshot, store=store)
 
     async def stop_streams() -> None:
