@@ -81,9 +81,10 @@ def site_guard(admin: AdminConfig) -> Any:
             )
         origin = headers.get("origin")
         if origin is not None:
+            # Same origin: the page's scheme://host:port is this request's Host (a page on another port of
+            # the same host, e.g. a backend served through the proxy, is another site).
             netloc = urlsplit(origin).netloc.lower() if origin != "null" else ""
-            host = _split_host(netloc)[0]
-            if not netloc or (netloc != host_header.lower() and host not in allowed and netloc not in allowed):
+            if not netloc or (netloc != host_header.lower() and netloc not in allowed):
                 raise Forbidden("origin", f"requests from the origin {origin!r} (another site) are refused")
         method = connection.scope.get("method", "GET")
         if method in SAFE_METHODS:
