@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
             for size in sizes:
                 asyncio.run(seed(server.url, namespace, seeded, size - seeded))
                 seeded = size
-                wait_for(lambda: len(get_json(base + "/backends")) == size, 60, f"the admin did not show {size}")
+                wait_for(lambda n=size: len(get_json(base + "/backends")) == n, 60, f"the admin did not show {size}")
                 wrk(base + "/backends", 1, args.connections)  # warm-up
                 ticks = os.sysconf("SC_CLK_TCK")
                 u0, s0 = cpu_ticks(proc.pid)
