@@ -201,67 +201,90 @@
     tr.append(th);
   }
 
-  function makeRow(address) {
+  // A row is a clone of one prototype (cheaper than building each element: thousands of rows), and
+  // the rows' controls share listeners on the table body (event delegation).
+  const ACTIONS = ["drain", "enable", "disable"];
+  const CELLS = ["health", "state", "origin", "weight", "num inflight", "num rate", "num errors", "actions"];
+  let rowPrototype = null;
+  let rowIds = 0;
+
+  function prototypeRow() {
     const tr = document.createElement("tr");
     tr.setAttribute("role", "row");
-    tr.dataset.address = address;
-    rowHeader(tr, address);
-    const cells = {
-      health: cell(tr, "health"),
-      state: cell(tr, "state"),
-      origin: cell(tr, "origin"),
-      weight: cell(tr, "weight"),
-      inflight: cell(tr, "num inflight"),
-      rate: cell(tr, "num rate"),
-      errors: cell(tr, "num errors"),
-      actions: cell(tr, "actions"),
-    };
-
+    rowHeader(tr, "");
+    for (const className of CELLS) cell(tr, className);
     const form = document.createElement("form");
     form.className = "weight-form";
-    const id = "weight-" + Math.random().toString(36).slice(2);
     const label = document.createElement("label");
     label.className = "visually-hidden";
-    label.htmlFor = id;
-    label.textContent = "Weight of " + address;
     const input = document.createElement("input");
-    input.id = id;
     input.type = "number";
     input.min = "1";
     input.max = "10000";
     input.step = "1";
     input.required = true;
-    input.addEventListener("input", () => (input.dataset.dirty = "1"));
     const set = document.createElement("button");
     set.type = "submit";
     set.textContent = "Set weight";
-    set.setAttribute("aria-label", "Set weight of " + address);
     form.append(label, input, set);
-    form.addEventListener("submit", (e) => {
-      e.preventDefault();
-      const weight = Number(input.value);
-      if (!Number.isInteger(weight) || weight < 1 || weight > 10000) {
-        showError("mutation", "Weight of " + address + ": give a whole number from 1 to 10000");
-        return;
-      }
-      mutate("Set weight of " + address, "PUT", backendPath(address), { weight }, () => delete input.dataset.dirty);
-    });
-    cells.weight.append(form);
-    cells.weightInput = input;
-
-    cells.buttons = {};
-    for (const action of ["drain", "enable", "disable"]) {
+    tr.children[4].append(form);
+    for (const action of ACTIONS) {
       const b = document.createElement("button");
       b.type = "button";
       b.dataset.action = action;
       b.textContent = capitalize(action);
-      b.setAttribute("aria-label", b.textContent + " " + address);
-      b.addEventListener("click", () => setState(address, action));
-      cells.actions.append(b);
-      cells.buttons[action] = b;
+      tr.children[8].append(b);
     }
+    return tr;
+  }
+
+  function makeRow(address) {
+    rowPrototype = rowPrototype || prototypeRow();
+    const tr = rowPrototype.cloneNode(true);
+    tr.dataset.address = address;
+    const [th, health, stateCell, origin, weight, inflight, rate, errors, actions] = tr.children;
+    th.firstChild.textContent = address;
+    const [label, input, set] = weight.firstChild.children;
+    input.id = "weight-" + ++rowIds;
+    label.htmlFor = input.id;
+    label.textContent = "Weight of " + address;
+    set.setAttribute("aria-label", "Set weight of " + address);
+    const buttons = {};
+    for (const b of actions.children) {
+      b.setAttribute("aria-label", b.textContent + " " + address);
+      buttons[b.dataset.action] = b;
+    }
+    const cells = { health, state: stateCell, origin, weight, inflight, rate, errors, actions, weightInput: input, buttons };
     return { tr, cells, shown: {} };
   }
+
+  function rowAddress(node) {
+    const tr = node.closest("tr[data-address]");
+    return tr ? tr.dataset.address : null;
+  }
+
+  const backendsBody = $("backends").tBodies[0];
+  backendsBody.addEventListener("click", (e) => {
+    const button = e.target.closest("button[data-action]");
+    const address = button && rowAddress(button);
+    if (address) setState(address, button.dataset.action);
+  });
+  backendsBody.addEventListener("input", (e) => {
+    if (e.target.matches(".weight-form input")) e.target.dataset.dirty = "1";
+  });
+  backendsBody.addEventListener("submit", (e) => {
+    const form = e.target.closest(".weight-form");
+    const address = form && rowAddress(form);
+    if (!address) return;
+    e.preventDefault();
+    const input = form.querySelector("input");
+    const weight = Number(input.value);
+    if (!Number.isInteger(weight) || weight < 1 || weight > 10000) {
+      showError("mutation", "Weight of " + address + ": give a whole number from 1 to 10000");
+      return;
+    }
+    mutate("Set weight of " + address, "PUT", backendPath(address), { weight }, () => delete input.dataset.dirty);
+  });
 
   const ACTION_STATE = { drain: "draining", enable: "enabled", disable: "disabled" };
 
