@@ -7,17 +7,21 @@ Pure: no I/O (names are compared as written; ``localhost`` and ``*.localhost`` c
 other DNS names are not resolved here).
 
 The store checks it on every write that may create a backend (``Store.create_backend`` and
-``Store.upsert_backend``), so the admin API and every discovery source go through it alike.
+``Store.upsert_backend``), so the admin API and every discovery source go through it alike. Besides
+the config's listeners, the store passes those the live replicas registered (:func:`replica_listeners`:
+their ``listen`` and ``metrics`` addresses), which covers replicas started with other ports.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from shared.addresses import parse_address
 from shared.config import Config
+from shared.models import ReplicaInfo
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -65,6 +69,21 @@ def _redis_listeners(url: str) -> list[Listener]:
     return [Listener("redis.url", host.lower(), port)] if host else []
 
 
+def replica_listeners(replicas: Iterable[ReplicaInfo]) -> list[Listener]:
+    """Where live replicas listen, as they registered it (unparsable entries are skipped)."""
+    out: list[Listener] = []
+    for replica in replicas:
+        for what, address in (("listen", replica.listen), ("metrics", replica.metrics)):
+            if not address:
+                continue
+            try:
+                hp = parse_address(address, allow_empty_host=True)
+            except ValueError:
+                continue
+            out.append(Listener(f"{replica.service} replica {replica.id}'s {what} address", hp.host.lower(), hp.port))
+    return out
+
+
 class BackendDenyList:
     def __init__(self, listeners: list[Listener], networks: list[tuple[str, Network]]) -> None:
         self.listeners = listeners
@@ -93,14 +112,19 @@ class BackendDenyList:
         ]
         return cls(listeners, networks)
 
-    def reason(self, address: str) -> str | None:
-        """Why ``address`` may not be a backend (a sentence naming the setting), or None."""
+    @property
+    def own_listeners(self) -> bool:
+        return bool(self.listeners)
+
+    def reason(self, address: str, live: Sequence[Listener] = ()) -> str | None:
+        """Why ``address`` may not be a backend (a sentence naming the setting), or None. ``live``:
+        listeners of running replicas (see :func:`replica_listeners`), checked like the config's."""
         hp = parse_address(address)
         host = hp.host.lower()
         ip = _ip(host)
         local = _is_localhost(host)
         ips: tuple[IP, ...] = _LOOPBACK if local else (ip,) if ip is not None else ()
-        for listener in self.listeners:
+        for listener in (*self.listeners, *live) if self.listeners else ():
             if listener.port != hp.port or not self._same_host(listener, host, ips):
                 continue
             return (

@@ -71,7 +71,13 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
         ]
         replica: Replica | None = None
         if own is not None:
-            replica = Replica(own, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
+            replica = Replica(
+                own,
+                SERVICE,
+                ttl=config.redis.replica_ttl_sec,
+                heartbeat=config.redis.heartbeat_sec,
+                listen=config.admin.listen_address,
+            )
             await replica.push()  # registered before the first request (False, not an error, if Redis is down)
             tasks.append(asyncio.create_task(replica.run(), name="admin-heartbeat"))
         try:

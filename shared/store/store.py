@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.denylist import BackendDenyList
+from shared.denylist import BackendDenyList, Listener, replica_listeners
 from shared.logs import get_logger
 from shared.models import (
     AlgorithmSetting,
@@ -129,6 +129,7 @@ class Store:
         self.keys = Keys(namespace)
         # Checked before any write that may add a backend (set by ``shared.service.open_store``).
         self.denylist: BackendDenyList | None = None
+        self._live_listeners: tuple[float, list[Listener]] | None = None  # (read at, listeners)
         self._write_backend = redis.register_script(lua.WRITE_BACKEND)
         self._remove_backend = redis.register_script(lua.REMOVE_BACKEND)
         self._set_health = redis.register_script(lua.SET_HEALTH)
@@ -232,7 +233,7 @@ class Store:
         unknown = set(patch) - BACKEND_PATCH_FIELDS
         if unknown:
             raise ValueError(f"cannot patch fields {sorted(unknown)}")
-        if mode != "update" and self.denylist is not None and (reason := self.denylist.reason(address)):
+        if mode != "update" and self.denylist is not None and (reason := await self._refusal(address)):
             raise BackendDenied(address, reason)
         keys, args = self._common(fence)
         reply = await self._write_backend(
@@ -258,6 +259,18 @@ class Store:
             raise OriginMismatch(backend, guard_origin or "")
         assert outcome in ("backend_added", "backend_updated", "unchanged")
         return WriteResult(outcome, backend)  # type: ignore[arg-type]
+
+    async def _refusal(self, address: str) -> str | None:
+        """Why the deny list refuses ``address`` as a new backend, or None; live replicas' listeners
+        are read at most once a second."""
+        assert self.denylist is not None
+        reason = self.denylist.reason(address)
+        if reason is not None or not self.denylist.own_listeners:
+            return reason
+        at = time.monotonic()
+        if self._live_listeners is None or at - self._live_listeners[0] > 1.0:
+            self._live_listeners = (at, replica_listeners(await self.replicas()))
+        return self.denylist.reason(address, self._live_listeners[1])
 
     async def create_backend(self, backend: Backend, *, fence: Lease | None = None) -> Backend:
         """Add a backend; BackendExists if the address is taken."""

@@ -60,3 +60,26 @@ def test_a_redis_known_by_name_is_refused_by_that_name() -> None:
     assert "redis.url" in (BackendDenyList.from_config(config).reason("Redis:6379") or "")
     config.redis.url = "redis+sentinel://s1:26379,s2:26380/mymaster"
     assert "redis.url" in (BackendDenyList.from_config(config).reason("s2:26380") or "")
+
+
+def test_live_replicas_listeners_are_refused_too() -> None:
+    """A proxy started on another port (an environment override) is known from its registration."""
+    from shared.denylist import replica_listeners
+    from shared.models import ReplicaInfo
+
+    replicas = [
+        ReplicaInfo(
+            id="proxy-7",
+            service="proxy",
+            started_at=0,
+            heartbeat_at=0,
+            listen="127.0.0.1:18080",
+            metrics="127.0.0.1:19100",
+        ),  # fmt: skip
+        ReplicaInfo(id="health-1", service="health", started_at=0, heartbeat_at=0, listen="not an address"),
+    ]
+    live = replica_listeners(replicas)
+    assert "proxy replica proxy-7's listen address" in (deny().reason("127.0.0.1:18080", live) or "")
+    assert "metrics address" in (deny().reason("localhost:19100", live) or "")
+    assert deny().reason("127.0.0.1:18080") is None
+    assert deny(own_listeners=False).reason("127.0.0.1:18080", live) is None
