@@ -75,7 +75,7 @@ def test_live_replicas_listeners_are_refused_too() -> None:
             heartbeat_at=0,
             listen="127.0.0.1:18080",
             metrics="127.0.0.1:19100",
-        ),  # fmt: skip
+        ),
         ReplicaInfo(id="health-1", service="health", started_at=0, heartbeat_at=0, listen="not an address"),
     ]
     live = replica_listeners(replicas)
