@@ -9,7 +9,7 @@ Against a private ``redis-server`` and a real admin (``python -m services.admin`
    snapshot holds them, then runs ``wrk -t1 -cC -dDs --latency`` on ``GET /backends`` (the whole list,
    unpaginated, no ``If-None-Match``) and prints req/s, p50, p99, the admin's CPU per request and the
    ratios to issue 18's targets (10,000 backends: >= 1,000 req/s and p99 <= 25 ms; 100: >= 3,000 req/s);
-   also one ``?limit=100`` page and a 304 revalidation at the largest size;
+   also one ``?limit=100`` page, a 304 revalidation and the whole list gzipped at the largest size;
 2. opens ``--streams`` ``GET /events`` streams at once (no token, as a page would), then times
    authenticated ``POST /backends`` + ``DELETE`` while they are open, and reads the Redis server's
    client count (``INFO clients``) before and during: issue 15's lock-out (streams must not use up
@@ -58,6 +58,18 @@ def wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | No
         errors += sum(int(x) for x in e.groups())
     return {"requests": requests, "seconds": elapsed, "rps": requests / elapsed, "p50_ms": p50, "p99_ms": p99,
             "errors": errors}  # fmt: skip
+
+
+def measured(
+    pid: int, url: str, seconds: float, connections: int, headers: dict[str, str] | None = None
+) -> dict[str, float]:
+    """``wrk`` on ``url``, plus the admin's CPU time (user + system, from /proc) per request."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    u0, s0 = cpu_ticks(pid)
+    row = wrk(url, seconds, connections, headers)
+    u1, s1 = cpu_ticks(pid)
+    row["cpu_us_per_request"] = round((u1 - u0 + s1 - s0) / ticks * 1e6 / max(row["requests"], 1), 1)
+    return row
 
 
 async def seed(url: str, namespace: str, start: int, count: int) -> None:
@@ -171,11 +183,7 @@ def run(args: argparse.Namespace) -> int:
                 seeded = size
                 wait_for(lambda n=size: len(get_json(base + "/backends")) == n, 60, f"the admin did not show {size}")
                 wrk(base + "/backends", 1, args.connections)  # warm-up
-                ticks = os.sysconf("SC_CLK_TCK")
-                u0, s0 = cpu_ticks(proc.pid)
-                row = wrk(base + "/backends", args.duration, args.connections)
-                u1, s1 = cpu_ticks(proc.pid)
-                row["cpu_us_per_request"] = round((u1 - u0 + s1 - s0) / ticks * 1e6 / max(row["requests"], 1), 1)
+                row = measured(proc.pid, base + "/backends", args.duration, args.connections)
                 target = TARGETS.get(size)
                 if target is not None:
                     row["rps_ratio_to_target"] = round(row["rps"] / target[0], 2)
@@ -184,18 +192,24 @@ def run(args: argparse.Namespace) -> int:
                 results["sizes"][str(size)] = row
                 print(f"GET /backends, {size} backends: " + ", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
             largest = sizes[-1]
-            page = wrk(base + "/backends?limit=100", args.duration, args.connections)
+            page = measured(proc.pid, base + "/backends?limit=100", args.duration, args.connections)
             etag = ""
             import urllib.request
 
             with urllib.request.urlopen(base + "/backends", timeout=30) as response:
                 etag = response.headers["ETag"]
-            revalidate = wrk(base + "/backends", args.duration, args.connections, {"If-None-Match": etag})
+            revalidate = measured(
+                proc.pid, base + "/backends", args.duration, args.connections, {"If-None-Match": etag}
+            )
+            packed = measured(
+                proc.pid, base + "/backends", args.duration, args.connections, {"Accept-Encoding": "gzip"}
+            )
             results["page_limit_100"] = page
             results["revalidate_304"] = revalidate
-            print(f"GET /backends?limit=100 at {largest}: rps {page['rps']:.0f}, p99 {page['p99_ms']} ms", flush=True)
-            print(f"GET /backends + If-None-Match (304) at {largest}: rps {revalidate['rps']:.0f}, "
-                  f"p99 {revalidate['p99_ms']} ms", flush=True)  # fmt: skip
+            results["gzip"] = packed
+            for label, row in (("?limit=100", page), (" + If-None-Match (304)", revalidate), (", gzip", packed)):
+                print(f"GET /backends{label} at {largest}: rps {row['rps']:.0f}, p99 {row['p99_ms']} ms, "
+                      f"cpu_us_per_request {row['cpu_us_per_request']}", flush=True)  # fmt: skip
             if args.streams:
                 streams = asyncio.run(streams_phase(base, server.url, args.streams, args.posts))
                 results["streams"] = streams

@@ -16,7 +16,7 @@ from services.admin import dashboard, events, system
 from services.admin.backends import BackendsController
 from services.admin.context import DEPENDENCIES, AdminContext
 from services.admin.docs_page import render_plugins
-from services.admin.guards import StrictBody, site_guard, token_guard
+from services.admin.guards import StrictBody, admin_guard
 from services.admin.metrics import AdminMetrics, count_responses, time_requests
 from services.admin.problems import EXCEPTION_HANDLERS
 from services.admin.snapshot import AdminSnapshot
@@ -98,7 +98,7 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
         lifespan=[lifespan],
         state=State({"admin": ctx}),
         dependencies=DEPENDENCIES,
-        guards=[site_guard(config.admin), token_guard(config.admin)],
+        guards=[admin_guard(config.admin)],
         dto=StrictBody,
         return_dto=None,
         before_send=[count_responses(ctx.metrics)],

@@ -17,7 +17,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
 from services.admin.context import CATCH_UP_SEC
-from services.admin.listing import Listing, Page, Query
+from services.admin.listing import GZIP_MIN_BYTES, Listing, Page, Query
 from services.admin.problems import InvalidRequest, problem_responses
 from services.admin.schemas import BackendCreate, BackendOut, BackendPatch, BackendReplace, StateChange
 from services.admin.snapshot import AdminSnapshot
@@ -122,11 +122,17 @@ class BackendsController(Controller):
             return Response(page.body, media_type=JSON, headers=_page_headers(request, page, query))
         listing = snapshot.listing
         listing.expire(at)
-        etag = listing.etag
-        if _not_modified(request, etag):
-            return Response(b"", status_code=304, media_type=JSON, headers={"ETag": etag})
         page = listing.page(query, at)
-        return Response(page.body, media_type=JSON, headers={"ETag": etag, **_page_headers(request, page, query)})
+        gzipped = len(page.body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", "")
+        etag = listing.etag[:-1] + '-gz"' if gzipped else listing.etag  # (one ETag per representation)
+        headers = {"ETag": etag, "Vary": "Accept-Encoding"}
+        if _not_modified(request, etag):
+            return Response(b"", status_code=304, media_type=JSON, headers=headers)
+        headers.update(_page_headers(request, page, query))
+        if not gzipped:
+            return Response(page.body, media_type=JSON, headers=headers)
+        headers["Content-Encoding"] = "gzip"
+        return Response(await listing.gzipped(page.body), media_type=JSON, headers=headers)
 
     @post(
         "/",

@@ -1,10 +1,10 @@
 """Who may call what: same-site checks (Host, Origin, Content-Type), the bearer token, and strict bodies.
 
-- :func:`site_guard` refuses what a web page the operator happens to open could send: a ``Host`` that
+- :func:`site_check` refuses what a web page the operator happens to open could send: a ``Host`` that
   is not one of the admin's own names (DNS rebinding; 403), an ``Origin`` of another site (CSRF; 403),
   and a mutating call whose body is not ``application/json`` (415; a cross-site form or ``text/plain``
   POST is not JSON, and a browser cannot send JSON across sites without asking first).
-- :func:`token_guard` checks ``Authorization: Bearer`` when ``admin.token`` is set.
+- :func:`token_check` checks ``Authorization: Bearer`` when ``admin.token`` is set.
 - :class:`StrictBody` decodes a request body once, strictly, into the handler's ``data`` type:
   ``"weight": "5"`` is a 400 naming ``weight``, not 5.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -53,8 +54,23 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def site_guard(admin: AdminConfig) -> Any:
-    """A Litestar guard: own Host names only, no foreign Origin, JSON bodies on mutating calls."""
+Check = Callable[[ASGIConnection[Any, Any, Any, Any], BaseRouteHandler], None]
+
+
+def admin_guard(admin: AdminConfig) -> Any:
+    """The app's one Litestar guard: :func:`site_check`, then :func:`token_check`. Async, and one: Litestar
+    runs a sync guard in a worker thread, and copies the route handler for every guard it calls."""
+    checks = (site_check(admin), token_check(admin))
+
+    async def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
+        for check in checks:
+            check(connection, handler)
+
+    return guard
+
+
+def site_check(admin: AdminConfig) -> Check:
+    """Own Host names only, no foreign Origin, JSON bodies on mutating calls."""
     listen_host = parse_address(admin.listen_address, allow_empty_host=True).host.lower()
     allowed = {h.lower() for h in admin.allowed_hosts}
     any_host = "*" in allowed
@@ -102,8 +118,8 @@ def site_guard(admin: AdminConfig) -> Any:
     return guard
 
 
-def token_guard(admin: AdminConfig) -> Any:
-    """A Litestar guard: with ``admin.token`` set, mutating calls (and reads if protect_reads) need it."""
+def token_check(admin: AdminConfig) -> Check:
+    """With ``admin.token`` set, mutating calls (and reads if protect_reads) need it."""
     expected = admin.token.encode()
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:

@@ -89,3 +89,17 @@ async def test_the_unpaginated_list_keeps_its_shape(client: Client, store: Store
         "address", "weight", "alive", "conn_count", "health", "health_reason", "health_changed_at", "state",
         "origin", "ejected", "ejected_until", "created_at", "updated_at",
     ]  # fmt: skip
+
+
+async def test_a_large_list_is_gzipped_for_clients_that_accept_it(client: Client, store: Store) -> None:
+    await seed(store, 80)  # about 22 KB of JSON
+    await caught_up(client.app, store)
+    plain = await client.get("/backends", headers={"accept-encoding": "identity"})
+    packed = await client.get("/backends", headers={"accept-encoding": "gzip"})
+    assert "content-encoding" not in plain.headers and len(plain.content) > 8192
+    assert packed.headers["content-encoding"] == "gzip" and packed.headers["vary"] == "Accept-Encoding"
+    assert int(packed.headers["content-length"]) < len(plain.content) / 5
+    assert packed.json() == plain.json()  # (httpx decodes it)
+    assert packed.headers["etag"] != plain.headers["etag"]  # one ETag per representation
+    again = await client.get("/backends", headers={"accept-encoding": "gzip", "if-none-match": packed.headers["etag"]})
+    assert again.status_code == 304
