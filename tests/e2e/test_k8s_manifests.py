@@ -170,6 +170,7 @@ def test_configmap_and_secret_make_a_valid_config(example: list[dict[str, Any]])
     config = one_config(example)  # raises ConfigError on any unknown or invalid setting
     assert config.redis.url == "redis://gobalancer-redis:6379/0"
     assert config.admin.listen_address == "0.0.0.0:8081" and config.admin.token  # a token, not allow_insecure
+    assert "gobalancer-admin" in config.admin.allowed_hosts  # in-cluster clients reach it by its Service name
     assert config.discovery.type == "kubernetes"
     k8s = config.discovery.kubernetes
     assert k8s.namespace == "gobalancer"
