@@ -103,3 +103,20 @@ async def test_a_large_list_is_gzipped_for_clients_that_accept_it(client: Client
     assert packed.headers["etag"] != plain.headers["etag"]  # one ETag per representation
     again = await client.get("/backends", headers={"accept-encoding": "gzip", "if-none-match": packed.headers["etag"]})
     assert again.status_code == 304
+
+
+async def test_reads_do_not_touch_redis(client: Client, store: Store) -> None:
+    """Issue 18: the snapshot serves reads; Redis sees only the admin's periodic work meanwhile."""
+    await seed(store, 20)
+    await caught_up(client.app, store)
+
+    async def commands() -> int:
+        return int((await store.redis.info("stats"))["total_commands_processed"])
+
+    before = await commands()
+    for i in range(200):
+        assert (await client.get("/backends" if i % 2 else f"/backends/{addr(i % 20)}")).status_code == 200
+    assert (await client.get("/algorithm")).status_code == 200
+    spent = await commands() - before - 1  # (the INFO itself)
+    # The in-flight refresh (every 0.5 s) and the heartbeat run meanwhile; 200 reads would be 200+.
+    assert spent < 40, f"{spent} Redis commands during 201 reads"
