@@ -320,10 +320,20 @@ async def test_1000_backends_render_within_a_second_and_changes_update_one_row(
         touched = await page.evaluate("() => [...window.__touched]")
         rows_now = await page.locator("#backends tbody tr").count()
         count_text = await page.locator("#backend-count").inner_text()
+        # A backend added, then one removed: each event adds or drops its row, in address order.
+        added = "10.1.1.251:8080"  # (i % 250 + 1 never reaches 251)
+        await store.create_backend(Backend(address=added))
+        await expect(row(page, added)).to_have_count(1)
+        order = await page.evaluate(
+            "() => [...document.querySelectorAll('#backends tbody tr')].map(r => r.dataset.address)"
+        )
+        await store.remove_backend(addresses[0])
+        await expect(row(page, addresses[0])).to_have_count(0)
     print(f"\n1,000 backends: first render {first_render_ms:.0f} ms, change visible {visible_ms:.0f} ms, "
           f"rows touched {touched}")  # fmt: skip
     assert first_render_ms <= 1000, f"first render took {first_render_ms:.0f} ms"
     assert visible_ms <= 1000, f"the change became visible {visible_ms:.0f} ms after it was written"
     assert touched == [target], f"an event (and the poll after it) re-rendered rows {touched[:10]}..."
     assert rows_now == THOUSAND and count_text == f"{THOUSAND} total, {THOUSAND // 4 + 1} down"
+    assert order == sorted([*addresses, added])
     assert not errors, errors
