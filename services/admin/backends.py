@@ -149,18 +149,28 @@ class BackendsController(Controller):
         log.info("backend added", address=created.address, weight=created.weight, state=created.state)
         return await present_written(snapshot, store, created)
 
-    @get("/{address:str}", summary="One backend", media_type=JSON, responses=problem_responses(400, 401, 404, 503))
+    @get(
+        "/{address:str}",
+        summary="One backend",
+        media_type=JSON,
+        responses={
+            200: ResponseSpec(data_container=BackendOut, description="The backend", generate_examples=False),
+            **problem_responses(400, 401, 404, 503),
+        },
+    )
     async def get_backend(
         self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], address: AddressParam
-    ) -> BackendOut:
+    ) -> Response[bytes]:
         addr = path_address(address)
         listing = (
             snapshot.listing if snapshot.synced else await listing_from_redis(store, snapshot.listing.start_healthy)
         )
-        out = listing.out(addr, time.time())
-        if out is None:
+        at = time.time()
+        listing.expire(at)
+        body = listing.fragment(addr, at)  # (the encoded JSON the list holds too)
+        if body is None:
             raise BackendNotFound(addr)
-        return out
+        return Response(body, media_type=JSON)
 
     @put(
         "/{address:str}",
