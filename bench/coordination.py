@@ -25,7 +25,6 @@ OTHER = "127.0.0.1:10"
 
 
 async def child(url: str, namespace: str) -> None:
-    from services.proxy.balancer import Outcome
     from services.proxy.store_balancer import open_store_balancer
     from shared.config import Config
     from shared.logs import configure_logging
@@ -43,7 +42,7 @@ async def child(url: str, namespace: str) -> None:
             balancer.changed.clear()
             upstream = balancer.pick("k")  # rebuilds the policy if the view changed
             if upstream is not None:
-                balancer.finished(upstream, Outcome(ok=True))  # (a pick counts a request in flight)
+                balancer.finished(upstream, True)  # (a pick counts a request in flight)
             weight = next((c.weight for c in balancer.policy.candidates if c.address == ADDRESS), 0)
             if weight != seen:
                 seen = weight

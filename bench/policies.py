@@ -30,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from services.proxy.balancer import Balancer, Outcome, StaticRoundRobin, Upstream
+from services.proxy.balancer import Balancer, StaticRoundRobin, Upstream
 from services.proxy.policies import POLICIES, Candidate, MutableCounts, PolicyEnv, build_cost, build_policy
 from services.proxy.store_balancer import SYNC_BUILD_MAX_SEC, StoreBalancer
 from services.proxy.view import LocalView, compute_candidates
@@ -213,7 +213,6 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
             sb = _store_balancer(name, backends)
             sb.rebuild()
             balancer = sb
-        ok = Outcome(ok=True, latency=0.002, status=200)
         keys = [f"192.168.{i // 256}.{i % 256}" for i in range(4096)]
         pick, finished = balancer.pick, balancer.finished
         held: collections.deque[Upstream] = collections.deque()
@@ -224,7 +223,7 @@ def measure_balancer(name: str, n: int, loops: int, repeats: int, equal: bool = 
 
         def cycles(loops: int) -> None:
             for i in range(loops):
-                finished(held.popleft(), ok)
+                finished(held.popleft(), True, 0.002)
                 upstream = pick(keys[i & 4095])
                 assert upstream is not None
                 held.append(upstream)

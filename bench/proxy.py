@@ -92,21 +92,24 @@ def nginx_user_line() -> str:
 
 
 @contextlib.contextmanager
-def process(args: list[str], port: int, **kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+def process(
+    args: list[str], port: int, start_timeout: float = 10.0, **kwargs: object
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
     try:
-        wait_port(port, proc)
+        wait_port(port, proc, start_timeout)
         yield proc
     finally:
         stop_process(proc)
 
 
-def nginx_conf(prefix: Path, http: str) -> str:
-    """One nginx in the foreground (one worker, its files under ``prefix``); ``http``: the rest of its http block."""
+def nginx_conf(prefix: Path, http: str, workers: int = 1) -> str:
+    """One nginx in the foreground (``workers`` workers, its files under ``prefix``); ``http``: the rest of
+    its http block. One worker runs without a master process."""
     return f"""{nginx_user_line()}
-worker_processes 1;
+worker_processes {workers};
 daemon off;
-master_process off;
+master_process {"off" if workers == 1 else "on"};
 pid {prefix}/nginx.pid;
 error_log {prefix}/error.log error;
 events {{ worker_connections 4096; }}
@@ -122,19 +125,29 @@ http {{
 """
 
 
-def nginx_backend_conf(prefix: Path, port: int) -> str:
+def nginx_backend_conf(prefix: Path, port: int, body_size: int = len(BODY)) -> str:
+    """A backend answering every request with ``body_size`` bytes: from the config for the default
+    small body, from a file (sent with sendfile) for large ones."""
+    if body_size == len(BODY):
+        location = f'location / {{ default_type text/plain; return 200 "{BODY}"; }}'
+    else:
+        (prefix / "body").write_bytes(b"x" * body_size)
+        location = f"location / {{ default_type text/plain; root {prefix}; try_files /body =404; }}"
     return nginx_conf(
         prefix,
         f"""    keepalive_timeout 60s;
+    sendfile on;
     server {{
         listen 127.0.0.1:{port} reuseport;
-        location / {{ default_type text/plain; return 200 "{BODY}"; }}
+        {location}
     }}
 """,
     )
 
 
-def start_nginx_backends(stack: contextlib.ExitStack, base: Path, count: int) -> tuple[list[int], list[int]]:
+def start_nginx_backends(
+    stack: contextlib.ExitStack, base: Path, count: int, body_size: int = len(BODY)
+) -> tuple[list[int], list[int]]:
     """``count`` nginx backends under ``base``, stopped with ``stack``: their ports and pids."""
     ports: list[int] = []
     pids: list[int] = []
@@ -143,14 +156,14 @@ def start_nginx_backends(stack: contextlib.ExitStack, base: Path, count: int) ->
         (prefix / "tmp").mkdir(parents=True)
         port = free_port()
         conf = prefix / "nginx.conf"
-        conf.write_text(nginx_backend_conf(prefix, port))
+        conf.write_text(nginx_backend_conf(prefix, port, body_size))
         proc = stack.enter_context(process([NGINX, "-p", str(prefix), "-c", str(conf)], port))
         ports.append(port)
         pids.append(proc.pid)
     return ports, pids
 
 
-def nginx_lb_conf(prefix: Path, port: int, backends: list[int]) -> str:
+def nginx_lb_conf(prefix: Path, port: int, backends: list[int], workers: int = 1) -> str:
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backends)
     return nginx_conf(
         prefix,
@@ -168,13 +181,14 @@ def nginx_lb_conf(prefix: Path, port: int, backends: list[int]) -> str:
         }}
     }}
 """,
+        workers,
     )
 
 
-def haproxy_conf(port: int, backends: list[int]) -> str:
+def haproxy_conf(port: int, backends: list[int], threads: int = 1) -> str:
     servers = "\n".join(f"    server s{i} 127.0.0.1:{p}" for i, p in enumerate(backends))
     return f"""global
-    nbthread 1
+    nbthread {threads}
     maxconn 4096
 defaults
     mode http
@@ -199,6 +213,7 @@ def gobalancer_conf(
     metrics_address: str = "",
     access_log: str = "",
     redis_url: str = "",
+    workers: int = 1,
 ) -> str:
     """``metrics_address``: where /metrics is served (none by default); ``access_log``: a file to log to;
     ``redis_url``: coordinated through that Redis (the store seeded by :func:`_seed_store`)."""
@@ -207,7 +222,7 @@ def gobalancer_conf(
     lines += ["logging:"]
     if access_log:
         lines += ["  access_log: true", f"  access_log_file: {access_log}"]
-    lines += ["  level: warning", "proxy:", "  workers: 1"]
+    lines += ["  level: warning", "proxy:", f"  workers: {workers}"]
     listen = metrics_address or '""'
     lines += ["metrics:", f"  enabled: {'true' if metrics else 'false'}", f"  proxy_listen_address: {listen}"]
     if redis_url:
@@ -325,7 +340,8 @@ def run(args: argparse.Namespace) -> int:
     per_round: dict[str, list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="gobalancer-bench-") as tmp, contextlib.ExitStack() as stack:
         base = Path(tmp)
-        backend_ports, backend_pids = start_nginx_backends(stack, base, args.backends)
+        backend_ports, backend_pids = start_nginx_backends(stack, base, args.backends, args.body_size)
+        workers = args.workers
 
         # Each target: (name, command, its config file, the file's text for a listening port, popen options).
         targets: list[tuple[str, list[str], Path, Callable[[int], str], dict[str, object]]] = []
@@ -333,7 +349,15 @@ def run(args: argparse.Namespace) -> int:
         gb_file = base / "gobalancer.yaml"
         metrics = args.metrics == "on"
         static = _proxy_cmd(gb_file)
-        targets.append(("gobalancer", static, gb_file, lambda p: gobalancer_conf(p, backend_ports, metrics), gb_kwargs))
+        targets.append(
+            (
+                "gobalancer",
+                static,
+                gb_file,
+                lambda p: gobalancer_conf(p, backend_ports, metrics, workers=workers),
+                gb_kwargs,
+            )
+        )
         # The same proxy coordinated through Redis: the store's view, least_connections on global in-flight
         # counts, the replica's batched counter pushes (issue 4: within 5 % of the static round robin).
         if not only or "gobalancer-redis-lc" in only:
@@ -342,12 +366,12 @@ def run(args: argparse.Namespace) -> int:
             lc_file = base / "gobalancer-redis.yaml"
 
             def lc_text(p: int) -> str:
-                return gobalancer_conf(p, backend_ports, metrics, redis_url=redis.url)
+                return gobalancer_conf(p, backend_ports, metrics, redis_url=redis.url, workers=workers)
 
             targets.append(("gobalancer-redis-lc", _proxy_cmd(lc_file), lc_file, lc_text, gb_kwargs))
         ha_file = base / "haproxy.cfg"
         targets.append(
-            ("haproxy", [HAPROXY, "-f", str(ha_file)], ha_file, lambda p: haproxy_conf(p, backend_ports), {})
+            ("haproxy", [HAPROXY, "-f", str(ha_file)], ha_file, lambda p: haproxy_conf(p, backend_ports, workers), {})
         )
         prefix = base / "nginx-lb"
         (prefix / "tmp").mkdir(parents=True)
@@ -357,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
                 "nginx",
                 [NGINX, "-p", str(prefix), "-c", str(lb_file)],
                 lb_file,
-                lambda p: nginx_lb_conf(prefix, p, backend_ports),
+                lambda p: nginx_lb_conf(prefix, p, backend_ports, workers),
                 {},
             )
         )
@@ -395,6 +419,7 @@ def run(args: argparse.Namespace) -> int:
                 f"  {res.target:<20} {res.ratio_rps_to_haproxy:5.2f}x  {res.ratio_cpu_to_haproxy:5.2f}x  "
                 f"{res.ratio_p99_to_haproxy:5.2f}x"
             )
+    targets_met = _issue16_targets(results, args.body_size)
     coordination: dict[str, object] = {}
     if "gobalancer" in per_round and "gobalancer-redis-lc" in per_round:
         # Issue 4: Redis-coordinated least_connections vs the static round robin, round by round.
@@ -421,7 +446,8 @@ def run(args: argparse.Namespace) -> int:
         "connections": args.connections,
         "wrk_threads": args.threads,
         "backends": args.backends,
-        "body_bytes": len(BODY),
+        "body_bytes": args.body_size,
+        "workers": args.workers,
         "cpus": os.cpu_count(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -430,8 +456,14 @@ def run(args: argparse.Namespace) -> int:
         "results": [asdict(r) for r in results],
         "rounds": {name: [asdict(r) for r in rounds] for name, rounds in per_round.items()},
         "coordination": coordination,
+        "targets": targets_met,
     }
-    (out_dir / "proxy.json").write_text(json.dumps(report, indent=2))
+    name = (
+        "proxy.json"
+        if (args.workers, args.body_size) == (1, len(BODY))
+        else f"proxy-w{args.workers}-b{args.body_size}.json"
+    )
+    (out_dir / name).write_text(json.dumps(report, indent=2))
     png = bar_chart(
         "PROXY BENCHMARK (WRK, 127.0.0.1)",
         [r.target for r in results],
@@ -443,8 +475,29 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     (out_dir / "proxy.png").write_bytes(png)
-    print(f"\nwrote {out_dir / 'proxy.json'} and {out_dir / 'proxy.png'}")
+    print(f"\nwrote {out_dir / name} and {out_dir / 'proxy.png'}")
     return 0
+
+
+def _issue16_targets(results: list[Result], body_size: int) -> dict[str, object]:
+    """Issue 16's targets for gobalancer against HAProxy in this run: small responses throughput >=
+    0.85x, CPU per request <= 1.2x, p99 <= 1.3x; large responses (64 KiB, 1 MiB) throughput >= 0.9x."""
+    gb = next((r for r in results if r.target == "gobalancer"), None)
+    if gb is None or not gb.ratio_rps_to_haproxy:
+        return {}
+    if body_size <= 4096:
+        checks = {
+            "throughput >= 0.85x": gb.ratio_rps_to_haproxy >= 0.85,
+            "cpu per request <= 1.2x": gb.ratio_cpu_to_haproxy <= 1.2,
+            "p99 <= 1.3x": gb.ratio_p99_to_haproxy <= 1.3,
+        }
+    else:
+        checks = {"throughput >= 0.9x": gb.ratio_rps_to_haproxy >= 0.9}
+    print(
+        "\nissue 16 targets (gobalancer vs haproxy): "
+        + ", ".join(f"{k}: {'met' if v else 'NOT met'}" for k, v in checks.items())
+    )
+    return {k: bool(v) for k, v in checks.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -461,6 +514,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads (default 1)")
     parser.add_argument("--backends", type=int, default=2, help="nginx backends (default 2)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gobalancer proxy.workers, HAProxy nbthread and nginx worker_processes (default 1)",
+    )
+    parser.add_argument(
+        "--body-size",
+        type=int,
+        default=len(BODY),
+        help=f"response body bytes (default {len(BODY)}; e.g. 65536, 1048576)",
+    )
     parser.add_argument(
         "--metrics", choices=("on", "off"), default="on", help="gobalancer's metrics.enabled (default on)"
     )

@@ -2,11 +2,14 @@
 
 Talks HTTP to the admin service only (never to Redis, never importing ``services``). The URL and the
 token come from ``--url``/``--token`` or ``$GOBALANCER_ADMIN_URL``/``$GOBALANCER_ADMIN_TOKEN``.
+Every failure (a malformed URL, a refused connection, a problem from the API, an unusable token) is
+one line on stderr and exit status 1: :class:`ApiError` is the only error a command lets out.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import sys
@@ -17,14 +20,39 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 from urllib.parse import quote
 
-from shared.config import ALGORITHMS
+from shared.config import ALGORITHMS, CLI_TOKEN_ENV, CLI_URL_ENV
 
 DEFAULT_URL = "http://127.0.0.1:8081"
 TIMEOUT = 10.0
 
 
 class ApiError(Exception):
-    """One line for the user: the problem's detail (or what went wrong reaching the API)."""
+    """One line for the user: the problem's detail (or what went wrong reaching the API).
+
+    ``status`` and ``field`` are the HTTP status and the problem's ``field`` when the API answered."""
+
+    def __init__(self, message: str, *, status: int = 0, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.field = status, field
+
+
+def check_url(url: str) -> str:
+    """``url`` without a trailing slash when it is an http(s) URL with a host (and a valid port)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError as exc:
+        raise ApiError(f"invalid admin URL {url!r}: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ApiError(f"invalid admin URL {url!r}: expected http://HOST:PORT or https://HOST:PORT")
+    return url.rstrip("/")
+
+
+def check_token(token: str) -> str:
+    """A token an HTTP header can carry (visible ASCII); never echoed back in the error."""
+    if token and not all("!" <= c <= "~" for c in token):
+        raise ApiError("the token holds spaces, control or non-ASCII characters: an HTTP header cannot carry it")
+    return token
 
 
 class AdminClient:
@@ -34,7 +62,8 @@ class AdminClient:
     """
 
     def __init__(self, url: str, token: str = "", *, timeout: float = TIMEOUT) -> None:
-        self.url = url.rstrip("/")
+        self.url = check_url(url)
+        token = check_token(token)
         self.timeout = timeout
         self.headers = {"Accept": "application/json, application/problem+json", "User-Agent": "gobalancer-cli"}
         if token:
@@ -53,30 +82,39 @@ class AdminClient:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(target, data=data, headers=headers, method=method)
         try:
+            request = urllib.request.Request(target, data=data, headers=headers, method=method)
             with self._opener.open(request, timeout=self.timeout) as response:
                 status, content = response.status, response.read()
         except urllib.error.HTTPError as exc:
             with exc:
-                raise ApiError(_problem_line(exc.code, exc.read(), exc.reason)) from None
-        except (OSError, ValueError) as exc:
+                raise _problem_error(exc.code, exc.read(), exc.reason) from None
+        except (OSError, ValueError, http.client.HTTPException) as exc:
             reason = getattr(exc, "reason", None) or exc
-            raise ApiError(f"cannot reach the admin API at {self.url}: {reason}") from None
+            raise ApiError(_one_line(f"cannot reach the admin API at {self.url}: {reason}")) from None
         if status == 204 or not content:
             return None
-        return json.loads(content)
+        try:
+            return json.loads(content)
+        except ValueError:
+            raise ApiError(f"the admin API at {self.url} answered HTTP {status} with no JSON") from None
 
 
-def _problem_line(status: int, content: bytes, reason: str) -> str:
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _problem_error(status: int, content: bytes, reason: str) -> ApiError:
     try:
         data = json.loads(content)
     except ValueError:
         data = None
     if isinstance(data, dict) and data.get("detail"):
-        return f"{data['detail']} (HTTP {status})"
+        field = data.get("field")
+        detail = _one_line(str(data["detail"]))
+        return ApiError(f"{detail} (HTTP {status})", status=status, field=field if isinstance(field, str) else None)
     text = content.decode(errors="replace").strip().splitlines()
-    return f"HTTP {status}: {text[0] if text else reason}"
+    return ApiError(_one_line(f"HTTP {status}: {text[0] if text else reason}"), status=status)
 
 
 def backend_path(address: str, action: str = "") -> str:
@@ -112,12 +150,30 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-BACKEND_COLUMNS = ("ADDRESS", "WEIGHT", "STATE", "HEALTH", "ALIVE", "CONNS", "ORIGIN", "EJECTED")
+BACKEND_COLUMNS = ("ADDRESS", "WEIGHT", "STATE", "HEALTH", "ALIVE", "CONNS", "ORIGIN", "EJECTED", "OVERRIDE")
+
+
+def _override(b: dict[str, Any]) -> str | None:
+    """``weight=3 (source 1)``: the operator's values on a discovery-owned backend, and the source's."""
+    override = b.get("override") or {}
+    discovered = b.get("discovered") or {}
+    parts = [f"{k}={v}" + (f" (source {discovered[k]})" if k in discovered else "") for k, v in override.items()]
+    return ", ".join(parts) or None
 
 
 def backend_rows(items: Sequence[dict[str, Any]]) -> list[list[object]]:
     return [
-        [b["address"], b["weight"], b["state"], b["health"], b["alive"], b["conn_count"], b["origin"], b["ejected"]]
+        [
+            b["address"],
+            b["weight"],
+            b["state"],
+            b["health"],
+            b["alive"],
+            b["conn_count"],
+            b["origin"],
+            b["ejected"],
+            _override(b),
+        ]
         for b in items
     ]
 
@@ -183,8 +239,21 @@ def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> Non
     elif action in ("drain", "enable", "disable"):
         data = client.call("POST", backend_path(args.address, action))
         printer = _print_state_change
+    elif action == "clear-override":
+        data = client.call("DELETE", backend_path(args.address, "override"))
+        printer = _print_backend
     elif action == "remove":
-        client.call("DELETE", backend_path(args.address), params={"force": "true"} if args.force else None)
+        try:
+            client.call("DELETE", backend_path(args.address), params={"force": "true"} if args.force else None)
+        except ApiError as exc:
+            if exc.status == 409 and exc.field == "force":  # the API's hint names its query parameter
+                raise ApiError(
+                    f"backend {args.address} was found by discovery and may come back at its next reconcile; "
+                    "add --force to remove it anyway (HTTP 409)",
+                    status=409,
+                    field="force",
+                ) from None
+            raise
         print(f"removed {args.address}", file=out)
         return
     else:  # pragma: no cover - argparse allows only the actions above
@@ -218,13 +287,13 @@ def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--url",
-        default=os.environ.get("GOBALANCER_ADMIN_URL") or DEFAULT_URL,
-        help=f"admin API URL (default: $GOBALANCER_ADMIN_URL or {DEFAULT_URL})",
+        default=os.environ.get(CLI_URL_ENV) or DEFAULT_URL,
+        help=f"admin API URL (default: ${CLI_URL_ENV} or {DEFAULT_URL})",
     )
     common.add_argument(
         "--token",
-        default=os.environ.get("GOBALANCER_ADMIN_TOKEN", ""),
-        help="bearer token (default: $GOBALANCER_ADMIN_TOKEN)",
+        default=os.environ.get(CLI_TOKEN_ENV, ""),
+        help=f"bearer token (default: ${CLI_TOKEN_ENV}, the admin.token setting's variable)",
     )
     common.add_argument("--json", action="store_true", help="print the API's JSON instead of a table")
     return common
@@ -243,9 +312,15 @@ def register(sub: Any) -> None:
     remove = actions.add_parser("remove", parents=[common], help="remove a backend")
     remove.add_argument("address")
     remove.add_argument("--force", action="store_true", help="also remove a backend found by discovery")
-    weight = actions.add_parser("weight", parents=[common], help="set a backend's weight")
+    weight = actions.add_parser(
+        "weight", parents=[common], help="set a backend's weight (on a discovered one: an operator override)"
+    )
     weight.add_argument("address")
     weight.add_argument("weight", type=_weight)
+    clear = actions.add_parser(
+        "clear-override", parents=[common], help="drop the operator override: the discovery source's values again"
+    )
+    clear.add_argument("address")
     for name, text in (
         ("drain", "stop new traffic; in-flight requests finish"),
         ("enable", "take new traffic again"),

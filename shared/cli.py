@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NoReturn
 
 import yaml
 
@@ -23,6 +24,32 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_settings_reference(args: argparse.Namespace) -> int:
+    from shared.settings_reference import render
+
+    text = render()
+    if args.output is None:
+        print(text, end="")
+        return 0
+    try:
+        with open(args.output, encoding="utf-8") as f:
+            current: str | None = f.read()
+    except OSError:
+        current = None
+    if args.check:
+        if current != text:
+            print(
+                f"{args.output} is not up to date: run gobalancer settings-reference --output {args.output}",
+                file=sys.stderr,
+            )
+            return 1
+        return 0
+    if current != text:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    return 0
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from shared.launcher import run_up
 
@@ -37,8 +64,15 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return run_up(config, args.config, args.proxies, exit_with_parent=args.exit_with_parent)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gobalancer", description="GoBalancer: an HTTP/TCP load balancer")
+    parser = _Parser(prog="gobalancer", description="GoBalancer: an HTTP/TCP load balancer")
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole suite locally")
@@ -58,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file")
     check.set_defaults(func=_cmd_check_config)
 
+    reference = sub.add_parser(
+        "settings-reference", help="print (or write) the settings reference generated from the config schema"
+    )
+    reference.add_argument("--output", metavar="FILE", help="write it to FILE (docs/settings.md) instead of stdout")
+    reference.add_argument("--check", action="store_true", help="with --output: exit 1 if FILE is not up to date")
+    reference.set_defaults(func=_cmd_settings_reference)
+
     from shared import admin_cli
 
     admin_cli.register(sub)
@@ -66,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

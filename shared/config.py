@@ -9,6 +9,7 @@ Errors are raised as :class:`ConfigError`, whose message is one line: ``SOURCE: 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -22,8 +23,38 @@ import yaml
 from shared.addresses import normalize_address, parse_address
 
 ENV_PREFIX = "GOBALANCER_"
-# Environment variables with the prefix that are not settings.
-RESERVED_ENV = frozenset({"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE"})
+# The `gobalancer backends|algorithm` CLI's variables. The URL is the CLI's alone (reserved below: the
+# settings loader ignores it, and no setting may take its name). The token is the setting
+# ``admin.token`` itself: the CLI sends as bearer token the secret the admin service checks.
+CLI_URL_ENV = "GOBALANCER_ADMIN_URL"
+CLI_TOKEN_ENV = "GOBALANCER_ADMIN_TOKEN"
+# Variables of the tooling around the suite (the Compose file, scripts/docker-*, the tests' Redis image): a
+# shell that exports them for those must still be able to run every service.
+TOOLING_ENV = frozenset(
+    {
+        "GOBALANCER_ADMIN_PORT",
+        "GOBALANCER_APP_BASE_IMAGE",
+        "GOBALANCER_BASE_IMAGE",
+        "GOBALANCER_CLIENTS_SUBNET",
+        "GOBALANCER_E2E_COMPOSE_OVERRIDE",
+        "GOBALANCER_E2E_PROXY_PROTOCOL",
+        "GOBALANCER_E2E_SCALE_RUNS",
+        "GOBALANCER_DOCKER_STATE",
+        "GOBALANCER_HTTP_BIND",
+        "GOBALANCER_HTTP_PORT",
+        "GOBALANCER_INFRA_BASE_IMAGE",
+        "GOBALANCER_SKIP_BUILD",
+        "GOBALANCER_TEST_APP_IMAGE",
+        "GOBALANCER_TEST_DOCKER_IMAGE",
+        "GOBALANCER_TEST_REDIS_IMAGE",
+    }
+)
+# Environment variables with the prefix that are not settings: the loader ignores them, and no setting may
+# take one of their names (tests/unit/shared/test_cli_environment.py checks both, and that every GOBALANCER_
+# name in compose/, k8s/, scripts/, .ci/ and the Makefile, and every one the code reads, is a setting or reserved).
+RESERVED_ENV = frozenset(
+    {"GOBALANCER_CONFIG", "GOBALANCER_REPLICA_ID", "GOBALANCER_SERVICE", CLI_URL_ENV, *TOOLING_ENV}
+)
 
 Algorithm = Literal[
     "round_robin",
@@ -279,7 +310,29 @@ class ProxyConfig(_Struct):
     retry_budget: Fraction = 0.2  # retries allowed as a share of requests
     high_water_bytes: PositiveInt = 256 * 1024
     proxy_protocol: Literal["", "v1", "v2"] = ""  # tcp mode: header sent to the backend
+    # Request header names with "_" are dropped (CGI/WSGI/PHP backends read X_Forwarded_For as
+    # X-Forwarded-For; nginx drops them by default too). True: forward them.
+    keep_underscore_headers: bool = False
     tls: TLSConfig = msgspec.field(default_factory=TLSConfig)
+    # Client addresses behind a balancer. Peers in these networks (CIDRs or addresses) must start every
+    # connection with a PROXY protocol header (v1 or v2), whose source address becomes the client's;
+    # empty: no PROXY header is accepted from anyone.
+    proxy_protocol_from: list[str] = msgspec.field(default_factory=list)
+    # Peers whose X-Forwarded-For is believed (uvicorn's forwarded_allow_ips); empty: nobody's.
+    trusted_proxies: list[str] = msgspec.field(default_factory=list)
+    # On SIGTERM: report not-ready (GET /ready -> 503) at once and keep serving this long, so the balancers
+    # in front stop sending new connections, then stop accepting and drain (timeout.drain_sec).
+    shutdown_delay_sec: Seconds = Seconds(0.0)
+
+    def __post_init__(self) -> None:
+        for name in ("proxy_protocol_from", "trusted_proxies"):
+            for i, cidr in enumerate(getattr(self, name)):
+                try:
+                    ipaddress.ip_network(cidr.strip(), strict=False)
+                except ValueError:
+                    raise ValueError(
+                        f"{name}[{i}]: {cidr!r} is not a network (a CIDR such as 10.0.0.0/8) or an address"
+                    ) from None
 
 
 class OutlierConfig(_Struct):
@@ -348,7 +401,9 @@ class TracingConfig(_Struct):
     # W3C traceparent to backends: an incoming valid one continues (the proxy's span becomes the parent),
     # an absent or invalid one is replaced by a new trace.
     propagate: bool = True
-    # OTLP/HTTP traces endpoint (e.g. http://127.0.0.1:4318/v1/traces); "" = no export (needs the otel extra).
+    # OTLP/HTTP collector (needs the otel extra): a base URL (http://127.0.0.1:4318 -> /v1/traces appended) or
+    # the full traces URL (.../v1/traces, used as is). "" = OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else
+    # OTEL_EXPORTER_OTLP_ENDPOINT (a base URL), else no export.
     otlp_endpoint: str = ""
     service_name: str = "gobalancer-proxy"
     sample_ratio: Fraction = 1.0  # share of new traces marked sampled (incoming sampled flags are kept)

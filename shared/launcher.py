@@ -27,6 +27,22 @@ from shared.redis_server import RedisServer, free_port, wait_for_port
 SERVICES = ("admin", "discovery", "health")
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def proxy_banner(config: Config, proxies: int) -> str:
+    """The start-up line about the proxies: where, how many replicas, how many worker processes each."""
+    listen = config.listen_address
+    shown = f"127.0.0.1{listen}" if listen.startswith(":") else listen
+    scheme = "https" if config.proxy.tls.enabled else "http"
+    workers = config.proxy.workers
+    processes = (
+        f"{_count(proxies, 'replica')} x {_count(workers, 'worker')}" if workers > 1 else _count(proxies, "replica")
+    )
+    return f"proxy      {scheme}://{shown} ({processes}, {config.mode} mode)"
+
+
 @dataclass
 class Child:
     name: str
@@ -100,10 +116,7 @@ class Launcher:
                 offset = i * self.config.proxy.workers
                 proxy_env = {**env, "GOBALANCER_METRICS_PROXY_LISTEN_ADDRESS": with_port_offset(metrics, offset)}
             self._spawn(f"proxy-{i + 1}", [sys.executable, "-m", "services.proxy", *config_args], proxy_env)
-        listen = self.config.listen_address
-        shown = f"127.0.0.1{listen}" if listen.startswith(":") else listen
-        scheme = "https" if self.config.proxy.tls.enabled else "http"
-        self._say(f"proxy      {scheme}://{shown} ({self.proxies} replica(s), {self.config.mode} mode)")
+        self._say(proxy_banner(self.config, self.proxies))
         self._say(f"admin      http://{self.config.admin.listen_address}")
         self._say("Ctrl-C stops everything.")
 

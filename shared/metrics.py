@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -15,15 +15,26 @@ log = get_logger("metrics")
 _MAX_REQUEST = 8192
 
 
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, registry: CollectorRegistry) -> None:
+async def _handle(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    registry: CollectorRegistry,
+    ready: Callable[[], bool] | None,
+) -> None:
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
         request_line = head.split(b"\r\n", 1)[0].split(b" ")
         method, target = [*request_line, b"", b""][:2]
+        path = target.split(b"?", 1)[0]
         if method not in (b"GET", b"HEAD"):
             status, body, ctype = b"405 Method Not Allowed", b"method not allowed\n", b"text/plain"
-        elif target.split(b"?", 1)[0] in (b"/metrics", b"/"):
+        elif path in (b"/metrics", b"/"):
             status, body, ctype = b"200 OK", generate_latest(registry), CONTENT_TYPE_LATEST.encode()
+        elif path == b"/ready" and ready is not None:
+            if ready():
+                status, body, ctype = b"200 OK", b"ready\n", b"text/plain"
+            else:
+                status, body, ctype = b"503 Service Unavailable", b"not ready: stopping\n", b"text/plain"
         else:
             status, body, ctype = b"404 Not Found", b"not found: try /metrics\n", b"text/plain"
         writer.write(
@@ -40,8 +51,11 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, re
 
 
 @contextlib.asynccontextmanager
-async def metrics_server(address: str, registry: CollectorRegistry) -> AsyncIterator[str]:
+async def metrics_server(
+    address: str, registry: CollectorRegistry, *, ready: Callable[[], bool] | None = None
+) -> AsyncIterator[str]:
     """Serve ``GET /metrics`` on ``address`` for the duration of the context; yields the bound address.
+    With ``ready``, also ``GET /ready``: 200 while ``ready()`` is true, else 503 (a readiness probe).
 
     An empty address serves nothing. A port already in use is logged, not fatal: the service itself
     matters more than its metrics (yields "").
@@ -52,7 +66,7 @@ async def metrics_server(address: str, registry: CollectorRegistry) -> AsyncIter
     hp = parse_address(address, allow_empty_host=True)
     try:
         server = await asyncio.start_server(
-            lambda r, w: _handle(r, w, registry), hp.host or None, hp.port, limit=_MAX_REQUEST
+            lambda r, w: _handle(r, w, registry, ready), hp.host or None, hp.port, limit=_MAX_REQUEST
         )
     except OSError as exc:
         log.warning("cannot serve metrics", address=address, error=str(exc))

@@ -27,6 +27,7 @@ __all__ = [
     "Algorithm",
     "AlgorithmSetting",
     "Backend",
+    "BackendOverride",
     "BackendView",
     "Ejection",
     "Event",
@@ -44,8 +45,21 @@ def now() -> float:
     return time.time()
 
 
+class BackendOverride(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Values of the fields an operator may change on a backend a discovery source owns (None: not set)."""
+
+    weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] | None = None
+    state: AdminState | None = None
+
+
 class Backend(msgspec.Struct, kw_only=True, omit_defaults=False):
-    """A backend's configuration as stored: what an operator or a discovery source decided."""
+    """A backend's configuration as stored: what an operator or a discovery source decided.
+
+    On a backend of a discovery origin, ``override`` holds the fields an operator changed (their values
+    are also the record's own, the values in force) and ``discovered`` what the source says for those
+    fields; the source keeps the operator's values until the override is cleared
+    (``Store.clear_override``), which puts the source's back. See ``shared/store/keys.py``.
+    """
 
     address: str
     weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 1
@@ -53,6 +67,14 @@ class Backend(msgspec.Struct, kw_only=True, omit_defaults=False):
     state: AdminState = "enabled"
     created_at: float = 0.0
     updated_at: float = 0.0
+    override: BackendOverride | None = None
+    discovered: BackendOverride | None = None
+
+    def source_value(self, field: str) -> object:
+        """What the discovery source last wrote for ``field`` (the value in force unless overridden)."""
+        if self.override is not None and self.discovered is not None and getattr(self.override, field) is not None:
+            return getattr(self.discovered, field)
+        return getattr(self, field)
 
 
 class Health(msgspec.Struct, kw_only=True):

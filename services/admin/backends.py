@@ -175,6 +175,7 @@ class BackendsController(Controller):
     @put(
         "/{address:str}",
         summary="Set a backend's weight (the original API's update)",
+        description="On a backend found by discovery the weight is kept as an operator override (see `override`).",
         responses=problem_responses(400, 401, 403, 404, 415, 503),
     )
     async def replace_backend(
@@ -211,6 +212,20 @@ class BackendsController(Controller):
         updated = (await store.update_backend(path_address(address), changes)).backend
         log.info("backend updated", address=updated.address, **changes)
         return await present_written(snapshot, store, updated)
+
+    @delete(
+        "/{address:str}/override",
+        status_code=HTTP_200_OK,
+        summary="Clear the operator override",
+        description="The discovery source's values for the overridden fields are in force again.",
+        responses=problem_responses(400, 401, 403, 404, 415, 503),
+    )
+    async def clear_override(
+        self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], address: AddressParam
+    ) -> BackendOut:
+        result = await store.clear_override(path_address(address))
+        log.info("backend override cleared", address=result.backend.address, changed=result.outcome != "unchanged")
+        return await present_written(snapshot, store, result.backend)
 
     @delete(
         "/{address:str}",

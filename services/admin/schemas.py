@@ -11,7 +11,7 @@ import msgspec
 
 from shared.addresses import normalize_address
 from shared.config import Algorithm
-from shared.models import AdminState, AlgorithmSetting, BackendView, HealthStatus, Origin
+from shared.models import AdminState, AlgorithmSetting, BackendOverride, BackendView, HealthStatus, Origin
 
 Weight = Annotated[int, msgspec.Meta(ge=1, le=10000, description="relative share of traffic, 1-10000")]
 Address = Annotated[
@@ -112,6 +112,10 @@ class BackendOut(msgspec.Struct, kw_only=True):
     ejected_until: float | None
     created_at: float
     updated_at: float
+    # An operator's values for fields a discovery source owns (kept until DELETE /backends/{address}/override),
+    # and what the source says for them; null when nothing is overridden.
+    override: BackendOverride | None = None
+    discovered: BackendOverride | None = None
 
     @classmethod
     def of_views(
@@ -139,6 +143,8 @@ class BackendOut(msgspec.Struct, kw_only=True):
             ejected_until=view.ejection.until if ejected and view.ejection is not None else None,
             created_at=b.created_at,
             updated_at=b.updated_at,
+            override=b.override,
+            discovered=b.discovered,
         )
 
 

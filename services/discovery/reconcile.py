@@ -38,6 +38,8 @@ def plan(
 
     ``fields`` are the fields the source manages on an existing backend: a source without a notion
     of draining passes ``("weight",)`` so an operator's drain or disable of its backend is kept.
+    A field under an operator override is compared with what the source last wrote (the store
+    keeps the operator's value in force), so an override costs no write on every reconcile.
     """
     out = Plan()
     for address in sorted(desired):
@@ -47,7 +49,7 @@ def plan(
             out.upserts.append(want)
         elif have.origin != origin:
             out.conflicts.append(address)
-        elif any(getattr(have, f) != getattr(want, f) for f in fields):
+        elif any(have.source_value(f) != getattr(want, f) for f in fields):
             out.upserts.append(want)
     for address in sorted(current):
         if current[address].origin == origin and address not in desired:

@@ -8,8 +8,8 @@ Each task sleeps until its next due time (``state.Schedule``), takes a slot of t
 else's timer.
 
 Writes: only when the decided status differs from what the store holds (``Target.written``, kept
-in step with the watched snapshot and health events), or when a passing probe of an ``up`` backend
-finds a passive ejection to clear. A failed write (Redis away) is retried after the next probe; a
+in step with the watched snapshot and health events). A passive (outlier) ejection is never cleared
+here: it ends at its own time, whatever the probes say. A failed write (Redis away) is retried after the next probe; a
 ``Fenced`` write means another replica leads now and stops the whole scheduler at once.
 """
 
@@ -44,7 +44,6 @@ class Target:
 
     __slots__ = (
         "address",
-        "ejected",
         "first_verdict_at",
         "last_start",
         "max_gap",
@@ -57,12 +56,11 @@ class Target:
         "written",
     )
 
-    def __init__(self, probe: ProbeTarget, state: ProbeState, written: HealthStatus, ejected: bool) -> None:
+    def __init__(self, probe: ProbeTarget, state: ProbeState, written: HealthStatus) -> None:
         self.address = probe.address
         self.probe = probe
         self.state = state
         self.written: HealthStatus = written  # the status the store holds, as far as we know
-        self.ejected = ejected  # the store holds a passive ejection for it
         self.reason = ""
         self.task: asyncio.Task[None] | None = None
         self.probes = 0
@@ -121,10 +119,9 @@ class Scheduler:
             for address, view in item.backends.items():
                 target = self.targets.get(address)
                 if target is None:
-                    self._add(address, view.health.status, view.ejection is not None)
+                    self._add(address, view.health.status)
                 else:
                     target.written = view.health.status
-                    target.ejected = view.ejection is not None
             for address in [a for a in self.targets if a not in item.backends]:
                 self._remove(address)
             if not self.synced.is_set():
@@ -137,22 +134,20 @@ class Scheduler:
         target = self.targets.get(address)
         if item.kind in ("backend_added", "backend_updated"):
             if target is None:
-                self._add(address, "unknown", False)
+                self._add(address, "unknown")
         elif item.kind == "backend_removed":
             self._remove(address)
         elif item.kind == "health" and target is not None and item.health is not None:
             target.written = item.health.status
-        elif item.kind == "ejection" and target is not None:
-            target.ejected = item.ejection is not None
 
-    def _add(self, address: str, status: HealthStatus, ejected: bool) -> None:
+    def _add(self, address: str, status: HealthStatus) -> None:
         try:
             probe = self.prober.target(address)
         except ValueError as exc:
             log.warning("cannot probe backend", backend=address, error=str(exc))
             return
         # A takeover resumes from the stored status (see state.py): no backend flips on a new leader.
-        target = Target(probe, ProbeState(self.config.rise, self.config.fall, status), status, ejected)
+        target = Target(probe, ProbeState(self.config.rise, self.config.fall, status), status)
         target.task = asyncio.create_task(self._probe_loop(target), name=f"probe {address}")
         self.targets[address] = target
         metrics.BACKENDS.set(len(self.targets))
@@ -205,8 +200,7 @@ class Scheduler:
         status = target.state.status
         if status == "unknown":
             return
-        clear = verdict.ok and status == "up" and target.ejected
-        if status != target.written or clear:
+        if status != target.written:
             await self._write(target, status)
 
     def _record(self, target: Target, verdict: Verdict, started: float, elapsed: float) -> None:
@@ -234,9 +228,7 @@ class Scheduler:
     async def _write(self, target: Target, status: HealthStatus) -> None:
         try:
             async with self._write_slots:
-                await self.store.set_health(
-                    target.address, status, target.reason, clear_ejection=True, fence=self.fence
-                )
+                await self.store.set_health(target.address, status, target.reason, fence=self.fence)
         except BackendNotFound:
             return  # removed meanwhile: the watch delivers the removal
         except Fenced:
@@ -252,5 +244,3 @@ class Scheduler:
             log.info("health writes succeed again")
             self._redis_down = False
         target.written = status
-        if status == "up":
-            target.ejected = False

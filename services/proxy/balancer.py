@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection
-from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
 from shared.addresses import parse_address
 from shared.config import Config
@@ -31,20 +31,6 @@ class Upstream:
         return cls(address, hp.host, hp.port)
 
 
-class Outcome(NamedTuple):
-    """How one attempt against an upstream ended (for passive health and latency-aware policies).
-
-    A NamedTuple: one is made per request on the hot path, and tuples are the cheapest immutable record.
-    """
-
-    ok: bool  # False: connect failure, reset, timeout, or (HTTP) a 5xx response
-    # Seconds. HTTP: the whole attempt (from its start, connect included, to the end of the response),
-    # only for a response that completed; TCP: the time to connect. None otherwise.
-    latency: float | None = None
-    status: int | None = None  # HTTP status when a response arrived
-    connect_failed: bool = False
-
-
 class Balancer(Protocol):
     hash_key: str  # where the affinity key comes from: "client_ip", "header:NAME" or "cookie:NAME"
 
@@ -56,37 +42,47 @@ class Balancer(Protocol):
         at once, until :meth:`finished` (one call per request, not a pick and then a start)."""
         ...
 
-    def finished(self, upstream: Upstream, outcome: Outcome) -> None:
-        """The request/connection an upstream was picked for is over."""
+    def finished(self, upstream: Upstream, ok: bool = True, latency: float | None = None) -> None:
+        """The request/connection an upstream was picked for is over.
+
+        ``ok`` False: a connect failure, reset, timeout, or (HTTP) a 5xx response (passive health).
+        ``latency``: seconds — HTTP: the whole attempt (connect included) of a response that completed;
+        TCP: the time to connect; None otherwise (for latency-aware policies). Plain arguments, not a
+        record: this runs once per request."""
         ...
 
 
-@dataclass
 class StaticRoundRobin:
     """Round robin over the configured backends, all considered usable. The simplest Balancer."""
 
-    upstreams: list[Upstream]
-    hash_key: str = "client_ip"
-    inflight: dict[str, int] = field(default_factory=dict)
-    _counter: itertools.count[int] = field(default_factory=itertools.count)
+    def __init__(self, upstreams: list[Upstream], hash_key: str = "client_ip") -> None:
+        self.upstreams = upstreams
+        self.hash_key = hash_key
+        self.inflight: dict[str, int] = dict.fromkeys((u.address for u in upstreams), 0)
+        self._next = itertools.cycle(upstreams).__next__
 
     @classmethod
     def from_config(cls, config: Config) -> StaticRoundRobin:
         return cls([Upstream.from_address(b.address) for b in config.backends], config.balancing.hash_key)
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
-        n = len(self.upstreams)
-        for _ in range(n):
-            upstream = self.upstreams[next(self._counter) % n]
-            address = upstream.address
-            if address not in exclude:
-                self.inflight[address] = self.inflight.get(address, 0) + 1
-                return upstream
-        return None
+        try:
+            upstream = self._next()
+        except StopIteration:  # no backends (a try costs nothing until it raises)
+            return None
+        if exclude:
+            for _ in range(len(self.upstreams)):
+                if upstream.address not in exclude:
+                    break
+                upstream = self._next()
+            else:
+                return None
+        self.inflight[upstream.address] += 1
+        return upstream
 
     def started(self, upstream: Upstream) -> None:
         """One more request to ``upstream`` without a pick (tests and tools)."""
         self.inflight[upstream.address] = self.inflight.get(upstream.address, 0) + 1
 
-    def finished(self, upstream: Upstream, outcome: Outcome) -> None:
+    def finished(self, upstream: Upstream, ok: bool = True, latency: float | None = None) -> None:
         self.inflight[upstream.address] -= 1

@@ -1,20 +1,36 @@
-"""What every connection of one proxy process shares: settings, balancer, pool, counters."""
+"""What every connection of one proxy process shares: settings, balancer, pool, counters, the clock sweep.
+
+The protocols import this module; it imports none of them: connections are only seen through the
+small :class:`Swept` interface (a deadline and what to do when it passes).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from services.proxy.balancer import Balancer
-from services.proxy.http.pool import Pool
+from services.proxy.http.headers import FAST_HEAD_NEW_TRACE
+from services.proxy.http.parser import fast_request_matcher
+from services.proxy.http.pool import Pool, Pooled
 from services.proxy.observability.access_log import AccessLog
 from services.proxy.observability.tracing import SpanExporter, make_exporter
-from services.proxy.stats import RetryBudget, Stats
+from services.proxy.stats import BackendStats, RetryBudget, Stats
 from shared.config import Config
 
-if TYPE_CHECKING:
-    from services.proxy.http.client_protocol import ClientConnection
-    from services.proxy.tcp import TcpClient
+NEVER = float("inf")
+
+
+class Swept(Protocol):
+    """A client connection as the context sees it."""
+
+    deadline: float  # loop time when ``on_deadline`` is due (NEVER: nothing due)
+
+    def on_deadline(self, now: float) -> None: ...
+
+    def drain(self, grace: float) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class Context:
@@ -25,12 +41,14 @@ class Context:
         self.loop = loop
         self.stats = Stats()
         self.budget = RetryBudget(p.retry_budget)
-        self.pool = Pool(p.pool_size, float(t.backend_idle_sec), loop)
+        self.pool: Pool[Pooled] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
         self.max_head = p.max_header_bytes
         self.max_target = p.max_target_bytes
         self.max_body = p.max_body_bytes
         self.retries = p.retries
         self.high_water = p.high_water_bytes
+        self.keep_underscores = p.keep_underscore_headers
+        self.fast_request = fast_request_matcher(self.max_target)
         self.client_idle = float(t.client_idle_sec)
         self.header_read = float(t.header_read_sec)
         self.connect_timeout = float(t.connect_timeout)
@@ -42,12 +60,24 @@ class Context:
         self.propagate_trace = config.tracing.propagate
         self.sample_ratio = config.tracing.sample_ratio
         self.exporter: SpanExporter | None = make_exporter(config.tracing) if config.tracing.propagate else None
-        self._stall_timer: asyncio.TimerHandle | None = None
+        # Requests whose work goes beyond the fast path's: an access log or span per request.
+        self.observe_each = self.access_log is not None or self.exporter is not None
+        # The fast path's own lines with a new sampled trace, when that is all tracing asks of a request
+        # (None: see Exchange._fast_head).
+        self.trace_new: bytes | None = (
+            FAST_HEAD_NEW_TRACE if self.propagate_trace and self.sample_ratio >= 1.0 and not self.observe_each else None
+        )
         self._key_spec = ""
         self._key_source: tuple[bytes | None, bytes | None] = (None, None)
         self.draining = False
-        self.connections: set[ClientConnection | TcpClient] = set()
+        self.connections: set[Swept] = set()
         self.all_closed = asyncio.Event()  # set when draining and the last connection is gone
+        # The clock of deadlines: loop time, refreshed by the sweep (no clock read per request).
+        shortest = min(self.client_idle, self.backend_idle, self.header_read, self.response_timeout)
+        self.tick = min(1.0, max(0.01, shortest / 4))
+        self.now = self.response_at = self.idle_at = 0.0
+        self._clock(loop.time())
+        self._sweeper: asyncio.TimerHandle | None = None
 
     def key_source(self) -> tuple[bytes | None, bytes | None]:
         """(header name, cookie name) the affinity key comes from; (None, None): the client IP.
@@ -65,34 +95,43 @@ class Context:
                 self._key_source = (None, None)
         return self._key_source
 
-    # -- stalled body transfers ----------------------------------------------------------------
+    # -- deadlines ------------------------------------------------------------------------------
 
-    def start_stall_checks(self) -> None:
-        """HTTP mode: look for body transfers that stopped moving, a few times per idle timeout.
+    def start_sweeps(self) -> None:
+        """Every timeout of every connection (idle, header read, response, stalled transfers) is a
+        deadline that one periodic sweep checks, a few times per the shortest timeout: no timer is
+        armed or moved per request, and the clock is read once per sweep, not per request."""
+        self._sweeper = self.loop.call_later(self.tick, self._sweep)
 
-        One periodic sweep over the connections instead of a timer per request: the progress of a
-        transfer is read from byte counters the data plane keeps anyway (no clock read per chunk).
-        """
-        self._stall_tick = min(1.0, max(0.01, min(self.client_idle, self.backend_idle) / 4))
-        self._stall_timer = self.loop.call_later(self._stall_tick, self._check_stalls)
+    def _clock(self, now: float) -> None:
+        # ``now`` is read once per sweep; until the next one the current time is at most now + tick, and
+        # that upper bound is what deadlines start from: a timeout never fires early, and at most two
+        # ticks late (a few per cent of the shortest timeout).
+        self.now = now = now + self.tick
+        self.response_at = now + self.response_timeout  # a response head is due by then
+        self.idle_at = now + self.client_idle  # an idle keep-alive connection closes then
 
-    def _check_stalls(self) -> None:
+    def _sweep(self) -> None:
         now = self.loop.time()
-        for conn in list(self.connections):
-            conn.check_stall(now)
-        self._stall_timer = self.loop.call_later(self._stall_tick, self._check_stalls)
+        self._clock(now)
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.on_deadline(now)
+        self._sweeper = self.loop.call_later(self.tick, self._sweep)
 
     def close(self) -> None:
-        """The server stopped: timers off, access log flushed, pool closed (the span exporter is shut down
-        by ``Server.stop``, off the loop)."""
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        """The server stopped: sweeps off, access log flushed, pool closed (the span exporter is shut
+        down by ``Server.stop``, off the loop)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self.access_log is not None:
             self.access_log.close()
         self.pool.close()
 
     # -- counters shared by the HTTP and TCP paths ----------------------------------------------
+
+    def backend_stats(self, address: str) -> BackendStats:
+        return self.stats.backend(address)
 
     def count_retry(self, address: str) -> None:
         """Another attempt after the one against ``address`` failed."""
@@ -100,12 +139,14 @@ class Context:
         if self.metrics_on:
             self.stats.backend(address).retries += 1
 
-    def count_connect_failure(self, address: str) -> None:
+    def count_connect_failure(self, address: str, duration: float) -> None:
         self.stats.connect_failures += 1
         if self.metrics_on:
-            self.stats.backend(address).connect_errors += 1
+            b = self.stats.backend(address)
+            b.connect_errors += 1
+            b.finished(None, duration, None)
 
-    def forget(self, conn: ClientConnection | TcpClient) -> None:
+    def forget(self, conn: Swept) -> None:
         self.connections.discard(conn)
         if self.draining and not self.connections:
             self.all_closed.set()

@@ -1,8 +1,9 @@
 """Entry point of the proxy service: ``python -m services.proxy --config FILE``.
 
 With ``proxy.workers`` = N > 1 this process starts N-1 more processes running the same config file
-and environment (plus ``GOBALANCER_PROXY_WORKERS=1``); each binds its own listener with SO_REUSEPORT
-and the kernel spreads connections over them. SIGTERM to this process drains and stops all of them.
+and environment (services/proxy/workers.py: restarted when one dies); each binds its own listener with
+SO_REUSEPORT and the kernel spreads connections over them. SIGTERM to this process is forwarded to them,
+and each runs the shutdown sequence of :func:`run`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
-import sys
 from collections.abc import AsyncIterator
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
@@ -19,11 +18,10 @@ from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
 from services.proxy.store_balancer import open_store_balancer
-from shared.addresses import with_port_offset
+from services.proxy.workers import Workers
 from shared.config import Config
 from shared.logs import get_logger
 from shared.metrics import metrics_server
-from shared.processes import die_with_parent
 from shared.service import open_store, run_service
 
 SERVICE = "proxy"
@@ -50,38 +48,32 @@ async def make_balancer(config: Config) -> AsyncIterator[Balancer]:
         await store.close()
 
 
-async def _spawn_workers(count: int, metrics_address: str) -> list[asyncio.subprocess.Process]:
-    # Same config file (run_service exported its path as GOBALANCER_CONFIG) and environment, one worker
-    # each; worker i serves its /metrics on the metrics port + i.
-    procs = []
-    for i in range(1, count + 1):
-        env = dict(os.environ, GOBALANCER_PROXY_WORKERS="1")
-        if metrics_address:
-            env["GOBALANCER_METRICS_PROXY_LISTEN_ADDRESS"] = with_port_offset(metrics_address, i)
-        procs.append(
-            await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "services.proxy", env=env, preexec_fn=die_with_parent
-            )
-        )
-    return procs
+class Readiness:
+    """What ``GET /ready`` on the metrics listener answers: 200 while serving, 503 once stopping."""
 
+    def __init__(self) -> None:
+        self.ready = False
 
-async def _stop_workers(procs: list[asyncio.subprocess.Process], timeout: float) -> None:
-    for p in procs:
-        if p.returncode is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            await asyncio.wait_for(p.wait(), timeout)
-        except TimeoutError:
-            p.kill()
-            await p.wait()
+    def __call__(self) -> bool:
+        return self.ready
 
 
 async def run(config: Config, stop: asyncio.Event) -> None:
-    workers: list[asyncio.subprocess.Process] = []
+    """Serve until ``stop``; then the shutdown sequence:
+
+    1. ``/ready`` answers 503 at once (the balancers in front and Kubernetes probe it), and the workers
+       get SIGTERM (each runs this same sequence);
+    2. keep serving for ``proxy.shutdown_delay_sec`` while the balancers notice: new connections are still
+       accepted, but each response closes its connection (clients reconnect, to another replica);
+    3. stop accepting, let in-flight requests finish (up to ``timeout.drain_sec``), close idle keep-alive
+       connections, exit.
+    """
+    workers: Workers | None = None
     if config.proxy.workers > 1:
-        workers = await _spawn_workers(config.proxy.workers - 1, config.metrics.proxy_listen_address)
+        workers = Workers(config.proxy.workers - 1, config.metrics.proxy_listen_address)
+        await workers.start()
+    delay = float(config.proxy.shutdown_delay_sec)
+    readiness = Readiness()
     try:
         async with make_balancer(config) as balancer:
             server = Server(config, balancer, reuse_port=True)
@@ -91,15 +83,23 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                 replica.totals_source = StatsTotals(server.context.stats)
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
             registry = proxy_registry(lambda: server.context.stats, balancer, info)
-            async with metrics_server(config.metrics.proxy_listen_address, registry) as bound:
+            async with metrics_server(config.metrics.proxy_listen_address, registry, ready=readiness) as bound:
                 if replica is not None:
                     replica.info.metrics = bound
+                readiness.ready = True
                 await stop.wait()
+                readiness.ready = False
+                if workers is not None:
+                    workers.begin_stop()
+                if delay > 0:
+                    log.info("not ready: still serving during the shutdown delay", shutdown_delay_sec=delay)
+                    server.begin_shutdown(delay)
+                    await asyncio.sleep(delay)
                 log.info("draining", drain_sec=float(config.timeout.drain_sec))
                 await server.stop()
     finally:
-        if workers:
-            await _stop_workers(workers, float(config.timeout.drain_sec) + 5.0)
+        if workers is not None:
+            await workers.stop(delay + float(config.timeout.drain_sec) + 5.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """Passive health (outlier detection): pure logic, no I/O.
 
-Consecutive failed attempts (connect failure, reset, timeout or a 5xx — ``Outcome.ok`` is False)
+Consecutive failed attempts (connect failure, reset, timeout or a 5xx — ``ok`` is False in ``Balancer.finished``)
 against one backend eject it for ``base_ejection_sec * n`` where n counts its recent ejections,
 capped at ``max_ejection_sec``. n starts again from 1 once the backend has stayed in service for
 ``max_ejection_sec`` after its last ejection ended. An ejection is refused when it would leave more

@@ -10,7 +10,8 @@ from collections.abc import Callable
 
 from services.proxy.balancer import Balancer
 from services.proxy.context import Context
-from services.proxy.http.client_protocol import ClientConnection
+from services.proxy.http.client import ClientConnection
+from services.proxy.proxy_protocol import TrustedNetworks
 from services.proxy.tcp import TcpClient
 from shared.addresses import parse_address
 from shared.config import Config
@@ -80,14 +81,23 @@ class Server:
         ssl_context = make_ssl_context(tls.cert_file, tls.key_file) if tls.enabled else None
         factory: Callable[[], asyncio.Protocol]
         if config.mode == "tcp":
-            factory = lambda: TcpClient(ctx)  # noqa: E731
+            proxy_from = TrustedNetworks(config.proxy.proxy_protocol_from)
+            factory = lambda: TcpClient(ctx, proxy_from)  # noqa: E731
         else:
             is_tls = ssl_context is not None
             factory = lambda: ClientConnection(ctx, tls=is_tls)  # noqa: E731
         self._server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096)
-        if config.mode != "tcp":
-            ctx.start_stall_checks()
+        ctx.start_sweeps()
         log.info("listening", address=config.listen_address, port=self.port, mode=config.mode, tls=bool(ssl_context))
+
+    def begin_shutdown(self, delay: float) -> None:
+        """The shutdown delay (``delay`` seconds before :meth:`stop`): still accepting, but every response now
+        ends its connection (Connection: close), so keep-alive clients reconnect, by then to another replica.
+        A keep-alive connection that stays idle through the delay is closed at its end."""
+        ctx = self.context
+        ctx.draining = True
+        for conn in list(ctx.connections):
+            conn.drain(delay)
 
     async def stop(self, drain_sec: float | None = None) -> None:
         """Stop accepting, let in-flight exchanges finish up to ``drain_sec``, then close everything."""
@@ -95,6 +105,7 @@ class Server:
         if drain_sec is None:
             drain_sec = float(self.config.timeout.drain_sec)
         ctx.draining = True
+        ctx.all_closed.clear()  # it may have been set during the shutdown delay, with connections since
         if self._server is not None:
             self._server.close()
         grace = min(IDLE_DRAIN_GRACE, drain_sec)

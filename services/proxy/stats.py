@@ -33,11 +33,19 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 # status, TCP_RELAYED for a TCP connection relayed to its end (L4 mode: no status).
 CLASS_NAMES: tuple[str, ...] = ("error", "1xx", "2xx", "3xx", "4xx", "5xx", "tcp")
 TCP_RELAYED = 6
+WHOLE_SLOTS = len(LATENCY_BUCKETS) + 1  # latency slots per status class in BackendStats.whole
 
 
 def status_class(status: int | None) -> str:
     """ "2xx" ... "5xx" for an HTTP status, "error" for none (connect failure, reset, timeout)."""
     return CLASS_NAMES[status // 100] if status and 100 <= status < 600 else "error"
+
+
+def _sum(a: Histogram, b: Histogram) -> Histogram:
+    out = Histogram()
+    out.counts = [x + y for x, y in zip(a.counts, b.counts, strict=True)]
+    out.sum = a.sum + b.sum
+    return out
 
 
 class Histogram:
@@ -56,9 +64,23 @@ class Histogram:
 
 class BackendStats:
     """What one proxy process counted for one backend (attempts, not client requests: a retried
-    request counts once against each backend it tried)."""
+    request counts once against each backend it tried).
 
-    __slots__ = ("classes", "connect_errors", "duration", "request_bytes", "response_bytes", "retries", "ttfb")
+    A response that arrived whole in one read (the fast path) has its time to first byte equal to its
+    duration: it is observed once, in ``whole``, and /metrics adds ``whole`` to both histograms at
+    scrape time (``duration_total``, ``ttfb_total``) instead of the hot path observing it twice."""
+
+    __slots__ = (
+        "classes",
+        "connect_errors",
+        "duration",
+        "request_bytes",
+        "response_bytes",
+        "retries",
+        "ttfb",
+        "whole",
+        "whole_sum",
+    )
 
     def __init__(self) -> None:
         self.classes = [0] * len(CLASS_NAMES)  # finished attempts by status class
@@ -68,6 +90,28 @@ class BackendStats:
         self.response_bytes = 0  # bytes sent to clients for those requests
         self.duration = Histogram()  # attempt start -> response complete (or failure)
         self.ttfb = Histogram()  # attempt start -> response head from the backend
+        # Responses complete in one read (duration == time to first byte), one counter per status class
+        # and latency bucket: whole[class * WHOLE_SLOTS + bucket]; one increment per response.
+        self.whole = [0] * (len(CLASS_NAMES) * WHOLE_SLOTS)
+        self.whole_sum = 0.0
+
+    def _whole(self) -> Histogram:
+        out = Histogram()
+        whole = self.whole
+        out.counts = [sum(whole[i::WHOLE_SLOTS]) for i in range(WHOLE_SLOTS)]
+        out.sum = self.whole_sum
+        return out
+
+    def classes_total(self) -> list[int]:
+        """Finished attempts by status class, both paths."""
+        whole = self.whole
+        return [n + sum(whole[c * WHOLE_SLOTS : (c + 1) * WHOLE_SLOTS]) for c, n in enumerate(self.classes)]
+
+    def duration_total(self) -> Histogram:
+        return _sum(self.duration, self._whole())
+
+    def ttfb_total(self) -> Histogram:
+        return _sum(self.ttfb, self._whole())
 
     def finished(self, status: int | None, duration: float, ttfb: float | None) -> None:
         self.classes[status // 100 if status and 100 <= status < 600 else 0] += 1
@@ -80,11 +124,9 @@ class BackendStats:
 class Stats:
     connections: int = 0  # client connections accepted
     requests: int = 0  # HTTP requests whose head was accepted
-    responses: int = 0  # responses relayed from backends
     retries: int = 0
     connect_failures: int = 0
-    pool_hits: int = 0
-    pool_misses: int = 0
+    pool_misses: int = 0  # attempts that opened a new connection
     tunnels: int = 0
     idle_timeouts: int = 0  # body transfers aborted because one side stalled
     errors: Counter[int] = field(default_factory=Counter)  # status -> responses the proxy made itself
@@ -92,6 +134,13 @@ class Stats:
 
     def error(self, status: int) -> None:
         self.errors[status] += 1
+
+    @property
+    def pool_hits(self) -> int:
+        """Attempts that reused a pooled connection, derived when read: finished attempts (with metrics
+        on) less those that opened a connection."""
+        finished = sum(sum(b.classes_total()) for b in self.backends.values())
+        return max(0, finished - self.pool_misses)
 
     def backend(self, address: str) -> BackendStats:
         b = self.backends.get(address)
@@ -113,12 +162,12 @@ class StatsTotals:
 
     def has_totals(self) -> bool:
         taken = self._taken
-        return any(b.classes != taken.get(a, _NONE) for a, b in self.stats.backends.items())
+        return any(b.classes_total() != taken.get(a, _NONE) for a, b in self.stats.backends.items())
 
     def take_totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
         for address, b in self.stats.backends.items():
-            now = list(b.classes)
+            now = b.classes_total()
             before = self._taken.get(address, _NONE)
             if now == before:
                 continue
@@ -136,21 +185,26 @@ class RetryBudget:
     """Retries allowed as a share of requests: each request deposits ``ratio`` tokens, a retry takes one.
 
     A small reserve lets a quiet proxy retry at all; the cap keeps a long calm spell from funding a
-    retry storm later.
+    retry storm later. Deposits are not made per request: a withdrawal credits every request counted
+    since the previous one (``requests``: the data plane's request counter), which, capped, is the
+    same sum.
     """
 
-    __slots__ = ("cap", "ratio", "tokens")
+    __slots__ = ("_seen", "cap", "ratio", "tokens")
 
     def __init__(self, ratio: float, reserve: float = 10.0, cap: float = 100.0) -> None:
         self.ratio = ratio
         self.tokens = reserve
         self.cap = max(cap, reserve)
+        self._seen = 0
 
-    def deposit(self) -> None:
-        tokens = self.tokens + self.ratio
+    def credit(self, requests: int) -> None:
+        tokens = self.tokens + (requests - self._seen) * self.ratio
         self.tokens = tokens if tokens < self.cap else self.cap
+        self._seen = requests
 
-    def withdraw(self) -> bool:
+    def withdraw(self, requests: int) -> bool:
+        self.credit(requests)
         if self.tokens >= 1.0:
             self.tokens -= 1.0
             return True

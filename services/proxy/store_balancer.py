@@ -32,7 +32,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from services.proxy.outlier import OutlierDetector
 from services.proxy.policies import Candidate, Counts, Journaled, Policy, PolicyEnv, build_cost, build_policy
 from services.proxy.policies.ewma import record as record_latency
@@ -407,14 +407,14 @@ class StoreBalancer:
         if self._on_count is not None:
             self._on_count(address)
 
-    def finished(self, upstream: Upstream, outcome: Outcome) -> None:
+    def finished(self, upstream: Upstream, ok: bool = True, latency: float | None = None) -> None:
         address = upstream.address
         self._local[address] -= 1  # (an entry left at 0 is dropped by the replica's heartbeat task)
         if self._on_end is not None:
             self._on_end(address)
         if self._learns:
-            record_latency(self.env, address, outcome.latency, outcome.ok, self.clock())
-        if outcome.ok:
+            record_latency(self.env, address, latency, ok, self.clock())
+        if ok:
             if self._failing:  # (usually empty: one check)
                 self.outlier.succeeded(address)
         else:

@@ -1,4 +1,8 @@
-"""TCP mode: a byte relay with half-close, backpressure both ways and an optional PROXY protocol header.
+"""TCP mode: a byte relay with half-close, backpressure both ways and optional PROXY protocol headers.
+
+A connection from a peer in ``proxy.proxy_protocol_from`` must start with a PROXY header (v1 or v2): its
+source address is then the client's (the balancing key and the header sent on, if any); nothing is
+relayed before it, and a connection whose first bytes are not a valid header is closed.
 
 Bytes from the client queue until an upstream is connected (tried on other backends on connect
 failure; reading the client pauses if the queue passes the high-water mark); then bytes flow both
@@ -14,8 +18,11 @@ import struct
 import time
 from typing import cast
 
-from services.proxy.balancer import Outcome, Upstream
-from services.proxy.context import Context
+from services.proxy.attempts import Attempts
+from services.proxy.balancer import Upstream
+from services.proxy.context import NEVER, Context
+from services.proxy.flow import PEER_FULL, QUEUED, ReadPauses
+from services.proxy.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 from services.proxy.stats import TCP_RELAYED
 from shared.logs import get_logger
 
@@ -63,16 +70,27 @@ class _UpstreamSide(asyncio.Protocol):
         self.client.upstream_lost()
 
     def pause_writing(self) -> None:
-        self.client.pause_client()
+        self.client.pauses.pause(PEER_FULL)
 
     def resume_writing(self) -> None:
-        self.client.resume_client()
+        self.client.pauses.resume(PEER_FULL)
 
 
 class TcpClient(asyncio.Protocol):
-    def __init__(self, ctx: Context) -> None:
+    """One relayed connection. Its attempts (pick, connect, retry on another backend) are the HTTP
+    path's (``services/proxy/attempts.py``), and so is its flow control (``services/proxy/flow.py``).
+    Its idle timeout is a deadline checked by the Context's sweep, moved lazily: bytes in either
+    direction only note the time."""
+
+    def __init__(self, ctx: Context, proxy_protocol_from: TrustedNetworks | None = None) -> None:
         self.ctx = ctx
-        self.transport: asyncio.Transport | None = None
+        self.proxy_protocol_from = proxy_protocol_from
+        self.peer: tuple[str, int] | None = None  # the client (from the PROXY header when one came)
+        self.local: tuple[str, int] | None = None  # the address it connected to
+        self._header: bytearray | None = None  # awaiting a PROXY header: the bytes so far
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.pauses = cast(ReadPauses, None)
+        self.attempts = Attempts(ctx)
         self.up: _UpstreamSide | None = None
         self.upstream: Upstream | None = None
         self.pending: list[bytes] = []
@@ -80,58 +98,65 @@ class TcpClient(asyncio.Protocol):
         self.closed = False
         self.client_eof = False
         self.upstream_eof_seen = False
-        self._client_paused = False
         self.latency: float | None = None
         self.started_at = 0.0
         self.bytes_in = 0  # client -> backend
         self.bytes_out = 0  # backend -> client
         self._last = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self.deadline = NEVER
         self._task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
         self.transport = transport
-        transport.set_write_buffer_limits(high=self.ctx.high_water)
-        self.ctx.connections.add(self)
-        self.ctx.stats.connections += 1
-        self._last = self.ctx.loop.time()
-        self._timer = self.ctx.loop.call_later(self.ctx.client_idle, self._on_timer)
+        self.pauses = ReadPauses(transport)
+        ctx = self.ctx
+        transport.set_write_buffer_limits(high=ctx.high_water)
+        ctx.connections.add(self)
+        ctx.stats.connections += 1
+        self._last = ctx.now
+        self.deadline = ctx.now + ctx.client_idle
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.peer = peer[:2] if isinstance(peer, tuple) else None
+        self.local = sock[:2] if isinstance(sock, tuple) else None
+        if self.proxy_protocol_from and self.peer is not None and self.peer[0] in self.proxy_protocol_from:
+            self._header = bytearray()  # connect once the header has said who the client is
+        else:
+            self._task = ctx.loop.create_task(self._connect())
+
+    def _header_received(self, data: bytes) -> None:
+        assert self._header is not None
+        self._header += data
+        try:
+            parsed = parse_proxy_header(self._header)
+        except ProxyProtocolError as exc:
+            log.debug("bad PROXY header", peer=self.peer, error=str(exc))
+            self._header = None
+            self._close()
+            return
+        if parsed is None:
+            return  # bounded: the parser refuses a header longer than the protocol allows
+        address, length = parsed
+        rest = bytes(self._header[length:])
+        self._header = None
+        if address is not None:
+            self.peer, self.local = (address.ip, address.port), (address.dst_ip, address.dst_port)
         self._task = self.ctx.loop.create_task(self._connect())
+        if rest:
+            self.data_received(rest)
 
     async def _connect(self) -> None:
         ctx = self.ctx
-        assert self.transport is not None
-        peer = self.transport.get_extra_info("peername")
-        sock = self.transport.get_extra_info("sockname")
-        key = peer[0] if isinstance(peer, tuple) else ""
-        tried: list[str] = []
-        for attempt in range(ctx.retries + 1):
-            if attempt and not ctx.budget.withdraw():
-                break
-            upstream = ctx.balancer.pick(key, tried)
-            if upstream is None:
-                break
-            if attempt:
-                ctx.count_retry(tried[-1])
-            tried.append(upstream.address)
+        peer, sock = self.peer, self.local
+        key = peer[0] if peer is not None else ""
+        attempts = self.attempts
+        upstream = attempts.first(key)
+        while upstream is not None:
             start = time.perf_counter()  # loop.time() is in whole ms under uvloop
-            try:
-                _, proto = await asyncio.wait_for(
-                    ctx.loop.create_connection(lambda: _UpstreamSide(self), upstream.host, upstream.port),
-                    ctx.connect_timeout,
-                )
-            except asyncio.CancelledError:
-                # The client went away during the connect: the attempt started above is over too
-                # (else its in-flight count would stay forever and steer every replica away).
-                ctx.balancer.finished(upstream, Outcome(ok=True))
-                raise
-            except (TimeoutError, OSError) as exc:
-                ctx.count_connect_failure(upstream.address)
-                if ctx.metrics_on:
-                    ctx.stats.backend(upstream.address).finished(None, time.perf_counter() - start, None)
-                ctx.balancer.finished(upstream, Outcome(ok=False, connect_failed=True))
-                log.debug("connect failed", upstream=upstream.address, error=str(exc) or type(exc).__name__)
+            proto = await attempts.connect(upstream, lambda: _UpstreamSide(self))
+            if proto is None:
+                upstream = attempts.next(key, upstream.address)
                 continue
             assert isinstance(proto, _UpstreamSide) and proto.transport is not None
             self.upstream = upstream
@@ -143,22 +168,25 @@ class TcpClient(asyncio.Protocol):
                 return
             self.up = proto
             version = ctx.config.proxy.proxy_protocol
-            if version and isinstance(peer, tuple) and isinstance(sock, tuple):
-                proto.transport.write(proxy_header(version, peer[:2], sock[:2]))
+            if version and peer is not None and sock is not None:
+                proto.transport.write(proxy_header(version, peer, sock))
             if self.pending:
                 proto.transport.writelines(self.pending)
                 self.pending = []
                 self.pending_size = 0
             if proto.transport.get_write_buffer_size() <= ctx.high_water:
-                self.resume_client()
+                self.pauses.resume(QUEUED)
             if self.client_eof and proto.transport.can_write_eof():
                 proto.transport.write_eof()
             return
-        ctx.stats.error(502 if tried else 503)
+        ctx.stats.error(502 if attempts.tried or attempts.last else 503)
         self._close()
 
     def data_received(self, data: bytes) -> None:
-        self._last = self.ctx.loop.time()
+        self._last = self.ctx.now
+        if self._header is not None:
+            self._header_received(data)
+            return
         self.bytes_in += len(data)
         up = self.up
         if up is not None and up.transport is not None:
@@ -167,10 +195,13 @@ class TcpClient(asyncio.Protocol):
             self.pending.append(data)
             self.pending_size += len(data)
             if self.pending_size > self.ctx.high_water:
-                self.pause_client()
+                self.pauses.pause(QUEUED)
 
     def eof_received(self) -> bool:
         self.client_eof = True
+        if self._header is not None:  # ended before its PROXY header was complete
+            self._close()
+            return True
         up = self.up
         if up is not None and up.transport is not None and up.transport.can_write_eof():
             up.transport.write_eof()
@@ -180,9 +211,8 @@ class TcpClient(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.pauses.closed = True
         self.ctx.forget(self)
-        if self._timer is not None:
-            self._timer.cancel()
         if self.up is not None and self.up.transport is not None:
             self.up.transport.close()
         if self.up is None and self._task is not None:
@@ -200,14 +230,14 @@ class TcpClient(asyncio.Protocol):
     # -- from the upstream side ----------------------------------------------------------------
 
     def from_upstream(self, data: bytes) -> None:
-        self._last = self.ctx.loop.time()
+        self._last = self.ctx.now
         self.bytes_out += len(data)
-        if self.transport is not None and not self.closed:
+        if not self.closed:
             self.transport.write(data)
 
     def upstream_eof(self) -> None:
         self.upstream_eof_seen = True
-        if self.transport is not None and not self.closed:
+        if not self.closed:
             if self.client_eof or not self.transport.can_write_eof():
                 self._close()
             else:
@@ -217,23 +247,13 @@ class TcpClient(asyncio.Protocol):
         self._close()
         self._finish()
 
-    def pause_client(self) -> None:
-        if not self._client_paused and self.transport is not None and not self.closed:
-            self._client_paused = True
-            self.transport.pause_reading()
-
-    def resume_client(self) -> None:
-        if self._client_paused and self.transport is not None and not self.closed:
-            self._client_paused = False
-            self.transport.resume_reading()
-
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _finish(self) -> None:
         if self.upstream is not None:
             upstream, self.upstream = self.upstream, None
             ctx = self.ctx
-            ctx.balancer.finished(upstream, Outcome(ok=True, latency=self.latency))
+            self.attempts.finish(True, self.latency)
             if ctx.metrics_on:  # a relayed connection: class "tcp" ("error" is left to failed connects)
                 b = ctx.stats.backend(upstream.address)
                 b.classes[TCP_RELAYED] += 1
@@ -243,35 +263,31 @@ class TcpClient(asyncio.Protocol):
                 b.request_bytes += self.bytes_in
                 b.response_bytes += self.bytes_out
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def on_deadline(self, now: float) -> None:
         if self.closed:
+            self.deadline = NEVER
             return
         idle_until = self._last + self.ctx.client_idle
-        now = self.ctx.loop.time()
         if now >= idle_until:
             self._close()
         else:
-            self._timer = self.ctx.loop.call_at(idle_until, self._on_timer)
+            self.deadline = idle_until
 
     def drain(self, grace: float) -> None:
         """TCP connections are not interrupted by a drain; they end on their own or at the deadline."""
-
-    def check_stall(self, now: float) -> None:
-        """No stall sweep in TCP mode: an idle relay ends by the client idle timer."""
 
     def _close(self) -> None:
         if self.closed:
             return
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        self.pauses.closed = True
+        self.deadline = NEVER
+        self.transport.close()
         if self.up is not None and self.up.transport is not None:
             self.up.transport.close()
 
     def abort(self) -> None:
         self._close()
-        if self.transport is not None:
-            self.transport.abort()
+        self.transport.abort()
         if self.up is not None and self.up.transport is not None:
             self.up.transport.abort()

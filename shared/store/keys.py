@@ -66,11 +66,26 @@ if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then
 end
 """
 
+# Operator overrides. A backend of a discovery origin (static, docker, kubernetes) belongs to its source,
+# which writes it with ``upsert``; an operator's ``update`` of one of its fields (weight, state) is kept
+# as an override: ``override`` holds the operator's values, ``discovered`` the source's for the same
+# fields. The record's own field is the value in force (the operator's), so readers need nothing new.
+# A source's later write of an overridden field only updates ``discovered``; an operator's write back
+# to the source's value ends that field's override; CLEAR_OVERRIDE ends them all, restoring the
+# source's values. Backends of origin ``api`` belong to the operator: no override, plain writes.
+_OVERRIDE_HELPERS = """
+local OVERRIDABLE = {weight = true, state = true}
+local function tbl(v) if type(v) == 'table' then return v end return {} end
+local function packed(t) if next(t) == nil then return nil end return t end
+"""
+
 # KEYS: lease, backends, health, ejections, version
 # ARGV: fence, events channel, now, mode (create|update|upsert), address, patch (JSON object), origin guard,
 #       fields of the patch applied to an existing record ("a,b"; "" = all)
+# ``update`` is the operator's write (an override on a discovery-owned backend), ``upsert`` a source's.
 WRITE_BACKEND = (
     _FENCE_CHECK
+    + _OVERRIDE_HELPERS
     + """
 local mode, addr, guard = ARGV[4], ARGV[5], ARGV[7]
 local now = tonumber(ARGV[3])
@@ -90,10 +105,28 @@ if cur and ARGV[8] ~= '' then
   only = {}
   for f in string.gmatch(ARGV[8], '[^,]+') do only[f] = true end
 end
+local ov, src = tbl(rec['override']), tbl(rec['discovered'])
+local operator_override = cur and mode == 'update' and rec['origin'] ~= 'api'
 for k, v in pairs(cjson.decode(ARGV[6])) do
-  if (only == nil or only[k]) and rec[k] ~= v then rec[k] = v; changed = true end
+  if only == nil or only[k] then
+    if operator_override and OVERRIDABLE[k] then
+      if ov[k] == nil then src[k] = rec[k] end
+      if src[k] == v then
+        if ov[k] ~= nil then changed = true end
+        ov[k], src[k] = nil, nil
+      elseif ov[k] ~= v then
+        ov[k] = v; changed = true
+      end
+      if rec[k] ~= v then rec[k] = v; changed = true end
+    elseif cur and mode == 'upsert' and ov[k] ~= nil then
+      if src[k] ~= v then src[k] = v; changed = true end
+    elseif rec[k] ~= v then
+      rec[k] = v; changed = true
+    end
+  end
 end
 if not changed then return {'unchanged', cur} end
+rec['override'], rec['discovered'] = packed(ov), packed(src)
 rec['updated_at'] = now
 local enc = cjson.encode(rec)
 redis.call('HSET', KEYS[2], addr, enc)
@@ -101,6 +134,34 @@ local version = redis.call('INCR', KEYS[5])
 local kind = cur and 'backend_updated' or 'backend_added'
 redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = kind, at = now, address = addr, backend = rec}))
 return {kind, enc, version}
+"""
+)
+
+# Ends every operator override of a backend: the source's values are back in force.
+# KEYS: lease, backends, health, ejections, version
+# ARGV: fence, events channel, now, address
+CLEAR_OVERRIDE = (
+    _FENCE_CHECK
+    + _OVERRIDE_HELPERS
+    + """
+local addr = ARGV[4]
+local now = tonumber(ARGV[3])
+local cur = redis.call('HGET', KEYS[2], addr)
+if not cur then return {'missing'} end
+local rec = cjson.decode(cur)
+local ov, src = tbl(rec['override']), tbl(rec['discovered'])
+if next(ov) == nil then return {'unchanged', cur} end
+for k, _ in pairs(ov) do
+  if src[k] ~= nil then rec[k] = src[k] end
+end
+rec['override'], rec['discovered'] = nil, nil
+rec['updated_at'] = now
+local enc = cjson.encode(rec)
+redis.call('HSET', KEYS[2], addr, enc)
+local version = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'backend_updated', at = now, address = addr,
+  backend = rec}))
+return {'backend_updated', enc, version}
 """
 )
 
@@ -124,8 +185,11 @@ return {'removed', cur, version}
 """
 )
 
+# A health verdict never touches a passive ejection: active health and outlier ejection are two
+# signals, and a backend takes traffic only when health says up and no ejection is in force (an
+# ejection ends at its own ``until``; a passing probe does not cut it short).
 # KEYS: lease, backends, health, ejections, version
-# ARGV: fence, events channel, now, address, status, reason, clear ejection on up ("1"/"0")
+# ARGV: fence, events channel, now, address, status, reason
 SET_HEALTH = (
     _FENCE_CHECK
     + """
@@ -133,22 +197,13 @@ local addr, status = ARGV[4], ARGV[5]
 local now = tonumber(ARGV[3])
 if redis.call('HEXISTS', KEYS[2], addr) == 0 then return {'missing'} end
 local cur = redis.call('HGET', KEYS[3], addr)
-local result = 'unchanged'
-local version = tonumber(redis.call('GET', KEYS[5]) or '0')
-if not cur or cjson.decode(cur)['status'] ~= status then
-  local health = {status = status, changed_at = now, reason = ARGV[6]}
-  redis.call('HSET', KEYS[3], addr, cjson.encode(health))
-  version = redis.call('INCR', KEYS[5])
-  redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'health', at = now, address = addr,
-    health = health}))
-  result = 'changed'
-end
-if status == 'up' and ARGV[7] == '1' and redis.call('HDEL', KEYS[4], addr) == 1 then
-  version = redis.call('INCR', KEYS[5])
-  redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'ejection', at = now, address = addr}))
-  if result == 'unchanged' then result = 'cleared' end
-end
-return {result, version}
+if cur and cjson.decode(cur)['status'] == status then return {'unchanged'} end
+local health = {status = status, changed_at = now, reason = ARGV[6]}
+redis.call('HSET', KEYS[3], addr, cjson.encode(health))
+local version = redis.call('INCR', KEYS[5])
+redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'health', at = now, address = addr,
+  health = health}))
+return {'changed', version}
 """
 )
 

@@ -132,6 +132,7 @@ class Store:
         self._live_listeners: tuple[float, list[Listener]] | None = None  # (read at, listeners)
         self._write_backend = redis.register_script(lua.WRITE_BACKEND)
         self._remove_backend = redis.register_script(lua.REMOVE_BACKEND)
+        self._clear_override = redis.register_script(lua.CLEAR_OVERRIDE)
         self._set_health = redis.register_script(lua.SET_HEALTH)
         self._set_ejection = redis.register_script(lua.SET_EJECTION)
         self._set_algorithm = redis.register_script(lua.SET_ALGORITHM)
@@ -286,8 +287,12 @@ class Store:
         guard_origin: Origin | None = None,
         fence: Lease | None = None,
     ) -> WriteResult:
-        """Change fields of an existing backend (outcome ``"unchanged"`` when they already held those
-        values: nothing written); BackendNotFound if there is none."""
+        """The operator's change to fields of an existing backend (outcome ``"unchanged"`` when they
+        already held those values: nothing written); BackendNotFound if there is none.
+
+        On a backend a discovery source owns, a change to weight or state is kept as an operator
+        override that the source's writes leave in force until :meth:`clear_override` (setting a field
+        back to the source's value ends that field's override)."""
         return await self._write("update", address, patch, guard_origin=guard_origin, fence=fence)
 
     async def upsert_backend(
@@ -298,14 +303,28 @@ class Store:
         guard_origin: Origin | None = None,
         fence: Lease | None = None,
     ) -> WriteResult:
-        """Create, or update ``fields`` to match ``backend``; writes nothing when already equal.
+        """A discovery source's write: create, or update ``fields`` to match ``backend``; writes
+        nothing when already equal.
 
         A new backend takes all of ``backend``'s fields; an existing one only ``fields`` (so a
-        reconcile that passes ``("weight",)`` keeps an operator's drain).
+        reconcile that passes ``("weight",)`` keeps an operator's drain). A field under an operator
+        override keeps the operator's value; the source's is remembered for when it is cleared.
         """
         patch = {"weight": backend.weight, "origin": backend.origin, "state": backend.state}
         return await self._write(
             "upsert", backend.address, patch, guard_origin=guard_origin, fence=fence, existing_fields=fields
+        )
+
+    async def clear_override(self, address: str) -> WriteResult:
+        """End every operator override of ``address``: the source's values are in force again
+        (outcome ``"unchanged"`` when it had none); BackendNotFound if there is no such backend."""
+        keys, args = self._common(None)
+        reply = await self._clear_override(keys=keys, args=[*args, address])
+        outcome = _text(reply[0])
+        if outcome == "missing":
+            raise BackendNotFound(address)
+        return WriteResult(
+            "unchanged" if outcome == "unchanged" else "backend_updated", _backend_decoder.decode(reply[1])
         )
 
     async def remove_backend(
@@ -329,18 +348,19 @@ class Store:
         status: HealthStatus,
         reason: str = "",
         *,
-        clear_ejection: bool = True,
         fence: Lease | None = None,
     ) -> bool:
-        """Record a health verdict; only a transition is written. True when something changed."""
+        """Record a health verdict; only a transition is written. True when something changed.
+
+        A passive ejection is left alone: it ends at its own time (see ``keys.SET_HEALTH``)."""
         keys, args = self._common(fence)
-        reply = await self._set_health(keys=keys, args=[*args, address, status, reason, "1" if clear_ejection else "0"])
+        reply = await self._set_health(keys=keys, args=[*args, address, status, reason])
         outcome = _text(reply[0])
         if outcome == "fenced":
             raise Fenced("lease lost")
         if outcome == "missing":
             raise BackendNotFound(address)
-        return outcome in ("changed", "cleared")
+        return outcome == "changed"
 
     async def set_ejection(self, address: str, ejection: Ejection | None) -> bool:
         keys, args = self._common(None)

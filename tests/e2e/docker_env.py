@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import json
 import os
+import random
 import shutil
 import subprocess
 import time
@@ -28,6 +29,9 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "compose" / "docker-compose.yaml"
+# GOBALANCER_E2E_PROXY_PROTOCOL=off: the front sends no PROXY header and the proxies expect none (a proxy build
+# whose HTTP listener does not read PROXY headers); the client-address test cannot run then.
+NO_PROXY_PROTOCOL = Path(__file__).resolve().parent / "compose" / "no-proxy-protocol.yaml"
 APP_IMAGE = "gobalancer:local"
 REDIS_IMAGE = "gobalancer-redis:local"
 FRONT_IMAGE = "gobalancer-front:local"
@@ -35,9 +39,10 @@ IMAGES = (APP_IMAGE, REDIS_IMAGE, FRONT_IMAGE)
 # Every container a test starts by itself carries this label (value: the Compose project), for cleanup.
 E2E_LABEL = "gobalancer.e2e"
 PROXY_REPLICAS = 3
-# Service -> containers expected with `up --scale proxy=3`.
+# Service -> running containers expected with `up --scale proxy=3` (`secrets` runs once and exits).
 SERVICES = {
     "redis": 1,
+    "docker-api": 1,
     "proxy": PROXY_REPLICAS,
     "front": 1,
     "admin": 1,
@@ -46,6 +51,10 @@ SERVICES = {
     "demo-a": 1,
     "demo-b": 1,
 }
+
+
+def proxy_protocol_on() -> bool:
+    return os.environ.get("GOBALANCER_E2E_PROXY_PROTOCOL", "on") != "off"
 
 
 def in_ci() -> bool:
@@ -190,6 +199,9 @@ class Stack:
     http_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # The clients network (front + proxies), whose PROXY headers the proxies accept: random, so that two
+    # stacks on one engine do not collide.
+    clients_subnet: str = field(default_factory=lambda: f"172.30.{random.randrange(100, 250)}.0/24")
     not_ready: str = ""  # why the stack never served traffic (set by the first test that found out)
 
     @property
@@ -199,18 +211,42 @@ class Stack:
             GOBALANCER_HTTP_PORT=str(self.http_port),
             GOBALANCER_ADMIN_PORT=str(self.admin_port),
             GOBALANCER_ADMIN_TOKEN=self.token,
+            GOBALANCER_CLIENTS_SUBNET=self.clients_subnet,
             COMPOSE_PROJECT_NAME=self.project,
         )
 
-    def run(self, *args: str, timeout: float = 120.0, check: bool = True) -> subprocess.CompletedProcess[str]:
-        cmd = [*self.compose, "-p", self.project, "-f", str(COMPOSE_FILE), *args]
-        done = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout)
+    @property
+    def files(self) -> list[str]:
+        files = ["-f", str(COMPOSE_FILE)]
+        if not proxy_protocol_on():
+            files += ["-f", str(NO_PROXY_PROTOCOL)]
+        extra = os.environ.get("GOBALANCER_E2E_COMPOSE_OVERRIDE", "")  # e.g. to try a setting by hand
+        if extra:
+            files += ["-f", extra]
+        return files
+
+    def run(
+        self, *args: str, timeout: float = 120.0, check: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [*self.compose, "-p", self.project, *self.files, *args]
+        done = subprocess.run(cmd, env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise AssertionError(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         return done
 
     def up(self) -> None:
-        self.run("up", "-d", "--no-build", "--scale", f"proxy={PROXY_REPLICAS}", timeout=180)
+        for attempt in range(3):
+            done = self.run("up", "-d", "--no-build", "--scale", f"proxy={PROXY_REPLICAS}", timeout=180, check=False)
+            if done.returncode == 0:
+                return
+            retryable = ("address already in use", "Pool overlaps")
+            if not any(text in done.stderr for text in retryable) or attempt == 2:
+                raise AssertionError(f"up failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+            # A free port taken by another process in the meantime, or the random clients subnet already in use
+            # (the machine is shared): new ports and subnet, again.
+            self.down()
+            self.http_port, self.admin_port = free_port(), free_port()
+            self.clients_subnet = f"172.30.{random.randrange(100, 250)}.0/24"
 
     def down(self) -> None:
         self.run("down", "--remove-orphans", "--volumes", "--timeout", "15", timeout=120, check=False)
@@ -226,21 +262,19 @@ class Stack:
         (only,) = self.containers(service)
         return only
 
-    def network(self) -> str:
-        nets = self.client.networks.list(filters={"label": f"com.docker.compose.project={self.project}"})
-        assert len(nets) == 1, f"expected one network for {self.project}, found {[n.name for n in nets]}"
-        name: str = nets[0].name
-        return name
+    def network(self, name: str = "backends") -> str:
+        """The engine's name of one of the stack's networks (clients, backends, control, dockerapi, admin-port)."""
+        return f"{self.project}_{name}"
 
-    def ip(self, container: Any) -> str:
+    def ip(self, container: Any, network: str = "backends") -> str:
         container.reload()
         networks = container.attrs["NetworkSettings"]["Networks"]
-        ip: str = networks[self.network()]["IPAddress"]
-        assert ip, f"{container.name} has no address on {self.network()}"
+        ip: str = networks[self.network(network)]["IPAddress"]
+        assert ip, f"{container.name} has no address on {self.network(network)}"
         return ip
 
     def start_demo(self, name: str, *, labelled: bool) -> Any:
-        """A demo backend container on the stack's network (labelled lb.enable=true or not)."""
+        """A demo backend container on the stack's backends network (labelled lb.enable=true or not)."""
         labels = {E2E_LABEL: self.project}
         if labelled:
             labels.update({"lb.enable": "true", "lb.port": "80"})

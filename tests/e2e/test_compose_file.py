@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
 import re
 import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +15,7 @@ import yaml
 
 from shared.config import load_config
 from tests.e2e.docker_env import COMPOSE_FILE, ROOT, compose_command, unavailable
+from tests.helpers import service_env
 
 COMPOSE_DIR = ROOT / "compose"
 
@@ -34,7 +39,18 @@ def test_compose_config_is_valid() -> None:
 
 
 def test_every_service_is_there_and_nothing_is_pulled(services: dict[str, Any]) -> None:
-    assert set(services) == {"redis", "proxy", "front", "admin", "discovery", "health", "demo-a", "demo-b"}
+    assert set(services) == {
+        "secrets",
+        "redis",
+        "proxy",
+        "front",
+        "admin",
+        "discovery",
+        "docker-api",
+        "health",
+        "demo-a",
+        "demo-b",
+    }
     for name, service in services.items():
         assert service["pull_policy"] == "never", name
         assert re.fullmatch(r"gobalancer(-redis|-front)?:local", service["image"]), name
@@ -47,18 +63,50 @@ def test_how_traffic_reaches_the_replicas(services: dict[str, Any]) -> None:
     (front_port,) = services["front"]["ports"]
     assert front_port.endswith(":8080")
     cfg = (COMPOSE_DIR / "haproxy.cfg").read_text()
-    assert re.search(r"server-template \S+ 1-\d+ proxy:8080 .*resolvers docker", cfg)
-    # The admin API has no token by default: reachable from this host only.
+    assert re.search(r"^\s+default-server check port 9100 inter 500ms .*resolvers docker", cfg, re.M)
+    assert re.search(r"^\s+default-server .* observe layer4 error-limit 1 on-error mark-down ", cfg, re.M)
+    # Readiness over HTTP, and the client's address in a PROXY v2 header unless FRONT_SEND_PROXY=off.
+    assert re.search(r"^\s+option httpchk GET /ready$", cfg, re.M)
+    assert re.search(r"^\s+server-template proxy 1-16 proxy:8080 send-proxy-v2$", cfg, re.M)
+    assert services["front"]["environment"]["FRONT_SEND_PROXY"] == "v2"
+    proxy_env = services["proxy"]["environment"]
+    assert proxy_env["GOBALANCER_PROXY_PROXY_PROTOCOL_FROM"] == '["${GOBALANCER_CLIENTS_SUBNET:-172.30.231.0/24}"]'
+    (subnet,) = yaml.safe_load(COMPOSE_FILE.read_text())["networks"]["clients"]["ipam"]["config"]
+    assert subnet == {"subnet": "${GOBALANCER_CLIENTS_SUBNET:-172.30.231.0/24}"}
+    assert proxy_env["GOBALANCER_METRICS_PROXY_LISTEN_ADDRESS"] == ":9100"
+    # The admin API: published on the host's loopback only (and it always has a token).
     (admin_port,) = services["admin"]["ports"]
     assert admin_port.startswith("127.0.0.1:") and admin_port.endswith(":8081")
 
 
-def test_discovery_reads_the_docker_socket_read_only(services: dict[str, Any]) -> None:
-    volumes = services["discovery"]["volumes"]
+def test_only_the_docker_api_filter_holds_the_socket(services: dict[str, Any]) -> None:
+    volumes = services["docker-api"]["volumes"]
     assert any(v.endswith(":/var/run/docker.sock:ro") for v in volumes), volumes
+    assert services["docker-api"]["networks"] == ["dockerapi"]
     for name, service in services.items():
-        if name != "discovery":
+        if name != "docker-api":
             assert not any("docker.sock" in v for v in service.get("volumes", [])), name
+            assert service.get("user") in (None, "10001", "10001:10001"), name  # discovery too: not root
+    assert services["discovery"]["environment"]["GOBALANCER_DISCOVERY_DOCKER_URL"] == "tcp://docker-api:2375"
+
+
+def test_networks_keep_backends_away_from_the_control_plane(services: dict[str, Any]) -> None:
+    networks = yaml.safe_load(COMPOSE_FILE.read_text())["networks"]
+    assert networks["control"]["internal"] is True and networks["dockerapi"]["internal"] is True
+    on = {name: set(service.get("networks", [])) for name, service in services.items()}
+    assert on["demo-a"] == on["demo-b"] == {"backends"}
+    assert on["redis"] == {"control"}
+    assert on["admin"] == {"control", "admin-port"}
+    assert on["front"] == {"clients"}
+    assert on["proxy"] == {"clients", "backends", "control"}
+    assert on["health"] == {"control", "backends"}
+    assert on["discovery"] == {"control", "dockerapi"}
+    # No service but the proxies and health shares a network with the backends.
+    assert {name for name, nets in on.items() if "backends" in nets} == {"proxy", "health", "demo-a", "demo-b"}
+    assert services["secrets"]["network_mode"] == "none"
+    # Redis loads the ACL file the secrets service writes.
+    command = services["redis"]["command"]
+    assert command[command.index("--aclfile") + 1] == "/run/gobalancer/users.acl"
 
 
 def test_demo_backends_are_labelled_for_discovery(services: dict[str, Any]) -> None:
@@ -67,15 +115,92 @@ def test_demo_backends_are_labelled_for_discovery(services: dict[str, Any]) -> N
         assert services[name]["command"][:3] == ["python3", "-m", "shared.demo_backend"]
 
 
-def test_the_stack_config_is_valid_for_every_service(services: dict[str, Any]) -> None:
-    env = {k: str(v) for k, v in services["admin"]["environment"].items() if k != "GOBALANCER_CONFIG"}
-    env["GOBALANCER_ADMIN_TOKEN"] = ""
-    config = load_config(COMPOSE_DIR / "gobalancer.yaml", environ=env)
-    assert config.discovery.type == "docker"
-    assert config.redis.url == "redis://redis:6379/0"
-    assert config.admin.listen_address == "0.0.0.0:8081" and config.admin.allow_insecure
-    assert config.timeout.drain_sec < 15  # the proxies' stop_grace_period
-    assert services["proxy"]["stop_grace_period"] == "15s"
+def test_the_secrets_service_makes_the_configs_once(tmp_path: Path, services: dict[str, Any]) -> None:
+    """compose/secrets_init.py (the `secrets` service) on the host: generates a Redis password and an admin
+    token on the first run, keeps them on the next, takes GOBALANCER_ADMIN_TOKEN when given, and writes
+    configs the services accept."""
+
+    def run(token: str = "") -> subprocess.CompletedProcess[str]:
+        env = service_env(SECRETS_DIR=str(tmp_path), TEMPLATE=str(COMPOSE_DIR / "gobalancer.yaml"), ADMIN_TOKEN=token)
+        env["PYTHONPATH"] = str(ROOT)
+        return subprocess.run(
+            [sys.executable, str(COMPOSE_DIR / "secrets_init.py")], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    first = run()
+    assert first.returncode == 0, first.stderr
+    assert "admin token generated; read it with: docker-compose" in first.stdout
+    password = (tmp_path / "redis-password").read_text().strip()
+    token = (tmp_path / "admin-token").read_text().strip()
+    assert len(password) == 64 and len(token) >= 40
+    for name in ("redis-password", "admin-token", "config.yaml", "admin.yaml"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    acl = (tmp_path / "users.acl").read_text()
+    assert f"user gobalancer on #{hashlib.sha256(password.encode()).hexdigest()} " in acl
+    assert password not in acl
+    assert "user default on nopass resetchannels -@all +ping" in acl
+    config = load_config(tmp_path / "config.yaml", environ={})
+    admin = load_config(tmp_path / "admin.yaml", environ={})
+    assert config.redis.url == admin.redis.url == f"redis://gobalancer:{password}@redis:6379/0"
+    assert admin.admin.token == token and not config.admin.token and not admin.admin.allow_insecure
+    assert config.proxy.shutdown_delay_sec == 5 and config.discovery.type == "docker"
+    # The proxies' whole shutdown fits in their stop_grace_period.
+    grace = float(services["proxy"]["stop_grace_period"].removesuffix("s"))
+    assert config.proxy.shutdown_delay_sec + config.timeout.drain_sec < grace
+
+    second = run()
+    assert second.returncode == 0 and "admin token kept" in second.stdout
+    assert (tmp_path / "redis-password").read_text().strip() == password
+    assert load_config(tmp_path / "admin.yaml", environ={}).admin.token == token
+    third = run(token="operator-chosen")
+    assert third.returncode == 0 and "from GOBALANCER_ADMIN_TOKEN" in third.stdout
+    assert load_config(tmp_path / "admin.yaml", environ={}).admin.token == "operator-chosen"
+    assert services["secrets"]["environment"]["ADMIN_TOKEN"] == "${GOBALANCER_ADMIN_TOKEN:-}"
+    for name in ("proxy", "admin", "discovery", "health"):
+        assert services[name]["depends_on"]["secrets"] == {"condition": "service_completed_successfully"}, name
+
+
+def _filter_module() -> Any:
+    spec = importlib.util.spec_from_file_location("docker_api_filter", COMPOSE_DIR / "docker_api_filter.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("head", "status"),
+    [
+        (b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n", 0),
+        (b"HEAD /_ping HTTP/1.1\r\n\r\n", 0),
+        (b"GET /v1.41/version HTTP/1.1\r\n\r\n", 0),
+        (b"GET /v1.41/containers/json?filters=%7B%7D HTTP/1.1\r\n\r\n", 0),
+        (b"GET /v1.41/containers/0123abc/json HTTP/1.1\r\n\r\n", 0),
+        (b"GET /v1.41/events?since=1&filters=x HTTP/1.1\r\n\r\n", 0),
+        (b"POST /v1.41/volumes/create HTTP/1.1\r\nContent-Length: 2\r\n\r\n", 405),
+        (b"POST /v1.41/containers/create HTTP/1.1\r\n\r\n", 405),
+        (b"DELETE /v1.41/containers/abc HTTP/1.1\r\n\r\n", 405),
+        (b"GET /v1.41/containers/abc/logs HTTP/1.1\r\n\r\n", 403),
+        (b"GET /v1.41/containers/abc/archive?path=/ HTTP/1.1\r\n\r\n", 403),
+        (b"GET /v1.41/images/json HTTP/1.1\r\n\r\n", 403),
+        (b"GET /v1.41/containers/../images/json HTTP/1.1\r\n\r\n", 403),
+        (b"GET /v1.41/exec/abc/json HTTP/1.1\r\n\r\n", 403),
+        (b"GET /v1.41/containers/../json HTTP/1.1\r\n\r\n", 403),
+        (b"GET /_ping HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 403),  # no body may ride along
+        (b"GET /_ping HTTP/1.1\r\nUpgrade: tcp\r\nConnection: Upgrade\r\n\r\n", 0),  # dropped: forwarded closed
+        (b"GET  /_ping HTTP/1.1\r\n\r\n", 400),
+        (b"GET /_ping HTTP/2\r\n\r\n", 400),
+        (b"GET /_p\xc3\xafng HTTP/1.1\r\n\r\n", 400),
+    ],
+)
+def test_docker_api_filter_allows_only_discoverys_reads(head: bytes, status: int) -> None:
+    got, reason, forward = _filter_module().check(head)
+    assert got == status, reason
+    if status == 0:
+        lines = forward.decode().split("\r\n")
+        assert lines[-3:] == ["Connection: close", "", ""]
+        assert not any(line.lower().startswith(("upgrade", "transfer-encoding")) for line in lines)
+        assert sum(1 for line in lines if line.lower().startswith("connection")) == 1
 
 
 def test_dockerfile_names_no_architecture_and_runs_as_non_root() -> None:

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import functools
 import http.client
+import json
+import os
+import random
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -17,9 +21,21 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.docker_env import E2E_LABEL, PROXY_REPLICAS, SERVICES, Stack, backends_seen, wait_for
+from tests.e2e.docker_env import (
+    APP_IMAGE,
+    E2E_LABEL,
+    PROXY_REPLICAS,
+    ROOT,
+    SERVICES,
+    Stack,
+    admin_call,
+    backends_seen,
+    proxy_protocol_on,
+    unavailable,
+    wait_for,
+)
 
-pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
 APP_SERVICES = ("proxy", "admin", "discovery", "health", "demo-a", "demo-b")
 
@@ -73,14 +89,15 @@ def test_every_service_runs_healthy_and_stays_up(stack: Stack) -> None:
     for c in stack.containers():
         assert c.status == "running", c.name
         assert c.attrs["RestartCount"] == 0, f"{c.name} restarted:\n{c.logs(tail=20).decode(errors='replace')}"
-    for service in APP_SERVICES:
+    for service in (*APP_SERVICES, "docker-api"):
         for c in stack.containers(service):
             config = c.attrs["Config"]
             assert config["Image"] == "gobalancer:local"
-            # Non-root, except discovery which holds the Docker socket (root-equivalent in any case).
-            expected_user = "0" if service == "discovery" else "10001:10001"
+            # Non-root, discovery included; only the Docker API filter, which opens the socket, is uid 0.
+            expected_user = "0" if service == "docker-api" else "10001:10001"
             assert (config["User"] or c.image.attrs["Config"]["User"]) == expected_user, c.name
             assert c.attrs["HostConfig"]["ReadonlyRootfs"] is True, c.name
+            assert c.attrs["HostConfig"]["CapDrop"] == ["ALL"], c.name
     # The proxies publish nothing (N replicas cannot share a host port): the front owns the published port.
     for c in stack.containers("proxy"):
         assert not any(c.attrs["HostConfig"]["PortBindings"] or {}), c.name
@@ -88,8 +105,13 @@ def test_every_service_runs_healthy_and_stays_up(stack: Stack) -> None:
     assert front_ports == [{"HostIp": "127.0.0.1", "HostPort": str(stack.http_port)}]
     admin_ports = stack.container("admin").attrs["HostConfig"]["PortBindings"]["8081/tcp"]
     assert admin_ports == [{"HostIp": "127.0.0.1", "HostPort": str(stack.admin_port)}]
-    mounts = {m["Destination"]: m for m in stack.container("discovery").attrs["Mounts"]}
+    mounts = {m["Destination"]: m for m in stack.container("docker-api").attrs["Mounts"]}
     assert mounts["/var/run/docker.sock"]["RW"] is False
+    for c in stack.containers():
+        if c.name != stack.container("docker-api").name:
+            assert "/var/run/docker.sock" not in {m["Destination"] for m in c.attrs["Mounts"]}, c.name
+    (secrets,) = stack.containers("secrets", all=True)
+    assert secrets.attrs["State"]["ExitCode"] == 0, secrets.logs().decode(errors="replace")
 
 
 def test_traffic_reaches_both_demo_backends(stack: Stack) -> None:
@@ -164,10 +186,21 @@ def test_labelled_container_receives_traffic_within_5_seconds(stack: Stack) -> N
 
 
 class Load:
-    """Bounded keep-alive GET load through the front: ``workers`` clients, at most ``max_requests`` and
+    """Bounded GET load through the front: ``workers`` keep-alive clients in a tight loop, plus ``fresh``
+    clients opening a new connection per request (the accept path) and ``idle`` keep-alive clients pausing up
+    to 0.6 s between requests (their connection is idle when a replica stops); at most ``max_requests`` and
     ``max_seconds``. Records (completion time, backend name or "!error") for every request."""
 
-    def __init__(self, port: int, *, workers: int = 4, max_requests: int = 6000, max_seconds: float = 20.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        workers: int = 4,
+        fresh: int = 0,
+        idle: int = 0,
+        max_requests: int = 6000,
+        max_seconds: float = 20.0,
+    ) -> None:
         self.port = port
         self.workers = workers
         self.max_requests = max_requests
@@ -175,7 +208,8 @@ class Load:
         self.results: list[tuple[float, str]] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._work, daemon=True) for _ in range(workers)]
+        kinds = ["tight"] * workers + ["fresh"] * fresh + ["idle"] * idle
+        self.threads = [threading.Thread(target=self._work, args=(kind,), daemon=True) for kind in kinds]
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -191,21 +225,25 @@ class Load:
         with self.lock:
             return len(self.results)
 
-    def _work(self) -> None:
+    def _work(self, kind: str) -> None:
         conn: http.client.HTTPConnection | None = None
+        pauses = random.Random(threading.get_ident())
+        headers = {"Connection": "close"} if kind == "fresh" else {}
         while not self.stopping.is_set() and time.monotonic() < self.deadline and self.count() < self.max_requests:
+            if kind == "idle":
+                self.stopping.wait(pauses.uniform(0.0, 0.6))  # load shape: a keep-alive connection left idle
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
-                conn.request("GET", "/load")
+                conn.request("GET", "/load", headers=headers)
                 resp = conn.getresponse()
                 resp.read()
                 outcome = resp.getheader("X-Backend", "") if resp.status == 200 else f"!{resp.status}"
-                if resp.will_close:
+                if resp.will_close or kind == "fresh":
                     conn.close()
                     conn = None
             except (OSError, http.client.HTTPException) as exc:
-                outcome = f"!{type(exc).__name__}"
+                outcome = f"!{type(exc).__name__}" + (f" ({kind})" if kind != "tight" else "")
                 if conn is not None:
                     conn.close()
                 conn = None
@@ -243,6 +281,227 @@ def test_backend_stopped_under_load_fails_no_request(stack: Stack) -> None:
     wait_for(lambda: "A" in stack.front(6), timeout=20, message="demo-a back in rotation after a restart")
 
 
+# -- the control plane is closed ----------------------------------------------------------------------
+
+
+def _exec_python(container: Any, code: str) -> tuple[int, str]:
+    status, output = container.exec_run(["python3", "-c", code], demux=False)
+    return status, output.decode(errors="replace")
+
+
+REACH = """
+import socket, sys
+for host, port in {targets!r}:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        print("REACHED", host, port)
+    except OSError as exc:
+        print("refused", host, port, type(exc).__name__)
+"""
+
+
+def test_a_backend_reaches_neither_redis_nor_the_admin(stack: Stack) -> None:
+    _ready(stack)
+    targets: list[tuple[str, int]] = [("redis", 6379), ("admin", 8081)]
+    for service, port in (("redis", 6379), ("admin", 8081)):
+        container = stack.container(service)
+        container.reload()
+        targets += [(net["IPAddress"], port) for net in container.attrs["NetworkSettings"]["Networks"].values()]
+    status, output = _exec_python(stack.container("demo-a"), REACH.format(targets=targets))
+    assert status == 0, output
+    assert "REACHED" not in output, output
+    assert output.count("refused") == len(targets) >= 4, output
+    # The same probe from a proxy (on the control network) does reach both: the probe itself works.
+    status, output = _exec_python(
+        stack.containers("proxy")[0], REACH.format(targets=[("redis", 6379), ("admin", 8081)])
+    )
+    assert output.count("REACHED") == 2, output
+
+
+def test_redis_wants_the_acl_user_and_the_admin_its_token(stack: Stack) -> None:
+    _ready(stack)
+    code = (
+        "import socket; s = socket.create_connection(('redis', 6379), timeout=3); "
+        "s.sendall(b'PING\\r\\nGET x\\r\\nAUTH gobalancer wrong\\r\\n'); import time; time.sleep(0.5); "
+        "print(s.recv(4096))"
+    )
+    status, output = _exec_python(stack.container("health"), code)
+    assert status == 0, output
+    assert "+PONG" in output  # the default user may ping (health checks)...
+    assert "NOPERM" in output or "NOAUTH" in output  # ...and nothing else
+    assert "WRONGPASS" in output
+    status, body = admin_call(stack.admin_port, "PUT", "/algorithm", token="not-the-token", body={"algorithm": "p2c"})
+    assert status == 401, body
+    status, _ = stack.admin("GET", "/algorithm")
+    assert status == 200
+
+
+def test_the_docker_api_filter_refuses_a_write(stack: Stack) -> None:
+    """Discovery (uid 10001, no socket) talks to the filter, which lets only its read calls through."""
+    discovery = stack.container("discovery")
+    code = """
+import http.client, json
+def call(method, path, body=None):
+    h = http.client.HTTPConnection("docker-api", 2375, timeout=5)
+    h.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
+    r = h.getresponse()
+    return r.status, r.read()
+print(json.dumps([call("POST", "/v1.41/volumes/create", b"{}")[0], call("DELETE", "/v1.41/containers/x")[0],
+                  call("GET", "/v1.41/images/json")[0], call("GET", "/v1.41/containers/json")[0],
+                  call("GET", "/_ping")[0]]))
+"""
+    volumes_before = {v.name for v in stack.client.volumes.list()}
+    status, output = _exec_python(discovery, code)
+    assert status == 0, output
+    assert json.loads(output.strip().splitlines()[-1]) == [405, 405, 403, 200, 200]
+    assert {v.name for v in stack.client.volumes.list()} == volumes_before  # the engine never saw the POST
+    status, output = _exec_python(discovery, "import os; print(os.getuid())")
+    assert output.strip() == "10001"
+
+
+# -- the client's address -------------------------------------------------------------------------------
+
+
+def test_the_client_address_reaches_the_backend(stack: Stack) -> None:
+    """A client on the clients network: the backend's X-Forwarded-For is that client's address (carried from
+    the front to the proxy in a PROXY protocol header), not the front's."""
+    if not proxy_protocol_on():
+        unavailable("GOBALANCER_E2E_PROXY_PROTOCOL=off: the front sends no PROXY header in this run")
+    _ready(stack)
+    code = (
+        "import http.client, json\n"
+        "c = http.client.HTTPConnection('front', 8080, timeout=5); c.connect()\n"
+        "me = c.sock.getsockname()[0]\n"
+        "c.request('GET', '/whoami'); body = json.loads(c.getresponse().read())\n"
+        "print(json.dumps({'me': me, 'forwarded_for': body['forwarded_for']}))\n"
+    )
+    client = stack.client.containers.run(
+        APP_IMAGE,
+        ["python3", "-c", code],
+        name=f"{stack.project}-client",
+        detach=True,
+        labels={E2E_LABEL: stack.project},
+        network=stack.network("clients"),
+        read_only=True,
+        cap_drop=["ALL"],
+    )
+    try:
+        assert client.wait(timeout=30)["StatusCode"] == 0, client.logs().decode(errors="replace")
+        seen = json.loads(client.logs().decode().strip().splitlines()[-1])
+    finally:
+        client.remove(force=True)
+    front_ip = stack.ip(stack.container("front"), "clients")
+    assert seen["forwarded_for"] == seen["me"] != front_ip, seen
+
+
+# -- scaling and replacing the proxies under load ------------------------------------------------------------
+
+
+def _scale(stack: Stack, replicas: int) -> None:
+    stack.run("up", "-d", "--no-build", "--no-deps", "--no-recreate", "--scale", f"proxy={replicas}", "proxy")
+
+
+def _failures(load: Load) -> list[str]:
+    return [outcome for _, outcome in list(load.results) if not outcome or outcome.startswith("!")]
+
+
+def _more(load: Load, count: int, message: str) -> None:
+    start = load.count()
+    wait_for(lambda: load.count() >= start + count, timeout=30, message=lambda: f"{message} ({load.count() - start})")
+
+
+SCALE_RUNS = int(os.environ.get("GOBALANCER_E2E_SCALE_RUNS", "1"))
+
+
+def test_scaling_4_to_1_to_4_under_load_fails_no_request(stack: Stack) -> None:
+    """Each stopping replica says not-ready at once, keeps serving through the front's next check, then
+    drains: scale-in and scale-out under keep-alive load fail nothing (GOBALANCER_E2E_SCALE_RUNS cycles)."""
+    _ready(stack)
+    _scale(stack, 4)
+    wait_for(lambda: len(stack.containers("proxy")) == 4, timeout=30, message="4 proxy replicas")
+    report = []
+    try:
+        _scale_runs(stack, report)
+    finally:
+        print(f"scale 4->1->4 runs (run, requests, failed, scale-in seconds): {report}")
+        _scale(stack, PROXY_REPLICAS)
+
+
+def _scale_runs(stack: Stack, report: list[tuple[int, int, int, float]]) -> None:
+    for run in range(SCALE_RUNS):
+        with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
+            _more(load, 200, "requests before scaling in")
+            started = time.monotonic()
+            _scale(stack, 1)  # returns once the 3 replicas have drained and exited
+            scaled_in = time.monotonic() - started
+            assert len(stack.containers("proxy")) == 1
+            _more(load, 300, "requests on the one replica left")
+            scale_out = time.monotonic()
+            _scale(stack, 4)
+            wait_for(lambda: len(stack.containers("proxy")) == 4, timeout=30, message="4 replicas again")
+            _more(load, 600, "requests after scaling out")
+        failures = _failures(load)
+        report.append((run, len(load.results), len(failures), round(scaled_in, 1)))
+        when = [(round(t - started, 2), outcome) for t, outcome in list(load.results) if outcome.startswith("!")]
+        assert failures == [], (
+            f"run {run}: {len(failures)} of {len(load.results)} failed: {Counter(failures)}; seconds after the "
+            f"scale-in began (scale-out began at {scale_out - started:.2f}): {when[:20]}\n" + stack.logs("front", 40)
+        )
+
+
+def test_compose_up_two_at_a_time_replaces_the_proxies_under_load_fails_no_request(stack: Stack) -> None:
+    """Compose's own `up -d` recreating the proxies (what a new image makes it do; --force-recreate takes the
+    same path) with COMPOSE_PARALLEL_LIMIT=2 and 3 replicas: two stop at a time while the third serves, and it
+    stops only after the first two were replaced."""
+    _ready(stack)
+    before = {c.id for c in stack.containers("proxy")}
+    assert len(before) == PROXY_REPLICAS == 3
+    with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
+        _more(load, 200, "requests before the recreate")
+        stack.run(
+            "up",
+            "-d",
+            "--no-build",
+            "--no-deps",
+            "--force-recreate",
+            "--scale",
+            "proxy=3",
+            "proxy",
+            env={"COMPOSE_PARALLEL_LIMIT": "2"},
+            timeout=180,
+        )
+        _more(load, 300, "requests after the recreate")
+    after = {c.id for c in stack.containers("proxy")}
+    assert len(after) == 3 and not (after & before), (before, after)
+    failures = _failures(load)
+    assert failures == [], f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}"
+    print(f"COMPOSE_PARALLEL_LIMIT=2 up -d --force-recreate under load: {len(load.results)} requests, 0 failed")
+
+
+def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) -> None:
+    """scripts/compose-rollout: a new replica per old one, ready first, then the old ones stop (Compose's own
+    `up -d` after a new image stops every replica at once)."""
+    _ready(stack)
+    before = {c.id for c in stack.containers("proxy")}
+    env = dict(stack.env)
+    with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
+        _more(load, 200, "requests before the rollout")
+        done = subprocess.run(
+            [str(ROOT / "scripts" / "compose-rollout"), "-p", stack.project, *stack.files],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        _more(load, 300, "requests after the rollout")
+    after = {c.id for c in stack.containers("proxy")}
+    assert len(after) == len(before) and not (after & before), (before, after)
+    failures = _failures(load)
+    assert failures == [], f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}"
+    print(f"rollout under load: {len(load.results)} requests, 0 failed")
+
+
 def test_compose_down_leaves_nothing(stack: Stack, docker_client: Any) -> None:
     # Containers a test started on the project's network must be gone before `down` (it removes the network).
     assert docker_client.containers.list(all=True, filters={"label": f"{E2E_LABEL}={stack.project}"}) == []
@@ -253,7 +512,7 @@ def test_compose_down_leaves_nothing(stack: Stack, docker_client: Any) -> None:
     assert docker_client.networks.list(filters={"label": project}) == []
     # Redis's append-only data stays in its named volume across `down`/`up` (that is what it is for);
     # `down --volumes` removes it.
-    volumes = [v.name for v in docker_client.volumes.list(filters={"label": project})]
-    assert volumes == [f"{stack.project}_redis-data"], volumes
+    volumes = sorted(v.name for v in docker_client.volumes.list(filters={"label": project}))
+    assert volumes == [f"{stack.project}_redis-data", f"{stack.project}_secrets"], volumes
     stack.run("down", "--volumes", timeout=120)
     assert docker_client.volumes.list(filters={"label": project}) == []

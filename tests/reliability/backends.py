@@ -190,6 +190,13 @@ HOSTILE_RESPONSES: dict[str, bytes] = {
     "/extra-chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n" + SMUGGLED,
     "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
     "/lf-only": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    # second corpus (issue 15)
+    "/continue-flood": b"HTTP/1.1 100 Continue\r\n\r\n" * 3000 + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/unasked-101": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n" + SMUGGLED,
+    "/cl-repeated": b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello",
+    "/cl-twice-same": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+    "/head-spaces-ctl": b"HTTP/1.1 200 OK\r\nX: " + b" " * 60000 + b"\x01\r\nContent-Length: 2\r\n\r\nok",
+    "/no-content": b"HTTP/1.1 204 No Content\r\nConnection: x\r\nX: y\r\n\r\n",
 }
 
 

@@ -122,4 +122,28 @@ CORPUS: list[Case] = [
     # -- heads that never end properly: a timeout
     Case("bare LF line endings", b"GET / HTTP/1.1\nHost: x\n\n", 408),
     Case("head never completes", b"GET / HTTP/1.1\r\nHost: x\r\n", 408),
+    # -- second corpus (issue 15): quadratic validation, Host values, targets, names, Connection
+    Case("32 KB of spaces then a CTL", b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b" " * 32000 + b"\x01\r\n\r\n", 400),
+    Case("trailer of spaces then a CTL", _req(CHUNKED, b"0\r\nX: " + b" " * 4000 + b"\x01\r\n\r\n"), 400),
+    Case("host with a space", b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", 400),
+    Case("host with a slash", b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n", 400),
+    Case("host with userinfo", b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n", 400),
+    Case("host list", b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n", 400),
+    Case("absolute-form backslash", b"GET http://a\\@evil/ HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    Case("fragment in target", b"GET /a#frag HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    Case("non-ASCII target", b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    Case(
+        "Connection names Host",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close, Host\r\n\r\n",
+        400,
+        accept=(200,),
+        rewritten=lambda head: b"\r\nhost: x\r\n" in head.lower(),
+    ),
+    Case(
+        "underscore twin of X-Forwarded-For",
+        b"GET / HTTP/1.1\r\nHost: x\r\nX_Forwarded_For: 6.6.6.6\r\n\r\n",
+        400,
+        accept=(200,),
+        rewritten=lambda head: b"6.6.6.6" not in head and b"x_forwarded_for" not in head.lower(),
+    ),
 ]

@@ -228,6 +228,9 @@
     set.textContent = "Set weight";
     form.append(label, input, set);
     tr.children[4].append(form);
+    const originName = document.createElement("span");
+    originName.className = "origin-name";
+    tr.children[3].append(originName);
     for (const action of ACTIONS) {
       const b = document.createElement("button");
       b.type = "button";
@@ -254,7 +257,8 @@
       b.setAttribute("aria-label", b.textContent + " " + address);
       buttons[b.dataset.action] = b;
     }
-    const cells = { health, state: stateCell, origin, weight, inflight, rate, errors, actions, weightInput: input, buttons };
+    const cells = { health, state: stateCell, origin, originName: origin.firstChild, override: null, clearOverride: null,
+      weight, inflight, rate, errors, actions, weightInput: input, buttons };
     return { tr, cells, shown: {} };
   }
 
@@ -268,6 +272,9 @@
     const button = e.target.closest("button[data-action]");
     const address = button && rowAddress(button);
     if (address) setState(address, button.dataset.action);
+    const clear = e.target.closest("button.clear-override");
+    const overridden = clear && rowAddress(clear);
+    if (overridden) mutate("Clear the override of " + overridden, "DELETE", backendPath(overridden) + "/override");
   });
   backendsBody.addEventListener("input", (e) => {
     if (e.target.matches(".weight-form input")) e.target.dataset.dirty = "1";
@@ -287,6 +294,36 @@
   });
 
   const ACTION_STATE = { drain: "draining", enable: "enabled", disable: "disabled" };
+
+  // The origin, and on a backend found by discovery what the operator changed: an override, kept until
+  // cleared (its tag and button are made only for the rows that have one).
+  function fillOrigin(cells, b) {
+    setText(cells.originName, b.origin);
+    const override = b.override ? Object.entries(b.override) : [];
+    const discovered = b.discovered || {};
+    const text = override
+      .map(([k, v]) => "override " + k + "=" + v + (k in discovered ? " (source " + discovered[k] + ")" : ""))
+      .join(", ");
+    if (text && !cells.override) {
+      cells.override = document.createElement("span");
+      cells.override.className = "tag override";
+      cells.override.title = "Set by an operator; discovery keeps it until the override is cleared";
+      const clear = document.createElement("button");
+      clear.type = "button";
+      clear.className = "clear-override";
+      clear.textContent = "Clear override";
+      clear.setAttribute("aria-label", "Clear the override of " + b.address + ": the discovery source's values again");
+      cells.clearOverride = clear;
+    }
+    if (!cells.override) return;
+    setText(cells.override, text);
+    // Attached only while there is one (a refresh must not move a focused button).
+    if (text && !cells.override.isConnected) cells.origin.append(cells.override, cells.clearOverride);
+    if (!text && cells.override.isConnected) {
+      cells.override.remove();
+      cells.clearOverride.remove();
+    }
+  }
 
   // Each setter writes the DOM only when the shown value changes (row.shown keeps what is shown).
   function fillRow(row, b) {
@@ -324,7 +361,7 @@
       cells.state.className = "state state-" + b.state;
       for (const [action, button] of Object.entries(cells.buttons)) button.disabled = b.state === ACTION_STATE[action];
     }
-    setText(cells.origin, b.origin);
+    fillOrigin(cells, b);
     const input = cells.weightInput;
     const weight = String(b.weight);
     if (document.activeElement !== input && !input.dataset.dirty && input.value !== weight) input.value = weight;
@@ -668,6 +705,8 @@
       b.weight = event.backend.weight;
       b.state = event.backend.state;
       b.origin = event.backend.origin;
+      b.override = event.backend.override || null;
+      b.discovered = event.backend.discovered || null;
       state.backends.set(address, b);
     } else if (kind === "backend_removed") {
       state.backends.delete(address);

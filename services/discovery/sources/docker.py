@@ -1,9 +1,10 @@
 """The Docker source: running containers labelled ``lb.enable=true``.
 
 Labels (all optional but ``lb.enable``):
-- ``lb.port``: the backend port. Default: the container's only exposed TCP port; 80 when it exposes
-  none, or when it exposes several and 80 is one of them. Several exposed ports without 80 and no
-  ``lb.port`` is ambiguous: the container is skipped with a logged reason.
+- ``lb.port``: the backend port. Default (as docs/deploy.md says): the container's only exposed TCP
+  port, else 80 — when it exposes none or several. An image exposing several ports is common (the
+  project's own exposes the proxy's and the admin's) and says nothing about the one a container
+  serves on, so it never makes the default ambiguous; ``lb.port`` says otherwise.
 - ``lb.weight``: an integer 1-10000, default 1.
 - ``lb.network``: the network whose address is used. Otherwise ``discovery.docker.network`` when
   the container is on it, else the alphabetically first network that gives it an address.
@@ -76,17 +77,13 @@ def _int_label(labels: Mapping[str, str], name: str, lo: int, hi: int) -> int | 
     return int(text)
 
 
-def _default_port(config: Mapping[str, Any]) -> int | Skip:
-    exposed = sorted(
-        int(spec.split("/", 1)[0])
-        for spec in (config.get("ExposedPorts") or {})
-        if spec.endswith("/tcp") or "/" not in spec
-    )
-    if len(exposed) == 1:
-        return exposed[0]
-    if not exposed or 80 in exposed:
-        return 80
-    return Skip(f"several exposed ports {exposed} and no lb.port label")
+def _default_port(config: Mapping[str, Any]) -> int:
+    exposed = [
+        spec.split("/", 1)[0] for spec in (config.get("ExposedPorts") or {}) if spec.endswith("/tcp") or "/" not in spec
+    ]
+    if len(exposed) == 1 and _INT.match(exposed[0]) and 1 <= int(exposed[0]) <= 65535:
+        return int(exposed[0])
+    return 80
 
 
 def _network_ip(settings: Mapping[str, Any]) -> str:
@@ -118,8 +115,6 @@ def container_backend(attrs: Mapping[str, Any], preferred_network: str = "") -> 
         return port
     if port is None:
         port = _default_port(config)
-        if isinstance(port, Skip):
-            return port
 
     networks: Mapping[str, Any] = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
     with_ip = {name: ip for name, s in networks.items() if (ip := _network_ip(s or {}))}

@@ -23,6 +23,9 @@ _HOP_BY_HOP = frozenset(
         b"content-length",
     }
 )
+# A request's Content-Length stays where it was (the body is forwarded unchanged); Transfer-Encoding is
+# sent again by the proxy after its own lines.
+_REQUEST_HOP = _HOP_BY_HOP - {b"content-length"}
 _FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"x-request-id", b"via"})
 VIA = b"1.1 gobalancer"
 _TRACEPARENT = frozenset({b"traceparent"})
@@ -37,6 +40,12 @@ def new_request_id() -> bytes:
     return b"%s-%x" % (_id_prefix, next(_ids))
 
 
+# Connection options may name any field, but never what the proxy itself needs to deliver the
+# message: Host and the framing (RFC 9110 §7.6.1 lets a proxy keep them; dropping them would forward
+# an HTTP/1.1 request without a Host, or a body without its length).
+_PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+
+
 def upstream_request_head(
     req: RequestHead,
     client_ip: str,
@@ -46,13 +55,20 @@ def upstream_request_head(
     tunnel: bool,
     traceparent: bytes | None = None,
     keep_tracestate: bool = True,
+    keep_underscores: bool = False,
 ) -> bytes:
-    """The head sent to the backend (always HTTP/1.1, keep-alive unless tunnelling).
+    """The head sent to the backend (always HTTP/1.1, keep-alive unless tunnelling): the general path.
+
+    The client's field lines stay in their order (Host and Content-Length included) less the
+    hop-by-hop ones, the forwarding fields the proxy sets itself, and (unless ``keep_underscores``)
+    names with an underscore, which CGI-style backends would read as the header with a dash (nginx
+    drops them too); then the proxy's own lines. On the fast path's requests this gives the same
+    bytes as :func:`fast_request_head` (tests/unit/proxy/test_fast_path.py).
 
     ``traceparent``: the proxy's own value, replacing the client's (None: the client's passes as is);
     ``keep_tracestate`` False drops the client's ``tracestate`` (it belonged to a trace not continued).
     """
-    drop = req.connection_tokens
+    drop = req.connection_tokens - _PROTECTED if req.connection_tokens else req.connection_tokens
     if traceparent is not None:
         drop = drop | (_TRACE_HEADERS if not keep_tracestate else _TRACEPARENT)
     out = [b"%s %s HTTP/1.1\r\n" % (req.method, req.target)]
@@ -61,7 +77,7 @@ def upstream_request_head(
     upgrade_value: bytes | None = None
     for name, value in req.headers:
         n = name.lower()
-        if n in _HOP_BY_HOP or n in drop:
+        if n in _REQUEST_HOP or n in drop or (b"_" in n and not keep_underscores):
             if n == b"upgrade":
                 upgrade_value = value
             continue
@@ -74,6 +90,8 @@ def upstream_request_head(
         out.append(b"%s: %s\r\n" % (name, value))
     if req.host is None:
         out.append(b"Host: %s\r\n" % upstream_host)
+    elif req.host_rewritten:
+        out.append(b"Host: %s\r\n" % req.host)
     ip = client_ip.encode()
     out.append(b"X-Forwarded-For: %s\r\n" % (xff + b", " + ip if xff else ip))
     out.append(b"X-Forwarded-Proto: %s\r\n" % proto)
@@ -83,14 +101,36 @@ def upstream_request_head(
     out.append(b"Via: %s\r\n" % (via + b", " + VIA if via else VIA))
     if req.chunked:
         out.append(b"Transfer-Encoding: %s\r\n" % req.te_codings)
-    elif req.content_length is not None:
-        out.append(b"Content-Length: %d\r\n" % req.content_length)
     if traceparent is not None:
         out.append(b"traceparent: %s\r\n" % traceparent)
     if tunnel and upgrade_value is not None:
         out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % upgrade_value)
     out.append(b"\r\n")
     return b"".join(out)
+
+
+def forwarding_prefix(client_ip: str, proto: bytes) -> bytes:
+    """The proxy's first lines for every request of one client connection (computed once per connection)."""
+    return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client_ip.encode(), proto)
+
+
+FAST_SUFFIX = b"X-Forwarded-Host: %s\r\nX-Request-ID: %s\r\nVia: " + VIA + b"\r\n"
+FAST_SUFFIX_TRACE = FAST_SUFFIX + b"traceparent: %s\r\n\r\n"
+# The whole head of a plain request with a new sampled trace, in one formatting: the received head
+# (without its blank line), the connection's forwarding prefix, X-Forwarded-Host, the request id
+# (process prefix and counter) and "trace-id-span-id" (see new_trace_ids).
+FAST_HEAD_NEW_TRACE = (
+    b"%s%sX-Forwarded-Host: %s\r\nX-Request-ID: %s-%x\r\nVia: " + VIA + b"\r\ntraceparent: 00-%s-01\r\n\r\n"
+)
+FAST_SUFFIX += b"\r\n"
+
+
+def fast_request_head(head: bytes, prefix: bytes, host: bytes, request_id: bytes, traceparent: bytes | None) -> bytes:
+    """The head sent upstream for a fast-path request (``head``: as received, up to its blank line
+    excluded; ``prefix``: :func:`forwarding_prefix`). The data plane inlines the same expression."""
+    if traceparent is None:
+        return head + prefix + FAST_SUFFIX % (host, request_id)
+    return head + prefix + FAST_SUFFIX_TRACE % (host, request_id, traceparent)
 
 
 # Response field lines removed on the fast path (one regex substitution over the raw block).
@@ -104,15 +144,16 @@ _VIA_LINE = b"Via: " + VIA + b"\r\n"
 
 
 def client_response_head(resp: ResponseHead, client_minor: int, keep_alive: bool, rechunk: bool, tunnel: bool) -> bytes:
-    """The head sent to the client.
+    """The head sent to the client (the general path).
 
     ``rechunk``: the body is re-framed as chunked (HTTP/1.1 client, chunked backend body); otherwise a
     chunked backend body is sent decoded and the connection closed (HTTP/1.0 client). A Via line
-    is added (several Via lines are one list, RFC 9110 §5.3).
+    is added (several Via lines are one list, RFC 9110 §5.3). Content-Length goes on as one line with
+    one value (RFC 9110 §8.6: a repeated value is sent once), never on a 1xx or 204 response.
     """
     out = [b"HTTP/1.%d %d %s\r\n" % (1 if client_minor else 0, resp.status, resp.reason)]
-    if not tunnel and resp.connection_tokens <= _PLAIN_TOKENS:
-        # Fast path: Content-Length (kept as is) and every end-to-end field pass through untouched.
+    if not tunnel and resp.plain_length and resp.connection_tokens <= _PLAIN_TOKENS:
+        # Content-Length (kept as is) and every end-to-end field pass through untouched.
         out.append(_RESPONSE_HOP.sub(b"", resp.raw_fields))
     else:
         drop = resp.connection_tokens
@@ -128,8 +169,8 @@ def client_response_head(resp: ResponseHead, client_minor: int, keep_alive: bool
                 out.append(b"%s: %s\r\n" % (name, value))
         if tunnel:
             out.append(b"Connection: upgrade\r\nUpgrade: %s\r\n" % (upgrade_value or b""))
-        elif resp.content_length is not None and not resp.chunked:
-            out.append(b"Content-Length: %d\r\n" % resp.content_length)
+        elif resp.length_field is not None and not resp.chunked:
+            out.append(b"Content-Length: %s\r\n" % resp.length_field)
     out.append(_VIA_LINE)
     if not tunnel:
         if rechunk:

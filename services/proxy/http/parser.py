@@ -8,32 +8,124 @@ ambiguity about where its body ends is rejected with 400 (and the connection clo
 Header lines are matched with one strict regular expression, which rejects in a single step:
 whitespace before the colon, obs-fold (a line starting with SP/HTAB), NUL, bare CR or LF and
 other control characters in a value.
+
+Every expression here runs in time linear in its input. A field value is matched as runs of
+visible characters, or of whitespace *followed by* a visible character, all with possessive
+quantifiers: no position is ever tried twice, so a value of 64 KB of spaces ending in a control
+byte is refused in one pass. (The former ``[ \t]*(VALUE)?[ \t]*`` with a greedy value could split a
+run of spaces between three quantifiers in O(n²) ways: 11 s for one 32 KB header line.)
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HEAD_END = b"\r\n\r\n"
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_VALUE = rb"(?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?"  # no CTL but HTAB; no surrounding OWS
-_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*")
+_VCHAR = rb"[^\x00-\x20\x7f]"  # visible characters and obs-text
+# A value without its surrounding OWS: no CTL but HTAB. Linear (see above): possessive runs, and
+# whitespace only where a visible character follows it.
+_VALUE = rb"(?:" + _VCHAR + rb"++|[ \t]++(?=" + _VCHAR + rb"))*+"
+_HEADER_LINE = re.compile(rb"(" + _TOKEN + rb"):[ \t]*+(" + _VALUE + rb")[ \t]*+")
 # A whole field section ("name: value\r\n"*) is split by one findall. A match starts at a line start
 # and ends at the first CRLF (values cannot hold CR or LF), so the section is valid exactly when
 # every line matched: as many matches as LFs. A bad line (obs-fold, space before the colon, bare CR
 # or LF, NUL...) yields no match and makes the counts differ.
-_FIELDS = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*(" + _VALUE + rb")[ \t]*\r\n", re.MULTILINE)
+_FIELDS = re.compile(rb"^(" + _TOKEN + rb"):[ \t]*+(" + _VALUE + rb")[ \t]*+\r\n", re.MULTILINE)
 _REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") ([^\x00-\x20\x7f]+) HTTP/1\.([01])")
+# What a reverse proxy forwards as a target: visible ASCII, no fragment (RFC 9112 §3.2: "#" never
+# appears in a request target; non-ASCII bytes must be percent-encoded).
+_TARGET = re.compile(rb"[!-\x22$-~]+")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+# Host (RFC 9112 §3.2, RFC 3986 §3.2.2): an IP literal or a reg-name, and an optional port. No
+# spaces, "/", "@", "\\" or commas (a list is two hosts): 400, as HAProxy answers. Empty is allowed
+# (a target without an authority).
+_HOST = rb"(?:\[[0-9A-Za-z:.%\-_~]++\]|[A-Za-z0-9\-._~%!$&'()*+;=]++)(?::[0-9]{1,5})?"
+_HOST_VALUE = re.compile(rb"(?:" + _HOST + rb")?")
 # absolute-form (RFC 9112 §3.2.2): scheme "://" authority (no userinfo), then the path and query.
-_ABSOLUTE_FORM = re.compile(rb"(?i:https?)://([^/?#@\x00-\x20]+)([/?][^#]*)?")
+_ABSOLUTE_FORM = re.compile(rb"(?i:https?)://(" + _HOST + rb")([/?][!-\x22$-~]*)?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
+
+# -- the fast path ------------------------------------------------------------------------------
+#
+# Most requests and responses are plain: canonical field lines ("Name: value" with one space), no
+# framing but a Content-Length, nothing the proxy rewrites. Each of those is recognised, validated
+# and split by ONE regular-expression match (C code, linear: possessive quantifiers only), and
+# forwarded by splicing the received bytes with the proxy's own lines, with no head object and no
+# per-header Python loop. Anything else is not refused here: it takes the general path
+# (parse_request_head / parse_response_head), which has the last word on validity. A property test
+# (tests/unit/proxy/test_fast_path.py) proves both paths produce the same bytes and decisions.
+
+# Names the fast path leaves to the general one: framing and hop-by-hop fields, the fields the proxy
+# sets itself, and (requests) names with an underscore (dropped by default: see parse_request_head).
+_REQUEST_SPECIAL = (
+    rb"(?i:host|content-length|transfer-encoding|connection|keep-alive|upgrade|te|trailer|expect|proxy-[^:]*"
+    rb"|x-forwarded-[^:]*|forwarded|via|x-request-id|traceparent|tracestate):"
+)
+_CANONICAL_VALUE = _VCHAR + rb"++(?:[ \t]++" + _VCHAR + rb"++)*+"  # no leading or trailing whitespace
+_FAST_NAME = rb"[!#$%&'*+\-.^`|~0-9A-Za-z]++"  # a token without "_"
+_FAST_REQUEST_LINE = rb"(?!" + _REQUEST_SPECIAL + rb")" + _FAST_NAME + rb": " + _CANONICAL_VALUE + rb"\r\n"
+
+
+def fast_request_matcher(max_target: int) -> Callable[[bytes], re.Match[bytes] | None]:
+    """The ``fullmatch`` of a read that is exactly one plain HTTP/1.1 request head: not HEAD,
+    origin-form target of at most ``max_target`` bytes, exactly one valid Host, no body framing, no
+    Connection, nothing the proxy rewrites. Groups: the head without its blank line, the Host value.
+    (The caller checks the size against the head limit; a read holding more than one head, or a
+    head and a body, is the general path's.)"""
+    return re.compile(
+        rb"((?!HEAD )"
+        + _TOKEN
+        + rb" /[!-\x22$-~]{0,%d}+ HTTP/1\.1\r\n" % (max_target - 1)
+        + rb"(?:"
+        + _FAST_REQUEST_LINE
+        + rb")*+"
+        rb"(?i:host): (" + _HOST + rb")\r\n"
+        rb"(?:" + _FAST_REQUEST_LINE + rb")*+)\r\n"
+    ).fullmatch
+
+
+# Responses: the general path relays a plain response's field lines as received (whitespace and all),
+# so the fast path needs no canonical form, only valid lines. Lines whose name cannot start a
+# special one (first character not c, t, k, u or p) skip the lookahead: most lines, most of the cost.
+_RESPONSE_SPECIAL = rb"(?i:c(?:ontent-length|onnection)|t(?:ransfer-encoding|e|railer)|keep-alive|upgrade|proxy-[^:]*):"
+_RAW_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*+"
+_PLAIN_NAME = rb"[!#$%&'*+\-.^_`|~0-9ABD-JLMNOQ-SV-Zabd-jlmnoq-sv-z][!#$%&'*+\-.^_`|~0-9A-Za-z]*+"
+# Lines are matched with the CRLF *before* them, so the head's group ends without its last CRLF.
+_FAST_RESPONSE_LINE = (
+    rb"\r\n(?:"
+    + _PLAIN_NAME
+    + rb":"
+    + _RAW_VALUE
+    + rb"|(?!"
+    + _RESPONSE_SPECIAL
+    + rb")"
+    + _TOKEN
+    + rb":"
+    + _RAW_VALUE
+    + rb"|(?i:connection):[ \t]*+(?i:keep-alive)[ \t]*+)"
+)
+FAST_RESPONSE = re.compile(
+    rb"(HTTP/1\.1 (?!204 |304 )([2-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*+"
+    rb"(?:" + _FAST_RESPONSE_LINE + rb")*+"
+    rb"\r\n(?i:content-length):[ \t]*+([0-9]{1,18})[ \t]*+"
+    rb"(?:" + _FAST_RESPONSE_LINE + rb")*+)\r\n\r\n(.*)",
+    re.DOTALL,
+).match
+"""A plain HTTP/1.1 response head (status 2xx-5xx but 204/304) framed by one Content-Length, with at
+most ``Connection: keep-alive`` as a hop-by-hop field. Groups: the head up to its last line's end
+(no CRLF), the status, the length, and what follows the head (``.*`` with DOTALL jumps to the end:
+it costs nothing whatever the size)."""
+STRIP_KEEP_ALIVE = re.compile(rb"\r\n(?i:connection):[ \t]*+(?i:keep-alive)[ \t]*+(?=\r|\Z)").sub
+"""Removes the ``Connection: keep-alive`` lines of a fast-path response head (group 1)."""
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 MAX_CHUNK_LINE = 4096
+MAX_INTERIM = 8  # 1xx responses relayed before the final one; a backend sending more gets a 502
 
 
 class HttpError(Exception):
@@ -63,6 +155,7 @@ class RequestHead:
     host: bytes | None = None
     request_id: bytes | None = None  # X-Request-ID as received (kept when present)
     traceparent: bytes | None = None  # as received; b"" when there were several (invalid)
+    host_rewritten: bool = False  # absolute-form: Host comes from the target (sent after the fields)
 
     @property
     def idempotent(self) -> bool:
@@ -78,23 +171,20 @@ class ResponseHead:
     minor: int
     status: int
     reason: bytes
-    content_length: int | None
+    content_length: int | None  # the body's length by the framing rules (0 for HEAD, 1xx, 204, 304)
     chunked: bool
     keep_alive: bool
     connection_tokens: frozenset[bytes] = field(default_factory=frozenset)
     raw_fields: bytes = b""  # the field lines as received, each ending with CRLF
     headers: Headers = field(default_factory=list)
+    length_field: bytes | None = None  # the one Content-Length value received (re-sent as is: HEAD, 304)
+    plain_length: bool = True  # Content-Length, if any, came as one line with one plain value
 
 
 def check_incomplete_head(buf: bytes | bytearray, max_head: int, max_target: int) -> None:
     """Called while a request head has no end yet: refuse it early if it is already too long."""
-    line_end = buf.find(b"\r\n")
-    if line_end < 0:
-        if len(buf) > max_target + 32:
-            raise HttpError(414, "request target too long")
-        if len(buf) > max_head:
-            raise HttpError(431, "request header section too large")
-        return
+    if len(buf) > max_target + 32 and buf.find(b"\r\n", 0, max_target + 34) < 0:
+        raise HttpError(414, "request target too long")  # (a bounded search: linear however it arrives)
     if len(buf) > max_head:
         raise HttpError(431, "request header section too large")
 
@@ -157,6 +247,8 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
     if m is None:
         raise HttpError(400, "malformed request line")
     method, target, minor = m.group(1), m.group(2), int(m.group(3))
+    if _TARGET.fullmatch(target) is None:
+        raise HttpError(400, "fragment in request target" if b"#" in target else "invalid request target")
     headers, _ = _parse_headers(head, line_end + 2, 400)
 
     cl_values: list[bytes] = []
@@ -184,10 +276,13 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
         raise HttpError(400, "more than one Host")
     if minor == 1 and not host_values:
         raise HttpError(400, "missing Host")
+    if host_values and _HOST_VALUE.fullmatch(host_values[0]) is None:
+        raise HttpError(400, "invalid Host")
     # The request target (RFC 9112 §3.2): a reverse proxy takes origin-form ("/path?q"), "*" for
     # OPTIONS, and absolute-form, which it turns into origin-form with the target's authority as
     # Host (the authority wins over a Host header that says otherwise: the backend must never see
     # two different hosts for one request). Anything else is refused before it can reach a backend.
+    host_rewritten = False
     if method == b"CONNECT":
         raise HttpError(501, "CONNECT is not supported by a reverse proxy")
     if not target.startswith(b"/"):
@@ -201,8 +296,9 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
             authority = absolute.group(1)
             path = absolute.group(2) or b"/"
             target = path if path.startswith(b"/") else b"/" + path
-            headers = [(n, v) for n, v in headers if n.lower() != b"host"] + [(b"Host", authority)]
+            headers = [(n, v) for n, v in headers if n.lower() != b"host"]
             host_values = [authority]
+            host_rewritten = True
     content_length: int | None = None
     chunked = False
     te_codings = b""
@@ -230,6 +326,7 @@ def parse_request_head(head: bytes, max_target: int) -> RequestHead:
         host=host_values[0] if host_values else None,
         request_id=rid_values[0] if rid_values and rid_values[0] else None,
         traceparent=(trace_values[0] if len(trace_values) == 1 else b"") if trace_values else None,
+        host_rewritten=host_rewritten,
     )
 
 
@@ -253,10 +350,24 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
             values.append(value)
     tokens = _connection_tokens(conn_values)
     keep_alive = (b"close" not in tokens) if minor == 1 else (b"keep-alive" in tokens)
+    # Content-Length (RFC 9110 §8.6): one value, or a list of one repeated value (sent on as one
+    # line); values that differ are a 502. Never sent on 1xx and 204 responses.
+    length_field: bytes | None = None
+    plain_length = len(cl_values) <= 1
+    if cl_values:
+        distinct = {v.strip() for cv in cl_values for v in cv.split(b",")}
+        if len(distinct) != 1:
+            raise HttpError(502, "backend sent conflicting Content-Length")
+        length_field = distinct.pop()
+        if not _DIGITS.fullmatch(length_field):
+            raise HttpError(502, "backend sent an invalid Content-Length")
+        plain_length = plain_length and cl_values[0] == length_field
     content_length: int | None = None
     chunked = False
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         content_length = 0
+        if status < 200 or status == 204:
+            length_field = None
     elif te_values:
         if cl_values:
             raise HttpError(502, "backend sent both Content-Length and Transfer-Encoding")
@@ -265,17 +376,23 @@ def parse_response_head(head: bytes, request_method: bytes) -> ResponseHead:
             chunked = True
         else:  # body ends when the backend closes: the connection cannot be reused
             keep_alive = False
-    elif cl_values:
-        distinct = {v.strip() for cv in cl_values for v in cv.split(b",")}
-        if len(distinct) != 1:
-            raise HttpError(502, "backend sent conflicting Content-Length")
-        value = distinct.pop()
-        if not _DIGITS.fullmatch(value):
-            raise HttpError(502, "backend sent an invalid Content-Length")
-        content_length = int(value)
+    elif length_field is not None:
+        content_length = int(length_field)
     else:
         keep_alive = False  # read until close
-    return ResponseHead(minor, status, reason, content_length, chunked, keep_alive, tokens, raw_fields, headers)
+    return ResponseHead(
+        minor,
+        status,
+        reason,
+        content_length,
+        chunked,
+        keep_alive,
+        tokens,
+        raw_fields,
+        headers,
+        length_field,
+        plain_length and not (cl_values and length_field is None),
+    )
 
 
 class ChunkedDecoder:
@@ -287,12 +404,14 @@ class ChunkedDecoder:
     end with CRLF, and trailer fields are validated and dropped.
     """
 
-    __slots__ = ("_line", "_remaining", "_state", "_status", "done")
+    __slots__ = ("_line", "_max_trailer", "_remaining", "_state", "_status", "_trailer", "done")
 
     _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
 
-    def __init__(self, status: int = 400) -> None:
+    def __init__(self, status: int = 400, max_trailer: int = 32768) -> None:
         self._state = self._SIZE
+        self._trailer = 0  # bytes of trailer section so far: bounded like a head
+        self._max_trailer = max_trailer
         self._remaining = 0
         self._line = b""
         self._status = status  # the error status: 400 for requests, 502 for responses
@@ -357,7 +476,11 @@ class ChunkedDecoder:
                     break
                 if line == b"":
                     self.done = True
-                elif _HEADER_LINE.fullmatch(line) is None:
+                    continue
+                self._trailer += len(line) + 2
+                if self._trailer > self._max_trailer:
+                    raise HttpError(self._status, "trailer section too large")
+                if _HEADER_LINE.fullmatch(line) is None:
                     raise HttpError(self._status, "malformed trailer field")
         return out, pos
 

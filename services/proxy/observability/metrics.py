@@ -87,7 +87,7 @@ class ProxyCollector(Collector):
             P + "backend_sent_bytes", "Response bytes sent to clients from the backend.", labels=["backend"]
         )
         for address, b in backends:
-            for name, n in zip(CLASS_NAMES, b.classes, strict=True):
+            for name, n in zip(CLASS_NAMES, b.classes_total(), strict=True):
                 if n:
                     requests.add_metric([address, name], n)
             conn_errors.add_metric([address], b.connect_errors)
@@ -99,13 +99,13 @@ class ProxyCollector(Collector):
             P + "backend_request_duration_seconds",
             "Attempt start to response complete (or failure), per backend.",
             ["backend"],
-            (([a], b.duration) for a, b in backends),
+            (([a], b.duration_total()) for a, b in backends),
         )
         yield histogram_family(
             P + "backend_upstream_ttfb_seconds",
             "Attempt start to the backend's response head, per backend.",
             ["backend"],
-            (([a], b.ttfb) for a, b in backends),
+            (([a], b.ttfb_total()) for a, b in backends),
         )
 
     def _balancer_metrics(self) -> Iterable[Metric]:

@@ -9,9 +9,14 @@ configured: without one tracing costs the id generation and nothing else.
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import urllib.parse
+from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from shared.config import TracingConfig
 from shared.logs import get_logger
@@ -91,6 +96,11 @@ class TraceContext:
         return self._header
 
 
+def from_header(header: bytes) -> TraceContext:
+    """The context of a trace the proxy started itself (the fast path keeps only its header)."""
+    return TraceContext(header, None, False)
+
+
 def continue_or_start(incoming: bytes | None, sample_ratio: float) -> TraceContext:
     """The proxy's trace context for a request whose ``traceparent`` was ``incoming`` (None: absent)."""
     if incoming is not None:
@@ -160,11 +170,39 @@ class SpanExporter:
         self.processor.shutdown()  # type: ignore[no-untyped-call]
 
 
+TRACES_PATH = "/v1/traces"
+
+
+def otlp_traces_endpoint(setting: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where spans are POSTed, by the OpenTelemetry convention ("" = no export).
+
+    ``tracing.otlp_endpoint`` first: a base URL (``http://collector:4318``) gets ``/v1/traces`` appended
+    to its path; a URL whose path already ends in ``/v1/traces`` is used as is. When the setting is
+    empty, the standard variables: ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is, as the
+    specification says of the signal-specific variable), else ``OTEL_EXPORTER_OTLP_ENDPOINT`` (a base URL).
+    """
+    environ = os.environ if environ is None else environ
+    base = setting.strip()
+    if not base:
+        traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+        if traces:
+            return traces
+        base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
+        if not base:
+            return ""
+    parts = urllib.parse.urlsplit(base)
+    path = parts.path.rstrip("/")
+    if path.endswith(TRACES_PATH):
+        return base
+    return urllib.parse.urlunsplit(parts._replace(path=path + TRACES_PATH))
+
+
 def make_exporter(config: TracingConfig) -> SpanExporter | None:
-    if not config.otlp_endpoint:
+    endpoint = otlp_traces_endpoint(config.otlp_endpoint)
+    if not endpoint:
         return None
     try:
-        return SpanExporter(config)
+        return SpanExporter(msgspec.structs.replace(config, otlp_endpoint=endpoint))
     except ImportError as exc:
         log.error(
             "tracing.otlp_endpoint is set but OpenTelemetry is not installed (pip install '.[otel]')", error=str(exc)

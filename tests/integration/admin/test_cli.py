@@ -46,9 +46,10 @@ def test_backends_lifecycle_with_tables(served: ServedAdmin, capsys: pytest.Capt
 
     code, out, _ = run(capsys, "backends", "list", *url)
     lines = out.rstrip("\n").splitlines()
-    assert lines[0].split() == ["ADDRESS", "WEIGHT", "STATE", "HEALTH", "ALIVE", "CONNS", "ORIGIN", "EJECTED"]
-    assert lines[1].split() == ["10.0.0.1:8080", "5", "enabled", "unknown", "no", "0", "api", "no"]
-    assert lines[2].split() == ["[::1]:9000", "1", "enabled", "unknown", "no", "0", "api", "no"]
+    header = ["ADDRESS", "WEIGHT", "STATE", "HEALTH", "ALIVE", "CONNS", "ORIGIN", "EJECTED", "OVERRIDE"]
+    assert lines[0].split() == header
+    assert lines[1].split() == ["10.0.0.1:8080", "5", "enabled", "unknown", "no", "0", "api", "no", "-"]
+    assert lines[2].split() == ["[::1]:9000", "1", "enabled", "unknown", "no", "0", "api", "no", "-"]
     # Aligned: every column starts at the same offset on every line.
     starts = [lines[0].index("WEIGHT"), lines[0].index("STATE")]
     assert lines[1][starts[1] :].startswith("enabled") and lines[2][starts[1] :].startswith("enabled")

@@ -133,3 +133,11 @@ async def test_engine_restart_keeps_the_last_set_then_catches_up(engine: FakeDoc
             await eventually(
                 lambda: addresses(desired) == {"172.17.0.3:80"} and src.connects == 2, message="caught up after restart"
             )
+
+
+async def test_the_projects_own_image_without_lb_port_is_found_on_80(engine: FakeDockerEngine) -> None:
+    engine.add_container(
+        "demo", labels=LB, networks={"bridge": "172.17.0.7"}, exposed=["8080", "8081"], image="gobalancer:local"
+    )
+    async with running(source(engine)) as desired:
+        await eventually(lambda: addresses(desired) == {"172.17.0.7:80"}, message="found on the default port")

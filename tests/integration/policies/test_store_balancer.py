@@ -14,7 +14,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from services.proxy.store_balancer import StoreBalancer, open_store_balancer
 from shared.config import BackendConfig, Config, OutlierConfig, Seconds
 from shared.models import AlgorithmSetting, Backend
@@ -91,7 +91,7 @@ async def test_three_replicas_keep_least_connections_balanced_under_uneven_durat
         assert upstream is not None
         received[upstream.address] += 1
         await asyncio.sleep(duration[upstream.address])  # the request's service time
-        balancer.finished(upstream, Outcome(ok=True, latency=duration[upstream.address]))
+        balancer.finished(upstream, True, duration[upstream.address])
 
     deadline = time.monotonic() + 4.0
     while time.monotonic() < deadline:
@@ -167,7 +167,7 @@ def probe(balancer: StoreBalancer, key: str) -> Upstream | None:
     """A pick for a request that ends at once (a pick counts its request in flight until finished)."""
     upstream = balancer.pick(key)
     if upstream is not None:
-        balancer.finished(upstream, Outcome(ok=True, status=200))
+        balancer.finished(upstream, True)
     return upstream
 
 
@@ -203,7 +203,7 @@ async def test_outlier_ejection_is_shared_and_ends(redis_url: str, namespace: st
         bad = next(u for u in (probe(a, str(i)) for i in range(3)) if u is not None and u.address == ADDRS[0])
         for _ in range(3):
             a.started(bad)
-            a.finished(bad, Outcome(ok=False, connect_failed=True))
+            a.finished(bad, False)
         assert ADDRS[0] not in pick_set(a)  # at once on this replica
         view = await store.get_backend(ADDRS[0])
         assert view is not None
@@ -235,7 +235,7 @@ async def test_redis_restart_under_picks_never_fails_and_resyncs(private_redis: 
                     if upstream is None:
                         failures += 1
                     else:
-                        balancer.finished(upstream, Outcome(ok=True, latency=0.001))
+                        balancer.finished(upstream, True, 0.001)
                     await asyncio.sleep(0.001)
 
             task = asyncio.create_task(loop())
@@ -305,7 +305,7 @@ async def test_ejection_decided_during_an_outage_is_published_afterwards(
             bad = Upstream.from_address(ADDRS[1])
             for _ in range(2):
                 balancer.started(bad)
-                balancer.finished(bad, Outcome(ok=False, connect_failed=True))
+                balancer.finished(bad, False)
             assert ADDRS[1] not in pick_set(balancer)
             await asyncio.to_thread(private_redis.start)
 

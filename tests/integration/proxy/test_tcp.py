@@ -127,3 +127,54 @@ async def test_a_client_gone_during_the_connect_leaves_no_inflight_count(start_p
         for s in fillers:
             s.close()
         hung.close()
+
+
+# -- PROXY protocol accepted from a trusted front (proxy.proxy_protocol_from) ---------------------------
+
+
+@pytest.mark.parametrize("incoming", ["v1", "v2"])
+async def test_proxy_header_from_a_trusted_front_names_the_client(start_proxy: StartProxy, incoming: str) -> None:
+    """The client's address from the incoming header reaches the backend (here in the header the proxy sends
+    on); the incoming header itself is not relayed, and a header split over many writes is reassembled."""
+    received: list[bytes] = []
+    async with upper_after_eof(received) as address:
+        proxy = await start_proxy(
+            [address], mode="tcp", proxy={"proxy_protocol": "v1", "proxy_protocol_from": ["127.0.0.0/8"]}
+        )
+        header = proxy_header(incoming, ("198.51.100.7", 40000), ("203.0.113.1", 443))
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        for i in range(len(header)):  # one byte at a time
+            writer.write(header[i : i + 1])
+            await writer.drain()
+        writer.write(b"payload")
+        writer.write_eof()
+        assert (
+            await asyncio.wait_for(reader.read(-1), 10) == b"PROXY TCP4 198.51.100.7 203.0.113.1 40000 443\r\nPAYLOAD"
+        )
+        writer.close()
+    assert received == [b"PROXY TCP4 198.51.100.7 203.0.113.1 40000 443\r\npayload"]
+
+
+async def test_a_bad_proxy_header_from_a_trusted_peer_closes_the_connection(start_proxy: StartProxy) -> None:
+    received: list[bytes] = []
+    async with upper_after_eof(received) as address:
+        proxy = await start_proxy([address], mode="tcp", proxy={"proxy_protocol_from": ["127.0.0.1"]})
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")  # no header: refused, nothing relayed
+        assert await asyncio.wait_for(reader.read(-1), 10) == b""
+        writer.close()
+        assert await relay_with_header(proxy.port, b"ok") == b"OK"  # the next, valid one is served
+    assert received == [b"ok"]
+
+
+async def relay_with_header(port: int, payload: bytes) -> bytes:
+    return await relay(port, proxy_header("v2", ("192.0.2.1", 1), ("192.0.2.2", 2)) + payload)
+
+
+async def test_a_proxy_header_from_an_untrusted_peer_is_just_data(start_proxy: StartProxy) -> None:
+    received: list[bytes] = []
+    async with upper_after_eof(received) as address:
+        proxy = await start_proxy([address], mode="tcp", proxy={"proxy_protocol_from": ["10.0.0.0/8"]})
+        spoofed = proxy_header("v1", ("198.51.100.7", 40000), ("203.0.113.1", 443))
+        await relay(proxy.port, spoofed + b"x")
+    assert received == [spoofed + b"x"]  # not interpreted: relayed as the client sent it

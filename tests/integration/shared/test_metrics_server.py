@@ -46,3 +46,14 @@ def test_port_offset() -> None:
     assert with_port_offset("127.0.0.1:9100", 2) == "127.0.0.1:9102"
     assert with_port_offset(":9100", 1) == ":9101"
     assert with_port_offset("[::1]:9100", 1) == "[::1]:9101"
+
+
+async def test_ready_follows_the_callable_and_exists_only_when_given() -> None:
+    state = {"ready": True}
+    async with metrics_server(f"127.0.0.1:{free_port()}", CollectorRegistry(), ready=lambda: state["ready"]) as bound:
+        assert await _get(bound, "/ready") == (200, b"ready\n")
+        state["ready"] = False
+        assert await _get(bound, "/ready") == (503, b"not ready: stopping\n")
+        assert (await _get(bound, "/metrics"))[0] == 200  # metrics still served while stopping
+    async with metrics_server(f"127.0.0.1:{free_port()}", CollectorRegistry()) as bound:
+        assert (await _get(bound, "/ready"))[0] == 404

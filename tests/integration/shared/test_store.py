@@ -112,12 +112,14 @@ async def test_snapshot_is_complete(store: Store) -> None:
     assert snap.backends["b:1"].ejected() and not snap.backends["b:1"].usable(start_healthy=True)
 
 
-async def test_health_up_clears_ejection(store: Store) -> None:
+async def test_health_up_leaves_an_ejection_alone(store: Store) -> None:
+    """Two signals: a passing verdict does not end a passive ejection; it ends at its own time."""
     await store.create_backend(Backend(address="a:1"))
     await store.set_ejection("a:1", Ejection(replica="r", until=now() + 60))
     assert await store.set_health("a:1", "up") is True
     view = await store.get_backend("a:1")
-    assert view is not None and view.ejection is None
+    assert view is not None and view.ejected() and not view.usable()
+    assert view.health.status == "up"
 
 
 async def test_health_for_unknown_backend_is_refused(store: Store) -> None:

@@ -47,11 +47,17 @@ def test_only_exposed_port_is_the_default() -> None:
     assert isinstance(got, Backend) and got.address == "172.17.0.2:9000"
 
 
-def test_several_exposed_ports_with_80_use_80_else_skip() -> None:
-    got = container_backend(container(exposed=("80/tcp", "443/tcp")))
-    assert isinstance(got, Backend) and got.address.endswith(":80")
-    skipped = container_backend(container(exposed=("8080/tcp", "9090/tcp")))
-    assert isinstance(skipped, Skip) and "lb.port" in skipped.reason
+@pytest.mark.parametrize(
+    "exposed",
+    [
+        ("80/tcp", "443/tcp"),
+        ("8080/tcp", "8081/tcp"),  # the project's own image (compose/Dockerfile): the default 80 holds
+        ("9000/udp",),  # no TCP port
+    ],
+)
+def test_several_or_no_exposed_tcp_ports_default_to_80(exposed: tuple[str, ...]) -> None:
+    got = container_backend(container(exposed=exposed))
+    assert isinstance(got, Backend) and got.address == "172.17.0.2:80"
 
 
 @pytest.mark.parametrize("bad", ["abc", "0", "10001", "1.5", "-2", ""])
@@ -114,3 +120,14 @@ def test_without_the_enable_label_nothing() -> None:
     c = container()
     c["Config"]["Labels"]["lb.enable"] = "false"
     assert container_backend(c) is None
+
+
+def test_a_container_of_the_projects_own_image_without_lb_port_gets_port_80() -> None:
+    """What compose/Dockerfile exposes (issue 19: it was skipped as ambiguous)."""
+    from pathlib import Path
+
+    dockerfile = (Path(__file__).parents[3] / "compose" / "Dockerfile").read_text()
+    ports = [p for line in dockerfile.splitlines() if line.startswith("EXPOSE ") for p in line.split()[1:]]
+    assert len(ports) >= 2
+    got = container_backend(container(exposed=tuple(f"{p}/tcp" for p in ports)))
+    assert isinstance(got, Backend) and got.address == "172.17.0.2:80"

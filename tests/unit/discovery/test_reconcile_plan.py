@@ -66,3 +66,18 @@ def test_desired_publish_bumps_generation_only_on_change() -> None:
     assert d.publish({"a:1": b("a:1", weight=2)})
     assert d.publish({})
     assert d.generation == 3 and d.value == {}
+
+
+def test_an_overridden_field_is_compared_with_what_the_source_last_wrote() -> None:
+    from shared.models import BackendOverride
+
+    overridden = Backend(
+        address="a:1",
+        weight=3,
+        origin="static",
+        override=BackendOverride(weight=3),
+        discovered=BackendOverride(weight=1),
+    )
+    assert not plan({"a:1": b("a:1", weight=1)}, {"a:1": overridden}, "static")  # nothing to write, every time
+    changed = plan({"a:1": b("a:1", weight=2)}, {"a:1": overridden}, "static")  # the source changed its mind
+    assert [x.weight for x in changed.upserts] == [2]

@@ -16,7 +16,7 @@ import random
 import pytest
 
 import services.proxy.store_balancer as store_balancer
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from services.proxy.policies import Journaled
 from services.proxy.policies.least_conn import _CountBuckets
 from services.proxy.store_balancer import StoreBalancer
@@ -82,7 +82,7 @@ async def drive(seed: int, background: bool, steps: int) -> None:
         elif r < 0.75:
             if held:
                 upstream = held.pop(rng.randrange(len(held)))
-                balancer.finished(upstream, Outcome(ok=rng.random() < 0.95, status=200, latency=0.01))
+                balancer.finished(upstream, rng.random() < 0.95, 0.01)
         elif r < 0.8:  # a refresh of the other replicas' contributions
             others = {a: rng.randint(-1, 3) for a in rng.sample(ADDRS, rng.randint(0, 4))}
             for address in balancer.counts.set_others(others):
@@ -97,7 +97,7 @@ async def drive(seed: int, background: bool, steps: int) -> None:
                 await asyncio.sleep(0.001)  # a build in a worker thread may finish
         check(balancer, held, step)
     while held:
-        balancer.finished(held.pop(), Outcome(ok=True))
+        balancer.finished(held.pop(), True)
     check(balancer, held, steps)
     await balancer.built()
 

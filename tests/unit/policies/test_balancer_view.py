@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from services.proxy.store_balancer import StoreBalancer
 from shared.config import Config, OutlierConfig
 from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
@@ -52,7 +52,7 @@ def share(balancer: StoreBalancer, address: str, n: int = 4000) -> float:
         upstream = balancer.pick(str(i))
         if upstream is not None:
             got[upstream.address] += 1
-            balancer.finished(upstream, Outcome(ok=True, status=200))
+            balancer.finished(upstream, True)
     return got[address] / n
 
 
@@ -94,7 +94,7 @@ def test_failures_eject_locally_at_once_then_the_backend_returns_ramping() -> No
     bad = Upstream.from_address(ADDRS[0])
     for _ in range(2):
         balancer.started(bad)
-        balancer.finished(bad, Outcome(ok=False, status=502))
+        balancer.finished(bad, False)
     assert not any(balancer.replica.local.values())  # counts back to zero
     assert share(balancer, ADDRS[0], 100) == 0.0
     assert balancer._pending_ejections[ADDRS[0]].until == clock.now + 5.0  # queued for publication
@@ -139,7 +139,7 @@ def test_per_backend_state_is_forgotten_when_a_backend_leaves() -> None:
     for address in ("a:1", "b:1", "c:1"):
         u = Upstream.from_address(address)
         balancer.started(u)
-        balancer.finished(u, Outcome(ok=False, latency=0.01, status=502))
+        balancer.finished(u, False, 0.01)
     assert set(balancer.env.latency) == {"a:1", "b:1", "c:1"}
     balancer.apply(Event(version=2, kind="backend_removed", address="a:1", backend=Backend(address="a:1")))
     assert "a:1" not in balancer.env.latency and "a:1" not in balancer.outlier.tracked()
@@ -165,7 +165,7 @@ def test_only_a_latency_aware_policy_pays_for_latency_estimates() -> None:
         )
         balancer.rebuild()
         balancer.started(u)
-        balancer.finished(u, Outcome(ok=True, latency=0.02, status=200))
+        balancer.finished(u, True, 0.02)
         assert (name, "a:1" in balancer.env.latency) == (name, name == "ewma")
     assert balancer.replica.local == {"a:1": 0}  # (zero entries are pruned when the replica pushes)
 
@@ -191,7 +191,7 @@ async def test_with_the_real_clock_a_timer_brings_time_based_changes_to_the_fast
     def ramped() -> bool:
         upstream = balancer.pick("k")  # (the fast path: it would rebuild if the timer marked a change due)
         assert upstream is not None
-        balancer.finished(upstream, Outcome(ok=True, status=200))
+        balancer.finished(upstream, True)
         return all(c.factor == 1.0 for c in balancer.policy.candidates)
 
     await eventually(ramped, timeout=3, message="the ramp ends without any event")

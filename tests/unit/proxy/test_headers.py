@@ -72,12 +72,10 @@ def test_error_response_carries_request_id() -> None:
 
 def test_retry_budget() -> None:
     budget = RetryBudget(0.2, reserve=1.0, cap=2.0)
-    assert budget.withdraw() and not budget.withdraw()
-    for _ in range(5):
-        budget.deposit()  # 5 requests at 20 % fund one retry
-    assert budget.withdraw() and not budget.withdraw()
-    for _ in range(100):
-        budget.deposit()
+    assert budget.withdraw(0) and not budget.withdraw(0)
+    assert not budget.withdraw(4)  # 4 requests at 20 % fund 0.8 retries
+    assert budget.withdraw(5) and not budget.withdraw(5)  # the 5th completes one
+    budget.credit(105)
     assert budget.tokens == 2.0  # capped
 
 
@@ -91,3 +89,41 @@ def test_a_connection_token_naming_content_length_does_not_drop_the_framing() ->
     head = client_response_head(resp, 1, keep_alive=True, rechunk=False, tunnel=False)
     assert b"\r\nContent-Length: 5\r\n" in head
     assert b"X-A" not in head
+
+
+def test_a_connection_token_cannot_remove_host_or_framing_from_a_request() -> None:
+    """``Connection: close, Host`` must not make the proxy forward an HTTP/1.1 request without Host."""
+    req = parse_request_head(
+        b"POST / HTTP/1.1\r\nHost: a.example\r\nContent-Length: 2\r\nConnection: close, Host, Content-Length", 8192
+    )
+    lines = upstream_request_head(req, "1.1.1.1", b"http", b"r", b"", tunnel=False).split(b"\r\n")
+    assert b"Host: a.example" in lines and b"Content-Length: 2" in lines
+
+
+def test_header_names_with_underscores_are_dropped_by_default() -> None:
+    req = parse_request_head(b"GET / HTTP/1.1\r\nHost: h\r\nX_Forwarded_For: 6.6.6.6\r\nMy_Header: 1", 8192)
+    head = upstream_request_head(req, "1.1.1.1", b"http", b"r", b"", tunnel=False)
+    assert b"6.6.6.6" not in head and b"My_Header" not in head
+    assert b"X-Forwarded-For: 1.1.1.1\r\n" in head
+    kept = upstream_request_head(req, "1.1.1.1", b"http", b"r", b"", tunnel=False, keep_underscores=True)
+    assert b"My_Header: 1\r\n" in kept
+
+
+@pytest.mark.parametrize("fields", [b"Content-Length: 5, 5", b"Content-Length: 5\r\nContent-Length: 5"])
+def test_a_repeated_response_content_length_goes_on_as_one_value(fields: bytes) -> None:
+    resp = parse_response_head(b"HTTP/1.1 200 OK\r\n" + fields + b"\r\nX-A: 1", b"GET")
+    head = client_response_head(resp, 1, keep_alive=True, rechunk=False, tunnel=False)
+    assert head.count(b"Content-Length") == 1 and b"\r\nContent-Length: 5\r\n" in head
+
+
+@pytest.mark.parametrize("status", [b"204 No Content", b"100 Continue", b"103 Early Hints"])
+def test_no_content_length_is_added_to_1xx_and_204(status: bytes) -> None:
+    resp = parse_response_head(b"HTTP/1.1 " + status + b"\r\nConnection: x\r\nX-A: 1", b"GET")
+    head = client_response_head(resp, 1, keep_alive=True, rechunk=False, tunnel=False)
+    assert b"content-length" not in head.lower()
+
+
+def test_head_response_keeps_the_backends_content_length() -> None:
+    resp = parse_response_head(b"HTTP/1.1 200 OK\r\nConnection: x\r\nContent-Length: 42", b"HEAD")
+    head = client_response_head(resp, 1, keep_alive=True, rechunk=False, tunnel=False)
+    assert b"\r\nContent-Length: 42\r\n" in head

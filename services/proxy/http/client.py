@@ -1,0 +1,356 @@
+"""One client connection in HTTP mode: bytes in, request heads out to its :class:`Exchange`.
+
+State machine (one request at a time; pipelined bytes wait in ``buf``):
+
+    HEAD ──head validated──► BODY ──body complete──► WAIT ──response complete──► HEAD (keep-alive)
+      │                        │                       │                            or closed
+      └─ error: 4xx + close    └─ framing error: 400   └─ 101 + Upgrade: TUNNEL (raw relay both ways)
+
+* HEAD: a plain head that arrived whole is recognised by one match (``FAST_REQUEST``) and handed to
+  the exchange as received; any other goes to the general path: bytes accumulate (each scanned
+  once) until the blank line, then ``parse_request_head`` validates the whole head. Nothing is sent
+  to a backend before the whole head has been validated.
+* Deadlines, not timers: ``deadline`` is checked by the Context's sweep, and what it means follows
+  from the state — HEAD with nothing received: idle (close); HEAD with part of a head: header read
+  (408); waiting for a response head: response timeout (504); a body moving either way: a stall
+  check every tick (the side that stopped is blamed: 408/504 or an abort once the response started).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import cast
+
+from services.proxy.context import NEVER, Context
+from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED, ReadPauses
+from services.proxy.http.errors import error_response
+from services.proxy.http.exchange import Exchange, new_request_id
+from services.proxy.http.headers import forwarding_prefix
+from services.proxy.http.parser import HEAD_END, HttpError, check_incomplete_head, parse_request_head
+from services.proxy.http.upstream import UpstreamConnection
+
+HEAD, BODY, WAIT, TUNNEL, CLOSED = range(5)
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "_eofs",
+        "_in_at",
+        "_in_mark",
+        "_out_at",
+        "_out_mark",
+        "_scanned",
+        "buf",
+        "client_ip",
+        "ctx",
+        "deadline",
+        "eof",
+        "ex",
+        "pauses",
+        "plain",
+        "prefix",
+        "proto",
+        "state",
+        "transport",
+        "write_blocked",
+    )
+
+    def __init__(self, ctx: Context, tls: bool = False) -> None:
+        self.ctx = ctx
+        self.proto = b"https" if tls else b"http"
+        self.transport: asyncio.Transport = cast(asyncio.Transport, None)
+        self.pauses = cast(ReadPauses, None)
+        self.client_ip = ""
+        self.prefix = b""  # the forwarding lines of every request of this connection
+        self.state = HEAD
+        # HEAD: a head arriving in several reads (a bytearray), or bytes after the last request not yet
+        # read as the next one; WAIT: pipelined bytes.
+        self.buf: bytes | bytearray = b""
+        self._scanned = 0
+        self.deadline = NEVER
+        self.eof = False  # the client half-closed while its request was answered
+        # After the current response, the connection simply goes back to reading heads: no pipelined
+        # bytes, no read paused, no half-close, not the last request (one check on the hot path).
+        self.plain = True
+        self._eofs = 0  # tunnel: directions that saw EOF
+        self.write_blocked = False  # our writes to the client are paused (it does not read)
+        self._in_mark = self._out_mark = -1  # stall checks: byte counts at the last sweep that saw them move
+        self._in_at = self._out_at = 0.0
+        self.ex = Exchange(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    # -- asyncio callbacks ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport = transport
+        self.pauses = ReadPauses(transport)
+        transport.set_write_buffer_limits(high=self.ctx.high_water)
+        peer = transport.get_extra_info("peername")
+        self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
+        self.prefix = forwarding_prefix(self.client_ip, self.proto)
+        self.ex.write = transport.write
+        ctx = self.ctx
+        ctx.connections.add(self)
+        ctx.stats.connections += 1
+        self.deadline = ctx.now + ctx.client_idle
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.pauses.closed = True
+        self.ctx.forget(self)
+        self.ex.abort()
+
+    def eof_received(self) -> bool | None:
+        state = self.state
+        if state == TUNNEL:
+            up = self.ex.up
+            if up is not None:
+                up.write_eof()
+            self._tunnel_eof()
+            return True
+        if state == WAIT:
+            self.eof = True
+            self.plain = False
+            return True  # half-closed client still gets its response, then the connection closes
+        return None
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        self.ex.client_blocked(True)
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        self.ex.client_blocked(False)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.state:  # HEAD (0): waiting for a request head
+            if self.buf:  # part of a head, or pipelined bytes, came first
+                self._read_head(data)
+                return
+            ctx = self.ctx
+            m = ctx.fast_request(data)
+            if m is not None and len(data) <= ctx.max_head:
+                self.state = WAIT
+                self.ex.start_fast(m, len(data))
+                return
+            self._read_head(data)
+            return
+        state = self.state
+        if state == BODY:
+            self.ex.body(data)
+        elif state == WAIT:
+            self.buf += data
+            self.plain = False
+            if len(self.buf) > self.ctx.max_head:
+                self.pause(PIPELINE)  # pipelined requests wait for the current response
+        elif state == TUNNEL:
+            up = self.ex.up
+            if up is not None:
+                up.transport.write(data)
+
+    # -- reading request heads (the general path) ---------------------------------------------
+
+    def _read_head(self, data: bytes) -> None:
+        """A head that did not arrive whole, or is not plain: accumulated in a bytearray (each byte
+        scanned once, whatever the size of the reads), then validated by ``parse_request_head``."""
+        buf: bytes | bytearray = self.buf
+        if isinstance(buf, bytearray):
+            buf += data
+            if buf[:2] == b"\r\n":
+                del buf[: len(buf) - len(buf.lstrip(b"\r\n"))]
+            start = max(0, self._scanned - 3)
+        elif buf:  # pipelined bytes come before these
+            self.buf = b""
+            self.data_received(buf + data)
+            return
+        else:
+            buf = data
+            if buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request line
+                buf = buf.lstrip(b"\r\n")
+                if not buf:
+                    return
+            start = 0
+        ctx = self.ctx
+        end = buf.find(HEAD_END, start)
+        if end < 0:
+            try:
+                check_incomplete_head(buf, ctx.max_head, ctx.max_target)
+            except HttpError as exc:
+                self._reject(exc)
+                return
+            if not isinstance(buf, bytearray):
+                self.buf = bytearray(buf)
+                self.deadline = ctx.now + ctx.header_read  # the whole head must come within this
+            self._scanned = len(buf)
+            return
+        self.buf = b""
+        if end + 4 > ctx.max_head:
+            self._reject(HttpError(431, "request header section too large"))
+            return
+        try:
+            req = parse_request_head(bytes(buf[:end]), ctx.max_target)
+        except HttpError as exc:
+            self._reject(exc)
+            return
+        self.ex.start(req, bytes(buf[end + 4 :]), end + 4)
+
+    def _reject(self, exc: HttpError) -> None:
+        self.ctx.stats.error(exc.status)
+        if self.state != CLOSED:
+            self.transport.write(error_response(exc.status, new_request_id(), close=True))
+            self.close()
+
+    # -- called by the exchange ----------------------------------------------------------------
+
+    def pause(self, reason: int) -> None:
+        """Pause reading this client (``flow`` reasons): the next response ends on the slow path,
+        which resumes it."""
+        self.plain = False
+        self.pauses.pause(reason)
+
+    def begin_body(self, uploading: bool) -> None:
+        if uploading:
+            self.state = BODY
+            self.deadline = self.ctx.now + self.ctx.tick  # watched for stalls
+        else:
+            self.state = WAIT
+
+    def body_complete(self, rest: bytes) -> None:
+        if self.state == BODY:
+            self.state = WAIT
+        if rest:
+            self.keep(rest + self.buf if self.buf else rest)
+
+    def keep(self, pipelined: bytes) -> None:
+        """Bytes after the current request: read once its response is complete."""
+        self.buf = pipelined
+        self.plain = False
+
+    def mark_progress(self) -> None:
+        now = self.ctx.now
+        self._out_mark, self._out_at = -1, now
+        self._in_mark, self._in_at = -1, now
+
+    def request_done(self) -> None:
+        """The response went out whole and the connection stays: read the next request (the exchange
+        does the same inline when the connection is ``plain``)."""
+        ctx = self.ctx
+        self.state = HEAD
+        self.plain = not self.eof
+        if self.pauses.reasons:
+            self.pauses.resume(PIPELINE | PEER_FULL | QUEUED)
+        if self.buf:
+            # From the loop, not a direct call: a run of pipelined requests answered synchronously
+            # (a 503, say) would otherwise nest one call per request and overflow the stack.
+            self.deadline = ctx.now + ctx.header_read
+            ctx.loop.call_soon(self._continue_pipeline)
+        elif self.eof:
+            self.close()  # a half-closed client with no request left
+        else:
+            self.deadline = ctx.now + ctx.client_idle
+
+    def _continue_pipeline(self) -> None:
+        if self.state == HEAD and self.buf and not isinstance(self.buf, bytearray):
+            data, self.buf = self.buf, b""
+            self.data_received(data)
+        if self.state == HEAD and self.eof and not self.buf:
+            self.close()  # a half-closed client with no complete request left
+
+    # -- tunnel --------------------------------------------------------------------------------
+
+    def start_tunnel(self, up: UpstreamConnection) -> None:
+        self.state = TUNNEL
+        self.deadline = NEVER
+        if self.buf:  # bytes after the upgrade request belong to the new protocol
+            up.transport.write(self.buf)
+            self.buf = b""
+        self.pauses.resume(PIPELINE)
+
+    def tunnel_peer_eof(self) -> None:
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._tunnel_eof()
+        else:
+            self.end_tunnel()
+
+    def _tunnel_eof(self) -> None:
+        self._eofs += 1
+        if self._eofs == 2:  # both directions are done
+            self.end_tunnel()
+
+    def end_tunnel(self) -> None:
+        """Both directions are done, or either side closed."""
+        ex = self.ex
+        up = ex.up
+        ex.up = None
+        if up is not None:
+            up.close()  # close, not abort: what is still buffered for the backend goes out
+        ex.finish_ok(0.0, 101)
+        self.close()
+
+    # -- deadlines (called by the Context's sweep) ---------------------------------------------
+
+    def on_deadline(self, now: float) -> None:
+        state = self.state
+        ctx = self.ctx
+        if state == HEAD:
+            if self.buf:
+                self._reject(HttpError(408, "request header timeout"))
+            else:
+                self.close()  # idle keep-alive connection
+        elif state in (BODY, WAIT):
+            if state == WAIT and not self.ex.responded:  # the deadline was the response's
+                self.ex.response_timeout()
+            else:
+                self._check_stall(now)
+                if self.state == state:
+                    self.deadline = now + ctx.tick
+        else:
+            self.deadline = NEVER
+
+    def _check_stall(self, now: float) -> None:
+        """A body transfer that has not moved for an idle timeout is cut."""
+        ctx = self.ctx
+        ex = self.ex
+        if ex.responded:  # response body on its way to the client
+            if ex.bytes_out != self._out_mark:
+                self._out_mark, self._out_at = ex.bytes_out, now
+            else:
+                client = self.write_blocked  # it does not read: its fault, not the backend's
+                if now - self._out_at >= (ctx.client_idle if client else ctx.backend_idle):
+                    ex.stalled(client)
+                    return
+        if self.state == BODY and not ex.body_done:  # request body still coming
+            if ex.bytes_in != self._in_mark:
+                self._in_mark, self._in_at = ex.bytes_in, now
+            else:
+                backend = PEER_FULL in self.pauses  # the backend does not read what we forward
+                if now - self._in_at >= (ctx.backend_idle if backend else ctx.client_idle):
+                    ex.stalled(not backend)
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def drain(self, grace: float) -> None:
+        """Server stopping: finish the current exchange with ``Connection: close``; close when idle."""
+        self.ex.last_response()
+        if self.state == HEAD and not self.buf:
+            # An idle keep-alive connection: a request already on its way still gets an answer
+            # (with Connection: close) during a short grace, then the connection closes.
+            self.deadline = self.ctx.now + grace
+
+    def close(self) -> None:
+        if self.state == CLOSED:
+            return
+        self.state = CLOSED
+        self.pauses.closed = True
+        self.deadline = NEVER
+        self.transport.close()
+        self.ex.abort()
+
+    def abort(self) -> None:
+        self.close()
+        self.transport.abort()

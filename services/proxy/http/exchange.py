@@ -1,0 +1,858 @@
+"""One request/response cycle of a client connection: attempts, the upstream, the response relay.
+
+A connection owns one Exchange and reuses it for each of its requests (nothing per request is
+allocated that can live per connection). The client side (``client.py``) parses heads and hands a
+request over with ``start_fast`` (a plain request: its received head spliced with the proxy's
+lines) or ``start`` (any other: a parsed :class:`RequestHead`); the upstream side (``upstream.py``)
+reports the response back with ``complete_fast`` (a plain response that arrived whole) or the
+general calls (``response_head``, ``send``, ``send_pieces``, ``response_end``, ``upstream_failed``,
+``bad_response``).
+
+Attempts (``services/proxy/attempts.py``): a connect failure is retried on another backend; a failure
+after the request was written and before any response byte is retried once more only for an
+idempotent request without a body; both within ``proxy.retries`` and the retry budget. Once a
+response byte reached the client, a failure can only abort the client connection.
+
+Backpressure: the upstream's pause/resume_writing pauses/resumes reading the client (``PEER_FULL``);
+the client transport's pause/resume_writing pauses/resumes reading the upstream. Until the upstream is
+attached, request bytes queue in ``pending`` (reading pauses past the high-water mark: ``QUEUED``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import random
+import re
+import time
+from binascii import hexlify as _hexlify
+from bisect import bisect_left
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from services.proxy.attempts import Attempts
+from services.proxy.balancer import Upstream
+from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED
+from services.proxy.http.errors import error_response
+from services.proxy.http.headers import FAST_SUFFIX, FAST_SUFFIX_TRACE, client_response_head, upstream_request_head
+from services.proxy.http.parser import (
+    _FIELDS,
+    IDEMPOTENT,
+    LAST_CHUNK,
+    ChunkedDecoder,
+    HttpError,
+    RequestHead,
+    ResponseHead,
+    frame_chunks,
+)
+from services.proxy.http.upstream import VIA_CLOSE_END, VIA_END, UpstreamConnection
+from services.proxy.observability.access_log import iso_time
+from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
+from services.proxy.stats import LATENCY_BUCKETS, WHOLE_SLOTS
+from shared.logs import get_logger
+
+if TYPE_CHECKING:
+    from services.proxy.http.client import ClientConnection
+
+log = get_logger("proxy.http")
+
+_clock = time.perf_counter  # loop.time() is in whole milliseconds under uvloop: too coarse for latencies
+_ids = itertools.count(1)
+_id_prefix = os.urandom(6).hex().encode()
+_bits = random.Random().getrandbits
+_HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
+# BackendStats.whole's first slot for a status, by the byte value of its first digit (b"2"[0] == 50).
+_CLASS_SLOT = [0] * 48 + [c * WHOLE_SLOTS for c in range(10)]
+
+
+_NO_IDLE: dict[str, list[UpstreamConnection]] = {}
+
+
+def _unconnected(data: bytes) -> None:
+    raise RuntimeError("no client transport yet")
+
+
+# A response head and body (or several body pieces) up to this size are joined into one write (one
+# send()); beyond it they go as writelines, not copied.
+JOIN_MAX = 65536
+
+
+def new_request_id() -> bytes:
+    """Unique per process and run; cheaper than a uuid4 per request."""
+    return b"%s-%x" % (_id_prefix, next(_ids))
+
+
+class Exchange(Attempts):
+    """A connection's request cycle. It is its own :class:`Attempts` (the pick, the backend, the
+    retries of the current request)."""
+
+    __slots__ = (
+        "body_done",
+        "body_remaining",
+        "bytes_in",
+        "bytes_out",
+        "conn",
+        "connecting",
+        "decoder",
+        "fast",
+        "head_out",
+        "idle",
+        "keep_alive",
+        "method",
+        "open",
+        "pending",
+        "pending_size",
+        "rechunk",
+        "req",
+        "resent",
+        "resp_head",
+        "resp_status",
+        "responded",
+        "rid",
+        "t0",
+        "trace",
+        "traceparent",
+        "ttfb",
+        "up",
+        "upstream_sec",
+        "via_end",
+        "write",
+    )
+
+    def __init__(self, conn: ClientConnection) -> None:
+        super().__init__(conn.ctx)
+        self.conn = conn
+        ctx = self.ctx
+        # The pool's idle connections by address (read on every request); the HTTP side pools only these.
+        self.idle = cast("dict[str, list[UpstreamConnection]]", ctx.pool.idle)
+        self.write: Callable[[bytes], object] = _unconnected  # the client transport's write, once connected
+        self.up: UpstreamConnection | None = None
+        self.connecting: asyncio.Task[None] | None = None
+        self.open = False  # a request started and not yet ended (end())
+        self.req: RequestHead | None = None  # the general path's parsed head (None on the fast path)
+        self.method = b"GET"
+        self.rid = b"-"
+        # The response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD, no body left to
+        # send): True between requests, so a plain request does not set it.
+        self.fast = True
+        self.via_end = VIA_END  # how a fast-path response head ends (VIA_CLOSE_END: the connection's last)
+        self.head_out = b""
+        self.pending: list[bytes] = []
+        self.pending_size = 0
+        self.body_remaining = 0
+        self.decoder: ChunkedDecoder | None = None
+        self.body_done = True
+        self.keep_alive = not ctx.draining  # True between requests: a connection's last request sets False
+        self.resent = False
+        self.responded = False  # response bytes written to the client (or held in resp_head)
+        self.rechunk = False
+        self.resp_head: bytes | None = None
+        self.resp_status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.t0 = 0.0
+        self.ttfb: float | None = None
+        self.upstream_sec = 0.0
+        self.traceparent: bytes | None = None  # sent to the backend
+        self.trace: TraceContext | None = None  # general path: the parsed incoming context
+
+    # -- starting a request --------------------------------------------------------------------
+
+    def start_fast(self, m: re.Match[bytes], size: int) -> None:
+        """A plain request (``parser.fast_request_matcher``): ``m`` matched its whole head, no body.
+
+        The hot path. Between requests the exchange holds what a plain request needs (see
+        ``_restore``): ``req`` is None, ``fast`` and ``keep_alive`` are True (unless draining), the
+        attempt count is 1; the method and request id are read back from ``head_out`` when a failure
+        needs them. Every bytecode here costs about 14 ns per request (``python -m bench bytecodes``).
+        """
+        ctx = self.ctx
+        conn = self.conn
+        ctx.stats.requests += 1
+        self.bytes_in = size
+        head, host = m.groups()
+        trace = ctx.trace_new
+        if trace is not None:  # a new sampled trace per request (tracing.propagate, the default)
+            # New trace and span ids: 24 random bytes in hex, a dash after the first 16 (two C calls, about
+            # 180 ns; formatting two big integers as %032x and %016x took 450 ns more). An all-zero id
+            # (forbidden by W3C Trace Context) has a chance of 2**-64 per request: left to chance.
+            ids = _hexlify(_bits(192).to_bytes(24, "little"), b"-", -16)
+            out = self.head_out = trace % (head, conn.prefix, host, _id_prefix, next(_ids), ids)
+        else:
+            out = self.head_out = self._fast_head(head, host)
+        conn.deadline = ctx.response_at
+        balancer = ctx.balancer
+        key = conn.client_ip if balancer.hash_key == "client_ip" else self._affinity_key(head)
+        upstream = self.upstream = balancer.pick(key, ())
+        if upstream is None:
+            self.last = ""
+            self.fail(503)
+            return
+        self.started_at = _clock()
+        idle = self.idle.get(upstream.address)
+        if not idle:
+            self._open_upstream(upstream)
+            return
+        up = self.up = idle.pop()  # (never while the client is paused for writing: see client_blocked)
+        up.ex = self
+        up.transport.write(out)
+
+    def _fast_head(self, head: bytes, host: bytes) -> bytes:
+        """The fast path's head when its trace is not a plain new one (propagation off, sampling, a
+        span or access log that needs the ids kept)."""
+        ctx = self.ctx
+        rid = self.rid = new_request_id()
+        self.open = ctx.observe_each  # a span or log line for this request, whatever becomes of it
+        if not ctx.propagate_trace:
+            self.traceparent = None
+            return head + self.conn.prefix + FAST_SUFFIX % (host, rid)
+        tp = self.traceparent = b"00-%032x-%016x-%s" % (_bits(128) or 1, _bits(64) or 1, self._flags())
+        return head + self.conn.prefix + FAST_SUFFIX_TRACE % (host, rid, tp)
+
+    def request_method(self) -> bytes:
+        req = self.req
+        return req.method if req is not None else self.head_out[: self.head_out.find(b" ")]
+
+    def request_id(self) -> bytes:
+        """The request's X-Request-ID (a plain request's is read back from the head it was sent with)."""
+        if self.req is not None or self.ctx.trace_new is None:
+            return self.rid
+        head = self.head_out
+        start = head.rfind(b"\r\nX-Request-ID: ") + 16
+        return head[start : head.find(b"\r\n", start)]
+
+    def _open_upstream(self, upstream: Upstream) -> None:
+        """No idle connection to ``upstream`` on the fast path: the general attach (a pooled connection
+        while the client is paused for writing), else a new connection (the request waits in ``pending``)."""
+        self.pending = [self.head_out]
+        self.pending_size = len(self.head_out)
+        up = self.ctx.pool.get(upstream.address)
+        if isinstance(up, UpstreamConnection):
+            self._attach(up)
+            return
+        self.ctx.stats.pool_misses += 1
+        self.last = upstream.address
+        self.connecting = self.ctx.loop.create_task(self._connect(upstream))
+
+    def _flags(self) -> bytes:
+        ratio = self.ctx.sample_ratio
+        return b"01" if ratio >= 1.0 or random.random() < ratio else b"00"
+
+    def start(self, req: RequestHead, rest: bytes, head_size: int) -> None:
+        """Any other request: ``req`` parsed by the general path; ``rest``: bytes after its head."""
+        ctx = self.ctx
+        conn = self.conn
+        ctx.stats.requests += 1
+        self.open = True
+        self.req = req
+        self.method = req.method
+        self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD" and not req.has_body
+        self.via_end = VIA_END if req.keep_alive and not ctx.draining else VIA_CLOSE_END
+        self.rid = req.request_id or new_request_id()
+        self.bytes_in = head_size
+        self.bytes_out = 0
+        self.responded = False
+        self.resp_status = 0
+        self.resent = False
+        self.traceparent = None
+        self.trace = None
+        if ctx.propagate_trace:
+            trace = self.trace = continue_or_start(req.traceparent, ctx.sample_ratio)
+            self.traceparent = trace.header()
+        if ctx.max_body and req.content_length is not None and req.content_length > ctx.max_body:
+            self.error(413, close=True)
+            return
+        self.keep_alive = req.keep_alive and not ctx.draining
+        if not self.keep_alive:
+            conn.plain = False  # this response is the connection's last
+        self.head_out = self._request_head(req, b"")
+        self.pending = [self.head_out]
+        self.pending_size = len(self.head_out)
+        self.body_done = not req.has_body
+        self.body_remaining = req.content_length or 0
+        self.decoder = ChunkedDecoder(400, ctx.max_head) if req.chunked else None
+        conn.begin_body(not self.body_done)
+        if rest:
+            if self.body_done:
+                conn.keep(rest)
+            else:
+                self.body(rest)
+                if conn.closed:
+                    return  # invalid framing in what came with the head: nothing was forwarded
+        if self.body_done:
+            conn.deadline = ctx.now + ctx.response_timeout
+        self.t0 = 0.0
+        self._attempt(self.first(self._key()))
+
+    def _key(self) -> str:
+        header, cookie = self.ctx.key_source()
+        if header is None and cookie is None:
+            return self.conn.client_ip
+        req = self.req
+        return self._affinity_from(req.headers if req is not None else [], header, cookie)
+
+    def _affinity_key(self, head: bytes) -> str:
+        """The affinity key of a fast-path request (only when ip_hash reads a header or a cookie)."""
+        header, cookie = self.ctx.key_source()
+        if header is None and cookie is None:
+            return self.conn.client_ip
+        start = head.find(b"\r\n") + 2
+        return self._affinity_from(_FIELDS.findall(head, start), header, cookie)
+
+    def _affinity_from(self, headers: list[tuple[bytes, bytes]], header: bytes | None, cookie: bytes | None) -> str:
+        if header is not None:
+            for name, value in headers:
+                if name.lower() == header and value:
+                    return value.decode("latin-1")
+        elif cookie is not None:
+            prefix = cookie + b"="
+            for name, value in headers:
+                if name.lower() == b"cookie":
+                    for part in value.split(b";"):
+                        part = part.strip()
+                        if part.startswith(prefix) and len(part) > len(prefix):
+                            return part[len(prefix) :].decode("latin-1")
+        return self.conn.client_ip
+
+    def _request_head(self, req: RequestHead, host: bytes) -> bytes:
+        """The head sent upstream; ``host``: the Host given to a request without one."""
+        trace = self.trace
+        return upstream_request_head(
+            req,
+            self.conn.client_ip,
+            self.conn.proto,
+            self.rid,
+            host,
+            req.upgrade,
+            trace.header() if trace is not None else None,
+            trace is None or trace.tracestate_kept,
+            self.ctx.keep_underscores,
+        )
+
+    # -- the request body ----------------------------------------------------------------------
+
+    def body(self, data: bytes) -> None:
+        """Request body bytes: frame-check, then forward (or queue until an upstream is attached)."""
+        ctx = self.ctx
+        decoder = self.decoder
+        if decoder is not None:
+            try:
+                pieces, used = decoder.feed(data)
+            except HttpError as exc:
+                self._body_error(exc)
+                return
+            self.bytes_in += used
+            seen = self.body_remaining = self.body_remaining - sum(map(len, pieces))  # negative: bytes seen
+            if ctx.max_body and -seen > ctx.max_body:
+                self._body_error(HttpError(413, "request body too large"))
+                return
+            out = frame_chunks(pieces)
+            if decoder.done:
+                out.append(LAST_CHUNK)
+                self._body_complete(data[used:])
+            if out:
+                self._forward(out)
+        else:
+            remaining = self.body_remaining
+            if len(data) <= remaining:
+                self.bytes_in += len(data)
+                self.body_remaining = remaining - len(data)
+                self._forward([data])
+                if self.body_remaining == 0:
+                    self._body_complete(b"")
+            else:
+                self.bytes_in += remaining
+                self.body_remaining = 0
+                self._forward([data[:remaining]])
+                self._body_complete(data[remaining:])
+
+    def _body_complete(self, rest: bytes) -> None:
+        self.body_done = True
+        req = self.req
+        if req is not None and req.minor == 1 and not req.upgrade:  # nothing left to send: may go fast
+            self.fast = True
+            if self.up is not None:
+                self.up.fast_again()
+        conn = self.conn
+        conn.body_complete(rest)
+        if not self.responded:
+            conn.deadline = self.ctx.now + self.ctx.response_timeout
+
+    def _body_error(self, exc: HttpError) -> None:
+        # Whatever part of the body was forwarded, the upstream exchange is unusable now.
+        self._abandon_upstream()
+        self.finish(True)
+        if self.responded and self.resp_head is None:
+            self.ctx.stats.error(exc.status)
+            self.conn.close()
+        else:
+            self.resp_head = None
+            self.error(exc.status, close=True)
+
+    def _forward(self, chunks: list[bytes]) -> None:
+        up = self.up
+        if up is not None and self.connecting is None:
+            up.transport.writelines(chunks)
+            return
+        for c in chunks:
+            self.pending.append(c)
+            self.pending_size += len(c)
+        if self.pending_size > self.ctx.high_water:
+            self.conn.pause(QUEUED)
+
+    # -- attempts ------------------------------------------------------------------------------
+
+    def _attempt(self, upstream: Upstream | None) -> None:
+        ctx = self.ctx
+        self.open = True  # the general path has this exchange now (a retry of a plain request too)
+        if upstream is None:
+            self.fail(503 if self.count <= 1 and not self.tried else 502)
+            return
+        req = self.req
+        if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
+            # HTTP/1.0 without Host: the backend gets its own address as Host.
+            head = self._request_head(req, upstream.address.encode())
+            self.pending_size += len(head) - len(self.head_out)
+            self.pending[0] = self.head_out = head
+        now = self.started_at = _clock()
+        if not self.t0:
+            self.t0 = now
+        self.ttfb = None
+        up = ctx.pool.get(upstream.address)
+        if isinstance(up, UpstreamConnection):
+            self._attach(up)
+        else:
+            ctx.stats.pool_misses += 1
+            self.connecting = ctx.loop.create_task(self._connect(upstream))
+
+    async def _connect(self, upstream: Upstream) -> None:
+        ctx = self.ctx
+        up = await self.connect(upstream, lambda: UpstreamConnection(ctx, upstream))
+        self.connecting = None
+        if self.conn.closed:
+            if up is not None:
+                up.close()
+            return
+        if up is None:
+            self._attempt_failed_connect(upstream)
+            return
+        assert isinstance(up, UpstreamConnection)
+        self._attach(up)
+
+    def _attempt_failed_connect(self, upstream: Upstream) -> None:
+        self.upstream_sec = _clock() - self.started_at
+        nxt = self.next(self._key(), upstream.address)
+        if nxt is None:
+            self.fail(502)
+        else:
+            self._attempt(nxt)
+
+    def _attach(self, up: UpstreamConnection) -> None:
+        self.up = up
+        up.begin(self)
+        conn = self.conn
+        # Paused for writing means paused until resume_writing, even once the buffer has drained below
+        # the high-water mark: no other pause_writing will come to stop a fresh upstream.
+        if conn.write_blocked or conn.transport.get_write_buffer_size() > self.ctx.high_water:
+            up.transport.pause_reading()
+        pending = self.pending
+        if pending:
+            up.transport.writelines(pending)
+            self.pending = []
+            self.pending_size = 0
+            if QUEUED in conn.pauses and up.transport.get_write_buffer_size() <= self.ctx.high_water:
+                conn.pauses.resume(QUEUED)
+
+    def _abandon_upstream(self) -> None:
+        """Drop the exchange with the backend (connected or still connecting)."""
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.abort()
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+
+    # -- the response (called by UpstreamConnection) -------------------------------------------
+
+    def complete_fast(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+        """A plain response that arrived whole, on a connection that stays clean: ``out`` is its head,
+        rewritten for the client, and body; ``status`` its three digits. The other half of the hot path."""
+        self.write(out)
+        ctx = self.ctx
+        latency = _clock() - self.started_at
+        upstream = self.upstream
+        self.upstream = None
+        first = status[0]  # the status class as a digit's byte value: b"5"[0] == 53
+        ctx.balancer.finished(upstream, first < 53, latency)  # type: ignore[arg-type]
+        self.up = None
+        up.ex = None
+        if ctx.metrics_on:
+            bs = up.stats
+            bs.whole[_CLASS_SLOT[first] + bisect_left(LATENCY_BUCKETS, latency)] += 1
+            bs.whole_sum += latency
+            bs.request_bytes += self.bytes_in
+            bs.response_bytes += len(out)
+        if self.open:  # a span or log line, or the general path ran (its start, a retry)
+            if ctx.observe_each:
+                self._observe_fast(up, int(status), latency, len(out))
+            self._restore()
+        # Back to the pool (its fast form: see Pool for the invariants that make it enough).
+        idle = self.idle.get(up.address)
+        if idle is not None and not up.transport.get_write_buffer_size():
+            up.idle_since = ctx.now
+            idle.append(up)
+        else:
+            ctx.pool.put(up.address, up)
+        conn = self.conn
+        if conn.plain:
+            conn.state = _HEAD
+            conn.deadline = ctx.idle_at
+        elif self.keep_alive:
+            conn.request_done()
+        else:
+            conn.close()
+
+    def complete_fast_dirty(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+        """A plain response followed by bytes that belong to no response: relayed, and the connection
+        to the backend is not reused."""
+        self.complete_fast(up, status, out)
+        self.ctx.pool.discard(up.address, up)
+        up.close()
+
+    def _observe_fast(self, up: UpstreamConnection, status: int, latency: float, size: int) -> None:
+        self.resp_status = status
+        self.bytes_out = size
+        self.upstream_sec = latency
+        if self.req is None:
+            self.t0 = self.started_at
+        self.last = up.address
+        self._observe(up.address)
+        self.resp_status = self.bytes_out = 0
+
+    def informational(self, head: ResponseHead) -> None:
+        if self.req is None or self.req.minor >= 1:
+            self.conn.transport.write(client_response_head(head, 1, True, rechunk=False, tunnel=False))
+
+    def response_head(self, up: UpstreamConnection, head: ResponseHead, fast_head: bytes | None = None) -> None:
+        """The response head arrived (``fast_head``: already rewritten by the fast path)."""
+        self.resp_status = head.status
+        self.ttfb = _clock() - self.started_at
+        conn = self.conn
+        conn.deadline = self.ctx.now + self.ctx.tick  # the body transfer is watched for stalls
+        conn.mark_progress()
+        self.responded = True
+        if up.tunnel:
+            self.ctx.stats.tunnels += 1
+            self.last_response()
+            out = client_response_head(head, 1, False, False, True)
+            self.bytes_out += len(out)
+            conn.transport.write(out)
+            conn.start_tunnel(up)
+            return
+        req = self.req
+        minor = req.minor if req is not None else 1
+        if head.content_length is None and not head.chunked:
+            self.last_response()  # body ends with the backend's close
+        elif head.chunked and minor == 0:
+            self.last_response()  # 1.0 client: send decoded, delimited by close
+        self.rechunk = head.chunked and minor >= 1
+        if fast_head is not None:
+            self.resp_head = fast_head
+        else:  # written together with the first body bytes: one send() instead of two
+            self.resp_head = client_response_head(head, minor, self.keep_alive, self.rechunk, False)
+
+    def send(self, data: bytes) -> None:
+        transport = self.conn.transport
+        head = self.resp_head
+        if head is not None:
+            self.resp_head = None
+            self.bytes_out += len(head) + len(data)
+            if len(data) <= JOIN_MAX:
+                transport.write(head + data)
+            else:
+                transport.writelines([head, data])
+            return
+        self.bytes_out += len(data)
+        transport.write(data)
+
+    def send_pieces(self, pieces: list[bytes]) -> None:
+        out: list[bytes] = []
+        if self.resp_head is not None:
+            out.append(self.resp_head)
+            self.resp_head = None
+        if self.rechunk:
+            out += frame_chunks(pieces)
+        else:
+            out += pieces
+        size = sum(map(len, out))
+        self.bytes_out += size
+        if size <= JOIN_MAX:
+            self.conn.transport.write(b"".join(out))
+        else:
+            self.conn.transport.writelines(out)
+
+    def response_end(self, up: UpstreamConnection, reusable: bool) -> None:
+        if up is not self.up:
+            return
+        ctx = self.ctx
+        self.up = None
+        up.ex = None
+        tail = LAST_CHUNK if self.rechunk else b""
+        if self.resp_head is not None:
+            tail = self.resp_head + tail
+            self.resp_head = None
+        if tail:
+            self.bytes_out += len(tail)
+            self.conn.transport.write(tail)
+        status = self.resp_status
+        latency = self.upstream_sec = _clock() - self.started_at
+        self.finish_ok(latency, status)
+        if ctx.metrics_on:
+            up.stats.finished(status, latency, self.ttfb)
+        if reusable and self.body_done:
+            up.transport.resume_reading()
+            ctx.pool.put(up.upstream.address, up)
+        else:
+            up.close()
+        if not self.body_done:
+            self.last_response()  # the rest of the request body would have to be read first
+        self.done()
+
+    def upstream_failed(self, up: UpstreamConnection) -> None:
+        """The backend closed or reset the connection before the response was complete."""
+        if up is not self.up or self.conn.closed:
+            return
+        self.up = None
+        ctx = self.ctx
+        self.upstream_sec = _clock() - self.started_at
+        self._count_failure(up)
+        self.finish(False)
+        if (self.responded and self.resp_head is None) or up.got_bytes:
+            self.conn.close()  # part of a response went out: the client sees a truncated message
+            return
+        # Nothing of a response: retry once more if it is safe to send the request again.
+        req = self.req
+        safe = (req.idempotent and not req.has_body) if req is not None else self.request_method() in IDEMPOTENT
+        if safe and not self.resent:
+            nxt = self.next(self._key(), up.upstream.address)
+            if nxt is not None:
+                self.resent = True
+                self.responded = False
+                self.resp_head = None
+                self.pending = [self.head_out]
+                self.pending_size = len(self.head_out)
+                self._attempt(nxt)
+                return
+        ctx.stats.error(502)
+        self._answer(502)
+
+    def bad_response(self, up: UpstreamConnection, exc: HttpError) -> None:
+        if up is not self.up:
+            return
+        self.up = None
+        self.upstream_sec = _clock() - self.started_at
+        self._count_failure(up)
+        self.finish(False)
+        log.debug("bad response from backend", upstream=up.upstream.address, error=exc.reason)
+        if self.resp_head is not None:  # refused before any of it reached the client: a clean 502
+            self.resp_head = None
+            self.responded = False
+            self.last_response()
+        if self.responded:
+            self.ctx.stats.error(exc.status)
+            self.conn.close()
+        else:
+            self.fail(exc.status)
+
+    def _count_failure(self, up: UpstreamConnection) -> None:
+        if self.ctx.metrics_on:
+            up.stats.finished(None, self.upstream_sec, self.ttfb)
+
+    # -- ending --------------------------------------------------------------------------------
+
+    def fail(self, status: int) -> None:
+        """The proxy answers the current request itself (502/503/504)."""
+        self.ctx.stats.error(status)
+        self._answer(status)
+
+    def _answer(self, status: int) -> None:
+        if self.responded:
+            self.conn.close()
+            return
+        close = not (self.keep_alive and self.body_done)
+        self.error(status, close=close, counted=True)
+        if not close:
+            self.done()
+
+    def error(self, status: int, *, close: bool, counted: bool = False) -> None:
+        """Write the proxy's own response ``status`` (and close the connection when ``close``)."""
+        if not counted:
+            self.ctx.stats.error(status)
+        conn = self.conn
+        if conn.closed:
+            return
+        req = self.req
+        response = error_response(status, self.request_id(), close=close, minor=req.minor if req is not None else 1)
+        conn.transport.write(response)
+        self.bytes_out += len(response)
+        self.resp_status = status
+        if close:
+            conn.close()
+
+    def done(self) -> None:
+        """The response is complete: account for the exchange, then let the connection go on."""
+        if self.open:
+            self.end()
+        self._restore()
+        self.conn.request_done() if self.keep_alive else self.conn.close()
+
+    def last_response(self) -> None:
+        """The current response is the connection's last (it closes after it)."""
+        self.keep_alive = False
+        self.via_end = VIA_CLOSE_END
+        self.conn.plain = False
+
+    def _restore(self) -> None:
+        """Put back what the general path changed: the fast path relies on these between requests."""
+        self.open = False
+        self.req = None
+        self.responded = False
+        self.resp_status = 0
+        self.resp_head = None
+        self.resent = False
+        self.rechunk = False
+        self.decoder = None
+        self.body_done = True
+        self.bytes_out = 0
+        self.trace = None
+        self.count = 1
+        self.fast = True
+        self.via_end = VIA_END if self.keep_alive else VIA_CLOSE_END
+
+    def end(self) -> None:
+        """Once per request, however it ended: bytes per backend, access-log line, span."""
+        self.open = False
+        ctx = self.ctx
+        address = self.last
+        if ctx.metrics_on and address:
+            b = ctx.stats.backend(address)
+            b.request_bytes += self.bytes_in
+            b.response_bytes += self.bytes_out
+        if ctx.observe_each:
+            self._observe(address)
+
+    def _last_backend(self) -> str:
+        return self.last
+
+    def _observe(self, backend: str) -> None:
+        ctx = self.ctx
+        access_log = ctx.access_log
+        trace = self.trace
+        if trace is None and self.traceparent is not None:
+            trace = from_header(self.traceparent)
+        export = ctx.exporter is not None and trace is not None and trace.sampled
+        if (access_log is None or not access_log.sampled()) and not export:
+            return
+        now = _clock()
+        total = now - (self.t0 or now)
+        wall = time.time()
+        req = self.req
+        method = self.request_method().decode("latin-1")
+        target = req.target.decode("latin-1") if req is not None else "-"
+        if access_log is not None:
+            access_log.write(
+                {
+                    "time": iso_time(wall),
+                    "client": self.conn.client_ip,
+                    "method": method,
+                    "target": target,
+                    "status": self.resp_status or None,
+                    "bytes_in": self.bytes_in,
+                    "bytes_out": self.bytes_out,
+                    "duration_ms": round(total * 1000.0, 3),
+                    "upstream_ms": round(self.upstream_sec * 1000.0, 3) if backend else None,
+                    "backend": backend or None,
+                    "attempts": self.count,
+                    "request_id": self.request_id().decode("latin-1"),
+                    "trace_id": trace.trace_id.decode() if trace is not None else None,
+                }
+            )
+        if export and ctx.exporter is not None and trace is not None:
+            attributes: dict[str, Any] = {
+                "http.request.method": method,
+                "url.path": target,
+                "client.address": self.conn.client_ip,
+                "gobalancer.request_id": self.request_id().decode("latin-1"),
+                "gobalancer.attempts": self.count,
+            }
+            if self.resp_status:
+                attributes["http.response.status_code"] = self.resp_status
+            if backend:
+                attributes["gobalancer.backend"] = backend
+            ctx.exporter.export(trace, wall - total, total, attributes, not self.resp_status or self.resp_status >= 500)
+
+    def abort(self) -> None:
+        """The client connection is gone (or being closed): drop the upstream, end the attempt."""
+        if self.connecting is not None:
+            self.connecting.cancel()
+            self.connecting = None
+        up = self.up
+        if up is not None:
+            self.up = None
+            up.abort()
+        in_flight = self.open or self.upstream is not None  # (a plain request in flight is not "open")
+        self.finish(True)  # the client went away: not the backend's fault
+        if in_flight:
+            self.end()
+
+    # -- flow control, stalls ------------------------------------------------------------------
+
+    def client_blocked(self, blocked: bool) -> None:
+        """The client stopped (or resumed) reading what we write: so does the upstream. While it is
+        blocked the fast path finds no idle connection (``idle`` is an empty map), so a pooled one is
+        attached by ``_attach``, which pauses it first."""
+        self.idle = _NO_IDLE if blocked else cast("dict[str, list[UpstreamConnection]]", self.ctx.pool.idle)
+        up = self.up
+        if up is not None and up.transport is not None:
+            if blocked:
+                up.transport.pause_reading()
+            else:
+                up.transport.resume_reading()
+
+    def upstream_full(self, full: bool) -> None:
+        if full:
+            self.conn.pause(PEER_FULL)
+        else:
+            self.conn.pauses.resume(PEER_FULL)
+
+    def stalled(self, client: bool) -> None:
+        """A body transfer stopped moving: ``client`` says which side stopped."""
+        ctx = self.ctx
+        ctx.stats.idle_timeouts += 1
+        log.info(
+            "body transfer stalled",
+            side="client" if client else "backend",
+            backend=self._last_backend(),
+            request_id=self.request_id().decode("latin-1"),
+        )
+        up = self.up
+        self._abandon_upstream()
+        if up is not None and not client:
+            self._count_failure(up)
+        self.finish(client)
+        if not self.responded or self.resp_head is not None:  # nothing of a response reached the client
+            self.resp_head = None
+            self.error(408 if client else 504, close=True)
+        else:
+            self.conn.abort()  # the client sees a truncated response
+
+    def response_timeout(self) -> None:
+        self._abandon_upstream()
+        self.finish(False)
+        self.last_response()
+        self.fail(504)
+
+    def pipeline_paused(self) -> bool:
+        return PIPELINE in self.conn.pauses
