@@ -337,3 +337,27 @@ async def test_1000_backends_render_within_a_second_and_changes_update_one_row(
     assert rows_now == THOUSAND and count_text == f"{THOUSAND} total, {THOUSAND // 4 + 1} down"
     assert order == sorted([*addresses, added])
     assert not errors, errors
+
+
+async def test_an_override_shows_next_to_the_origin_and_clears_with_its_button(
+    browser: Any, redis_url: str, namespace: str, store: Store
+) -> None:
+    """A discovered backend whose weight an operator changed: the tag and its button appear (by event),
+    and the button ends the override (rows are cloned and their buttons share one listener)."""
+    from playwright.async_api import expect
+
+    await seed(store)  # B is static (found by discovery)
+    errors: list[str] = []
+    with served(redis_url, namespace) as admin:
+        page = await new_page(browser, errors)
+        await page.goto(admin.url + "/")
+        await expect(row(page, B)).to_have_count(1)
+        await expect(row(page, B).locator(".tag.override")).to_have_count(0)
+        await store.update_backend(B, {"weight": 4})  # an operator's change: kept as an override
+        tag = row(page, B).locator(".tag.override")
+        await expect(tag).to_have_text("override weight=4 (source 1)")
+        await page.get_by_role("button", name=f"Clear the override of {B}: the discovery source's values again").click()
+        await expect(tag).to_have_count(0)
+        await eventually(lambda: _weight_is(store, B, 1), timeout=5, message="clearing the override restores weight 1")
+        await expect(row(page, B).locator("td.origin .origin-name")).to_have_text("static")
+    assert not errors, errors
