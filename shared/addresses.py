@@ -11,6 +11,10 @@ import re
 from typing import NamedTuple
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+# An IPv6 zone identifier (``fe80::1%eth0``): RFC 6874 allows only "unreserved" characters in it
+# (letters, digits, ``-._~``). Interface names and numeric scope ids fit; nothing printed from a
+# stored address (CLI, logs) can then carry markup, newlines or terminal escapes.
+_ZONE = re.compile(r"[A-Za-z0-9._~-]{1,64}")
 
 
 class HostPort(NamedTuple):
@@ -54,6 +58,12 @@ def parse_address(value: str, *, allow_empty_host: bool = False) -> HostPort:
         if end < 0 or value[end + 1 : end + 2] != ":":
             raise ValueError(f"address {value!r} must be [IPv6]:port")
         host, port_text = value[1:end], value[end + 2 :]
+        if "%" in host:
+            zone = host.partition("%")[2]
+            if not _ZONE.fullmatch(zone):
+                raise ValueError(
+                    f"address {value!r} has an invalid IPv6 zone id: 1-64 letters, digits or '-._~' (RFC 6874)"
+                )
         try:
             ip = ipaddress.IPv6Address(host)
         except ValueError:

@@ -272,9 +272,19 @@ class AdminConfig(_Struct):
     allow_insecure: bool = False
     # Base URL of a swagger-ui-dist copy; when set, Swagger UI is served at /schema/swagger (no CDN).
     swagger_ui_url: str = ""
+    # Host names the admin answers to besides its listen address and localhost (a request with another
+    # Host header, or a browser's Origin of another site, is refused with 403: DNS rebinding, CSRF).
+    # Names or name:port, e.g. ["admin.example.com"]; "*" turns the Host check off.
+    allowed_hosts: list[str] = msgspec.field(default_factory=list)
+    # Open GET /events streams at most (503 beyond; also kept 128 below the process's open-files limit).
+    # A stream costs a queue and its connection in the admin, no Redis connection.
+    max_event_streams: Annotated[int, msgspec.Meta(ge=0, le=100000)] = 512
 
     def __post_init__(self) -> None:
         self.listen_address = _check_address(self.listen_address, "listen_address", listener=True)
+        for i, host in enumerate(self.allowed_hosts):
+            if host != "*" and not re.fullmatch(r"[A-Za-z0-9.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?", host):
+                raise ValueError(f"allowed_hosts[{i}]: {host!r} is not a host name, host:port or [IPv6]")
 
 
 class TLSConfig(_Struct):
@@ -372,6 +382,25 @@ class MetricsConfig(_Struct):
                 setattr(self, name, _check_address(value, name, listener=True))
 
 
+class BackendDenyConfig(_Struct):
+    """Addresses no backend may have (checked on every write that adds one: admin API and discovery)."""
+
+    # The suite's own listeners: admin.listen_address, listen_address, the metrics listeners and Redis
+    # (or its sentinels). A backend at one of them lets a client of the proxy reach it (issue 15).
+    own_listeners: bool = True
+    # More networks (CIDR) no backend may be in, e.g. ["169.254.169.254/32"] (a cloud metadata service).
+    networks: list[str] = msgspec.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        import ipaddress
+
+        for i, network in enumerate(self.networks):
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"networks[{i}]: {network!r} is not a network (CIDR, e.g. 10.0.0.0/8)") from None
+
+
 class TracingConfig(_Struct):
     # W3C traceparent to backends: an incoming valid one continues (the proxy's span becomes the parent),
     # an absent or invalid one is replaced by a new trace.
@@ -407,6 +436,7 @@ class Config(_Struct):
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
+    backend_deny: BackendDenyConfig = msgspec.field(default_factory=BackendDenyConfig)
     # `gobalancer up` starts a small demo HTTP server on each loopback static backend.
     demo: bool = False
 

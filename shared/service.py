@@ -14,6 +14,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from shared.config import Config, ConfigError, load_config
+from shared.denylist import BackendDenyList
 from shared.logs import configure_logging, get_logger
 from shared.store import Store
 
@@ -50,7 +51,10 @@ def require_redis_url(name: str, config: Config) -> str:
 
 
 def open_store(config: Config) -> Store:
-    return Store.from_url(config.redis.url, config.redis.namespace)
+    """The service's store; writes that add a backend refuse the config's deny list (``backend_deny``)."""
+    store = Store.from_url(config.redis.url, config.redis.namespace)
+    store.denylist = BackendDenyList.from_config(config)
+    return store
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:

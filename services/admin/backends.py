@@ -1,27 +1,39 @@
-"""`/backends`: the original GoBalancer API (list, add, get, update, delete) and the additions beyond it."""
+"""`/backends`: the original GoBalancer API (list, add, get, update, delete) and the additions beyond it.
+
+Reads come from the admin's snapshot (``AdminSnapshot``; Redis only while it is not synced); writes
+go to the store and answer once the snapshot holds them (see ``present_written``).
+"""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
-from litestar import Controller, delete, get, patch, post, put
-from litestar.datastructures import State
-from litestar.params import JSONBody, Parameter
+from litestar import Controller, Request, Response, delete, get, patch, post, put
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_204_NO_CONTENT
 
-from services.admin.context import context_of
+from services.admin.context import CATCH_UP_SEC
+from services.admin.listing import GZIP_MIN_BYTES, Listing, Page, Query
 from services.admin.problems import InvalidRequest, problem_responses
 from services.admin.schemas import BackendCreate, BackendOut, BackendPatch, BackendReplace, StateChange
+from services.admin.snapshot import AdminSnapshot
 from shared.addresses import normalize_address
 from shared.logs import get_logger
-from shared.models import AdminState, Backend, BackendView
+from shared.mirror import Mirror
+from shared.models import AdminState, Backend, BackendView, HealthStatus, Origin
 from shared.store import BackendNotFound, Store
 
 log = get_logger("admin")
 
+JSON = "application/json"
+
 AddressParam = Annotated[
     str,
-    Parameter(description="host:port of the backend; an IPv6 host in brackets, URL-encoded: %5B%3A%3A1%5D%3A80"),
+    PathParameter(description="host:port of the backend; an IPv6 host in brackets, URL-encoded: %5B%3A%3A1%5D%3A80"),
 ]
 
 
@@ -33,15 +45,39 @@ def path_address(raw: str) -> str:
         raise InvalidRequest("address", str(exc)) from None
 
 
-async def present(store: Store, view: BackendView, *, start_healthy: bool) -> BackendOut:
-    [out] = BackendOut.of_views([view], await store.global_inflight(), start_healthy=start_healthy)
+async def listing_from_redis(store: Store, start_healthy: bool) -> Listing:
+    """The backends read from Redis now (the snapshot is not synced): raises while Redis is down."""
+    mirror = Mirror()
+    mirror.apply(await store.snapshot())
+    listing = Listing(mirror, start_healthy=start_healthy)
+    listing.set_inflight(await store.global_inflight())
+    return listing
+
+
+async def present_written(snapshot: AdminSnapshot, store: Store, backend: Backend) -> BackendOut:
+    """A backend just written, as the snapshot shows it once it holds the write (read-your-writes);
+    read from Redis if it does not within CATCH_UP_SEC (the write itself is done)."""
+    if await snapshot.caught_up(await store.version(), CATCH_UP_SEC):
+        snapshot.listing.set_inflight(await store.global_inflight())  # (the in-flight count now, for a drain)
+        out = snapshot.listing.out(backend.address, time.time())
+        if out is not None:
+            return out
+    view = await store.get_backend(backend.address) or BackendView(backend=backend)
+    [out] = BackendOut.of_views([view], await store.global_inflight(), start_healthy=snapshot.listing.start_healthy)
     return out
 
 
-async def present_written(store: Store, backend: Backend, *, start_healthy: bool) -> BackendOut:
-    """The view of a backend just written (health and ejection read back; the write itself is done)."""
-    view = await store.get_backend(backend.address) or BackendView(backend=backend)
-    return await present(store, view, start_healthy=start_healthy)
+def _not_modified(request: Request[Any, Any, Any], etag: str) -> bool:
+    given = request.headers.get("if-none-match")
+    return given is not None and (given.strip() == "*" or etag in (t.strip() for t in given.split(",")))
+
+
+def _page_headers(request: Request[Any, Any, Any], page: Page, query: Query) -> dict[str, str]:
+    if page.next_cursor is None:
+        return {}
+    params = {k: v for k, v in query._asdict().items() if v is not None and k != "cursor"}
+    params["cursor"] = page.next_cursor
+    return {"Link": f'<{request.url.path}?{urlencode(params)}>; rel="next"', "X-Next-Cursor": page.next_cursor}
 
 
 class BackendsController(Controller):
@@ -51,67 +87,123 @@ class BackendsController(Controller):
     @get(
         "/",
         summary="List backends",
-        description="Every backend with health, state, origin and global in-flight.",
-        responses=problem_responses(401, 503),
+        description=(
+            "Every backend with health, state, origin and global in-flight, in address order. Filters: `health`, "
+            "`state`, `origin`. Pages: `limit`, then `cursor` = the last address of the previous page (also in "
+            "the `X-Next-Cursor` header and a `Link: rel=next`); pages never shift when backends come and go. "
+            "`ETag` / `If-None-Match` answer 304 while nothing changed."
+        ),
+        media_type=JSON,
+        responses={
+            200: ResponseSpec(data_container=list[BackendOut], description="The backends", generate_examples=False),
+            **problem_responses(400, 401, 503),
+        },
     )
-    async def list_backends(self, state: State) -> list[BackendOut]:
-        ctx = context_of(state)
-        store = ctx.require_store()
-        views = await store.list_backends()
-        return BackendOut.of_views(views, await store.global_inflight(), start_healthy=ctx.start_healthy)
+    async def list_backends(
+        self,
+        request: Request[Any, Any, Any],
+        snapshot: NamedDependency[AdminSnapshot],
+        store: NamedDependency[Store],
+        health: Annotated[HealthStatus | None, QueryParameter(description="only backends with this health")] = None,
+        admin_state: Annotated[
+            AdminState | None, QueryParameter(name="state", description="only backends in this state")
+        ] = None,
+        origin: Annotated[Origin | None, QueryParameter(description="only backends from this origin")] = None,
+        limit: Annotated[int | None, QueryParameter(ge=1, le=10000, description="at most this many")] = None,
+        cursor: Annotated[
+            str | None, QueryParameter(max_length=300, description="start after this address (a page's last)")
+        ] = None,
+    ) -> Response[bytes]:
+        query = Query(health, admin_state, origin, limit, cursor)
+        at = time.time()
+        if not snapshot.synced:
+            listing = await listing_from_redis(store, snapshot.listing.start_healthy)
+            page = listing.page(query, at)
+            return Response(page.body, media_type=JSON, headers=_page_headers(request, page, query))
+        listing = snapshot.listing
+        listing.expire(at)
+        page = listing.page(query, at)
+        gzipped = len(page.body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", "")
+        etag = listing.etag[:-1] + '-gz"' if gzipped else listing.etag  # (one ETag per representation)
+        headers = {"ETag": etag, "Vary": "Accept-Encoding"}
+        if _not_modified(request, etag):
+            return Response(b"", status_code=304, media_type=JSON, headers=headers)
+        headers.update(_page_headers(request, page, query))
+        if not gzipped:
+            return Response(page.body, media_type=JSON, headers=headers)
+        headers["Content-Encoding"] = "gzip"
+        return Response(await listing.gzipped(page.body), media_type=JSON, headers=headers)
 
     @post(
         "/",
         status_code=HTTP_201_CREATED,
         summary="Add a backend",
-        opt={"body": BackendCreate},
-        responses=problem_responses(400, 401, 409, 503),
+        responses=problem_responses(400, 401, 403, 409, 415, 503),
     )
-    async def add_backend(self, state: State, data: JSONBody[BackendCreate]) -> BackendOut:
-        ctx = context_of(state)
-        store = ctx.require_store()
+    async def add_backend(
+        self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], data: JSONBody[BackendCreate]
+    ) -> BackendOut:
         created = await store.create_backend(
             Backend(address=data.address, weight=data.weight, state=data.state, origin="api")
         )
         log.info("backend added", address=created.address, weight=created.weight, state=created.state)
-        return await present_written(store, created, start_healthy=ctx.start_healthy)
+        return await present_written(snapshot, store, created)
 
-    @get("/{address:str}", summary="One backend", responses=problem_responses(400, 401, 404, 503))
-    async def get_backend(self, state: State, address: AddressParam) -> BackendOut:
-        ctx = context_of(state)
-        store = ctx.require_store()
+    @get(
+        "/{address:str}",
+        summary="One backend",
+        media_type=JSON,
+        responses={
+            200: ResponseSpec(data_container=BackendOut, description="The backend", generate_examples=False),
+            **problem_responses(400, 401, 404, 503),
+        },
+    )
+    async def get_backend(
+        self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], address: AddressParam
+    ) -> Response[bytes]:
         addr = path_address(address)
-        view = await store.get_backend(addr)
-        if view is None:
+        listing = (
+            snapshot.listing if snapshot.synced else await listing_from_redis(store, snapshot.listing.start_healthy)
+        )
+        at = time.time()
+        listing.expire(at)
+        body = listing.fragment(addr, at)  # (the encoded JSON the list holds too)
+        if body is None:
             raise BackendNotFound(addr)
-        return await present(store, view, start_healthy=ctx.start_healthy)
+        return Response(body, media_type=JSON)
 
     @put(
         "/{address:str}",
         summary="Set a backend's weight (the original API's update)",
         description="On a backend found by discovery the weight is kept as an operator override (see `override`).",
-        opt={"body": BackendReplace},
-        responses=problem_responses(400, 401, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 415, 503),
     )
-    async def replace_backend(self, state: State, address: AddressParam, data: JSONBody[BackendReplace]) -> BackendOut:
-        ctx = context_of(state)
-        store = ctx.require_store()
+    async def replace_backend(
+        self,
+        snapshot: NamedDependency[AdminSnapshot],
+        store: NamedDependency[Store],
+        address: AddressParam,
+        data: JSONBody[BackendReplace],
+    ) -> BackendOut:
         addr = path_address(address)
         if data.address is not None and data.address != addr:
             raise InvalidRequest("address", f"the body names {data.address} but the path {addr}")
         updated = (await store.update_backend(addr, {"weight": data.weight})).backend
         log.info("backend weight set", address=updated.address, weight=updated.weight)
-        return await present_written(store, updated, start_healthy=ctx.start_healthy)
+        return await present_written(snapshot, store, updated)
 
     @patch(
         "/{address:str}",
         summary="Change some of a backend's fields",
-        opt={"body": BackendPatch},
-        responses=problem_responses(400, 401, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 415, 503),
     )
-    async def patch_backend(self, state: State, address: AddressParam, data: JSONBody[BackendPatch]) -> BackendOut:
-        ctx = context_of(state)
-        store = ctx.require_store()
+    async def patch_backend(
+        self,
+        snapshot: NamedDependency[AdminSnapshot],
+        store: NamedDependency[Store],
+        address: AddressParam,
+        data: JSONBody[BackendPatch],
+    ) -> BackendOut:
         changes: dict[str, Any] = {}
         if data.weight is not None:
             changes["weight"] = data.weight
@@ -119,46 +211,45 @@ class BackendsController(Controller):
             changes["state"] = data.state
         updated = (await store.update_backend(path_address(address), changes)).backend
         log.info("backend updated", address=updated.address, **changes)
-        return await present_written(store, updated, start_healthy=ctx.start_healthy)
+        return await present_written(snapshot, store, updated)
 
     @delete(
         "/{address:str}/override",
         status_code=HTTP_200_OK,
         summary="Clear the operator override",
         description="The discovery source's values for the overridden fields are in force again.",
-        responses=problem_responses(400, 401, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 415, 503),
     )
-    async def clear_override(self, state: State, address: AddressParam) -> BackendOut:
-        ctx = context_of(state)
-        store = ctx.require_store()
+    async def clear_override(
+        self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], address: AddressParam
+    ) -> BackendOut:
         result = await store.clear_override(path_address(address))
         log.info("backend override cleared", address=result.backend.address, changed=result.outcome != "unchanged")
-        return await present_written(store, result.backend, start_healthy=ctx.start_healthy)
+        return await present_written(snapshot, store, result.backend)
 
     @delete(
         "/{address:str}",
         status_code=HTTP_204_NO_CONTENT,
         summary="Remove a backend",
         description="Backends found by discovery (origin static, docker, kubernetes) need ?force=true.",
-        responses=problem_responses(400, 401, 404, 409, 503),
+        responses=problem_responses(400, 401, 403, 404, 409, 415, 503),
     )
     async def remove_backend(
         self,
-        state: State,
+        snapshot: NamedDependency[AdminSnapshot],
+        store: NamedDependency[Store],
         address: AddressParam,
-        force: Annotated[bool, Parameter(description="also remove a backend found by discovery")] = False,
+        force: Annotated[bool, QueryParameter(description="also remove a backend found by discovery")] = False,
     ) -> None:
-        store = context_of(state).require_store()
         removed = await store.remove_backend(path_address(address), guard_origin=None if force else "api")
         log.info("backend removed", address=removed.address, origin=removed.origin, forced=force)
+        await snapshot.caught_up(await store.version(), CATCH_UP_SEC)
 
-    async def _set_state(self, state: State, address: str, target: AdminState) -> StateChange:
-        ctx = context_of(state)
-        store = ctx.require_store()
+    async def _set_state(self, snapshot: AdminSnapshot, store: Store, address: str, target: AdminState) -> StateChange:
         addr = path_address(address)
         result = await store.update_backend(addr, {"state": target})
         log.info("backend state set", address=addr, state=target)
-        out = await present_written(store, result.backend, start_healthy=ctx.start_healthy)
+        out = await present_written(snapshot, store, result.backend)
         return StateChange(
             address=addr,
             state=result.backend.state,
@@ -171,25 +262,31 @@ class BackendsController(Controller):
         "/{address:str}/drain",
         status_code=HTTP_200_OK,
         summary="Drain: no new traffic, in-flight finishes",
-        responses=problem_responses(400, 401, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 415, 503),
     )
-    async def drain(self, state: State, address: AddressParam) -> StateChange:
-        return await self._set_state(state, address, "draining")
+    async def drain(
+        self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], address: AddressParam
+    ) -> StateChange:
+        return await self._set_state(snapshot, store, address, "draining")
 
     @post(
         "/{address:str}/enable",
         status_code=HTTP_200_OK,
         summary="Enable: take new traffic again",
-        responses=problem_responses(400, 401, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 415, 503),
     )
-    async def enable(self, state: State, address: AddressParam) -> StateChange:
-        return await self._set_state(state, address, "enabled")
+    async def enable(
+        self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], address: AddressParam
+    ) -> StateChange:
+        return await self._set_state(snapshot, store, address, "enabled")
 
     @post(
         "/{address:str}/disable",
         status_code=HTTP_200_OK,
         summary="Disable: no traffic at all",
-        responses=problem_responses(400, 401, 404, 503),
+        responses=problem_responses(400, 401, 403, 404, 415, 503),
     )
-    async def disable(self, state: State, address: AddressParam) -> StateChange:
-        return await self._set_state(state, address, "disabled")
+    async def disable(
+        self, snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], address: AddressParam
+    ) -> StateChange:
+        return await self._set_state(snapshot, store, address, "disabled")

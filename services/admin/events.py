@@ -1,90 +1,58 @@
 """`GET /events`: Server-Sent Events of every change, starting with a snapshot.
 
-The store's ``watch()`` runs in a task of its own that feeds a queue; the response generator reads
-the queue with a timeout so it can send keep-alive comments while nothing changes (and while Redis is
-down, when ``watch()`` yields nothing). When the client goes away Litestar cancels the generator, whose
-``finally`` cancels and awaits the watcher task: the subscription is closed and nothing is left behind.
+Every stream reads the admin's one watch of the store, fanned out in process (``AdminSnapshot``):
+a stream costs a queue, no Redis connection. The cap (``MAX_STREAMS``) is taken in the handler,
+before the response starts, so it holds exactly however many streams open at once; a stream gives
+its place back when it ends, however it ends (client gone, server stopping, or never started).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator
-from typing import cast
+import weakref
 
-import msgspec
 from litestar import get
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.exceptions import HTTPException
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 
-from services.admin.context import AdminContext, context_of
 from services.admin.problems import problem_responses
-from services.admin.schemas import AlgorithmOut, BackendOut, SnapshotOut
-from shared.aio import cancel_and_wait
-from shared.models import Event, Snapshot
-from shared.store import UNAVAILABLE, Store
+from services.admin.snapshot import KEEPALIVE, AdminSnapshot, Subscriber, TooManyStreams
 
 KEEPALIVE_SEC = 15.0
-_encoder = msgspec.json.Encoder()
 
 
-async def _snapshot_message(store: Store, snap: Snapshot, start_healthy: bool) -> ServerSentEventMessage:
-    try:
-        inflight = await store.global_inflight()
-    except UNAVAILABLE:
-        inflight = {}
-    body = SnapshotOut(
-        version=snap.version,
-        backends=BackendOut.of_views(
-            sorted(snap.backends.values(), key=lambda v: v.address), inflight, start_healthy=start_healthy
-        ),
-        algorithm=AlgorithmOut.of(snap.algorithm),
-    )
-    return ServerSentEventMessage(data=_encoder.encode(body).decode(), event="snapshot", id=str(snap.version))
+class EventStream:
+    """The body of one stream: an async iterator of encoded SSE messages."""
 
+    def __init__(self, snapshot: AdminSnapshot, sub: Subscriber, keepalive: float = KEEPALIVE_SEC) -> None:
+        self.snapshot, self.sub, self.keepalive = snapshot, sub, keepalive
+        # Released when the stream ends or, if it never runs, when the response is dropped.
+        self._release = weakref.finalize(self, snapshot.unsubscribe, sub)
 
-def _event_message(event: Event) -> ServerSentEventMessage:
-    return ServerSentEventMessage(data=_encoder.encode(event).decode(), event=event.kind, id=str(event.version))
+    def __aiter__(self) -> EventStream:
+        return self
 
-
-async def _watch_into(store: Store, queue: asyncio.Queue[Snapshot | Event]) -> None:
-    watch = cast(AsyncGenerator[Snapshot | Event, None], store.watch())
-    async with contextlib.aclosing(watch) as changes:
-        async for change in changes:
-            await queue.put(change)
-
-
-async def stream(ctx: AdminContext, keepalive: float = KEEPALIVE_SEC) -> AsyncGenerator[ServerSentEventMessage, None]:
-    store = ctx.require_store()
-    queue: asyncio.Queue[Snapshot | Event] = asyncio.Queue(maxsize=1024)
-    watcher = asyncio.create_task(_watch_into(store, queue), name="admin-events-watch")
-    closing = asyncio.create_task(ctx.closing.wait(), name="admin-events-closing")
-    getter: asyncio.Task[Snapshot | Event] | None = None
-    ctx.event_streams += 1
-    try:
+    async def __anext__(self) -> bytes:
+        sub, snapshot = self.sub, self.snapshot
         while True:
-            if getter is None:
-                getter = asyncio.create_task(queue.get(), name="admin-events-get")
-            done, _ = await asyncio.wait({getter, closing, watcher}, timeout=keepalive, return_when="FIRST_COMPLETED")
-            if getter in done:
-                change = getter.result()
-                getter = None
-                if isinstance(change, Snapshot):
-                    yield await _snapshot_message(store, change, ctx.start_healthy)
-                else:
-                    yield _event_message(change)
-            elif watcher in done:
-                watcher.result()  # re-raise what stopped the watcher
-                return
-            elif closing in done:
-                return
-            else:
-                yield ServerSentEventMessage(comment="keep-alive")
-    finally:
-        ctx.event_streams -= 1
-        await cancel_and_wait(t for t in (getter, watcher, closing) if t is not None)
+            if sub.closed:
+                self._release()
+                raise StopAsyncIteration
+            message = snapshot.next_message(sub)
+            if message is not None:
+                return message
+            sub.wake.clear()
+            try:
+                await asyncio.wait_for(sub.wake.wait(), self.keepalive)
+            except TimeoutError:
+                return KEEPALIVE
+            except BaseException:
+                self._release()
+                raise
+
+    async def aclose(self) -> None:
+        self._release()
 
 
 @get(
@@ -94,20 +62,21 @@ async def stream(ctx: AdminContext, keepalive: float = KEEPALIVE_SEC) -> AsyncGe
     description=(
         "First a `snapshot` event with the whole state, then one event per change (`backend_added`, "
         "`backend_updated`, `backend_removed`, `health`, `ejection`, `algorithm`) whose `id` is the state version; "
-        "a fresh `snapshot` after a re-sync."
+        "a fresh `snapshot` after a re-sync (and for a reader that fell more than 1,024 events behind)."
     ),
     media_type="text/event-stream",
-    responses=problem_responses(401, 503),
+    responses=problem_responses(401, 403, 503),
 )
-async def events(state: State) -> ServerSentEvent:
-    ctx = context_of(state)
-    if ctx.event_streams >= ctx.max_event_streams:
-        raise HTTPException(
-            status_code=503,
-            detail=f"too many open event streams ({ctx.event_streams}); try again later",
-            headers={"Retry-After": "5"},
-        )
-    return ServerSentEvent(stream(ctx), headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+async def events(snapshot: NamedDependency[AdminSnapshot]) -> Stream:
+    try:
+        sub = snapshot.subscribe()
+    except TooManyStreams as exc:
+        raise HTTPException(status_code=503, detail=str(exc), headers={"Retry-After": "5"}) from None
+    return Stream(
+        EventStream(snapshot, sub),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
 
 
 ROUTES = [events]

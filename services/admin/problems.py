@@ -14,7 +14,7 @@ from redis.exceptions import RedisError
 
 from services.admin.schemas import Problem
 from shared.logs import get_logger
-from shared.store import UNAVAILABLE, BackendExists, BackendNotFound, OriginMismatch
+from shared.store import UNAVAILABLE, BackendDenied, BackendExists, BackendNotFound, OriginMismatch
 
 log = get_logger("admin")
 
@@ -36,6 +36,22 @@ class InvalidRequest(Exception):
 
 
 class Unauthorized(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
+
+
+class Forbidden(Exception):
+    """Refused whoever asks: a foreign Host or Origin (403), naming the header."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field, self.detail = field, detail
+        super().__init__(detail)
+
+
+class UnsupportedMediaType(Exception):
+    """A mutating call whose body is not JSON (415)."""
+
     def __init__(self, detail: str) -> None:
         self.detail = detail
         super().__init__(detail)
@@ -101,6 +117,8 @@ def _litestar_validation(request: Request[Any, Any, Any], exc: ValidationExcepti
         if isinstance(item, dict):
             message = str(item.get("message", "invalid value"))
             key = str(item.get("key") or item.get("source") or "request")
+            if key == "data":  # no body at all (a body that is there is decoded by guards.StrictBody)
+                key, message = "body", "a JSON object is required"
             errors.append({"field": key, "detail": message.replace("Expected", "expected")})
     if not errors:
         errors.append({"field": "request", "detail": str(exc.detail)})
@@ -146,6 +164,22 @@ def _unauthorized(request: Request[Any, Any, Any], exc: Unauthorized) -> Respons
     )
 
 
+def _forbidden(request: Request[Any, Any, Any], exc: Forbidden) -> Response[Problem]:
+    return problem_response(403, "Forbidden", exc.detail, kind="forbidden", request=request, field=exc.field)
+
+
+def _media_type(request: Request[Any, Any, Any], exc: UnsupportedMediaType) -> Response[Problem]:
+    return problem_response(
+        415, "Unsupported media type", exc.detail, kind="unsupported-media-type", request=request, field="content-type"
+    )
+
+
+def _denied(request: Request[Any, Any, Any], exc: BackendDenied) -> Response[Problem]:
+    return problem_response(
+        400, "Invalid request", f"address: {exc.reason}", kind="backend-denied", request=request, field="address"
+    )
+
+
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Problem]:
     title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "Request failed")
     headers = dict(exc.headers or {})
@@ -181,6 +215,9 @@ EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
     BackendNotFound: _not_found,
     OriginMismatch: _origin,
     Unauthorized: _unauthorized,
+    Forbidden: _forbidden,
+    UnsupportedMediaType: _media_type,
+    BackendDenied: _denied,
     HTTPException: _http,
     RedisError: _unavailable,
     OSError: _unavailable,
@@ -192,6 +229,8 @@ EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
 _DESCRIPTIONS = {
     400: "Invalid address, body or parameter; `field` names it",
     401: "A bearer token is required (admin.token is set)",
+    403: "A foreign Host or Origin (another site; see admin.allowed_hosts)",
+    415: "The body is not application/json",
     404: "No such backend",
     409: "Conflict: the backend exists, or belongs to discovery",
     503: "Redis is unreachable",

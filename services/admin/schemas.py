@@ -34,11 +34,11 @@ def checked_address(value: str) -> str:
         raise ValueError(f"address: {exc}") from None
 
 
-class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
+class RequestBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every request body (decoded strictly by ``guards.StrictBody``)."""
 
 
-class BackendCreate(_Request):
+class BackendCreate(RequestBody):
     """`POST /backends`."""
 
     address: Address
@@ -49,7 +49,7 @@ class BackendCreate(_Request):
         self.address = checked_address(self.address)
 
 
-class BackendReplace(_Request):
+class BackendReplace(RequestBody):
     """`PUT /backends/{address}`: the original API's update (the weight).
 
     ``address`` may be repeated in the body, as clients of the original API do; it must match the path.
@@ -63,7 +63,7 @@ class BackendReplace(_Request):
             self.address = checked_address(self.address)
 
 
-class BackendPatch(_Request):
+class BackendPatch(RequestBody):
     """`PATCH /backends/{address}`: any subset of the changeable fields (at least one)."""
 
     weight: Weight | None = None
@@ -74,7 +74,7 @@ class BackendPatch(_Request):
             raise ValueError("body: give at least one of weight, state")
 
 
-class AlgorithmUpdate(_Request):
+class AlgorithmUpdate(RequestBody):
     """`PUT /algorithm`: the policy every proxy uses, with its options."""
 
     algorithm: Algorithm

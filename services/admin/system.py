@@ -6,15 +6,17 @@ import time
 from typing import Annotated
 
 from litestar import Response, get, put
-from litestar.datastructures import State
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import JSONBody, Parameter
+from litestar.params import JSONBody, QueryParameter
 
-from services.admin.context import context_of
+from services.admin.context import CATCH_UP_SEC, AdminContext
 from services.admin.problems import problem_responses
 from services.admin.schemas import AlgorithmOut, AlgorithmUpdate, HealthOut, ReplicaOut
+from services.admin.snapshot import AdminSnapshot
 from shared.logs import get_logger
-from shared.store import UNAVAILABLE
+from shared.models import Snapshot
+from shared.store import UNAVAILABLE, Store
 
 log = get_logger("admin")
 
@@ -28,8 +30,7 @@ log = get_logger("admin")
         503: ResponseSpec(data_container=HealthOut, description="Redis is unreachable", generate_examples=False)
     },
 )
-async def health(state: State) -> Response[HealthOut]:
-    store = context_of(state).require_store()
+async def health(store: NamedDependency[Store]) -> Response[HealthOut]:
     try:
         version = await store.version()
     except UNAVAILABLE as exc:
@@ -39,8 +40,9 @@ async def health(state: State) -> Response[HealthOut]:
 
 
 @get("/algorithm", tags=["algorithm"], summary="The balancing algorithm in use", responses=problem_responses(401, 503))
-async def get_algorithm(state: State) -> AlgorithmOut:
-    store = context_of(state).require_store()
+async def get_algorithm(snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store]) -> AlgorithmOut:
+    if snapshot.synced:
+        return AlgorithmOut.of(snapshot.mirror.algorithm)
     return AlgorithmOut.of(await store.get_algorithm())
 
 
@@ -48,13 +50,15 @@ async def get_algorithm(state: State) -> AlgorithmOut:
     "/algorithm",
     tags=["algorithm"],
     summary="Switch every proxy's algorithm live",
-    opt={"body": AlgorithmUpdate},
-    responses=problem_responses(400, 401, 503),
+    responses=problem_responses(400, 401, 403, 415, 503),
 )
-async def put_algorithm(state: State, data: JSONBody[AlgorithmUpdate]) -> AlgorithmOut:
-    store = context_of(state).require_store()
+async def put_algorithm(
+    snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store], data: JSONBody[AlgorithmUpdate]
+) -> AlgorithmOut:
     changed = await store.set_algorithm(data.to_setting())
     log.info("algorithm set", algorithm=data.algorithm, changed=changed)
+    if await snapshot.caught_up(await store.version(), CATCH_UP_SEC):
+        return AlgorithmOut.of(snapshot.mirror.algorithm, changed=changed)
     return AlgorithmOut.of(await store.get_algorithm(), changed=changed)
 
 
@@ -65,10 +69,9 @@ async def put_algorithm(state: State, data: JSONBody[AlgorithmUpdate]) -> Algori
     responses=problem_responses(401, 503),
 )
 async def replicas(
-    state: State,
-    service: Annotated[str | None, Parameter(description="only replicas of this service, e.g. proxy")] = None,
+    store: NamedDependency[Store],
+    service: Annotated[str | None, QueryParameter(description="only replicas of this service, e.g. proxy")] = None,
 ) -> list[ReplicaOut]:
-    store = context_of(state).require_store()
     at = time.time()
     return [
         ReplicaOut(
@@ -88,11 +91,15 @@ async def replicas(
 
 
 @get("/metrics", tags=["system"], summary="Prometheus metrics", media_type="text/plain; version=0.0.4; charset=utf-8")
-async def metrics(state: State) -> Response[bytes]:
-    ctx = context_of(state)
-    store = ctx.require_store()
+async def metrics(
+    ctx: NamedDependency[AdminContext], snapshot: NamedDependency[AdminSnapshot], store: NamedDependency[Store]
+) -> Response[bytes]:
     try:
-        snap = await store.snapshot()
+        mirror = snapshot.mirror
+        if snapshot.synced:
+            snap = Snapshot(version=mirror.version, backends=mirror.backends, algorithm=mirror.algorithm)
+        else:
+            snap = await store.snapshot()
         live = await store.replicas()
     except UNAVAILABLE:
         ctx.metrics.store_down()

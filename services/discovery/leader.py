@@ -55,6 +55,7 @@ class Leader:
         self.errors = 0  # reconciles cut short by a failed store call (metrics)
         self.is_leader = asyncio.Event()
         self._conflicts: set[str] = set()
+        self._denied: set[str] = set()
         self._applied = -1  # the desired generation last reconciled in this term
 
     async def _tick_lease(self) -> None:
@@ -93,6 +94,9 @@ class Leader:
         for address in sorted(set(outcome.conflicts) - self._conflicts):
             log.info("address held by another origin; left alone", address=address)
         self._conflicts = set(outcome.conflicts)
+        for refusal in sorted(set(outcome.denied) - self._denied):
+            log.warning("backend refused by backend_deny; not written", refusal=refusal)
+        self._denied = set(outcome.denied)
         self._applied = generation
         self.reconciles += 1
         return True

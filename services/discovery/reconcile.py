@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from shared.logs import get_logger
 from shared.models import Backend, Origin
-from shared.store import BackendNotFound, Lease, OriginMismatch, Store
+from shared.store import BackendDenied, BackendNotFound, Lease, OriginMismatch, Store
 
 log = get_logger("discovery.reconcile")
 
@@ -63,6 +63,7 @@ class Outcome:
     updated: int = 0
     removed: int = 0
     conflicts: list[str] = field(default_factory=list)
+    denied: list[str] = field(default_factory=list)  # desired, but on the deny list (backend_deny)
 
     @property
     def written(self) -> int:
@@ -86,11 +87,15 @@ async def apply(
     todo = plan(desired, current, origin, fields)
     result = result if result is not None else Outcome()
     result.conflicts = list(todo.conflicts)  # the caller logs new ones (a reconcile repeats)
+    result.denied = []
     for backend in todo.upserts:
         try:
             written = await store.upsert_backend(backend, fields=fields, guard_origin=origin, fence=lease)
         except OriginMismatch:  # raced with an API write since we read
             result.conflicts.append(backend.address)
+            continue
+        except BackendDenied as exc:  # the suite's own listener, or a denied network: never written
+            result.denied.append(f"{backend.address}: {exc.reason}")
             continue
         if written.outcome != "unchanged":
             if written.outcome == "backend_added":

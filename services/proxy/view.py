@@ -25,6 +25,7 @@ import msgspec
 
 from services.proxy.policies import Candidate, ramp
 from shared.config import Config
+from shared.mirror import apply_event
 from shared.models import AlgorithmSetting, Backend, BackendView, Ejection, Event, Health, Snapshot
 
 
@@ -90,31 +91,26 @@ class LocalView:
             return
         self.version = item.version
         address = item.address or ""
-        current = self.backends.get(address)
-        if item.kind in ("backend_added", "backend_updated") and item.backend is not None:
-            if current is None:
-                self.backends[address] = BackendView(backend=item.backend)
-                if self._order is not None:
-                    bisect.insort(self._order, address)
-            else:
-                self.backends[address] = msgspec.structs.replace(current, backend=item.backend)
+        existed = address in self.backends
+        apply_event(self.backends, item)  # the one rule for every store mirror (shared/mirror.py)
+        kind = item.kind
+        if kind in ("backend_added", "backend_updated"):
+            if not existed and address in self.backends and self._order is not None:
+                bisect.insort(self._order, address)
             self._carried_only.discard(address)
-        elif item.kind == "backend_removed":
+        elif kind == "backend_removed":
             self._carried_only.discard(address)
             self._carried_health.discard(address)
-            if self.backends.pop(address, None) is not None and self._order is not None:
+            if existed and self._order is not None:
                 i = bisect.bisect_left(self._order, address)
                 if i < len(self._order) and self._order[i] == address:
                     del self._order[i]
             self.local_ejections.pop(address, None)
-        elif item.kind == "health" and current is not None and item.health is not None:
-            self.backends[address] = msgspec.structs.replace(current, health=item.health)
+        elif kind == "health" and existed and item.health is not None:
             self._carried_health.discard(address)
-        elif item.kind == "ejection" and current is not None:
-            self.backends[address] = msgspec.structs.replace(current, ejection=item.ejection)
-            if item.ejection is None:  # cleared (by an operator or a passing health check)
-                self.local_ejections.pop(address, None)
-        elif item.kind == "algorithm" and item.algorithm is not None:
+        elif kind == "ejection" and existed and item.ejection is None:  # cleared (an operator, a passing check)
+            self.local_ejections.pop(address, None)
+        elif kind == "algorithm" and item.algorithm is not None:
             self.algorithm = item.algorithm
 
     def _carry_over(self, previous: Mapping[str, BackendView], fresh_reset: bool) -> None:

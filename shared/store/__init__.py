@@ -5,6 +5,7 @@ from shared.store.keys import Keys
 from shared.store.store import (
     STORE_ERRORS,
     UNAVAILABLE,
+    BackendDenied,
     BackendExists,
     BackendNotFound,
     Fenced,
@@ -18,6 +19,7 @@ from shared.store.store import (
 __all__ = [
     "STORE_ERRORS",
     "UNAVAILABLE",
+    "BackendDenied",
     "BackendExists",
     "BackendNotFound",
     "Fenced",

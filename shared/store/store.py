@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.denylist import BackendDenyList, Listener, replica_listeners
 from shared.logs import get_logger
 from shared.models import (
     AlgorithmSetting,
@@ -75,6 +76,14 @@ class OriginMismatch(StoreError):
         super().__init__(f"backend {backend.address} belongs to origin {backend.origin!r}, not {expected!r}")
 
 
+class BackendDenied(StoreError):
+    """The address is on the deny list (``backend_deny``): the suite's own listener, or a denied network."""
+
+    def __init__(self, address: str, reason: str) -> None:
+        self.address, self.reason = address, reason
+        super().__init__(reason)
+
+
 class Fenced(StoreError):
     """The writer's lease was lost: another replica holds it now."""
 
@@ -118,6 +127,9 @@ class Store:
     def __init__(self, redis: Redis, namespace: str = "gobalancer") -> None:
         self.redis = redis
         self.keys = Keys(namespace)
+        # Checked before any write that may add a backend (set by ``shared.service.open_store``).
+        self.denylist: BackendDenyList | None = None
+        self._live_listeners: tuple[float, list[Listener]] | None = None  # (read at, listeners)
         self._write_backend = redis.register_script(lua.WRITE_BACKEND)
         self._remove_backend = redis.register_script(lua.REMOVE_BACKEND)
         self._clear_override = redis.register_script(lua.CLEAR_OVERRIDE)
@@ -222,6 +234,8 @@ class Store:
         unknown = set(patch) - BACKEND_PATCH_FIELDS
         if unknown:
             raise ValueError(f"cannot patch fields {sorted(unknown)}")
+        if mode != "update" and self.denylist is not None and (reason := await self._refusal(address)):
+            raise BackendDenied(address, reason)
         keys, args = self._common(fence)
         reply = await self._write_backend(
             keys=keys,
@@ -246,6 +260,18 @@ class Store:
             raise OriginMismatch(backend, guard_origin or "")
         assert outcome in ("backend_added", "backend_updated", "unchanged")
         return WriteResult(outcome, backend)  # type: ignore[arg-type]
+
+    async def _refusal(self, address: str) -> str | None:
+        """Why the deny list refuses ``address`` as a new backend, or None; live replicas' listeners
+        are read at most once a second."""
+        assert self.denylist is not None
+        reason = self.denylist.reason(address)
+        if reason is not None or not self.denylist.own_listeners:
+            return reason
+        at = time.monotonic()
+        if self._live_listeners is None or at - self._live_listeners[0] > 1.0:
+            self._live_listeners = (at, replica_listeners(await self.replicas()))
+        return self.denylist.reason(address, self._live_listeners[1])
 
     async def create_backend(self, backend: Backend, *, fence: Lease | None = None) -> Backend:
         """Add a backend; BackendExists if the address is taken."""
@@ -360,7 +386,11 @@ class Store:
     # -- watching ----------------------------------------------------------------------------
 
     async def watch(
-        self, *, resync_interval: float = 30.0, max_backoff: float = 0.5
+        self,
+        *,
+        resync_interval: float = 30.0,
+        max_backoff: float = 0.5,
+        on_down: Callable[[BaseException], None] | None = None,
     ) -> AsyncIterator[Snapshot | Event]:
         """Yield a full Snapshot, then Events; a fresh Snapshot after every reconnect.
 
@@ -370,7 +400,7 @@ class Store:
         ``resync_interval``) triggers a full re-read. While Redis is unreachable this retries with
         exponential backoff capped at ``max_backoff`` (short: a reconnect attempt is cheap, and every
         proxy must re-sync within about a second of Redis returning) and yields nothing, so callers
-        keep their last view.
+        keep their last view; ``on_down`` is called when each outage begins (the next Snapshot ends it).
         """
         backoff = 0.05
         down_since: float | None = None
@@ -424,6 +454,8 @@ class Store:
                 if down_since is None:
                     down_since = time.monotonic()
                     log.warning("redis unreachable; keeping the last view", error=str(exc) or type(exc).__name__)
+                    if on_down is not None:
+                        on_down(exc)
                 await asyncio.sleep(backoff * (0.75 + 0.5 * random.random()))
                 backoff = min(backoff * 2, max_backoff)
             finally:

@@ -237,3 +237,127 @@ async def test_protected_reads_ask_for_the_token_and_stream_with_it(
         await store.set_health(A, "down")
         await expect(row(page, A)).to_have_attribute("data-health", "down")
     assert not [e for e in errors if "401" not in e], errors
+
+
+THOUSAND = 1000
+
+
+async def seed_many(store: Store, n: int) -> list[str]:
+    addresses = [f"10.1.{i // 250}.{i % 250 + 1}:8080" for i in range(n)]
+    sem = asyncio.Semaphore(32)
+
+    async def one(i: int, address: str) -> None:
+        async with sem:
+            await store.create_backend(Backend(address=address, weight=1 + i % 7))
+            await store.set_health(address, "up" if i % 4 else "down", "" if i % 4 else "refused")
+
+    await asyncio.gather(*(one(i, a) for i, a in enumerate(addresses)))
+    return sorted(addresses)
+
+
+# Installed before the page's own script (an init script, so the page's CSP allows it): when the
+# rows are all there and the frame after is drawn (ms since navigation start), and, once armed, the
+# rows whose subtree changes and when the watched row's health changes (Date.now(), to compare with
+# the test's clock).
+PROBES = """
+window.__rendered = null;
+new MutationObserver(() => {
+  if (window.__rendered === null && document.querySelectorAll('#backends tbody tr').length >= %d) {
+    window.__rendered = -1;
+    requestAnimationFrame(() => { window.__rendered = performance.now(); });
+  }
+}).observe(document, { subtree: true, childList: true });
+window.__arm = (address) => {
+  window.__touched = new Set();
+  window.__changedAt = null;
+  new MutationObserver((records) => {
+    for (const r of records) {
+      let node = r.target;
+      while (node && node.tagName !== 'TR') node = node.parentNode;
+      const at = node ? node.dataset.address : '(body)';
+      window.__touched.add(at);
+      if (at === address && node.dataset.health === 'down' && window.__changedAt === null) {
+        window.__changedAt = Date.now();
+      }
+    }
+  }).observe(document.querySelector('#backends tbody'), {
+    subtree: true, childList: true, attributes: true, characterData: true,
+  });
+};
+"""
+
+
+async def test_1000_backends_render_within_a_second_and_changes_update_one_row(
+    browser: Any, redis_url: str, namespace: str, store: Store
+) -> None:
+    """Issue 18: first render <= 1 s, a change visible <= 1 s after it happens, one row touched per event.
+
+    Times are taken in the page (a MutationObserver and the next animation frame), not through
+    Playwright's polling, which adds its own round trips."""
+    from playwright.async_api import expect
+
+    addresses = await seed_many(store, THOUSAND)
+    errors: list[str] = []
+    with served(redis_url, namespace) as admin:
+        page = await new_page(browser, errors)
+        await page.add_init_script(PROBES % THOUSAND)
+        await page.goto(admin.url + "/")
+        await expect(page.locator("#backends tbody tr")).to_have_count(THOUSAND)
+        await page.wait_for_function("() => window.__rendered > 0")
+        first_render_ms = await page.evaluate("() => window.__rendered")
+        await expect(page.locator("#live")).to_have_text("live")
+        await expect(row(page, addresses[-1])).to_have_attribute("data-health", "up")
+        await page.wait_for_timeout(2500)  # a quiet moment: the first poll and the stream's snapshot are in
+
+        target = next(a for a in addresses[THOUSAND // 2 :] if a.endswith(".2:8080"))  # i % 4 == 1: up
+        assert await row(page, target).get_attribute("data-health") == "up"
+        await page.evaluate("(address) => window.__arm(address)", target)
+        written_at = time.time()
+        await store.set_health(target, "down", "connect refused")
+        await expect(row(page, target)).to_have_attribute("data-health", "down")
+        visible_ms = await page.evaluate("() => window.__changedAt") - written_at * 1000
+        await page.wait_for_timeout(2500)  # at least one poll more: it must not re-render the rest either
+        touched = await page.evaluate("() => [...window.__touched]")
+        rows_now = await page.locator("#backends tbody tr").count()
+        count_text = await page.locator("#backend-count").inner_text()
+        # A backend added, then one removed: each event adds or drops its row, in address order.
+        added = "10.1.1.251:8080"  # (i % 250 + 1 never reaches 251)
+        await store.create_backend(Backend(address=added))
+        await expect(row(page, added)).to_have_count(1)
+        order = await page.evaluate(
+            "() => [...document.querySelectorAll('#backends tbody tr')].map(r => r.dataset.address)"
+        )
+        await store.remove_backend(addresses[0])
+        await expect(row(page, addresses[0])).to_have_count(0)
+    print(f"\n1,000 backends: first render {first_render_ms:.0f} ms, change visible {visible_ms:.0f} ms, "
+          f"rows touched {touched}")  # fmt: skip
+    assert first_render_ms <= 1000, f"first render took {first_render_ms:.0f} ms"
+    assert visible_ms <= 1000, f"the change became visible {visible_ms:.0f} ms after it was written"
+    assert touched == [target], f"an event (and the poll after it) re-rendered rows {touched[:10]}..."
+    assert rows_now == THOUSAND and count_text == f"{THOUSAND} total, {THOUSAND // 4 + 1} down"
+    assert order == sorted([*addresses, added])
+    assert not errors, errors
+
+
+async def test_an_override_shows_next_to_the_origin_and_clears_with_its_button(
+    browser: Any, redis_url: str, namespace: str, store: Store
+) -> None:
+    """A discovered backend whose weight an operator changed: the tag and its button appear (by event),
+    and the button ends the override (rows are cloned and their buttons share one listener)."""
+    from playwright.async_api import expect
+
+    await seed(store)  # B is static (found by discovery)
+    errors: list[str] = []
+    with served(redis_url, namespace) as admin:
+        page = await new_page(browser, errors)
+        await page.goto(admin.url + "/")
+        await expect(row(page, B)).to_have_count(1)
+        await expect(row(page, B).locator(".tag.override")).to_have_count(0)
+        await store.update_backend(B, {"weight": 4})  # an operator's change: kept as an override
+        tag = row(page, B).locator(".tag.override")
+        await expect(tag).to_have_text("override weight=4 (source 1)")
+        await page.get_by_role("button", name=f"Clear the override of {B}: the discovery source's values again").click()
+        await expect(tag).to_have_count(0)
+        await eventually(lambda: _weight_is(store, B, 1), timeout=5, message="clearing the override restores weight 1")
+        await expect(row(page, B).locator("td.origin .origin-name")).to_have_text("static")
+    assert not errors, errors

@@ -310,6 +310,7 @@ def test_configmap_and_secret_make_a_valid_config(example: list[dict[str, Any]])
     assert config.admin.listen_address == "0.0.0.0:8081" and config.admin.token == "t0ken"  # not allow_insecure
     for service in SERVICES:
         assert one_config(example, f"gobalancer-{service}").redis.url == config.redis.url, service
+    assert "gobalancer-admin" in config.admin.allowed_hosts  # in-cluster clients reach it by its Service name
     assert config.discovery.type == "kubernetes"
     k8s = config.discovery.kubernetes
     assert k8s.namespace == "gobalancer"

@@ -1,5 +1,6 @@
 """Security: the admin token guards every mutation, secrets stay out of logs, metrics and
-`gobalancer check-config`, and an ACL user with a password works.
+`gobalancer check-config`, an ACL user with a password works, the hostile admin corpus
+(``admin_corpus.py``) is refused, and event streams cannot lock operators out.
 
 The suite runs with an admin token and a password-protected Redis; after the scenario every log
 file of every service is searched for both secrets.
@@ -8,15 +9,19 @@ file of every service is searched for both secrets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from shared.redis_server import RedisServer, free_port
+from tests.reliability.admin_corpus import admin_corpus
 from tests.reliability.conftest import Results, SuiteFactory
 from tests.reliability.stack import start_stack
 from tests.reliability.suite import ROOT
@@ -175,3 +180,74 @@ async def test_redis_acl_user(make_suite: SuiteFactory, results: Results) -> Non
     assert health.status_code == 200
     assert replicas
     assert ACL_PASSWORD not in logs
+
+
+async def test_hostile_admin_corpus(make_suite: SuiteFactory, results: Results, redis_server: RedisServer) -> None:
+    """Issue 15 items 4-7 against the real services (an admin without a token, as in the report): each
+    hostile call gets its status and names its field, and nothing it names is stored."""
+    suite = make_suite(redis_server.url)
+    stack = await start_stack(suite, backends=2, proxies=1)
+    admin = f"127.0.0.1:{suite.admin_port}"
+    proxy = f"127.0.0.1:{stack.suite.proxy_ports['proxy-1']}"  # (its own port: known from its registration)
+    redis_address = f"127.0.0.1:{redis_server.port}"
+    cases = admin_corpus(admin, redis_address, proxy)
+    wrong: dict[str, str] = {}
+    async with stack.admin() as client:
+        for case in cases:
+            response = await client.request(case.method, case.path, content=case.body, headers=case.headers)
+            field = None
+            if response.headers.get("content-type", "").startswith("application/problem+json"):
+                field = response.json().get("field")
+            if response.status_code != case.expect or (case.field is not None and field != case.field):
+                wrong[case.name] = f"{response.status_code} field={field}: {response.text[:200]}"
+        stored = {b["address"] for b in (await client.get("/backends")).json()}
+    suite.stop_all()
+    leaked = sorted(c.stores for c in cases if c.stores is not None and c.stores in stored)
+    results.record("hostile admin calls answered as expected", len(cases) - len(wrong), target=str(len(cases)),
+                   ok=not wrong)  # fmt: skip
+    results.record("refused addresses stored", len(leaked), target="0", ok=not leaked)
+    assert not wrong, wrong
+    assert not leaked, leaked
+    assert {"10.20.30.50:80", "[fe80::1%eth0]:80"} <= stored  # the controls went through
+
+
+async def test_event_streams_do_not_lock_operators_out(
+    make_suite: SuiteFactory, results: Results, redis_server: RedisServer
+) -> None:
+    """Issue 15 item 2 against the real services: 300 unauthenticated event streams, then an operator's
+    authenticated POST /backends; the streams hold no Redis connection."""
+    suite = make_suite(redis_server.url, overrides={"admin.token": TOKEN})
+    await start_stack(suite, backends=1, proxies=1)
+    raw = aioredis.from_url(redis_server.url)
+    before = int((await raw.info("clients"))["connected_clients"])
+    limits = httpx.Limits(max_connections=320, max_keepalive_connections=320)
+    async with (
+        httpx.AsyncClient(base_url=suite.admin_url, timeout=30, limits=limits) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        readers: list[Any] = []
+
+        async def one() -> int:
+            response = await stack.enter_async_context(client.stream("GET", "/events"))
+            if response.status_code == 200:
+                readers.append(response.aiter_lines())
+                await anext(readers[-1])
+            return response.status_code
+
+        statuses = await asyncio.gather(*(one() for _ in range(300)))
+        during = int((await raw.info("clients"))["connected_clients"])
+        started = time.perf_counter()
+        created = await client.post(
+            "/backends", json={"address": "10.20.30.60:80"}, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        post_ms = (time.perf_counter() - started) * 1000
+    await raw.aclose()
+    suite.stop_all()
+    results.record("event streams open", statuses.count(200), target="300", ok=statuses.count(200) == 300)
+    results.record("redis clients added by 300 streams", during - before, target="<= 1", ok=during - before <= 1)
+    results.record("authenticated POST with 300 streams open", post_ms, unit="ms", target="201, < 1000",
+                   ok=created.status_code == 201 and post_ms < 1000)  # fmt: skip
+    assert statuses.count(200) == 300, sorted(set(statuses))
+    assert during - before <= 1
+    assert created.status_code == 201, created.text
+    assert post_ms < 1000

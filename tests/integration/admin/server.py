@@ -13,12 +13,15 @@ from services.admin.context import context_of
 from services.admin.main import build_server
 from shared.config import Config
 from shared.redis_server import free_port
+from shared.store import Store
 
 
 def admin_config(redis_url: str, namespace: str, **admin: object) -> Config:
     """Defaults, pointed at a test Redis namespace, with ``admin`` settings overridden."""
     config = Config()
     config.redis = msgspec.structs.replace(config.redis, url=redis_url, namespace=namespace)
+    # (Litestar's test client sends Host: testserver.local)
+    admin.setdefault("allowed_hosts", ["testserver.local"])
     config.admin = msgspec.structs.replace(config.admin, **admin)
     return config
 
@@ -68,4 +71,22 @@ class ServedAdmin:
         assert not self._thread.is_alive(), "admin server did not stop"
 
 
-__all__ = ["Litestar", "ServedAdmin", "admin_config"]
+__all__ = ["Litestar", "ServedAdmin", "admin_config", "caught_up"]
+
+
+async def caught_up(app: Litestar, store: Store, *, inflight: bool = False, timeout: float = 5.0) -> None:
+    """Wait until the app's snapshot holds every change written to ``store`` so far (written by the test
+    itself, out of band: the admin sees it when its event arrives), and with ``inflight`` the in-flight
+    counts pushed so far (read every INFLIGHT_SEC)."""
+    snapshot = context_of(app.state).snapshot
+    version = await store.version()
+    counts = await store.global_inflight() if inflight else None
+    deadline = time.monotonic() + timeout
+    while not (
+        snapshot.synced
+        and snapshot.mirror.version >= version
+        and (counts is None or snapshot.listing.inflight == counts)
+    ):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the admin's snapshot did not reach version {version} within {timeout}s")
+        await asyncio.sleep(0.01)

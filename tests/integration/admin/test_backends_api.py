@@ -11,6 +11,7 @@ from litestar.testing import AsyncTestClient
 
 from shared.models import Backend, Ejection, ReplicaInfo
 from shared.store import Store
+from tests.integration.admin.server import caught_up
 
 Client = AsyncTestClient[Litestar]
 PROBLEM = "application/problem+json"
@@ -112,14 +113,16 @@ async def test_unknown_field_names_the_allowed_ones(client: Client) -> None:
     assert "allowed: address, weight, state" in problem["detail"]
 
 
-async def test_add_accepts_form_encoded_json_like_the_original(client: Client) -> None:
-    # `curl -d '{...}'` sends application/x-www-form-urlencoded; the original API accepted it.
+async def test_add_refuses_a_form_encoded_body_even_if_it_is_json(client: Client, store: Store) -> None:
+    # `curl -d '{...}'` sends application/x-www-form-urlencoded, and so does a cross-site HTML form (CSRF):
+    # the body must be declared JSON (issue 15).
     r = await client.post(
         "/backends",
         content=b'{"address": "10.0.0.7:80", "weight": 4}',
         headers={"content-type": "application/x-www-form-urlencoded"},
     )
-    assert r.status_code == 201 and r.json()["weight"] == 4
+    assert_problem(r, 415, "content-type")
+    assert await store.list_backends() == []
 
 
 async def test_add_existing_is_409_and_changes_nothing(client: Client, store: Store) -> None:
@@ -134,6 +137,7 @@ async def test_add_existing_is_409_and_changes_nothing(client: Client, store: St
 
 async def test_get_one(client: Client, store: Store) -> None:
     await store.create_backend(Backend(address="10.0.0.2:80", weight=7, origin="docker"))
+    await caught_up(client.app, store)
     r = await client.get("/backends/10.0.0.2:80")
     assert r.status_code == 200
     assert r.json()["weight"] == 7 and r.json()["origin"] == "docker"
@@ -151,6 +155,7 @@ async def test_list_reports_health_ejection_and_global_inflight(client: Client, 
     await store.set_ejection("10.0.0.2:80", Ejection(replica="proxy-a", until=time.time() + 60, reason="5xx"))
     await push_inflight(store, "proxy-a", {"10.0.0.1:80": 3, "10.0.0.2:80": 1})
     await push_inflight(store, "proxy-b", {"10.0.0.1:80": 2})
+    await caught_up(client.app, store, inflight=True)
     items = {i["address"]: i for i in (await client.get("/backends")).json()}
     one, two, three = items["10.0.0.1:80"], items["10.0.0.2:80"], items["10.0.0.3:80"]
     assert (one["alive"], one["health"], one["conn_count"], one["ejected"]) == (True, "up", 5, False)

@@ -42,7 +42,7 @@ async def test_the_page_is_html_with_only_local_assets(client: Client) -> None:
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "default-src 'none'" in csp
     html = r.text
-    assert '<table id="backends">' in html and '<canvas id="chart"' in html
+    assert '<table id="backends" role="table">' in html and '<canvas id="chart"' in html
     refs = local_refs(html)
     assets = sorted(ref.split("?")[0] for ref in refs if ref.startswith("static/"))
     assert assets == ["static/dashboard.css", "static/dashboard.js"]
@@ -135,7 +135,7 @@ async def test_replicas_and_metrics_show_request_totals(client: Client, store: S
 async def test_event_streams_are_capped(client: Client) -> None:
     from services.admin.context import context_of
 
-    context_of(client.app.state).max_event_streams = 0
+    context_of(client.app.state).snapshot.max_streams = 0
     response = await client.get("/events")
     assert response.status_code == 503
     assert response.headers["content-type"].startswith("application/problem+json")

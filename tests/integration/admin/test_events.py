@@ -65,15 +65,11 @@ async def test_snapshot_then_changes_made_after_subscribing(served: ServedAdmin,
         assert json.loads(seen[0]["data"])["backend"]["state"] == "draining"
         assert json.loads(seen[2]["data"])["health"]["status"] == "up"
         assert context_of(served.app.state).event_streams == 1
-    # The client went away: the stream's watcher and its Redis subscription are gone.
+        # The stream reads the admin's one watch: no Redis subscription of its own.
+        assert await subscribers(store) == 1
+    # The client went away: its place in the cap is free again.
     await eventually(lambda: context_of(served.app.state).event_streams == 0, message="event stream still open")
-    await eventually(
-        lambda: _no_subscribers(store), timeout=5, message="events channel still has a subscriber after disconnect"
-    )
-
-
-async def _no_subscribers(store: Store) -> bool:
-    return await subscribers(store) == 0
+    assert await subscribers(store) == 1
 
 
 async def test_many_clients_come_and_go_without_leaks(served: ServedAdmin, store: Store) -> None:
@@ -82,8 +78,10 @@ async def test_many_clients_come_and_go_without_leaks(served: ServedAdmin, store
             async with client.stream("GET", "/events") as response:
                 first = await anext(sse_events(response))
                 assert first["event"] == "snapshot"
-            await eventually(lambda: _no_subscribers(store), timeout=5, message="subscription leaked")
-    assert context_of(served.app.state).event_streams == 0
+                assert await subscribers(store) == 1
+            await eventually(
+                lambda: context_of(served.app.state).event_streams == 0, timeout=5, message="stream leaked"
+            )
 
 
 async def test_server_stop_ends_open_streams(redis_url: str, namespace: str, store: Store) -> None:
@@ -98,7 +96,11 @@ async def test_server_stop_ends_open_streams(redis_url: str, namespace: str, sto
             admin.__exit__(None, None, None)  # joins the server thread: the stream must not hold it
             rest = [e async for e in events]
             assert rest == []
-    await eventually(lambda: _no_subscribers(store), timeout=5, message="subscription leaked after stop")
+    await eventually(lambda: _no_watch(store), timeout=5, message="subscription leaked after stop")
+
+
+async def _no_watch(store: Store) -> bool:
+    return await subscribers(store) == 0
 
 
 async def test_stream_survives_a_redis_restart(private_redis: RedisServer) -> None:

@@ -10,7 +10,7 @@ from litestar.testing import AsyncTestClient
 from services.admin.app import create_app
 from shared.models import Backend
 from shared.store import Store
-from tests.integration.admin.server import admin_config
+from tests.integration.admin.server import admin_config, caught_up
 from tests.integration.admin.test_backends_api import assert_problem, push_inflight
 
 Client = AsyncTestClient[Litestar]
@@ -69,6 +69,7 @@ async def test_metrics_count_requests_and_read_the_store(client: Client, store: 
     await store.create_backend(Backend(address="10.0.0.2:80", state="draining"))
     await store.set_health("10.0.0.1:80", "up")
     await push_inflight(store, "proxy-a", {"10.0.0.1:80": 3})
+    await caught_up(client.app, store)
     await client.get("/backends")
     await client.get("/backends/10.0.0.9:80")
     await client.get("/nowhere")
@@ -88,6 +89,7 @@ async def test_metrics_count_requests_and_read_the_store(client: Client, store: 
     assert metric(text, "gobalancer_admin_redis_up") == 1
     # A removed backend's gauge goes away instead of lingering.
     await store.remove_backend("10.0.0.1:80")
+    await caught_up(client.app, store)
     assert 'address="10.0.0.1:80"' not in (await client.get("/metrics")).text
 
 

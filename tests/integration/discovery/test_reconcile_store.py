@@ -77,3 +77,24 @@ async def test_leader_steps_down_when_its_lease_is_taken_and_the_standby_leads(s
     stop.set()
     await asyncio.wait_for(asyncio.gather(ta, tb), 3)
     assert await store.lease_holder("discovery") is None  # released on stop
+
+
+async def test_a_discovered_backend_on_the_deny_list_is_never_written(store: Store, redis_url: str) -> None:
+    """Issue 15 item 5: discovery goes through the same check as the admin API (the store's deny list)."""
+    from shared.config import Config
+    from shared.denylist import BackendDenyList
+
+    config = Config()
+    config.redis.url = redis_url
+    config.backend_deny.networks = ["10.66.0.0/16"]
+    store.denylist = BackendDenyList.from_config(config)
+    redis_address = redis_url.split("//", 1)[1].split("/", 1)[0]
+    desired = {
+        "10.0.0.1:80": docker("10.0.0.1:80"),
+        "10.66.1.1:80": docker("10.66.1.1:80"),
+        redis_address: docker(redis_address),
+    }
+    out = await apply(store, desired, "docker", ("weight",), None)
+    assert out.written == 1
+    assert sorted(d.split(": ", 1)[0] for d in out.denied) == sorted(["10.66.1.1:80", redis_address])
+    assert [v.address for v in await store.list_backends()] == ["10.0.0.1:80"]

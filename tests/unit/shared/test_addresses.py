@@ -51,3 +51,17 @@ def test_normalize() -> None:
     assert normalize_address("[0:0::1]:80") == "[::1]:80"
     assert normalize_address("A.Example.:80") == "a.example:80"
     assert normalize_address("[fe80::1%Eth0]:80") == "[fe80::1%Eth0]:80"
+
+
+@pytest.mark.parametrize(
+    "zone",
+    ["<img src=x onerror=alert(1)>", "eth0\n", "a\nb", "\x1b[31mred", "eth 0", "", "a%b", "é", "x" * 65, "eth0\x00"],
+)
+def test_zone_ids_are_rfc6874_unreserved_only(zone: str) -> None:
+    with pytest.raises(ValueError, match="zone id"):
+        normalize_address(f"[fe80::1%{zone}]:80")
+
+
+@pytest.mark.parametrize("zone", ["eth0", "Eth0.100", "wlp2s0", "3", "a-b_c~d"])
+def test_zone_ids_interface_names_and_numbers_pass(zone: str) -> None:
+    assert normalize_address(f"[FE80::1%{zone}]:80") == f"[fe80::1%{zone}]:80"
