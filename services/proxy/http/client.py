@@ -43,6 +43,7 @@ class ClientConnection(asyncio.Protocol):
         "_in_mark",
         "_out_at",
         "_out_mark",
+        "_partial",
         "_scanned",
         "buf",
         "client_ip",
@@ -70,6 +71,7 @@ class ClientConnection(asyncio.Protocol):
         # HEAD: a head arriving in several reads (a bytearray), or bytes after the last request not yet
         # read as the next one; WAIT: pipelined bytes.
         self.buf: bytes | bytearray = b""
+        self._partial = False  # buf holds the start of a head (scanned up to _scanned)
         self._scanned = 0
         self.deadline = NEVER
         self.eof = False  # the client half-closed while its request was answered
@@ -148,11 +150,16 @@ class ClientConnection(asyncio.Protocol):
             return
         state = self.state
         if state == BODY:
-            self.ex.body(data)
+            used = self.ex.body(data)
+            if used < len(data) and self.state != CLOSED:
+                self.keep(data, used)
         elif state == WAIT:
-            self.buf += data
+            buf = self.buf
+            if not isinstance(buf, bytearray):
+                buf = self.buf = bytearray(buf)
+            buf += data  # amortised: a bytearray grows in place
             self.plain = False
-            if len(self.buf) > self.ctx.max_head:
+            if len(buf) > self.ctx.max_head:
                 self.pause(PIPELINE)  # pipelined requests wait for the current response
         elif state == TUNNEL:
             up = self.ex.up
@@ -187,23 +194,31 @@ class ClientConnection(asyncio.Protocol):
     # -- reading request heads (the general path) ---------------------------------------------
 
     def _read_head(self, data: bytes) -> None:
-        """A head that did not arrive whole, or is not plain: accumulated in a bytearray (each byte
-        scanned once, whatever the size of the reads), then validated by ``parse_request_head``."""
+        """A head that did not arrive whole, is not plain, or follows another in the same bytes.
+
+        Bytes that wait (part of a head, or pipelined requests) are kept in a bytearray: a head that
+        arrives in pieces is scanned once (from where the last search stopped), and a request taken
+        from the front of many pipelined ones is cut off in place (``del buf[:n]``, which CPython does
+        without moving the rest): however the bytes come, each is copied and scanned a bounded number
+        of times. The head is then validated by ``parse_request_head``."""
         buf: bytes | bytearray = self.buf
-        if isinstance(buf, bytearray):  # (leading empty lines were dropped before it was kept)
+        if buf:
+            if not isinstance(buf, bytearray):
+                buf = bytearray(buf)
             buf += data
-            start = max(0, self._scanned - 3)
-        elif buf:  # pipelined bytes come before these
-            self.buf = b""
-            self.data_received(buf + data)
-            return
+            start = max(0, self._scanned - 3) if self._partial else 0
         else:
             buf = data
-            if buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request line
-                buf = buf.lstrip(b"\r\n")
-                if not buf:
-                    return
             start = 0
+        if not self._partial and buf[:2] == b"\r\n":  # RFC 9112 §2.2: ignore empty lines before a request
+            skip = len(buf) - len(buf.lstrip(b"\r\n"))
+            if isinstance(buf, bytearray):
+                del buf[:skip]
+            else:
+                buf = buf[skip:]
+            if not buf:
+                self.buf = b""
+                return
         ctx = self.ctx
         end = buf.find(HEAD_END, start)
         if end < 0:
@@ -212,21 +227,29 @@ class ClientConnection(asyncio.Protocol):
             except HttpError as exc:
                 self._reject(exc)
                 return
-            if not isinstance(buf, bytearray):
-                self.buf = bytearray(buf)
+            if not self._partial:
+                self._partial = True
                 self.deadline = ctx.now + ctx.header_read  # the whole head must come within this
+            self.buf = buf if isinstance(buf, bytearray) else bytearray(buf)
             self._scanned = len(buf)
             return
+        self._partial = False
         self.buf = b""
         if end + 4 > ctx.max_head:
             self._reject(HttpError(431, "request header section too large"))
             return
+        head = bytes(buf[:end])
+        if isinstance(buf, bytearray):
+            del buf[: end + 4]
+            rest: bytes | bytearray = buf
+        else:
+            rest = bytearray(memoryview(buf)[end + 4 :]) if len(buf) > end + 4 else b""
         try:
-            req = parse_request_head(bytes(buf[:end]), ctx.max_target)
+            req = parse_request_head(head, ctx.max_target)
         except HttpError as exc:
             self._reject(exc)
             return
-        self.ex.start(req, bytes(buf[end + 4 :]), end + 4)
+        self.ex.start(req, rest, end + 4)
 
     def _reject(self, exc: HttpError) -> None:
         self.ctx.stats.error(exc.status)
@@ -250,15 +273,19 @@ class ClientConnection(asyncio.Protocol):
         else:
             self.state = WAIT
 
-    def body_complete(self, rest: bytes) -> None:
+    def body_complete(self) -> None:
         if self.state == BODY:
             self.state = WAIT
-        if rest:
-            self.keep(rest + self.buf if self.buf else rest)
 
-    def keep(self, pipelined: bytes) -> None:
-        """Bytes after the current request: read once its response is complete."""
-        self.buf = pipelined
+    def keep(self, data: bytes | bytearray, used: int) -> None:
+        """``data[used:]`` came after the current request: read once its response is complete."""
+        if isinstance(data, bytearray):
+            del data[:used]  # in place: the front of a bytearray is cut without moving the rest
+        else:
+            data = bytearray(memoryview(data)[used:])
+        if self.buf:  # (pipelined bytes that arrived while the request body was still coming)
+            data += self.buf
+        self.buf = data
         self.plain = False
 
     def mark_progress(self) -> None:
@@ -285,9 +312,8 @@ class ClientConnection(asyncio.Protocol):
             self.deadline = ctx.now + ctx.client_idle
 
     def _continue_pipeline(self) -> None:
-        if self.state == HEAD and self.buf and not isinstance(self.buf, bytearray):
-            data, self.buf = self.buf, b""
-            self.data_received(data)
+        if self.state == HEAD and self.buf and not self._partial:
+            self._read_head(b"")
         if self.state == HEAD and self.eof and not self.buf:
             self.close()  # a half-closed client with no complete request left
 

@@ -243,7 +243,7 @@ class Exchange(Attempts):
         ratio = self.ctx.sample_ratio
         return b"01" if ratio >= 1.0 or random.random() < ratio else b"00"
 
-    def start(self, req: RequestHead, rest: bytes, head_size: int) -> None:
+    def start(self, req: RequestHead, rest: bytes | bytearray, head_size: int) -> None:
         """Any other request: ``req`` parsed by the general path; ``rest``: bytes after its head."""
         ctx = self.ctx
         conn = self.conn
@@ -280,11 +280,13 @@ class Exchange(Attempts):
         conn.begin_body(not self.body_done)
         if rest:
             if self.body_done:
-                conn.keep(rest)
+                conn.keep(rest, 0)
             else:
-                self.body(rest)
+                used = self.body(rest)
                 if conn.closed:
                     return  # invalid framing in what came with the head: nothing was forwarded
+                if used < len(rest):
+                    conn.keep(rest, used)
         if self.body_done:
             conn.deadline = ctx.now + ctx.response_timeout
         self.t0 = 0.0
@@ -349,42 +351,47 @@ class Exchange(Attempts):
 
     # -- the request body ----------------------------------------------------------------------
 
-    def body(self, data: bytes) -> None:
-        """Request body bytes: frame-check, then forward (or queue until an upstream is attached)."""
+    def body(self, data: bytes | bytearray) -> int:
+        """Request body bytes: frame-check, then forward (or queue until an upstream is attached).
+        Returns how many bytes of ``data`` were the body: the caller keeps the rest (the next request),
+        so it is never copied here."""
         ctx = self.ctx
         decoder = self.decoder
         if decoder is not None:
             try:
-                pieces, used = decoder.feed(data)
+                pieces, used = decoder.feed(data)  # type: ignore[arg-type]
             except HttpError as exc:
                 self._body_error(exc)
-                return
+                return len(data)
             self.bytes_in += used
             seen = self.body_remaining = self.body_remaining - sum(map(len, pieces))  # negative: bytes seen
             if ctx.max_body and -seen > ctx.max_body:
                 self._body_error(HttpError(413, "request body too large"))
-                return
+                return len(data)
             out = frame_chunks(pieces)
             if decoder.done:
                 out.append(LAST_CHUNK)
-                self._body_complete(data[used:])
+                self._forward(out)
+                self._body_complete()
+                return used
             if out:
                 self._forward(out)
-        else:
-            remaining = self.body_remaining
-            if len(data) <= remaining:
-                self.bytes_in += len(data)
-                self.body_remaining = remaining - len(data)
-                self._forward([data])
-                if self.body_remaining == 0:
-                    self._body_complete(b"")
-            else:
-                self.bytes_in += remaining
-                self.body_remaining = 0
-                self._forward([data[:remaining]])
-                self._body_complete(data[remaining:])
+            return used
+        remaining = self.body_remaining
+        if len(data) <= remaining:
+            self.bytes_in += len(data)
+            self.body_remaining = remaining - len(data)
+            self._forward([data])  # type: ignore[list-item]
+            if self.body_remaining == 0:
+                self._body_complete()
+            return len(data)
+        self.bytes_in += remaining
+        self.body_remaining = 0
+        self._forward([data[:remaining]])  # type: ignore[list-item]
+        self._body_complete()
+        return remaining
 
-    def _body_complete(self, rest: bytes) -> None:
+    def _body_complete(self) -> None:
         self.body_done = True
         req = self.req
         if req is not None and req.minor == 1 and not req.upgrade and req.method != b"HEAD":  # may go fast
@@ -392,7 +399,7 @@ class Exchange(Attempts):
             if self.up is not None:
                 self.up.fast_again()
         conn = self.conn
-        conn.body_complete(rest)
+        conn.body_complete()
         if not self.responded:
             conn.deadline = self.ctx.now + self.ctx.response_timeout
 
