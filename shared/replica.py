@@ -82,6 +82,7 @@ class Replica:
         self._needs_absolute = True
         self._last_push = 0.0
         self._reachable = True
+        self.failed_pushes = 0  # pushes Redis did not take (unreachable, or refusing writes)
         self.pushed = asyncio.Event()  # set after every successful push (tests wait on it)
 
     @property
@@ -135,6 +136,7 @@ class Replica:
             # Unreachable, or refusing writes (OOM, MISCONF, READONLY after a failover...). The batch
             # may or may not have been applied: the next push sends absolute counts.
             self._needs_absolute = True
+            self.failed_pushes += 1
             if self._reachable:
                 log.warning("cannot push counters; will resend absolute counts", error=str(exc) or repr(exc))
                 self._reachable = False

@@ -14,6 +14,18 @@ from shared.redis_server import RedisServer, find_redis_server
 from shared.store import Store
 
 
+def in_ci() -> bool:
+    """Running in CI: ``CI`` set to ``true``, ``1`` or ``yes`` (any case), as CI systems spell it."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose tool or engine is missing locally; in CI that is a failure, never a skip."""
+    if in_ci():
+        pytest.fail(f"CI is set and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def docker_reachable() -> bool:
     """True when a Docker engine answers on the configured socket."""
     try:

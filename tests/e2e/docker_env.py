@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -18,8 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-
-import pytest
 
 from shared.redis_server import free_port
 from tests.helpers import service_env
@@ -46,17 +43,6 @@ SERVICES = {
     "demo-a": 1,
     "demo-b": 1,
 }
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally; in CI (CI=true) a missing engine or image is a failure, not a skip."""
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def compose_command() -> list[str] | None:

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from shared.config import load_config
-from tests.e2e.docker_env import COMPOSE_FILE, ROOT, compose_command, unavailable
+from tests.conftest import unavailable
+from tests.e2e.docker_env import COMPOSE_FILE, ROOT, compose_command
 
 COMPOSE_DIR = ROOT / "compose"
 

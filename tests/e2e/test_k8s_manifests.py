@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from shared.config import load_config
-from tests.e2e.docker_env import ROOT, unavailable
+from tests.conftest import unavailable
+from tests.e2e.docker_env import ROOT
 
 K8S = ROOT / "k8s"
 BASE = K8S / "base"

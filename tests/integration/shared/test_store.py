@@ -380,7 +380,10 @@ async def test_a_replica_survives_redis_refusing_writes(private_redis: RedisServ
         await store.redis.config_set("maxmemory", "1")  # every write now fails with OOM
         await store.redis.config_set("maxmemory-policy", "noeviction")
         replica.add("b:1", +1)
-        await asyncio.sleep(0.2)  # several refused pushes
+        await eventually(lambda: not replica.reachable, message="a push refused by Redis")
+        assert await store.redis.hget(store.keys.inflight(replica.id), "b:1") == b"2", "the write was refused"
+        refused = replica.failed_pushes
+        await eventually(lambda: replica.failed_pushes >= refused + 2, message="further refused pushes")
         assert not task.done(), "the heartbeat survived the refused writes"
         await store.redis.config_set("maxmemory", "0")
         await eventually(lambda: _count(store, "b:1", 3), message="counts exact once writes work again")
