@@ -21,6 +21,7 @@ from services.proxy.stats import StatsTotals
 from services.proxy.store_balancer import open_store_balancer
 from shared.addresses import with_port_offset
 from shared.config import Config
+from shared.gc_tuning import tune_gc
 from shared.logs import get_logger
 from shared.metrics import metrics_server
 from shared.processes import die_with_parent
@@ -79,6 +80,7 @@ async def _stop_workers(procs: list[asyncio.subprocess.Process], timeout: float)
 
 
 async def run(config: Config, stop: asyncio.Event) -> None:
+    tune_gc()  # (everything is imported by now)
     workers: list[asyncio.subprocess.Process] = []
     if config.proxy.workers > 1:
         workers = await _spawn_workers(config.proxy.workers - 1, config.metrics.proxy_listen_address)
