@@ -100,6 +100,12 @@ class StoreBalancer:
             start_healthy=config.health_check.start_healthy,
             reset_grace=max(30.0, 5 * float(config.health_check.interval_sec)),
         )
+        # Backends that left the view; once nothing is in flight to one here, whatever else keeps
+        # per-backend state (the data plane's counters, its idle connections) is told to forget it
+        # through ``forget_listeners``, and so is the replica (its request totals). See prune().
+        self._departed: set[str] = set()
+        self.forget_listeners: list[Callable[[str], None]] = []
+        self.view.on_departed = self._departed.add
         self._local = replica.local  # this replica's exact in-flight counts (the hot path updates them)
         self.counts = Counts(self._local)
         self.env = PolicyEnv(
@@ -486,9 +492,26 @@ class StoreBalancer:
                 log.error("store watch failed; restarting it", error=str(exc) or repr(exc))
                 await asyncio.sleep(1.0)
 
+    def prune(self) -> int:
+        """Forget the backends that left the view and have nothing in flight from here any more
+        (one still in flight would count again when it ends: it waits for a later round). A backend
+        that came back meanwhile is kept. Returns how many were forgotten."""
+        if not self._departed:
+            return 0
+        local, backends, departed = self._local, self.view.backends, self._departed
+        gone = [a for a in departed if a not in backends and not local.get(a)]
+        departed.difference_update(gone)
+        departed.difference_update([a for a in departed if a in backends])  # back again
+        for address in gone:
+            for listener in self.forget_listeners:
+                listener(address)
+            self.replica.forget(address)
+        return len(gone)
+
     async def refresh(self) -> None:
         while True:
             self.refresh_rounds += 1
+            self.prune()
             others: dict[str, int] | None = {}
             # Round robin and weighted never read counts: no Redis read every interval. What was read
             # before is dropped, so a switch back starts from this replica's exact counts (the next

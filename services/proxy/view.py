@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -53,11 +53,20 @@ class LocalView:
         # Candidate (reused while unchanged). None before the first call (everything starts warm).
         self._known: dict[str, Seen] | None = None
         self._order: list[str] | None = None  # sorted addresses; None: to sort again
+        # Told the address of every backend that leaves the view (removed, missing from a snapshot,
+        # dropped after a reset's grace), so per-backend state elsewhere is pruned with it.
+        self.on_departed: Callable[[str], None] | None = None
 
     # -- input -------------------------------------------------------------------------------
 
+    def _departed(self, addresses: Iterable[str]) -> None:
+        if self.on_departed is not None:
+            for address in addresses:
+                self.on_departed(address)
+
     def load_static(self, config: Config) -> None:
         """Start from the config's backends (Redis unreachable at startup): all assumed up."""
+        previous = self.backends
         self.backends = {
             b.address: BackendView(
                 backend=Backend(address=b.address, weight=b.weight, origin="static"),
@@ -65,6 +74,7 @@ class LocalView:
             )
             for b in config.backends
         }
+        self._departed([a for a in previous if a not in self.backends])
         self._order = None
         self.algorithm = AlgorithmSetting(name=config.algorithm)
         self.source = "static"
@@ -85,6 +95,7 @@ class LocalView:
             self.algorithm = item.algorithm
             self.version = item.version
             self.source = "store"
+            self._departed([a for a in previous if a not in self.backends])
             for address in [a for a in self.local_ejections if a not in self.backends]:
                 del self.local_ejections[address]
             return
@@ -102,10 +113,12 @@ class LocalView:
         elif item.kind == "backend_removed":
             self._carried_only.discard(address)
             self._carried_health.discard(address)
-            if self.backends.pop(address, None) is not None and self._order is not None:
-                i = bisect.bisect_left(self._order, address)
-                if i < len(self._order) and self._order[i] == address:
-                    del self._order[i]
+            if self.backends.pop(address, None) is not None:
+                self._departed((address,))
+                if self._order is not None:
+                    i = bisect.bisect_left(self._order, address)
+                    if i < len(self._order) and self._order[i] == address:
+                        del self._order[i]
             self.local_ejections.pop(address, None)
         elif item.kind == "health" and current is not None and item.health is not None:
             self.backends[address] = msgspec.structs.replace(current, health=item.health)
@@ -145,6 +158,7 @@ class LocalView:
         changed = bool(self._carried_only or self._carried_health)
         for address in self._carried_only:
             self.backends.pop(address, None)
+        self._departed(self._carried_only)
         for address in self._carried_health:
             current = self.backends.get(address)
             if current is not None:

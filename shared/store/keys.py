@@ -189,8 +189,9 @@ return {'changed', version}
 
 # A replica's heartbeat and the batched push of its in-flight counters, in one round trip.
 # KEYS: replicas (zset), replica info, inflight hash, totals hash
-# ARGV: replica id, ttl ms, info (JSON), seq, number of in-flight pairs, then pairs of address, delta
-#       (in-flight), then pairs of "address|class", delta (request totals: monotonic, never deleted)
+# ARGV: replica id, ttl ms, info (JSON), seq, number of in-flight pairs, number of totals pairs, then
+#       pairs of address, delta (in-flight), then pairs of "address|class", delta (request totals:
+#       monotonic), then "address|class" totals to delete (backends that left the replica's view)
 # The hash carries "__seq", the last batch applied: a batch re-sent after a lost reply is not
 # applied twice. When the hash is gone (first push, or it expired while Redis was unreachable)
 # deltas cannot be applied to nothing, so the script answers 'resync' and the replica sends its
@@ -207,12 +208,16 @@ if not cur then return 'resync' end
 redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('PEXPIRE', KEYS[4], ttl)
 if tonumber(cur) >= seq then return 'duplicate' end
-local split = 6 + 2 * tonumber(ARGV[5])
-for i = 6, split - 1, 2 do
+local split = 7 + 2 * tonumber(ARGV[5])
+local dropped = split + 2 * tonumber(ARGV[6])
+for i = 7, split - 1, 2 do
   if redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[i]) end
 end
-for i = split, #ARGV, 2 do
+for i = split, dropped - 1, 2 do
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+for i = dropped, #ARGV do
+  redis.call('HDEL', KEYS[4], ARGV[i])
 end
 redis.call('HSET', KEYS[3], '__seq', seq)
 return 'ok'

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -423,13 +423,15 @@ class Store:
         force_absolute: bool = False,
         total_deltas: Mapping[str, int] | None = None,
         totals: Mapping[str, int] | None = None,
+        dropped_totals: Sequence[str] = (),
     ) -> str:
         """Heartbeat plus one batch of in-flight deltas (HINCRBY), applied at most once per ``seq``.
 
         ``absolute`` is the replica's exact current count per backend; it is sent only when Redis
         answers that the replica's hash is missing (first push, or expired during an outage), or
         with ``force_absolute``. ``total_deltas``/``totals`` do the same for the replica's monotonic
-        request totals (keys ``"address|class"``), which expire with the replica too.
+        request totals (keys ``"address|class"``), which expire with the replica too;
+        ``dropped_totals`` are totals keys to delete (of backends that left).
         """
         k = self.keys
         ttl_ms = max(1, int(ttl * 1000))
@@ -446,7 +448,17 @@ class Store:
         outcome = _text(
             await self._push_counters(
                 keys=[k.replicas, k.replica(info.id), k.inflight(info.id), k.totals(info.id)],
-                args=[info.id, ttl_ms, info_json, seq, len(flat) // 2, *flat, *flat_totals],
+                args=[
+                    info.id,
+                    ttl_ms,
+                    info_json,
+                    seq,
+                    len(flat) // 2,
+                    len(flat_totals) // 2,
+                    *flat,
+                    *flat_totals,
+                    *([] if force_absolute else dropped_totals),
+                ],
             )
         )
         if outcome == "resync" or force_absolute:

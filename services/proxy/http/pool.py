@@ -58,6 +58,11 @@ class Pool:
                     del conns[i]
                     return
 
+    def forget(self, address: str) -> None:
+        """A backend left: its idle connections are closed and its key goes (no growth with churn)."""
+        for _, conn in self._idle.pop(address, ()):
+            conn.close()
+
     def idle_count(self, address: str | None = None) -> int:
         if address is not None:
             return len(self._idle.get(address, ()))

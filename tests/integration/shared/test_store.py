@@ -366,6 +366,27 @@ async def test_request_totals_are_exact_and_expire_with_the_replica(store: Store
     await eventually(lambda: _no_replicas(store), timeout=3, message="totals expire with the replica")
 
 
+async def test_totals_of_a_backend_that_left_are_deleted(store: Store) -> None:
+    """Replica.forget: the totals of a backend that left go, locally and in Redis (with the next
+    push), also after a push that had to resend everything."""
+    replica = Replica(store, "proxy", ttl=5, heartbeat=0.2, flush_interval=0.05)
+    replica.totals_source = counted = CountedTotals()
+    counted.pending.update({"b:1|2xx": 5, "b:1|5xx": 1, "b:2|2xx": 3, "b:10|2xx": 2})
+    await replica.push()
+    replica.forget("b:1")
+    assert dict(replica.totals) == {"b:2|2xx": 3, "b:10|2xx": 2}
+    counted.pending["b:2|2xx"] += 1
+    await replica.push()
+    [seen] = await store.replicas()
+    assert seen.totals == {"b:2|2xx": 4, "b:10|2xx": 2}
+    replica.forget("b:2")
+    await store.redis.delete(store.keys.inflight(replica.id))  # lost: the next push re-sends absolutes
+    await replica.push()
+    [seen] = await store.replicas()
+    assert seen.totals == {"b:10|2xx": 2}
+    assert replica._total_keys == {"b:10": ["b:10|2xx"]}
+
+
 async def _no_replicas(store: Store) -> bool:
     return not await store.replicas() and not await store.redis.exists(store.keys.totals("x"))
 
