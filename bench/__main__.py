@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(
-            "usage: python -m bench {proxy,policies,bytecodes,coordination,health,metrics_overhead} [options]"
+            "usage: python -m bench {proxy,policies,bytecodes,coordination,health,metrics_overhead,churn} [options]"
             "   (python -m bench NAME --help)"
         )
         return 0 if args else 2
