@@ -1,7 +1,8 @@
 """Entry point of the health service: ``python -m services.health --config FILE``.
 
-Every replica heartbeats (``shared.replica.Replica``) and competes for the ``health`` lease; the
-holder probes every backend in the store and writes health transitions (see ``service.py``).
+Every replica heartbeats (``shared.replica.Replica``) and holds its share of the backends' shards
+(one lease each); it probes the backends of its shards and writes their health transitions (see
+``service.py``).
 """
 
 from __future__ import annotations
