@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY
 from services.health.service import HealthService
 from shared.aio import cancel_and_wait
 from shared.config import Config
+from shared.gc_tuning import tune_gc
 from shared.metrics import metrics_server
 from shared.replica import Replica
 from shared.service import open_store, require_redis_url, run_service
@@ -23,6 +24,7 @@ SERVICE = "health"
 
 async def run(config: Config, stop: asyncio.Event) -> None:
     require_redis_url(SERVICE, config)
+    tune_gc()  # (everything is imported by now)
     store = open_store(config)
     replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     heartbeat = asyncio.create_task(replica.run())

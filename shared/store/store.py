@@ -179,6 +179,19 @@ class Store:
         snap = await self.snapshot()
         return sorted(snap.backends.values(), key=lambda v: v.address)
 
+    async def scan_backends(self, chunk: int = 200) -> AsyncIterator[list[Backend]]:
+        """Every backend's record (without health or ejection), read in chunks (HSCAN): a reader of
+        10,000 backends gets the loop back between chunks instead of parsing them all in one go. Not a
+        consistent snapshot (a backend changed meanwhile may appear twice or in either version): for
+        readers whose writes are guarded anyway, such as discovery's reconciler."""
+        cursor = 0
+        while True:
+            cursor, fields = await self.redis.hscan(self.keys.backends, cursor, count=chunk)
+            assert isinstance(fields, dict)
+            yield [_backend_decoder.decode(raw) for raw in fields.values()]
+            if cursor == 0:
+                return
+
     async def get_backend(self, address: str) -> BackendView | None:
         k = self.keys
         async with self.redis.pipeline(transaction=True) as pipe:

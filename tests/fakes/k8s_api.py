@@ -308,3 +308,31 @@ class FakeKubernetesAPI:
         with self._lock:
             for inbox, _ in self._watchers:
                 inbox.put(_GONE)
+
+
+def serve_commands() -> None:
+    """``python -m tests.fakes.k8s_api``: the fake in a process of its own (a test that measures its
+    own event loop must not share a GIL with the API server). Prints its URL, then applies the JSON
+    commands read from stdin, one a line: ``["apply", name, [address, ...]]``, ``["delete", name]``,
+    ``["compact"]``; each answered with the resourceVersion (or 0) on stdout. Ends at end of input."""
+    import sys
+
+    api = FakeKubernetesAPI().start()
+    print(api.url, flush=True)
+    try:
+        for line in sys.stdin:
+            command = json.loads(line)
+            rv = 0
+            if command[0] == "apply":
+                rv = api.apply(command[1], [endpoint(a) for a in command[2]])
+            elif command[0] == "delete":
+                rv = api.delete(command[1])
+            elif command[0] == "compact":
+                api.compact()
+            print(rv, flush=True)
+    finally:
+        api.stop()
+
+
+if __name__ == "__main__":
+    serve_commands()

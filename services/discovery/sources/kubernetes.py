@@ -26,6 +26,8 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import msgspec
+
 from services.discovery.sources import Publish
 from shared.addresses import format_address, normalize_address
 from shared.aio import Backoff
@@ -142,12 +144,20 @@ class KubernetesSource:
             self._stopping.set()
 
     def _list(self, api: Any) -> tuple[str, dict[str, dict[str, Any]]]:
-        result = api.list_namespaced_endpoint_slice(
-            self.config.namespace, label_selector=self.selector, _request_timeout=(5, 30)
+        # The raw JSON, decoded here, not the client's models: validating 10,000 endpoints into
+        # models is one long call that holds the GIL (~250 ms measured), a stall of the event loop.
+        response = api.list_namespaced_endpoint_slice(
+            self.config.namespace, label_selector=self.selector, _request_timeout=(5, 30), _preload_content=False
         )
-        sanitize = api.api_client.sanitize_for_serialization
-        slices = {item.metadata.name: sanitize(item) for item in result.items or []}
-        return str(result.metadata.resource_version), slices
+        try:
+            status, data = int(response.status), response.data
+        finally:
+            response.release_conn()
+        if not 200 <= status <= 299:
+            raise RuntimeError(f"listing endpoint slices: HTTP {status}: {data[:200]!r}")
+        body = msgspec.json.decode(data)
+        slices = {item["metadata"]["name"]: item for item in body.get("items") or []}
+        return str(body["metadata"]["resourceVersion"]), slices
 
     def _watch_once(self, api: Any, rv: str, slices: dict[str, dict[str, Any]], emit: Any) -> str:
         """One watch request from ``rv`` until the server ends it; returns the last resourceVersion."""
