@@ -26,7 +26,9 @@ from tests.helpers import eventually
 
 ROOT = Path(__file__).resolve().parents[3]
 SLICES, PER_SLICE = 100, 100  # 10,000 endpoints
-MAX_STALL = 0.050
+# Before: 660 ms listing (the client's models validated in one call holding the GIL, the whole store
+# read and parsed in one go, the plan on the loop).
+MAX_STALL = 0.030
 
 
 def ip(i: int) -> str:
@@ -103,12 +105,10 @@ def api() -> Iterator[RemoteAPI]:
 async def ticker() -> AsyncIterator[Ticker]:
     """The loop's ticker, in a process whose interpreter is set up as the discovery service sets it
     at start-up (``tune_gc``: the test process's own settings are restored afterwards)."""
-    # The client's modules are imported as the service imports them once at start-up (~1 s holding
-    # the GIL, whatever the number of endpoints): not part of what is measured here.
-    import kubernetes.client
-    import kubernetes.config
-    import kubernetes.watch  # noqa: F401
-
+    # The client's modules (CoreV1Api alone is a huge one) are imported once per process, when the
+    # source makes its client at start-up: ~1 s holding the GIL in stretches of up to ~200 ms, whatever
+    # the number of endpoints. Done here first: not part of what is measured.
+    KubernetesSource(KubernetesDiscoveryConfig(service="web", api_url="http://127.0.0.1:1"))._api()
     interval = sys.getswitchinterval()
     tune_gc()
     t = Ticker().start()
@@ -129,7 +129,7 @@ async def test_ten_thousand_endpoints_listed_watched_and_reconciled_without_a_st
 ) -> None:
     members = [list(range(s * PER_SLICE, (s + 1) * PER_SLICE)) for s in range(SLICES)]
     for s, slice_members in enumerate(members):
-        api.apply(f"web-{s}", [ip(i) for i in slice_members])
+        await asyncio.to_thread(api.apply, f"web-{s}", [ip(i) for i in slice_members])  # (a blocking call)
     config = KubernetesDiscoveryConfig(service="web", api_url=api.url, watch_timeout_sec=Seconds(60))
     source = KubernetesSource(config)
     desired = Desired()
@@ -151,19 +151,25 @@ async def test_ten_thousand_endpoints_listed_watched_and_reconciled_without_a_st
                 replaced.append(ip(members[s][k]))
                 members[s][k] = fresh
                 fresh += 1
-            api.apply(f"web-{s}", [ip(i) for i in members[s]])
-        want = {f"{ip(i)}:8080" for m in members for i in m}
+            await asyncio.to_thread(api.apply, f"web-{s}", [ip(i) for i in members[s]])
+        added = [f"{ip(i)}:8080" for i in range(SLICES * PER_SLICE, fresh)]
+        removed = [f"{a}:8080" for a in replaced]
 
         async def reconciled() -> bool:
-            return {a.decode() for a in await store.redis.hkeys(store.keys.backends)} == want
+            # Small replies only: reading 10,000 fields back here would stall the loop being measured.
+            key = store.keys.backends
+            there = await store.redis.hmget(key, added + removed)
+            done = all(there[: len(added)]) and not any(there[len(added) :])
+            return done and await count(store) == SLICES * PER_SLICE
 
         await eventually(reconciled, timeout=60, interval=0.2, message="the watched changes reconciled")
         watched_gap = ticker.max_gap
     finally:
         stop.set()
         await cancel_and_wait(tasks)
-    assert listed_gap < MAX_STALL, f"listing 10,000 endpoints stalled the loop {listed_gap * 1000:.0f} ms"
-    assert watched_gap < MAX_STALL, f"watching stalled the loop {watched_gap * 1000:.0f} ms"
+    gaps = f"largest loop gap: {listed_gap * 1000:.1f} ms listing, {watched_gap * 1000:.1f} ms watching"
+    assert listed_gap < MAX_STALL, gaps
+    assert watched_gap < MAX_STALL, gaps
     assert listed_in < 60, listed_in
 
 
