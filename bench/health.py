@@ -229,6 +229,7 @@ async def _measure_replicas(args: argparse.Namespace, ports: list[int]) -> dict[
                 *("--type", args.type, "--interval", str(args.interval), "--lease-ttl", str(args.lease_ttl)),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
+                limit=1 << 24,  # (a report lists the replica's backends)
                 cwd=root,
                 env={**os.environ, "PYTHONPATH": str(root)},
             )

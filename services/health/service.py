@@ -135,16 +135,21 @@ class HealthService:
         held = {s: lease for s, lease in self.held.items() if s not in self._lost}
         self._lost.clear()
         now = time.monotonic()
-        for shard, lease in list(held.items()):  # renew what is due
-            if now - self._renewed[shard] >= self.renew_every:
-                renewed = await self.store.acquire_lease(shard_lease(shard), self.holder, self.ttl, held=lease)
-                if renewed is None:
-                    log.warning("lost a health shard", shard=shard)
-                    del held[shard]
-                else:
-                    self._renewed[shard] = now
-        holders = {s: await self.store.lease_holder(shard_lease(s)) for s in range(self.shards)}
-        owners = {s: value.rsplit(":", 1)[0] for s, value in holders.items() if value is not None}
+        due = [s for s in held if now - self._renewed[s] >= self.renew_every]
+        renewed = await asyncio.gather(  # (together: one round trip's wait, not one per shard)
+            *(self.store.acquire_lease(shard_lease(s), self.holder, self.ttl, held=held[s]) for s in due)
+        )
+        for shard, lease in zip(due, renewed, strict=True):
+            if lease is None or lease != held[shard]:  # taken by another, or lapsed and taken again
+                log.warning("lost a health shard", shard=shard)
+                del held[shard]
+                if lease is not None:  # ours again, under a new fencing token: let it go
+                    with contextlib.suppress(*STORE_ERRORS):
+                        await self.store.release_lease(lease)
+            else:
+                self._renewed[shard] = now
+        values = await self.store.lease_holders([shard_lease(s) for s in range(self.shards)])
+        owners = {s: value.rsplit(":", 1)[0] for s, value in enumerate(values) if value is not None}
         live = {r.id for r in await self.store.replicas(service=SERVICE)} | {self.holder}
         share = math.ceil(self.shards / len(live))
         counts = {r: 0 for r in live}

@@ -530,6 +530,11 @@ class Store:
     async def release_lease(self, lease: Lease) -> bool:
         return bool(await self._release(keys=[self.keys.lease(lease.name)], args=[lease.value]))
 
+    async def lease_holders(self, names: list[str]) -> list[str | None]:
+        """The current values of several leases (None: free), in one round trip."""
+        values = await self.redis.mget([self.keys.lease(n) for n in names])
+        return [_text(v) if v is not None else None for v in values]
+
     async def lease_holder(self, name: str) -> str | None:
         raw = await self.redis.get(self.keys.lease(name))
         return _text(raw) if raw is not None else None
