@@ -8,8 +8,9 @@
   collector's sight by their types (``gc=False`` structs: ``BackendView``, ``Candidate``, ``Upstream``;
   tuples for the policies' per-backend columns), so a proxy holding 100,000 backends pays ~2-8 ms
   for a full collection instead of ~150 ms.
-- After each large install the owner calls :func:`freeze_new_objects`: the new policy's per-backend
-  containers (tuples of 100,000 entries) would otherwise be walked by the next collections.
+- After each install of a very large pool (50,000 backends and more) the owner calls
+  :func:`freeze_new_objects`: the new policy's per-backend containers (tuples of 100,000 entries) would
+  otherwise be walked by the next collections, ~10-20 ms each time.
 - The GIL switch interval. A proxy builds large policies in a worker thread; while one runs, the loop
   waits for the GIL up to the switch interval (5 ms by default) every time it wakes, and measured
   stalls reach 30-60 ms. At 1 ms they stay under ~10 ms; with no second thread running it costs

@@ -52,6 +52,10 @@ SERVICE = "proxy"
 
 # Builds estimated to take longer than this run in a worker thread, not on the event loop.
 SYNC_BUILD_MAX_SEC = 0.008
+# From this many usable backends on, an install freezes what is tracked (see shared/gc_tuning.py): a
+# collection walking the new policy's containers would take longer than the loop may stall. Below,
+# it costs a few ms and nothing is frozen.
+FREEZE_MIN_BACKENDS = 50_000
 # Events applied back to back before the loop gets a turn (each costs a few µs at 100,000 backends).
 APPLY_BATCH = 100
 # Picks tried with a policy older than the view before scanning it for a usable backend.
@@ -307,10 +311,12 @@ class StoreBalancer:
                 if not isinstance(self.policy, Journaled):
                     self.policy = Journaled(self.policy)  # remembers count changes during the build
                 built = await loop.run_in_executor(None, _build, *self._build_inputs(copy=True))
+                large = len(built.result.candidates) >= FREEZE_MIN_BACKENDS
                 if self.rebuilds == installs:  # else a synchronous rebuild() installed a newer one meanwhile
                     self._install(built)
                 del built  # (the previous policy went with the install: freed before the freeze)
-                freeze_new_objects()  # a large pool: no collection walks its new containers
+                if large:
+                    freeze_new_objects()  # no collection walks its new per-backend containers
                 await asyncio.sleep(0)  # the install and the next copy of the view: two turns, not one
         except Exception as exc:  # a bug: keep serving with the policy in force, retry on the next change
             log.error("policy rebuild failed", error=str(exc) or repr(exc))

@@ -193,7 +193,7 @@ async def test_100k_ip_hash_rebuild_off_the_loop(collector: Pauses) -> None:
     down, gone, builds = await burst(balancer, addresses)
     removed |= gone
     await watch.finish(tasks)
-    assert builds == 2  # the running build, then one more with the latest view
+    assert builds == 2  # the running build, then one more with the latest view (a build takes ~1 s here)
     assert {c.address for c in balancer.policy.candidates} == set(addresses) - down - removed
     assert watch.bad == []
     assert watch.stale_picks > 100  # picks went on during the builds, with the previous policy
@@ -218,7 +218,9 @@ async def test_burst_of_changes_coalesces_and_the_last_one_wins(algorithm: str, 
     down, gone, builds = await burst(balancer, addresses)
     removed |= gone
     await watch.finish(tasks)
-    assert builds == 2
+    # The running build, then one more with the latest view, or two when a build (~20 ms at 6,000)
+    # ends while the 1,110 changes after it are still landing (applied APPLY_BATCH at a time).
+    assert 2 <= builds <= 3, builds
     assert {c.address for c in balancer.policy.candidates} == set(addresses) - down - removed
     assert not isinstance(balancer.policy, Journaled)
     assert watch.bad == []
