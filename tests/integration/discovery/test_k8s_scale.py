@@ -105,9 +105,9 @@ def api() -> Iterator[RemoteAPI]:
 async def ticker() -> AsyncIterator[Ticker]:
     """The loop's ticker, in a process whose interpreter is set up as the discovery service sets it
     at start-up (``tune_gc``: the test process's own settings are restored afterwards)."""
-    # The client's modules (CoreV1Api alone is a huge one) are imported once per process, when the
-    # source makes its client at start-up: ~1 s holding the GIL in stretches of up to ~200 ms, whatever
-    # the number of endpoints. Done here first: not part of what is measured.
+    # The client's modules are imported once per process, when the source makes its client at
+    # start-up (~1 s holding the GIL in stretches, whatever the number of endpoints). Done here
+    # first: not part of what is measured.
     KubernetesSource(KubernetesDiscoveryConfig(service="web", api_url="http://127.0.0.1:1"))._api()
     interval = sys.getswitchinterval()
     tune_gc()
