@@ -14,9 +14,10 @@ reused, later). ``--load`` requests per second go through the proxy meanwhile, s
 per-backend series for the backends that come and go, and health probes every one of them.
 
 Every ``--sample`` seconds: each service's RSS (``/proc/PID/status``), the number of series on its
-``/metrics``, and Redis ``used_memory``. The steady state is the mean of the samples of the first
-``--sample * 3`` seconds after ``--warmup``; each later sample must stay within 5 % of it (RSS and
-Redis memory: growth only counts; series: both ways). Results go to ``bench/results/churn.json``.
+``/metrics``, and Redis ``used_memory`` (also, not judged: the store's backend count and the proxy's
+open file descriptors). The steady state is the mean of the first third of the samples after
+``--warmup``; the mean of the last third must be within 5 % of it (RSS and Redis memory: growth only
+counts; series: both ways); the worst single sample is reported beside it. Results go to ``bench/results/churn.json``.
 """
 
 from __future__ import annotations
@@ -210,21 +211,25 @@ async def load(port: int, rate: float, stop: asyncio.Event, counts: dict[str, in
     await asyncio.gather(*(one() for _ in range(connections)))
 
 
-def judge(samples: list[dict[str, Any]], warmup: float, window: float) -> dict[str, Any]:
-    """Per metric: the steady state (mean of the samples in ``window`` after ``warmup``), the mean of
-    the last samples (as many), the extremes after the warmup, and ok: the last window within 5 % of
-    the steady state (RSS and Redis memory: growth only; series counts: both ways). Single samples
-    are reported too (``worst_sample_pct``): series counts move with which backends the load
-    happened to reach just then, so one sample is noisier than a window."""
+INFORMATIONAL = ("store_backends", "proxy_fds")  # sampled and shown, not judged
+
+
+def judge(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
+    """Per metric: the steady state (mean of the first third of the samples after ``warmup``), the
+    mean of the last third, the extremes after the warmup, and ok: the last third within 5 % of the
+    steady state (RSS and Redis memory: growth only; series counts: both ways). Single samples are
+    reported too (``worst_sample_pct``): series counts move with which backends the load happened to
+    reach just then, so one sample is noisier than a third of the run."""
     out: dict[str, Any] = {}
-    keys = [k for k in samples[0] if k != "t"]
+    keys = [k for k in samples[0] if k != "t" and k not in INFORMATIONAL]
+    later_samples = [s for s in samples if s["t"] >= warmup]
+    third = len(later_samples) // 3
     for key in keys:
-        base = [s[key] for s in samples if warmup <= s["t"] < warmup + window]
-        later = [s[key] for s in samples if s["t"] >= warmup]
-        if not base or len(later) <= len(base):
+        later = [s[key] for s in later_samples]
+        if third < 1:
             continue
-        steady = sum(base) / len(base)
-        last = sum(later[-len(base) :]) / len(base)
+        steady = sum(later[:third]) / third
+        last = sum(later[-third:]) / third
         high, low = max(later), min(later)
         growth_only = not key.endswith("series")
         drift = (last - steady) / steady
@@ -333,6 +338,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     sample["admin_series"] = await series(addresses["admin"])
                     sample["redis_used_memory"] = int(r.info("memory")["used_memory"])
                     sample["store_backends"] = int(r.hlen(f"{namespace}:backends"))
+                    sample["proxy_fds"] = len(os.listdir(f"/proc/{procs['proxy'].pid}/fd"))
                     samples.append(sample)
                     print(json.dumps(sample), flush=True)
                     next_sample += args.sample
@@ -345,7 +351,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await backends_proc.wait()
         api.stop()
         redis.cleanup()
-    verdict = judge(samples, args.warmup, args.sample * 3)
+    verdict = judge(samples, args.warmup)
     return {
         "command": "python -m bench churn " + " ".join(sys.argv[2:]),
         "backends": args.backends,
