@@ -220,9 +220,9 @@ async def test_burst_of_changes_coalesces_and_the_last_one_wins(algorithm: str, 
     removed |= gone
     await watch.finish(tasks)
     # The running build, then more with the latest view: a build (~20-50 ms at 6,000) may end while
-    # the 1,110 changes after it are still landing, APPLY_BATCH at a time; a new one starts only at
-    # one of those turns, so 2,110 changes make at most 1 + ceil(1,110 / APPLY_BATCH) builds.
-    assert 2 <= builds <= 1 + math.ceil(1110 / APPLY_BATCH), builds
+    # changes are still landing, APPLY_BATCH at a time; a new one starts only at one of those turns,
+    # so the 2,110 changes make at most 1 + ceil(2,110 / APPLY_BATCH) builds (measured: 2 to 4).
+    assert 2 <= builds <= 1 + math.ceil(2110 / APPLY_BATCH), builds
     assert {c.address for c in balancer.policy.candidates} == set(addresses) - down - removed
     assert not isinstance(balancer.policy, Journaled)
     assert watch.bad == []
