@@ -143,16 +143,16 @@ async def _replica_child(url: str, namespace: str, replica_id: str, args: argpar
     """One health replica as main.py runs it; on stdin: "measure" (start counting), "report", "exit"."""
     from services.health.service import HealthService
     from shared.aio import cancel_and_wait
-    from shared.config import HealthCheckConfig
+    from shared.config import HealthCheckConfig, Seconds
     from shared.replica import Replica
     from shared.store import Store
 
     store = Store.from_url(url, namespace)
     config = HealthCheckConfig(
-        type=args.type,  # type: ignore[arg-type]
-        interval_sec=args.interval,  # type: ignore[arg-type]
-        timeout_sec=1.0,  # type: ignore[arg-type]
-        lease_ttl_sec=args.lease_ttl,  # type: ignore[arg-type]
+        type=args.type,
+        interval_sec=args.interval,
+        timeout_sec=Seconds(1.0),
+        lease_ttl_sec=args.lease_ttl,
     )
     service = HealthService(store, config, replica_id)
     replica = Replica(store, "health", ttl=max(1.0, args.lease_ttl), heartbeat=0.2, replica_id=replica_id)
@@ -323,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         from shared.logs import configure_logging
 
         configure_logging("bench", "warning")
-        asyncio.run(_replica_child(*args.replica_child, args))
+        url, namespace, replica_id = args.replica_child
+        asyncio.run(_replica_child(url, namespace, replica_id, args))
         return 0
 
     if args.serve:

@@ -47,7 +47,7 @@ def _testcontainers_redis() -> tuple[str, Any] | None:
     os.environ.setdefault("TC_HOST", "127.0.0.1")
     try:
         import docker
-        from testcontainers.community.redis import RedisContainer  # type: ignore[import-not-found]
+        from testcontainers.community.redis import RedisContainer  # type: ignore[import-not-found,unused-ignore]
 
         client = docker.from_env(timeout=5)
         client.images.get(image)

@@ -216,7 +216,7 @@ class FakeKubernetesAPI:
         self._compacted = 0
         self._lock = threading.RLock()
         self.lists: list[dict[str, str]] = []
-        self.watches: list[dict[str, str]] = []
+        self.watches: list[Mapping[str, str]] = []
         self._server: _Server | None = None
         self.port = 0
         self._gate = threading.Event()  # cleared: new watch requests wait (hold_watches)

@@ -175,7 +175,7 @@ async def test_watch_yields_snapshot_then_ordered_events(store: Store) -> None:
             "algorithm",
             "backend_removed",
         ]
-        assert [e.version for e in events] == [2, 3, 4, 5, 6]  # type: ignore[union-attr]
+        assert [e.version for e in events] == [2, 3, 4, 5, 6]
         assert events[1].backend is not None and events[1].backend.weight == 3  # type: ignore[union-attr]
 
 
@@ -189,7 +189,7 @@ async def test_watch_resyncs_on_a_version_gap(store: Store) -> None:
         snap = await eventually(
             lambda: next((i for i in items[1:] if isinstance(i, Snapshot)), None), message="a re-sync"
         )
-        assert set(snap.backends) == {"lost:1", "b:1"}
+        assert snap is not None and set(snap.backends) == {"lost:1", "b:1"}
 
 
 async def test_watch_resyncs_when_the_version_moves_silently(store: Store) -> None:
@@ -200,7 +200,7 @@ async def test_watch_resyncs_when_the_version_moves_silently(store: Store) -> No
             lambda: next((i for i in items[1:] if isinstance(i, Snapshot)), None),
             message="a periodic re-sync",
         )
-        assert "quiet:1" in snap.backends
+        assert snap is not None and "quiet:1" in snap.backends
 
 
 async def test_watch_resyncs_after_redis_restart(private_redis: RedisServer, namespace: str) -> None:
