@@ -150,7 +150,7 @@ class HealthService:
                 self._renewed[shard] = now
         values = await self.store.lease_holders([shard_lease(s) for s in range(self.shards)])
         owners = {s: value.rsplit(":", 1)[0] for s, value in enumerate(values) if value is not None}
-        live = {r.id for r in await self.store.replicas(service=SERVICE)} | {self.holder}
+        live = {r.id for r in await self.store.replica_infos(service=SERVICE)} | {self.holder}
         share = math.ceil(self.shards / len(live))
         counts = {r: 0 for r in live}
         for owner in owners.values():

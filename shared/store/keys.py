@@ -264,6 +264,20 @@ return out
 """
 )
 
+# KEYS: replicas (zset); ARGV: key prefix ("ns:"). Returns the info (JSON) of every live replica, without
+# its counters (the health service counts its peers every round: proxies' totals would be megabytes).
+READ_REPLICA_INFOS = (
+    _PRUNE_LAPSED
+    + """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
+  if info then table.insert(out, info) end
+end
+return out
+"""
+)
+
 # What a proxy reads every refresh interval: the live replicas' in-flight counts summed per backend
 # here, leaving out the caller's own (it knows its exact count), as a flat [address, count, ...].
 # KEYS: replicas; ARGV: key prefix, replica id to leave out

@@ -126,6 +126,7 @@ class Store:
         self._push_counters = redis.register_script(lua.PUSH_COUNTERS)
         self._push_absolute = redis.register_script(lua.PUSH_ABSOLUTE)
         self._read_replicas = redis.register_script(lua.READ_REPLICAS)
+        self._read_replica_infos = redis.register_script(lua.READ_REPLICA_INFOS)
         self._global_inflight = redis.register_script(lua.GLOBAL_INFLIGHT)
         self._deregister = redis.register_script(lua.DEREGISTER)
         self._acquire = redis.register_script(lua.ACQUIRE_LEASE)
@@ -503,6 +504,12 @@ class Store:
             if service is None or replica.service == service:
                 out.append(replica)
         return out
+
+    async def replica_infos(self, service: str | None = None) -> list[ReplicaInfo]:
+        """Live replicas without their counters (cheap: no in-flight or totals hashes read)."""
+        rows = await self._read_replica_infos(keys=[self.keys.replicas], args=[f"{self.keys.namespace}:"])
+        infos = [_replica_decoder.decode(raw) for raw in rows]
+        return [r for r in infos if service is None or r.service == service]
 
     async def global_inflight(self, exclude: str | None = None) -> dict[str, int]:
         """Sum of live replicas' in-flight counts per backend (optionally leaving one replica out)."""

@@ -413,3 +413,17 @@ async def test_a_replica_survives_redis_refusing_writes(private_redis: RedisServ
             await task
     finally:
         await store.close()
+
+
+async def test_replica_infos_are_the_live_replicas_without_their_counters(store: Store) -> None:
+    proxy = Replica(store, "proxy", ttl=5, heartbeat=0.2, replica_id="p1")
+    health = Replica(store, "health", ttl=5, heartbeat=0.2, replica_id="h1")
+    proxy.add("b:1", 3)
+    await proxy.push()
+    await health.push()
+    infos = await store.replica_infos()
+    assert sorted(r.id for r in infos) == ["h1", "p1"]
+    assert all(r.inflight == {} and r.totals == {} for r in infos)  # (not read)
+    assert [r.id for r in await store.replica_infos(service="health")] == ["h1"]
+    await store.deregister("h1")
+    assert [r.id for r in await store.replica_infos()] == ["p1"]
