@@ -6,6 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 LINT_DIRS := $(wildcard services shared tests bench)
+# CI is on when CI is true, 1 or yes, in any case (tests/conftest.py's in_ci() reads it the same way).
+IN_CI := $(filter true 1 yes,$(shell printf '%s' '$(CI)' | tr '[:upper:]' '[:lower:]'))
 
 .PHONY: run test install lint format typecheck pytest e2e bench clean
 
@@ -33,13 +35,13 @@ format: install
 	$(VENV)/bin/ruff format $(LINT_DIRS)
 
 typecheck: install
-	$(VENV)/bin/mypy --strict services shared
+	$(VENV)/bin/mypy --strict services shared bench
 
-# In CI (CI=true) the whole run gets a Docker engine (scripts/docker-run starts dockerd, builds the images
+# In CI (CI=true, 1 or yes) the whole run gets a Docker engine (scripts/docker-run starts dockerd, builds the images
 # offline, runs the command, stops dockerd): the e2e stack tests run and a missing engine is a failure.
 pytest: install
-	@scripts/need redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools openssl:openssl chromium:chromium
-ifeq ($(CI),true)
+	@scripts/need redis-server:redis-server redis-sentinel:redis-sentinel redis-cli:redis-tools openssl:openssl chromium:chromium ss:iproute2
+ifneq ($(IN_CI),)
 	scripts/docker-run $(PY) -m pytest $(PYTEST_ARGS)
 else
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -10,8 +10,8 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if not args or args[0] in ("-h", "--help"):
         print(
-            "usage: python -m bench {proxy,policies,bytecodes,coordination,health,metrics_overhead,admin} [options]"
-            "   (python -m bench NAME --help)"
+            "usage: python -m bench {proxy,policies,bytecodes,coordination,health,metrics_overhead,admin,churn}"
+            " [options]   (python -m bench NAME --help)"
         )
         return 0 if args else 2
     name, rest = args[0], args[1:]

@@ -83,7 +83,7 @@ def count_bytecodes(config: Path, port: int, out: Path, requests: int, connectio
     warm-up. Also used by the test that holds the hot path to its budget."""
     env = service_env(BYTECODES_OUT=str(out))
     cmd = [sys.executable, "-c", TRACED_PROXY, "--config", str(config)]
-    with process(cmd, port, 60.0, cwd=ROOT, env=env) as proc:  # a traced start is slow on a busy machine
+    with process(cmd, port, start_timeout=60.0, cwd=ROOT, env=env) as proc:  # a traced start is slow on a busy machine
         asyncio.run(_requests(port, connections, 20, body))  # warm-up: pools filled, caches specialised
         proc.send_signal(signal.SIGUSR1)
         _wait_for(out.with_name(out.name + ".on"))

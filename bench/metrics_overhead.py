@@ -88,7 +88,7 @@ def micro_costs(number: int = 200_000) -> dict[str, float]:
         head, body = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nVia: 1.1 gobalancer\r\n\r\n", b"ok"
 
         def request_end() -> None:
-            ex.attempts.first(conn.client_ip)
+            ex.first(conn.client_ip)
             ex.keep_alive = ex.open = True
             up.begin(ex)
             ex.up = up

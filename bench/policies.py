@@ -110,7 +110,7 @@ def _view(candidates: list[Candidate]) -> LocalView:
         c.address: BackendView(backend=Backend(address=c.address, weight=c.weight), health=Health(status="up"))
         for c in candidates
     }
-    view.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting()))  # type: ignore[arg-type]
+    view.apply(Snapshot(version=1, backends=backends, algorithm=AlgorithmSetting()))
     return view
 
 
@@ -248,7 +248,7 @@ def _bytecodes(run: Callable[[int], None], loops: int) -> float:
     """Bytecodes executed by the functions ``run(loops)`` calls (its own loop not counted)."""
     count = 0
 
-    def tracer(frame: FrameType, event: str, arg: object) -> Callable[..., object] | None:
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
         nonlocal count
         if frame.f_code is run.__code__:
             return None  # the driving loop itself

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.proxy_png import bar_chart
 from shared.processes import service_env, stop_process
@@ -93,9 +94,9 @@ def nginx_user_line() -> str:
 
 @contextlib.contextmanager
 def process(
-    args: list[str], port: int, start_timeout: float = 10.0, **kwargs: object
+    args: list[str], port: int, *, start_timeout: float = 10.0, **kwargs: Any
 ) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kwargs)
     try:
         wait_port(port, proc, start_timeout)
         yield proc
@@ -344,8 +345,8 @@ def run(args: argparse.Namespace) -> int:
         workers = args.workers
 
         # Each target: (name, command, its config file, the file's text for a listening port, popen options).
-        targets: list[tuple[str, list[str], Path, Callable[[int], str], dict[str, object]]] = []
-        gb_kwargs: dict[str, object] = {"cwd": ROOT, "env": service_env()}
+        targets: list[tuple[str, list[str], Path, Callable[[int], str], dict[str, Any]]] = []
+        gb_kwargs: dict[str, Any] = {"cwd": ROOT, "env": service_env()}
         gb_file = base / "gobalancer.yaml"
         metrics = args.metrics == "on"
         static = _proxy_cmd(gb_file)

@@ -94,8 +94,11 @@ class Ejection(msgspec.Struct, kw_only=True):
     reason: str = ""
 
 
-class BackendView(msgspec.Struct, kw_only=True):
-    """A backend with everything known about it: configuration, health and ejection."""
+class BackendView(msgspec.Struct, kw_only=True, gc=False):
+    """A backend with everything known about it: configuration, health and ejection.
+
+    ``gc=False``: never tracked by the cyclic garbage collector (it holds only other structs of
+    plain values, so it cannot be part of a cycle); a proxy holds one per backend, up to 100,000."""
 
     backend: Backend
     health: Health = msgspec.field(default_factory=Health)

@@ -77,11 +77,14 @@ class Replica:
         self.local: dict[str, int] = {}
         self._pushed: dict[str, int] = {}  # ``local`` as of the last push (deltas are taken against it)
         self.totals: dict[str, int] = defaultdict(int)  # requests finished, by "address|class"
+        self._total_keys: dict[str, list[str]] = {}  # address -> its keys in ``totals``
+        self._dropped_totals: list[str] = []  # keys forgotten since the last push (deleted in Redis by it)
         self.totals_source: TotalsSource | None = None
         self._seq = 0
         self._needs_absolute = True
         self._last_push = 0.0
         self._reachable = True
+        self.failed_pushes = 0  # pushes Redis did not take (unreachable, or refusing writes)
         self.pushed = asyncio.Event()  # set after every successful push (tests wait on it)
 
     @property
@@ -101,6 +104,12 @@ class Replica:
         else:
             self.local.pop(address, None)
 
+    def forget(self, address: str) -> None:
+        """A backend left: its request totals go, here and (with the next push) in Redis."""
+        for key in self._total_keys.pop(address, ()):
+            if self.totals.pop(key, None) is not None:
+                self._dropped_totals.append(key)
+
     def _drop_zeros(self) -> None:
         local = self.local
         for address in [a for a, c in local.items() if not c]:
@@ -117,8 +126,12 @@ class Replica:
         deltas = {a: c - pushed.get(a, 0) for a, c in absolute.items() if c != pushed.get(a, 0)}
         deltas.update((a, -c) for a, c in pushed.items() if a not in absolute)
         total_deltas = self.totals_source.take_totals() if self.totals_source is not None else {}
+        totals = self.totals
         for key, n in total_deltas.items():
-            self.totals[key] += n
+            if key not in totals:
+                self._total_keys.setdefault(key.rpartition("|")[0], []).append(key)
+            totals[key] += n
+        dropped, self._dropped_totals = self._dropped_totals, []
         self._seq += 1
         try:
             await self.store.push_counters(
@@ -130,11 +143,14 @@ class Replica:
                 force_absolute=self._needs_absolute,
                 total_deltas=total_deltas,
                 totals=self.totals,  # (read before this coroutine next changes it)
+                dropped_totals=dropped,
             )
         except STORE_ERRORS as exc:
             # Unreachable, or refusing writes (OOM, MISCONF, READONLY after a failover...). The batch
-            # may or may not have been applied: the next push sends absolute counts.
+            # may or may not have been applied: the next push sends absolute counts (and totals:
+            # the dropped ones with them).
             self._needs_absolute = True
+            self.failed_pushes += 1
             if self._reachable:
                 log.warning("cannot push counters; will resend absolute counts", error=str(exc) or repr(exc))
                 self._reachable = False
@@ -152,7 +168,7 @@ class Replica:
         while True:
             due = time.monotonic() - self._last_push >= self.heartbeat
             self._drop_zeros()  # (a request that came and went is no change to push)
-            if due or self._needs_absolute or self.local != self._pushed or self._has_totals():
+            if due or self._needs_absolute or self.local != self._pushed or self._has_totals() or self._dropped_totals:
                 try:
                     await self.push()
                 except Exception as exc:  # a bug must not end the heartbeat (the counts would expire)

@@ -14,6 +14,18 @@ from shared.redis_server import RedisServer, find_redis_server
 from shared.store import Store
 
 
+def in_ci() -> bool:
+    """Running in CI: ``CI`` set to ``true``, ``1`` or ``yes`` (any case), as CI systems spell it."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose tool or engine is missing locally; in CI that is a failure, never a skip."""
+    if in_ci():
+        pytest.fail(f"CI is set and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 def docker_reachable() -> bool:
     """True when a Docker engine answers on the configured socket."""
     try:
@@ -35,7 +47,7 @@ def _testcontainers_redis() -> tuple[str, Any] | None:
     os.environ.setdefault("TC_HOST", "127.0.0.1")
     try:
         import docker
-        from testcontainers.community.redis import RedisContainer  # type: ignore[import-not-found]
+        from testcontainers.community.redis import RedisContainer  # type: ignore[import-not-found,unused-ignore]
 
         client = docker.from_env(timeout=5)
         client.images.get(image)

@@ -5,11 +5,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 from shared.processes import service_env as service_env  # (re-exported: tests import it from here)
 
 T = TypeVar("T")
+
+
+@overload
+async def eventually(
+    check: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ..., message: str = ...
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T], *, timeout: float = ..., interval: float = ..., message: str = ...
+) -> T: ...
 
 
 async def eventually(

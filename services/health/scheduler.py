@@ -16,8 +16,10 @@ here: it ends at its own time, whatever the probes say. A failed write (Redis aw
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
+from collections.abc import Callable
 
 from services.health import metrics
 from services.health.probes import Prober, ProbeTarget
@@ -70,7 +72,17 @@ class Target:
         self.metrics = metrics.BackendMetrics(probe.address)
 
 
+def shard_of(address: str, shards: int) -> int:
+    """The shard of a backend: the same in every replica and process (not Python's salted hash)."""
+    return int.from_bytes(hashlib.blake2b(address.encode(), digest_size=8).digest(), "big") % shards
+
+
 class Scheduler:
+    """Probes the backends of the store, all of them (``fence``: the one lease writes go under), or,
+    with ``shards``, only those of the shards it owns (:meth:`own`; each shard's writes go under that
+    shard's lease). It follows every backend either way, so owning a shard more starts its probes at
+    once, each backend from its stored status."""
+
     def __init__(
         self,
         store: Store,
@@ -79,10 +91,16 @@ class Scheduler:
         fence: Lease | None = None,
         prober: Prober | None = None,
         rng: random.Random | None = None,
+        shards: int = 0,
+        on_lost: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.fence = fence
+        self.shards = shards
+        self.owned: dict[int, Lease] = {}  # with shards: the shards probed here, and their leases
+        self.on_lost = on_lost  # a shard's write was fenced (another replica holds it now)
+        self.known: dict[str, HealthStatus] = {}  # every backend: its stored status
         self.prober = prober or Prober(config)
         self.schedule = Schedule(float(config.interval_sec), float(config.jitter))
         self.rng = rng or random.Random()
@@ -113,32 +131,57 @@ class Scheduler:
         async for item in self.store.watch():
             self.apply(item)
 
+    def _owns(self, address: str) -> bool:
+        return not self.shards or shard_of(address, self.shards) in self.owned
+
+    def own(self, owned: dict[int, Lease]) -> None:
+        """With shards: probe the backends of these shards (writes fenced by their leases), stop
+        probing the others."""
+        self.owned = dict(owned)
+        for address in [a for a in self.targets if not self._owns(a)]:
+            self._remove(address)
+        for address, status in self.known.items():
+            if address not in self.targets and self._owns(address):
+                self._add(address, status)
+
+    def _fence_for(self, address: str) -> Lease | None:
+        return self.owned.get(shard_of(address, self.shards)) if self.shards else self.fence
+
     def apply(self, item: Snapshot | Event) -> None:
         """Bring the probed set in line with a snapshot or an event from the store."""
         if isinstance(item, Snapshot):
+            self.known = {a: v.health.status for a, v in item.backends.items()}
             for address, view in item.backends.items():
                 target = self.targets.get(address)
                 if target is None:
-                    self._add(address, view.health.status)
+                    if self._owns(address):
+                        self._add(address, view.health.status)
                 else:
                     target.written = view.health.status
             for address in [a for a in self.targets if a not in item.backends]:
                 self._remove(address)
             if not self.synced.is_set():
-                log.info("probing", backends=len(self.targets), type=self.config.type)
+                log.info("following", backends=len(self.known), probed_here=len(self.targets), type=self.config.type)
             self.synced.set()
             return
         address = item.address or (item.backend.address if item.backend is not None else "")
         if not address:
             return
         target = self.targets.get(address)
+        known = self.known.get(address)
         if item.kind in ("backend_added", "backend_updated"):
-            if target is None:
-                self._add(address, "unknown")
+            if known is None:
+                self.known[address] = "unknown"
+            if target is None and self._owns(address):
+                self._add(address, self.known[address])
         elif item.kind == "backend_removed":
+            self.known.pop(address, None)
             self._remove(address)
-        elif item.kind == "health" and target is not None and item.health is not None:
-            target.written = item.health.status
+        elif item.kind == "health" and item.health is not None:
+            if known is not None:
+                self.known[address] = item.health.status
+            if target is not None:
+                target.written = item.health.status
 
     def _add(self, address: str, status: HealthStatus) -> None:
         try:
@@ -226,12 +269,23 @@ class Scheduler:
         emit("health changed", backend=target.address, before=before, after=after, reason=target.reason)
 
     async def _write(self, target: Target, status: HealthStatus) -> None:
+        fence = self._fence_for(target.address)
+        if self.shards and fence is None:
+            return  # its shard is no longer ours (the target is going)
         try:
             async with self._write_slots:
-                await self.store.set_health(target.address, status, target.reason, fence=self.fence)
+                await self.store.set_health(target.address, status, target.reason, fence=fence)
         except BackendNotFound:
             return  # removed meanwhile: the watch delivers the removal
         except Fenced:
+            if self.shards:
+                shard = shard_of(target.address, self.shards)
+                log.warning("health write fenced: another replica holds its shard now", backend=target.address)
+                if self.owned.get(shard) == fence:
+                    self.own({s: lease for s, lease in self.owned.items() if s != shard})
+                    if self.on_lost is not None:
+                        self.on_lost(shard)
+                return
             log.warning("health write fenced: another replica leads now", backend=target.address)
             self._lost.set()
             return

@@ -7,6 +7,7 @@ small :class:`Swept` interface (a deadline and what to do when it passes).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 from services.proxy.balancer import Balancer
@@ -43,6 +44,11 @@ class Context:
         self.stats = Stats()
         self.budget = RetryBudget(p.retry_budget)
         self.pool: Pool[Pooled] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
+        # A balancer whose backends come and go tells when one left: its counters and idle
+        # connections go with it (no growth with churn).
+        forget_listeners: list[Callable[[str], None]] | None = getattr(balancer, "forget_listeners", None)
+        if forget_listeners is not None:
+            forget_listeners += [self.stats.forget, self.pool.forget]
         self.max_head = p.max_header_bytes
         self.max_target = p.max_target_bytes
         self.max_body = p.max_body_bytes

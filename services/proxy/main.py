@@ -20,6 +20,7 @@ from services.proxy.stats import StatsTotals
 from services.proxy.store_balancer import open_store_balancer
 from services.proxy.workers import Workers
 from shared.config import Config
+from shared.gc_tuning import tune_gc
 from shared.logs import get_logger
 from shared.metrics import metrics_server
 from shared.service import open_store, run_service
@@ -68,6 +69,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     3. stop accepting, let in-flight requests finish (up to ``timeout.drain_sec``), close idle keep-alive
        connections, exit.
     """
+    tune_gc()  # (everything is imported by now)
     workers: Workers | None = None
     if config.proxy.workers > 1:
         workers = Workers(config.proxy.workers - 1, config.metrics.proxy_listen_address)

@@ -148,6 +148,10 @@ class Stats:
             b = self.backends[address] = BackendStats()
         return b
 
+    def forget(self, address: str) -> None:
+        """A backend left (and has nothing in flight here): its series go (no growth with churn)."""
+        self.backends.pop(address, None)
+
 
 class StatsTotals:
     """The replica's request totals (``shared.replica.TotalsSource``) in a proxy: attempts per backend
@@ -158,20 +162,28 @@ class StatsTotals:
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
-        self._taken: dict[str, list[int]] = {}  # each backend's classes as of the last take
+        # Each backend's classes as of the last take, with the BackendStats they were read from: one
+        # forgotten (Stats.forget) and counted again from zero is not mistaken for the old one.
+        self._taken: dict[str, tuple[BackendStats, list[int]]] = {}
+
+    def _before(self, address: str, b: BackendStats) -> list[int]:
+        taken = self._taken.get(address)
+        return taken[1] if taken is not None and taken[0] is b else _NONE
 
     def has_totals(self) -> bool:
-        taken = self._taken
-        return any(b.classes_total() != taken.get(a, _NONE) for a, b in self.stats.backends.items())
+        return any(b.classes_total() != self._before(a, b) for a, b in self.stats.backends.items())
 
     def take_totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        for address, b in self.stats.backends.items():
+        backends = self.stats.backends
+        if len(self._taken) > len(backends):  # some were forgotten
+            self._taken = {a: t for a, t in self._taken.items() if backends.get(a) is t[0]}
+        for address, b in backends.items():
             now = b.classes_total()
-            before = self._taken.get(address, _NONE)
+            before = self._before(address, b)
             if now == before:
                 continue
-            self._taken[address] = now
+            self._taken[address] = (b, now)
             for name, n, m in zip(CLASS_NAMES, now, before, strict=True):
                 if n != m:
                     totals[f"{address}|{name}"] = n - m

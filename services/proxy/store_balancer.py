@@ -27,19 +27,20 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Collection
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping
+from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
 
 from services.proxy.balancer import Upstream
 from services.proxy.outlier import OutlierDetector
-from services.proxy.policies import Candidate, Counts, Journaled, Policy, PolicyEnv, build_cost, build_policy
+from services.proxy.policies import Counts, Journaled, Policy, PolicyEnv, build_cost, build_policy
 from services.proxy.policies.ewma import record as record_latency
 from services.proxy.stats import Histogram
 from services.proxy.view import Candidates, LocalView, ViewState, compute_candidates
 from shared.aio import Backoff, cancel_and_wait
 from shared.config import Config
+from shared.gc_tuning import freeze_new_objects
 from shared.logs import get_logger
 from shared.models import Ejection, Event, Snapshot
 from shared.replica import Replica
@@ -51,14 +52,36 @@ SERVICE = "proxy"
 
 # Builds estimated to take longer than this run in a worker thread, not on the event loop.
 SYNC_BUILD_MAX_SEC = 0.008
+# From this many usable backends on, an install freezes what is tracked (see shared/gc_tuning.py): a
+# collection walking the new policy's containers would take longer than the loop may stall. Below,
+# it costs a few ms and nothing is frozen.
+FREEZE_MIN_BACKENDS = 50_000
+# Events applied back to back before the loop gets a turn (each costs a few µs at 100,000 backends).
+APPLY_BATCH = 100
 # Picks tried with a policy older than the view before scanning it for a usable backend.
 STALE_PICK_TRIES = 16
 
 
-def _build(name: str, state: ViewState, at: float, slow_start_sec: float, env: PolicyEnv) -> tuple[Candidates, Policy]:
-    """Candidates and policy from a frozen view: pure, so it may run in a worker thread."""
+class Built(NamedTuple):
+    """What a build makes, to be installed on the loop."""
+
+    result: Candidates
+    policy: Policy
+    upstreams: dict[str, Upstream]  # one per candidate: the policy's picks are looked up there
+
+
+def _build(
+    name: str, state: ViewState, at: float, slow_start_sec: float, env: PolicyEnv, upstreams: Mapping[str, Upstream]
+) -> Built:
+    """Candidates, policy and upstreams from a frozen view: pure, so it may run in a worker thread.
+    ``upstreams`` (the ones in force: replaced on install, never mutated) are reused where they exist."""
     result = compute_candidates(state, at, slow_start_sec)
-    return result, build_policy(name, result.candidates, env)
+    fresh: dict[str, Upstream] = {}
+    for c in result.candidates:
+        address = c.address
+        upstream = upstreams.get(address)
+        fresh[address] = upstream if upstream is not None else Upstream.from_address(address)
+    return Built(result, build_policy(name, result.candidates, env), fresh)
 
 
 class StoreBalancer:
@@ -81,6 +104,12 @@ class StoreBalancer:
             start_healthy=config.health_check.start_healthy,
             reset_grace=max(30.0, 5 * float(config.health_check.interval_sec)),
         )
+        # Backends that left the view; once nothing is in flight to one here, whatever else keeps
+        # per-backend state (the data plane's counters, its idle connections) is told to forget it
+        # through ``forget_listeners``, and so is the replica (its request totals). See prune().
+        self._departed: set[str] = set()
+        self.forget_listeners: list[Callable[[str], None]] = []
+        self.view.on_departed = self._departed.add
         self._local = replica.local  # this replica's exact in-flight counts (the hot path updates them)
         self.counts = Counts(self._local)
         self.env = PolicyEnv(
@@ -101,6 +130,8 @@ class StoreBalancer:
         self._on_start: Callable[[str], None] | None = None
         self._on_end: Callable[[str], None] | None = None
         self._learns = False  # the policy learns from latencies (ewma)
+        # One per candidate of the policy in force; replaced with it, never mutated (a build in a
+        # worker thread reads it).
         self._upstreams: dict[str, Upstream] = {}
         self._dirty = True
         # pick()'s one check: True while the policy may be behind the view (dirty, a build running,
@@ -233,17 +264,19 @@ class StoreBalancer:
         """The view changed, or a time-based change fell due, since the policy in force was built."""
         return self._dirty or self.clock() >= self._next_change
 
-    def _build_inputs(self, *, copy: bool, at: float | None = None) -> tuple[str, ViewState, float, float]:
-        """What a build reads, taken on the loop: policy name, view state, time, slow-start window."""
+    def _build_inputs(
+        self, *, copy: bool, at: float | None = None
+    ) -> tuple[str, ViewState, float, float, PolicyEnv, Mapping[str, Upstream]]:
+        """What a build reads, taken on the loop: policy name, view state, time, slow-start window,
+        policy environment, upstreams in force."""
         now = self.clock() if at is None else at
         self.view.end_carry(now)
         self._apply_settings()
-        return self.algorithm, self.view.state(copy=copy), now, self.slow_start_sec
+        return self.algorithm, self.view.state(copy=copy), now, self.slow_start_sec, self.env, self._upstreams
 
     def rebuild(self, at: float | None = None) -> None:
         """Build the policy from the view here and now: O(n), on view changes only."""
-        result, policy = _build(*self._build_inputs(copy=False, at=at), self.env)
-        self._install(result, policy)
+        self._install(_build(*self._build_inputs(copy=False, at=at)))
         self._dirty = False
         self._settle()
 
@@ -277,9 +310,16 @@ class StoreBalancer:
                 installs = self.rebuilds
                 if not isinstance(self.policy, Journaled):
                     self.policy = Journaled(self.policy)  # remembers count changes during the build
-                result, policy = await loop.run_in_executor(None, _build, *self._build_inputs(copy=True), self.env)
+                built = await loop.run_in_executor(None, _build, *self._build_inputs(copy=True))
+                large = len(built.result.candidates) >= FREEZE_MIN_BACKENDS
                 if self.rebuilds == installs:  # else a synchronous rebuild() installed a newer one meanwhile
-                    self._install(result, policy)
+                    self._install(built)
+                del built  # (the previous policy went with the install: freed before the freeze)
+                if large:
+                    freeze_new_objects()  # no collection walks its new per-backend containers
+                # The install and the next copy of the view (~5 ms each at 100,000): in separate turns
+                # with the timers that fell due in between (sleep(0) would run this task again first).
+                await asyncio.sleep(0.001)
         except Exception as exc:  # a bug: keep serving with the policy in force, retry on the next change
             log.error("policy rebuild failed", error=str(exc) or repr(exc))
         finally:
@@ -288,16 +328,12 @@ class StoreBalancer:
             self._building = None
             self._settle()
 
-    def _install(self, result: Candidates, policy: Policy) -> None:
-        """Swap ``policy`` in (on the loop): upstreams for new backends (first: a pick must find
-        one), the view's bookkeeping, rotation carried over, count changes seen while it was built
-        elsewhere replayed."""
-        candidates: list[Candidate] = result.candidates
-        for c in candidates:
-            if c.address not in self._upstreams:
-                self._upstreams[c.address] = Upstream.from_address(c.address)
-        if len(self._upstreams) > 2 * len(candidates) + 64:
-            self._upstreams = {c.address: self._upstreams[c.address] for c in candidates}
+    def _install(self, built: Built) -> None:
+        """Swap a built policy in (on the loop, O(1) but for the count changes to replay): its
+        upstreams (first: a pick must find one), the view's bookkeeping, rotation carried over,
+        count changes seen while it was built elsewhere replayed."""
+        result, policy = built.result, built.policy
+        self._upstreams = built.upstreams
         self.view.commit(result)
         previous = self.policy
         changed: set[str] = set()
@@ -446,18 +482,44 @@ class StoreBalancer:
 
     # -- background tasks --------------------------------------------------------------------
 
+    async def follow(self, items: AsyncIterable[Snapshot | Event]) -> None:
+        """Apply what the store's watch yields. A burst of events may arrive already buffered (no
+        await in between would suspend): every ``APPLY_BATCH`` of them the loop gets a turn."""
+        applied = 0
+        async for item in items:
+            self.apply(item)
+            applied += 1
+            if applied % APPLY_BATCH == 0:
+                await asyncio.sleep(0)
+
     async def watch(self) -> None:
         while True:
             try:
-                async for item in self.store.watch():
-                    self.apply(item)
+                await self.follow(self.store.watch())
             except Exception as exc:  # anything but an outage (watch() rides those out): keep going
                 log.error("store watch failed; restarting it", error=str(exc) or repr(exc))
                 await asyncio.sleep(1.0)
 
+    def prune(self) -> int:
+        """Forget the backends that left the view and have nothing in flight from here any more
+        (one still in flight would count again when it ends: it waits for a later round). A backend
+        that came back meanwhile is kept. Returns how many were forgotten."""
+        if not self._departed:
+            return 0
+        local, backends, departed = self._local, self.view.backends, self._departed
+        gone = [a for a in departed if a not in backends and not local.get(a)]
+        departed.difference_update(gone)
+        departed.difference_update([a for a in departed if a in backends])  # back again
+        for address in gone:
+            for listener in self.forget_listeners:
+                listener(address)
+            self.replica.forget(address)
+        return len(gone)
+
     async def refresh(self) -> None:
         while True:
             self.refresh_rounds += 1
+            self.prune()
             others: dict[str, int] | None = {}
             # Round robin and weighted never read counts: no Redis read every interval. What was read
             # before is dropped, so a switch back starts from this replica's exact counts (the next

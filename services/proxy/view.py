@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -52,13 +52,22 @@ class LocalView:
         self.local_ejections: dict[str, Ejection] = {}
         # The usable backends at the last candidates(): since when (slow start; -inf: warm) and their
         # Candidate (reused while unchanged). None before the first call (everything starts warm).
-        self._known: dict[str, tuple[float, Candidate]] | None = None
+        self._known: dict[str, Seen] | None = None
         self._order: list[str] | None = None  # sorted addresses; None: to sort again
+        # Told the address of every backend that leaves the view (removed, missing from a snapshot,
+        # dropped after a reset's grace), so per-backend state elsewhere is pruned with it.
+        self.on_departed: Callable[[str], None] | None = None
 
     # -- input -------------------------------------------------------------------------------
 
+    def _departed(self, addresses: Iterable[str]) -> None:
+        if self.on_departed is not None:
+            for address in addresses:
+                self.on_departed(address)
+
     def load_static(self, config: Config) -> None:
         """Start from the config's backends (Redis unreachable at startup): all assumed up."""
+        previous = self.backends
         self.backends = {
             b.address: BackendView(
                 backend=Backend(address=b.address, weight=b.weight, origin="static"),
@@ -66,6 +75,7 @@ class LocalView:
             )
             for b in config.backends
         }
+        self._departed([a for a in previous if a not in self.backends])
         self._order = None
         self.algorithm = AlgorithmSetting(name=config.algorithm)
         self.source = "static"
@@ -86,6 +96,7 @@ class LocalView:
             self.algorithm = item.algorithm
             self.version = item.version
             self.source = "store"
+            self._departed([a for a in previous if a not in self.backends])
             for address in [a for a in self.local_ejections if a not in self.backends]:
                 del self.local_ejections[address]
             return
@@ -101,10 +112,12 @@ class LocalView:
         elif kind == "backend_removed":
             self._carried_only.discard(address)
             self._carried_health.discard(address)
-            if existed and self._order is not None:
-                i = bisect.bisect_left(self._order, address)
-                if i < len(self._order) and self._order[i] == address:
-                    del self._order[i]
+            if existed:
+                self._departed((address,))
+                if self._order is not None:
+                    i = bisect.bisect_left(self._order, address)
+                    if i < len(self._order) and self._order[i] == address:
+                        del self._order[i]
             self.local_ejections.pop(address, None)
         elif kind == "health" and existed and item.health is not None:
             self._carried_health.discard(address)
@@ -141,6 +154,7 @@ class LocalView:
         changed = bool(self._carried_only or self._carried_health)
         for address in self._carried_only:
             self.backends.pop(address, None)
+        self._departed(self._carried_only)
         for address in self._carried_health:
             current = self.backends.get(address)
             if current is not None:
@@ -188,7 +202,7 @@ class LocalView:
         order = self.order()
         return ViewState(
             backends=dict(self.backends) if copy else self.backends,
-            order=list(order) if copy else order,
+            order=tuple(order) if copy else order,
             local_ejections=dict(self.local_ejections) if copy else self.local_ejections,
             known=self._known,  # replaced by commit(), never mutated: no copy needed
             start_healthy=self.start_healthy,
@@ -201,12 +215,20 @@ class LocalView:
             if self.local_ejections.get(address) is ejection:
                 del self.local_ejections[address]
 
-    def candidates(self, at: float, slow_start_sec: float) -> tuple[list[Candidate], float]:
+    def candidates(self, at: float, slow_start_sec: float) -> tuple[tuple[Candidate, ...], float]:
         """The usable backends (sorted by address) with their slow-start factor, and the next time
         at which this answer changes by itself (an ejection ends, a ramp step) or +inf."""
         result = compute_candidates(self.state(copy=False), at, slow_start_sec)
         self.commit(result)
         return result.candidates, result.next_change
+
+
+class Seen(msgspec.Struct, frozen=True, gc=False):
+    """A usable backend at the last computation: since when (slow start; -inf: warm), its Candidate.
+    One per backend, so never tracked by the garbage collector (nor is a dict of them)."""
+
+    since: float
+    candidate: Candidate
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +238,7 @@ class ViewState:
     backends: Mapping[str, BackendView]
     order: Sequence[str]
     local_ejections: Mapping[str, Ejection]
-    known: Mapping[str, tuple[float, Candidate]] | None
+    known: Mapping[str, Seen] | None
     start_healthy: bool
 
 
@@ -224,9 +246,9 @@ class ViewState:
 class Candidates:
     """The output of :func:`compute_candidates`."""
 
-    candidates: list[Candidate]
+    candidates: tuple[Candidate, ...]
     next_change: float
-    known: dict[str, tuple[float, Candidate]]  # the usable ones: since when, and their Candidate
+    known: dict[str, Seen]  # the usable ones: since when, and their Candidate
     expired: list[tuple[str, Ejection]]  # this replica's ejections that are over (to forget)
 
 
@@ -245,7 +267,7 @@ def compute_candidates(state: ViewState, at: float, slow_start_sec: float) -> Ca
     local_ejections = state.local_ejections
     start_healthy = state.start_healthy
     out: list[Candidate] = []
-    new_known: dict[str, tuple[float, Candidate]] = {}
+    new_known: dict[str, Seen] = {}
     next_change = math.inf
     inf = math.inf
     for address in state.order:
@@ -270,7 +292,7 @@ def compute_candidates(state: ViewState, at: float, slow_start_sec: float) -> Ca
             since = -inf if first else at  # joined or recovered: ramp up from now
             candidate = None
         else:
-            since, candidate = entry
+            since, candidate = entry.since, entry.candidate
         factor = 1.0
         if since != -inf:
             factor, step_at = ramp(since, at, slow_start_sec)
@@ -279,7 +301,7 @@ def compute_candidates(state: ViewState, at: float, slow_start_sec: float) -> Ca
         weight = backend.weight
         if candidate is None or candidate.weight != weight or candidate.factor != factor:
             candidate = Candidate(address, weight, factor)
-        new_known[address] = (since, candidate) if entry is None or entry[1] is not candidate else entry
+        new_known[address] = Seen(since, candidate) if entry is None or entry.candidate is not candidate else entry
         out.append(candidate)
     expired = [(a, e) for a, e in local_ejections.items() if e.until <= at]
-    return Candidates(out, next_change, new_known, expired)
+    return Candidates(tuple(out), next_change, new_known, expired)

@@ -244,8 +244,9 @@ return {'changed', version}
 
 # A replica's heartbeat and the batched push of its in-flight counters, in one round trip.
 # KEYS: replicas (zset), replica info, inflight hash, totals hash
-# ARGV: replica id, ttl ms, info (JSON), seq, number of in-flight pairs, then pairs of address, delta
-#       (in-flight), then pairs of "address|class", delta (request totals: monotonic, never deleted)
+# ARGV: replica id, ttl ms, info (JSON), seq, number of in-flight pairs, number of totals pairs, then
+#       pairs of address, delta (in-flight), then pairs of "address|class", delta (request totals:
+#       monotonic), then "address|class" totals to delete (backends that left the replica's view)
 # The hash carries "__seq", the last batch applied: a batch re-sent after a lost reply is not
 # applied twice. When the hash is gone (first push, or it expired while Redis was unreachable)
 # deltas cannot be applied to nothing, so the script answers 'resync' and the replica sends its
@@ -262,12 +263,16 @@ if not cur then return 'resync' end
 redis.call('PEXPIRE', KEYS[3], ttl)
 redis.call('PEXPIRE', KEYS[4], ttl)
 if tonumber(cur) >= seq then return 'duplicate' end
-local split = 6 + 2 * tonumber(ARGV[5])
-for i = 6, split - 1, 2 do
+local split = 7 + 2 * tonumber(ARGV[5])
+local dropped = split + 2 * tonumber(ARGV[6])
+for i = 7, split - 1, 2 do
   if redis.call('HINCRBY', KEYS[3], ARGV[i], ARGV[i + 1]) == 0 then redis.call('HDEL', KEYS[3], ARGV[i]) end
 end
-for i = split, #ARGV, 2 do
+for i = split, dropped - 1, 2 do
   redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1])
+end
+for i = dropped, #ARGV do
+  redis.call('HDEL', KEYS[4], ARGV[i])
 end
 redis.call('HSET', KEYS[3], '__seq', seq)
 return 'ok'
@@ -309,6 +314,20 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     local inflight = redis.call('HGETALL', ARGV[1] .. 'inflight:' .. id)
     table.insert(out, {id, info, inflight, redis.call('HGETALL', ARGV[1] .. 'totals:' .. id)})
   end
+end
+return out
+"""
+)
+
+# KEYS: replicas (zset); ARGV: key prefix ("ns:"). Returns the info (JSON) of every live replica, without
+# its counters (the health service counts its peers every round: proxies' totals would be megabytes).
+READ_REPLICA_INFOS = (
+    _PRUNE_LAPSED
+    + """
+local out = {}
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
+  if info then table.insert(out, info) end
 end
 return out
 """

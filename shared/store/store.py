@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -139,6 +139,7 @@ class Store:
         self._push_counters = redis.register_script(lua.PUSH_COUNTERS)
         self._push_absolute = redis.register_script(lua.PUSH_ABSOLUTE)
         self._read_replicas = redis.register_script(lua.READ_REPLICAS)
+        self._read_replica_infos = redis.register_script(lua.READ_REPLICA_INFOS)
         self._global_inflight = redis.register_script(lua.GLOBAL_INFLIGHT)
         self._deregister = redis.register_script(lua.DEREGISTER)
         self._acquire = redis.register_script(lua.ACQUIRE_LEASE)
@@ -191,6 +192,19 @@ class Store:
     async def list_backends(self) -> list[BackendView]:
         snap = await self.snapshot()
         return sorted(snap.backends.values(), key=lambda v: v.address)
+
+    async def scan_backends(self, chunk: int = 200) -> AsyncIterator[list[Backend]]:
+        """Every backend's record (without health or ejection), read in chunks (HSCAN): a reader of
+        10,000 backends gets the loop back between chunks instead of parsing them all in one go. Not a
+        consistent snapshot (a backend changed meanwhile may appear twice or in either version): for
+        readers whose writes are guarded anyway, such as discovery's reconciler."""
+        cursor = 0
+        while True:
+            cursor, fields = await self.redis.hscan(self.keys.backends, cursor, count=chunk)
+            assert isinstance(fields, dict)
+            yield [_backend_decoder.decode(raw) for raw in fields.values()]
+            if cursor == 0:
+                return
 
     async def get_backend(self, address: str) -> BackendView | None:
         k = self.keys
@@ -475,13 +489,15 @@ class Store:
         force_absolute: bool = False,
         total_deltas: Mapping[str, int] | None = None,
         totals: Mapping[str, int] | None = None,
+        dropped_totals: Sequence[str] = (),
     ) -> str:
         """Heartbeat plus one batch of in-flight deltas (HINCRBY), applied at most once per ``seq``.
 
         ``absolute`` is the replica's exact current count per backend; it is sent only when Redis
         answers that the replica's hash is missing (first push, or expired during an outage), or
         with ``force_absolute``. ``total_deltas``/``totals`` do the same for the replica's monotonic
-        request totals (keys ``"address|class"``), which expire with the replica too.
+        request totals (keys ``"address|class"``), which expire with the replica too;
+        ``dropped_totals`` are totals keys to delete (of backends that left).
         """
         k = self.keys
         ttl_ms = max(1, int(ttl * 1000))
@@ -498,7 +514,17 @@ class Store:
         outcome = _text(
             await self._push_counters(
                 keys=[k.replicas, k.replica(info.id), k.inflight(info.id), k.totals(info.id)],
-                args=[info.id, ttl_ms, info_json, seq, len(flat) // 2, *flat, *flat_totals],
+                args=[
+                    info.id,
+                    ttl_ms,
+                    info_json,
+                    seq,
+                    len(flat) // 2,
+                    len(flat_totals) // 2,
+                    *flat,
+                    *flat_totals,
+                    *([] if force_absolute else dropped_totals),
+                ],
             )
         )
         if outcome == "resync" or force_absolute:
@@ -531,6 +557,12 @@ class Store:
                 out.append(replica)
         return out
 
+    async def replica_infos(self, service: str | None = None) -> list[ReplicaInfo]:
+        """Live replicas without their counters (cheap: no in-flight or totals hashes read)."""
+        rows = await self._read_replica_infos(keys=[self.keys.replicas], args=[f"{self.keys.namespace}:"])
+        infos = [_replica_decoder.decode(raw) for raw in rows]
+        return [r for r in infos if service is None or r.service == service]
+
     async def global_inflight(self, exclude: str | None = None) -> dict[str, int]:
         """Sum of live replicas' in-flight counts per backend (optionally leaving one replica out)."""
         # Every proxy calls this every refresh interval: summed in Redis, one flat reply, no decoding.
@@ -556,6 +588,11 @@ class Store:
 
     async def release_lease(self, lease: Lease) -> bool:
         return bool(await self._release(keys=[self.keys.lease(lease.name)], args=[lease.value]))
+
+    async def lease_holders(self, names: list[str]) -> list[str | None]:
+        """The current values of several leases (None: free), in one round trip."""
+        values = await self.redis.mget([self.keys.lease(n) for n in names])
+        return [_text(v) if v is not None else None for v in values]
 
     async def lease_holder(self, name: str) -> str | None:
         raw = await self.redis.get(self.keys.lease(name))

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.docker_env import E2E_LABEL, SERVICES, Stack, compose_command, engine_problem, unavailable, wait_for
+from tests.conftest import unavailable
+from tests.e2e.docker_env import E2E_LABEL, SERVICES, Stack, compose_command, engine_problem, wait_for
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import pytest
-
 from shared.redis_server import free_port
 from tests.helpers import service_env
 
@@ -55,17 +53,6 @@ SERVICES = {
 
 def proxy_protocol_on() -> bool:
     return os.environ.get("GOBALANCER_E2E_PROXY_PROTOCOL", "on") != "off"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
-
-
-def unavailable(reason: str) -> None:
-    """Skip locally; in CI (CI=true) a missing engine or image is a failure, not a skip."""
-    if in_ci():
-        pytest.fail(f"CI=true and {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 def compose_command() -> list[str] | None:

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from shared.config import load_config
-from tests.e2e.docker_env import COMPOSE_FILE, ROOT, compose_command, unavailable
+from tests.conftest import unavailable
+from tests.e2e.docker_env import COMPOSE_FILE, ROOT, compose_command
 from tests.helpers import service_env
 
 COMPOSE_DIR = ROOT / "compose"

@@ -1,7 +1,7 @@
 """The dashboard end to end: headless Chromium (Debian's package, driven by Playwright) against a real admin
 service on real Redis. Backends are seeded and changed through the Store; the page must follow.
 
-Without Chromium (or Playwright) the tests skip with the reason, except in CI (CI=true), where they fail.
+Without Chromium (or Playwright) the tests skip with the reason, except in CI (CI=true/1/yes), where they fail.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pytest
 
 from shared.models import Backend, ReplicaInfo
 from shared.store import Store
+from tests.conftest import unavailable
 from tests.helpers import eventually
 from tests.integration.admin.server import ServedAdmin, admin_config
 
@@ -36,12 +37,6 @@ TOKEN = "dash-s3cret"
 A, B, C = "127.0.0.1:9001", "127.0.0.1:9002", "[::1]:9003"
 RED = "rgb(179, 38, 30)"  # --down in dashboard.css
 WAIT_MS = 8000
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"the dashboard browser test cannot run in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture

@@ -21,7 +21,8 @@ import yaml
 from shared.config import load_config
 from shared.processes import service_env, stop_process
 from shared.redis_server import free_port
-from tests.e2e.docker_env import ROOT, unavailable
+from tests.conftest import unavailable
+from tests.e2e.docker_env import ROOT
 
 K8S = ROOT / "k8s"
 BASE = K8S / "base"

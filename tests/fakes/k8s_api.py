@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 _PATH = re.compile(r"^/apis/discovery\.k8s\.io/v1/namespaces/([^/]+)/endpointslices$")
+_CORE = re.compile(r"^/api/v1/namespaces/([^/]+)/(services|pods)(?:/([^/]+))?$")
 _CLOSE = object()
 _GONE = object()
 
@@ -55,6 +56,10 @@ class _Handler(BaseHTTPRequestHandler):
         api = self.server.api
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        core = _CORE.match(url.path)
+        if core is not None:
+            self._core(core.group(1), core.group(2), core.group(3), query)
+            return
         m = _PATH.match(url.path)
         if m is None:
             self._json(404, _status(404, "NotFound", f"the server could not find {url.path}"))
@@ -77,6 +82,24 @@ class _Handler(BaseHTTPRequestHandler):
                 "items": items,
             },
         )
+
+    def _core(self, namespace: str, kind: str, name: str | None, query: Mapping[str, str]) -> None:
+        """Services and Pods (what the source reads for the weight annotations): get one, list pods."""
+        api = self.server.api
+        with api._lock:
+            api.core_requests.append(f"{kind}/{name}" if name else f"{kind}?{query.get('labelSelector', '')}")
+            objects = api._services if kind == "services" else api._pods
+            if name is not None:
+                obj = objects.get((namespace, name))
+                if obj is None:
+                    self._json(404, _status(404, "NotFound", f'{kind} "{name}" not found'))
+                else:
+                    self._json(200, copy.deepcopy(obj))
+                return
+            selector = _parse_selector(query.get("labelSelector", ""))
+            items = [copy.deepcopy(o) for o in objects.values() if _selected(o, namespace, selector)]
+            rv = str(api._rv)
+        self._json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": rv}, "items": items})
 
     def _watch(self, namespace: str, selector: Mapping[str, str], query: Mapping[str, str]) -> None:
         api = self.server.api
@@ -167,12 +190,21 @@ def _selected(obj: Mapping[str, Any], namespace: str, selector: Mapping[str, str
 
 
 def endpoint(
-    address: str, *, ready: bool | None = True, serving: bool | None = None, terminating: bool | None = None
+    address: str,
+    *,
+    ready: bool | None = True,
+    serving: bool | None = None,
+    terminating: bool | None = None,
+    pod: str | None = None,
 ) -> dict[str, Any]:
+    """An endpoint; ``pod``: the name of the Pod it belongs to (its ``targetRef``)."""
     conditions = {
         k: v for k, v in (("ready", ready), ("serving", serving), ("terminating", terminating)) if v is not None
     }
-    return {"addresses": [address], "conditions": conditions}
+    out: dict[str, Any] = {"addresses": [address], "conditions": conditions}
+    if pod is not None:
+        out["targetRef"] = {"kind": "Pod", "name": pod, "namespace": "default"}
+    return out
 
 
 class FakeKubernetesAPI:
@@ -184,11 +216,14 @@ class FakeKubernetesAPI:
         self._compacted = 0
         self._lock = threading.RLock()
         self.lists: list[dict[str, str]] = []
-        self.watches: list[dict[str, str]] = []
+        self.watches: list[Mapping[str, str]] = []
         self._server: _Server | None = None
         self.port = 0
         self._gate = threading.Event()  # cleared: new watch requests wait (hold_watches)
         self._gate.set()
+        self._services: dict[tuple[str, str], dict[str, Any]] = {}
+        self._pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.core_requests: list[str] = []  # services/NAME, pods/NAME, pods?SELECTOR, in order
 
     @property
     def url(self) -> str:
@@ -263,6 +298,57 @@ class FakeKubernetesAPI:
             self._publish(kind, copy.deepcopy(obj))
             return self._rv
 
+    def set_service(
+        self,
+        name: str,
+        *,
+        annotations: Mapping[str, str] | None = None,
+        selector: Mapping[str, str] | None = None,
+        namespace: str = "default",
+    ) -> None:
+        """Create or replace a Service (its annotations and pod selector; no watch event: not watched)."""
+        with self._lock:
+            self._rv += 1
+            self._services[(namespace, name)] = {
+                "kind": "Service",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "resourceVersion": str(self._rv),
+                    "annotations": dict(annotations or {}),
+                },
+                "spec": {"selector": dict(selector or {}), "ports": [{"name": "http", "port": 80}]},
+            }
+
+    def set_pod(
+        self,
+        name: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        annotations: Mapping[str, str] | None = None,
+        namespace: str = "default",
+    ) -> None:
+        """Create or replace a Pod (labels and annotations are what the source reads)."""
+        with self._lock:
+            self._rv += 1
+            self._pods[(namespace, name)] = {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "resourceVersion": str(self._rv),
+                    "labels": dict(labels or {}),
+                    "annotations": dict(annotations or {}),
+                },
+                "spec": {"containers": [{"name": "app", "image": "app"}]},
+            }
+
+    def delete_pod(self, name: str, *, namespace: str = "default") -> None:
+        with self._lock:
+            self._pods.pop((namespace, name), None)
+
     def delete(self, name: str, *, namespace: str = "default") -> int:
         with self._lock:
             self._rv += 1
@@ -308,3 +394,31 @@ class FakeKubernetesAPI:
         with self._lock:
             for inbox, _ in self._watchers:
                 inbox.put(_GONE)
+
+
+def serve_commands() -> None:
+    """``python -m tests.fakes.k8s_api``: the fake in a process of its own (a test that measures its
+    own event loop must not share a GIL with the API server). Prints its URL, then applies the JSON
+    commands read from stdin, one a line: ``["apply", name, [address, ...]]``, ``["delete", name]``,
+    ``["compact"]``; each answered with the resourceVersion (or 0) on stdout. Ends at end of input."""
+    import sys
+
+    api = FakeKubernetesAPI().start()
+    print(api.url, flush=True)
+    try:
+        for line in sys.stdin:
+            command = json.loads(line)
+            rv = 0
+            if command[0] == "apply":
+                rv = api.apply(command[1], [endpoint(a) for a in command[2]])
+            elif command[0] == "delete":
+                rv = api.delete(command[1])
+            elif command[0] == "compact":
+                api.compact()
+            print(rv, flush=True)
+    finally:
+        api.stop()
+
+
+if __name__ == "__main__":
+    serve_commands()

@@ -239,9 +239,43 @@ def test_config_error_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(caught.value), str(caught.value)
 
 
+# Examples each property was actually called with, counted by a wrapper around its inner test (how
+# Hypothesis lets a runner wrap the test body), so the budget below checks what ran, not a setting.
+EXAMPLES: dict[str, int] = {}
+
+
+def _property_tests() -> dict[str, Any]:
+    return {name: f for name, f in globals().items() if name.startswith("test_") and hasattr(f, "hypothesis")}
+
+
+def _count_examples(name: str, prop: Any) -> None:
+    inner = prop.hypothesis.inner_test
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        EXAMPLES[name] = EXAMPLES.get(name, 0) + 1
+        return inner(*args, **kwargs)
+
+    prop.hypothesis.inner_test = counted
+
+
+for _name, _prop in _property_tests().items():
+    _count_examples(_name, _prop)
+
+
 def test_fuzz_budget(results: Results) -> None:
-    """Records what the fuzzers ran (the property tests above do the asserting)."""
+    """Every property above ran its full budget of examples (the properties do the asserting); run
+    alone, this runs them first."""
+    properties = _property_tests()
+    for name, prop in properties.items():
+        if name not in EXAMPLES:
+            prop()
+    short = {name: EXAMPLES.get(name, 0) for name in properties if EXAMPLES.get(name, 0) < FUZZ.max_examples}
+    results.record("properties fuzzed", len(properties), target=">= 8", ok=len(properties) >= 8)
     results.record(
-        "hypothesis examples per property", FUZZ.max_examples, target="no exception but HttpError/ConfigError"
+        "fewest examples run by a property",
+        min(EXAMPLES.get(name, 0) for name in properties),
+        target=f">= {FUZZ.max_examples}",
+        ok=not short,
     )
-    results.record("properties", 8)
+    assert len(properties) >= 8, sorted(properties)
+    assert not short, f"properties that ran fewer than {FUZZ.max_examples} examples: {short}"

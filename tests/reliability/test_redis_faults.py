@@ -84,11 +84,12 @@ async def test_redis_down(aof_redis: RedisServer, make_suite: SuiteFactory, resu
     stack = await start_stack(make_suite(aof_redis.url))
     down = redis_down_sec()
     results.record("redis down for", down, "s")
-    total, failed, _, _ = await scenario(stack, aof_redis, results, down_sec=down)
+    total, failed, times, _ = await scenario(stack, aof_redis, results, down_sec=down)
     assert total > 0
     assert failed == 0
-    # The 1 s propagation after a long outage is asserted deterministically (and is a known bug) in
-    # test_watch_resyncs_promptly_after_outage below; here it is measured and recorded in the table.
+    # After a long outage too, a change reaches every replica within 1 s (each watcher's re-sync
+    # backoff is bounded: test_watch_resyncs_promptly_after_outage checks that alone).
+    assert max(times) < PROPAGATION_TARGET, times
 
 
 WATCHERS = 8

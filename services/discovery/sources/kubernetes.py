@@ -14,8 +14,16 @@ Never stale: a watch that ends (server timeout, closed connection) is restarted 
 resourceVersion seen (bookmarks advance it); ``410 Gone`` (an ERROR event, or the client's
 ``ApiException``) leads to a fresh list; any other error to a fresh list after a capped backoff.
 
+Weight: the ``gobalancer.io/weight`` annotation (an integer 1..10000) of the endpoint's Pod (its
+``targetRef``), else of the Service, else 1; an invalid value is logged and ignored. The Service is
+read at every list and every watch restart (``watch_timeout_sec``); its pods are listed with each
+list (the Service's selector), and a pod that appears later is read when an endpoint first refers to
+it. A pod's annotation changed later is seen at the next list.
+
 The client is synchronous: the list/watch loop runs in one daemon thread that hands whole desired
-sets to the event loop with ``call_soon_threadsafe``.
+sets to the event loop with ``call_soon_threadsafe``. Lists and reads are decoded from the raw JSON
+(msgspec), not validated into the client's models: at 10,000 endpoints that validation is one call of
+~250 ms holding the GIL, a stall of the event loop.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import contextlib
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import msgspec
 
 from services.discovery.sources import Publish
 from shared.addresses import format_address, normalize_address
@@ -36,6 +46,8 @@ from shared.models import AdminState, Backend, Origin
 log = get_logger("discovery.kubernetes")
 
 SERVICE_LABEL = "kubernetes.io/service-name"
+WEIGHT_ANNOTATION = "gobalancer.io/weight"
+MAX_WEIGHT = 10_000
 
 
 def _slice_port(slice_: Mapping[str, Any], port_name: str) -> int | str:
@@ -67,9 +79,37 @@ def endpoint_state(conditions: Mapping[str, Any] | None) -> AdminState | None:
     return None
 
 
-def slices_backends(slices: Iterable[Mapping[str, Any]], port_name: str = "") -> tuple[dict[str, Backend], list[str]]:
-    """Merge raw (camelCase) EndpointSlices into backends; also returns one problem line per bad slice."""
+def parse_weight(annotations: Mapping[str, Any] | None) -> int | str | None:
+    """The ``gobalancer.io/weight`` annotation: its weight, None when absent, or why it is refused."""
+    raw = (annotations or {}).get(WEIGHT_ANNOTATION)
+    if raw is None:
+        return None
+    text = str(raw).strip()
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WEIGHT:
+        return f"{WEIGHT_ANNOTATION}={raw!r} is not a weight (an integer 1..{MAX_WEIGHT})"
+    return int(text)
+
+
+def pod_of(endpoint: Mapping[str, Any]) -> str | None:
+    """The name of the Pod an endpoint belongs to (its ``targetRef``), if it is one."""
+    ref = endpoint.get("targetRef") or {}
+    name = ref.get("name")
+    return str(name) if ref.get("kind") == "Pod" and name else None
+
+
+def slices_backends(
+    slices: Iterable[Mapping[str, Any]],
+    port_name: str = "",
+    *,
+    weight: int = 1,
+    pod_weights: Mapping[str, int] | None = None,
+) -> tuple[dict[str, Backend], list[str]]:
+    """Merge raw (camelCase) EndpointSlices into backends; also returns one problem line per bad slice.
+
+    Weight: the endpoint's Pod's annotation (``pod_weights``, by pod name), else ``weight`` (the
+    Service's annotation, or 1)."""
     out: dict[str, Backend] = {}
+    pod_weights = pod_weights or {}
     problems: list[str] = []
     for slice_ in slices:
         name = (slice_.get("metadata") or {}).get("name", "?")
@@ -89,7 +129,9 @@ def slices_backends(slices: Iterable[Mapping[str, Any]], port_name: str = "") ->
                 continue
             if address in out and out[address].state == "enabled":
                 continue
-            out[address] = Backend(address=address, origin="kubernetes", state=state)
+            pod = pod_of(endpoint)
+            w = pod_weights.get(pod, weight) if pod is not None else weight
+            out[address] = Backend(address=address, origin="kubernetes", state=state, weight=w)
     return out, problems
 
 
@@ -110,8 +152,15 @@ class KubernetesSource:
         self.backoff_cap = backoff_cap
         self._stopping = threading.Event()
         self._watch: Any = None
+        self._client: Any = None  # the ApiClient, made in _api() (Services and Pods are read through it)
         self._problems: set[str] = set()
         self.gone = 0  # relists after 410 Gone (tests)
+        # Weights: the Service's annotation (read at every list and watch restart), else 1; a Pod's
+        # own annotation wins (its pods are listed with the list, a new one read when it appears).
+        self._weight = 1
+        self._pod_selector: str | None = None  # the Service's pod selector ("" = none: pods read one by one)
+        self._pods: dict[str, int | None] = {}  # pod name -> its weight annotation (None: none or invalid)
+        self._weight_problems: set[str] = set()
 
     def _api(self) -> Any:
         from kubernetes import client
@@ -129,10 +178,76 @@ class KubernetesSource:
                 kconfig.load_incluster_config(client_configuration=configuration)
             except kconfig.ConfigException:
                 kconfig.load_kube_config(client_configuration=configuration)
-        return client.DiscoveryV1Api(client.ApiClient(configuration=configuration))
+        self._client = client.ApiClient(configuration=configuration)
+        return client.DiscoveryV1Api(self._client)
+
+    def _get(self, path: str, **query: str) -> Any:
+        """A core API read (``/api/v1/...``), decoded from raw JSON; None when it does not exist (404).
+
+        Through the client's generic request path, not ``CoreV1Api``: that one module costs ~80 MB of
+        memory and ~4 s of import for the two reads done here."""
+        request = self._client.param_serialize(
+            method="GET",
+            resource_path=path,
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self._client.call_api(*request, _request_timeout=(5, 30))
+        data = response.read()
+        if response.status == 404:
+            return None
+        if not 200 <= response.status <= 299:
+            raise RuntimeError(f"GET {path}: HTTP {response.status}: {data[:200]!r}")
+        return msgspec.json.decode(data)
+
+    def _problem(self, problem: str) -> None:
+        if problem not in self._weight_problems:
+            self._weight_problems.add(problem)
+            log.warning("weight annotation ignored", problem=problem)
+
+    def _read_service(self) -> bool:
+        """The Service's weight annotation and pod selector; True when its weight changed."""
+        service = self._get(f"/api/v1/namespaces/{self.config.namespace}/services/{self.config.service}") or {}
+        weight = parse_weight((service.get("metadata") or {}).get("annotations"))
+        if isinstance(weight, str):
+            self._problem(f"service {self.config.service}: {weight}")
+            weight = None
+        selector = (service.get("spec") or {}).get("selector") or {}
+        self._pod_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+        before, self._weight = self._weight, weight or 1
+        return before != self._weight
+
+    def _pod_weight(self, pod: Mapping[str, Any] | None) -> int | None:
+        meta = (pod or {}).get("metadata") or {}
+        weight = parse_weight(meta.get("annotations"))
+        if isinstance(weight, str):
+            self._problem(f"pod {meta.get('name', '?')}: {weight}")
+            return None
+        return weight
+
+    def _list_pods(self) -> None:
+        """Every pod of the Service (its selector) with its weight annotation: one request per list."""
+        self._pods = {}
+        if not self._pod_selector:
+            return
+        body = self._get(f"/api/v1/namespaces/{self.config.namespace}/pods", labelSelector=self._pod_selector)
+        for pod in (body or {}).get("items") or []:
+            self._pods[str(pod["metadata"]["name"])] = self._pod_weight(pod)
+
+    def _pod_weights(self, slices: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+        """The weights of the pods the slices refer to; a pod not seen yet is read (once)."""
+        referenced = {p for s in slices.values() for e in s.get("endpoints") or [] if (p := pod_of(e)) is not None}
+        for name in referenced - self._pods.keys():
+            self._pods[name] = self._pod_weight(self._get(f"/api/v1/namespaces/{self.config.namespace}/pods/{name}"))
+        if len(self._pods) > len(referenced):
+            self._pods = {n: w for n, w in self._pods.items() if n in referenced}
+        return {n: w for n, w in self._pods.items() if w is not None}
 
     def _emit(self, loop: asyncio.AbstractEventLoop, publish: Publish, slices: Mapping[str, Mapping[str, Any]]) -> None:
-        backends, problems = slices_backends(slices.values(), self.config.port_name)
+        backends, problems = slices_backends(
+            slices.values(), self.config.port_name, weight=self._weight, pod_weights=self._pod_weights(slices)
+        )
         for problem in sorted(set(problems) - self._problems):
             log.warning("endpoint slice skipped", problem=problem)
         self._problems = set(problems)
@@ -142,12 +257,20 @@ class KubernetesSource:
             self._stopping.set()
 
     def _list(self, api: Any) -> tuple[str, dict[str, dict[str, Any]]]:
-        result = api.list_namespaced_endpoint_slice(
-            self.config.namespace, label_selector=self.selector, _request_timeout=(5, 30)
+        # The raw JSON, decoded here, not the client's models: validating 10,000 endpoints into
+        # models is one long call that holds the GIL (~250 ms measured), a stall of the event loop.
+        response = api.list_namespaced_endpoint_slice(
+            self.config.namespace, label_selector=self.selector, _request_timeout=(5, 30), _preload_content=False
         )
-        sanitize = api.api_client.sanitize_for_serialization
-        slices = {item.metadata.name: sanitize(item) for item in result.items or []}
-        return str(result.metadata.resource_version), slices
+        try:
+            status, data = int(response.status), response.data
+        finally:
+            response.release_conn()
+        if not 200 <= status <= 299:
+            raise RuntimeError(f"listing endpoint slices: HTTP {status}: {data[:200]!r}")
+        body = msgspec.json.decode(data)
+        slices = {item["metadata"]["name"]: item for item in body.get("items") or []}
+        return str(body["metadata"]["resourceVersion"]), slices
 
     def _watch_once(self, api: Any, rv: str, slices: dict[str, dict[str, Any]], emit: Any) -> str:
         """One watch request from ``rv`` until the server ends it; returns the last resourceVersion."""
@@ -207,12 +330,16 @@ class KubernetesSource:
             try:
                 if api is None:
                     api = self._api()
+                self._read_service()
+                self._list_pods()
                 rv, slices = self._list(api)
                 emit(slices)
                 log.info("endpoint slices listed", service=self.config.service, slices=len(slices), rv=rv)
                 backoff.reset()
                 while not self._stopping.is_set():
                     rv = self._watch_once(api, rv, slices, emit)  # ended normally: watch again from rv
+                    if not self._stopping.is_set() and self._read_service():  # (its weight, now and then)
+                        emit(slices)
             except _Gone:
                 self.gone += 1
                 log.info("resourceVersion expired (410 Gone); listing again")

@@ -15,13 +15,18 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import msgspec
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+
+class Candidate(msgspec.Struct, frozen=True, gc=False):
     """A usable backend as a policy sees it.
 
     ``factor`` is the slow-start ramp in (0, 1]: the share of its weight a backend that just joined or
     recovered may take. ``weight * factor`` is its effective weight.
+
+    ``gc=False``: there is one per usable backend (100,000 in a large view) and, holding only plain
+    values, it cannot be part of a cycle: the cyclic garbage collector never tracks it (an instance of
+    a class, even with slots, would be traversed by every full collection).
     """
 
     address: str
@@ -107,7 +112,9 @@ class Policy:
     counts_acquired: ClassVar[bool] = False
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
-        self.candidates = list(candidates)
+        # Tuples, here and in the policies' per-backend columns: a tuple of untracked values is untracked
+        # by the garbage collector's first look at it, where a list would be traversed by every collection.
+        self.candidates: tuple[Candidate, ...] = tuple(candidates)
         self.env = env
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> str | None:

@@ -269,8 +269,8 @@ class PowerOfTwo(Policy):
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         super().__init__(candidates, env)
-        self._addresses = [c.address for c in self.candidates]
-        self._weights = [c.effective for c in self.candidates]
+        self._addresses = tuple([c.address for c in self.candidates])
+        self._weights = tuple([c.effective for c in self.candidates])
         self._alias = AliasTable(self._weights)
 
     def cost(self, i: int) -> float:

@@ -38,6 +38,7 @@ import heapq
 import itertools
 import math
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
 
@@ -50,8 +51,11 @@ MAX_WALK = 64
 
 # Builds may run in a worker thread (see StoreBalancer) while the event loop builds small tables.
 _cache_lock = threading.Lock()
-_cache: OrderedDict[tuple[tuple[str, int], ...], tuple[list[int], int]] = OrderedDict()
-_address_hashes: dict[str, tuple[int, int]] = {}
+_cache: OrderedDict[tuple[tuple[str, ...], bytes], tuple[array[int], int]] = OrderedDict()
+# Per address, its offset hash and its skip hash: two dicts of ints (tuples would be one object per
+# backend for the garbage collector to count and traverse; a dict of str -> int is not tracked at all).
+_offset_hashes: dict[str, int] = {}
+_skip_hashes: dict[str, int] = {}
 MAX_ADDRESS_HASHES = 1 << 18
 _key_hashes: dict[str, int] = {}  # affinity keys repeat (client addresses): skip re-hashing them
 MAX_KEY_HASHES = 1 << 16
@@ -90,12 +94,14 @@ def table_size(n: int) -> int:
 def _hashes(address: str) -> tuple[int, int]:
     """The two 64-bit hashes of a backend address (offset and skip of its permutation), cached: a
     rebuild after one change re-hashes one address, not the whole pool."""
-    h = _address_hashes.get(address)
-    if h is None:
-        if len(_address_hashes) >= MAX_ADDRESS_HASHES:
-            _address_hashes.clear()
-        h = _address_hashes[address] = (stable_hash(address, b"offset"), stable_hash(address, b"skip"))
-    return h
+    offset = _offset_hashes.get(address)
+    if offset is None:
+        if len(_offset_hashes) >= MAX_ADDRESS_HASHES:
+            _offset_hashes.clear()
+            _skip_hashes.clear()
+        offset = _offset_hashes[address] = stable_hash(address, b"offset")
+        _skip_hashes[address] = stable_hash(address, b"skip")
+    return offset, _skip_hashes[address]
 
 
 def _turns(weights: Sequence[int]) -> Iterator[Sequence[int]]:
@@ -127,8 +133,10 @@ def _turns(weights: Sequence[int]) -> Iterator[Sequence[int]]:
         yield classes[w] if len(tied) == 1 else sorted(i for v in tied for i in classes[v])
 
 
-def populate(backends: Sequence[tuple[str, int]], m: int) -> list[int]:
-    """Maglev population of an M-slot table (M prime): ``table[slot]`` = index into ``backends``.
+def populate(addresses: Sequence[str], weights: Sequence[int], m: int) -> array[int]:
+    """Maglev population of an M-slot table (M prime): ``table[slot]`` = index into ``addresses``
+    (backend i is ``addresses[i]`` with weight ``weights[i]``; columns, not pairs: a build allocates
+    no object per backend that the cyclic garbage collector would have to count and traverse).
 
     Each backend walks its own permutation ``offset, offset + skip, ...`` (mod M) and, in its turn,
     takes the first free slot of it. Done literally that costs about M·ln M probes, most of them
@@ -145,19 +153,21 @@ def populate(backends: Sequence[tuple[str, int]], m: int) -> list[int]:
     Same table as the textbook loop (``tests/unit/policies/test_ip_hash.py`` checks it against
     one), in about M·ln(sqrt(M/2)) + M steps instead of M·ln M.
     """
-    offsets = []
-    skips = []
-    for address, _ in backends:
+    # Arrays, not lists: never tracked by the garbage collector, so a collection that happens meanwhile
+    # (started by any thread's allocations) does not traverse M + 3N entries.
+    offsets = array("l")
+    skips = array("l")
+    for address in addresses:
         h_offset, h_skip = _hashes(address)
         offsets.append(h_offset % m)
         skips.append(h_skip % (m - 1) + 1)
-    positions = offsets[:]
-    table = [0] * m
+    positions = array("l", offsets)
+    table = array("l", [0]) * m
     taken = bytearray(m)  # probed instead of the table: 1 byte a slot stays in cache, table entries do not
     tail = min(m, math.isqrt(2 * m))
     limit = m - tail
     filled = 0
-    order = itertools.chain.from_iterable(_turns([w for _, w in backends]))
+    order = itertools.chain.from_iterable(_turns(weights))
     if limit > 0:
         for i in order:
             slot = positions[i]
@@ -191,21 +201,26 @@ def populate(backends: Sequence[tuple[str, int]], m: int) -> list[int]:
     return table
 
 
-def build_table(backends: Sequence[tuple[str, int]]) -> tuple[list[int], int]:
-    """The Maglev table of ``backends`` (sorted by address) and its size; the last few are cached."""
-    key = tuple(backends)
+def build_table(addresses: Sequence[str], weights: Sequence[int]) -> tuple[array[int], int]:
+    """The Maglev table of backends ``addresses`` (sorted) with ``weights``, and its size; the last
+    few are cached."""
+    key = (tuple(addresses), array("l", weights).tobytes())
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None:
             _cache.move_to_end(key)
             return cached
-    m = table_size(len(backends))
-    built = (populate(backends, m), m)
+    m = table_size(len(addresses))
+    built = (populate(addresses, weights, m), m)
     with _cache_lock:
         _cache[key] = built
         while len(_cache) > 4:
             _cache.popitem(last=False)
     return built
+
+
+def _address(c: Candidate) -> str:
+    return c.address
 
 
 class MaglevHash(Policy):
@@ -214,11 +229,18 @@ class MaglevHash(Policy):
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv) -> None:
         super().__init__(candidates, env)
-        ordered = sorted((c.address, c.weight) for c in self.candidates)
-        self._addresses = [a for a, _ in ordered]
-        self._weights = [w for _, w in ordered]
+        # By address (the view's candidates come sorted: checked, not sorted again).
+        candidates = self.candidates
+        addresses = [c.address for c in candidates]
+        if any(addresses[i] >= addresses[i + 1] for i in range(len(addresses) - 1)):
+            candidates = sorted(candidates, key=_address)
+            addresses = [c.address for c in candidates]
+        # The addresses tuple is shared with the table cache's key; the weights are an array: a build
+        # leaves few new per-backend containers for the garbage collector to traverse (see tune_gc).
+        self._addresses = tuple(addresses)
+        self._weights = array("l", [c.weight for c in candidates])
         self._total_weight = sum(self._weights)
-        self._table, self._size = build_table(ordered) if ordered else ([], 0)
+        self._table, self._size = build_table(addresses, self._weights) if addresses else (array("l"), 0)
 
     def owner(self, key: str) -> str | None:
         """The backend the key hashes to, ignoring loads (for tests and diagnostics)."""

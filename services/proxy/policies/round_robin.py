@@ -16,8 +16,8 @@ class RoundRobin(Policy):
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv, start: int = 0) -> None:
         super().__init__(candidates, env)
-        self._addresses = [c.address for c in self.candidates]
-        self._factors = [c.factor for c in self.candidates]
+        self._addresses = tuple([c.address for c in self.candidates])
+        self._factors = tuple([c.factor for c in self.candidates])
         self._ramping = any(f < 1.0 for f in self._factors)
         self._next = start % len(self.candidates) if self.candidates else 0
 

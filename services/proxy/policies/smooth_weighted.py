@@ -95,7 +95,7 @@ class SmoothWeighted(Policy):
 
     def __init__(self, candidates: Sequence[Candidate], env: PolicyEnv, weights: Sequence[int] | None = None) -> None:
         super().__init__(candidates, env)
-        self._addresses = [c.address for c in self.candidates]
+        self._addresses = tuple([c.address for c in self.candidates])
         ws = list(weights) if weights is not None else [c.weight for c in self.candidates]
         self.weights = ws
         self._schedule: list[int] | None = None

@@ -16,7 +16,7 @@ import pytest
 
 from services.discovery.sources.docker import DockerSource
 from shared.config import DockerDiscoveryConfig, Seconds
-from tests.conftest import docker_reachable
+from tests.conftest import docker_reachable, unavailable
 from tests.helpers import eventually
 from tests.integration.discovery.helpers import addresses, running
 
@@ -29,7 +29,7 @@ LABEL = "gobalancer.test.discovery"
 def engine() -> Iterator[tuple[Any, str]]:
     """A client of the reachable engine and a local image to run."""
     if not docker_reachable():
-        pytest.skip("no Docker engine reachable (docker info fails); the unix-socket API server variant always runs")
+        unavailable("no Docker engine reachable (docker info fails); the unix-socket API server variant always runs")
     import docker
 
     c = docker.from_env(timeout=20)
@@ -40,7 +40,7 @@ def engine() -> Iterator[tuple[Any, str]]:
         c.images.get(image)
     except docker.errors.ImageNotFound:
         c.close()
-        pytest.skip(f"image {image} is not present locally (nothing is pulled)")
+        unavailable(f"image {image} is not present locally (nothing is pulled)")
     try:
         yield c, image
     finally:

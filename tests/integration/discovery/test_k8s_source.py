@@ -162,3 +162,50 @@ async def test_stops_promptly_while_watching(api: FakeKubernetesAPI) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert time.monotonic() - started < 1.0
+
+
+def weights(desired: object) -> dict[str, int] | None:
+    value = getattr(desired, "value", None)
+    return None if value is None else {a: b.weight for a, b in value.items()}
+
+
+async def test_weight_from_the_pod_annotation_else_the_service_annotation(api: FakeKubernetesAPI) -> None:
+    """What the real client requests for them: the Service, its pods by its selector, a new pod by name."""
+    api.set_service("web", annotations={"gobalancer.io/weight": "3"}, selector={"app": "web"})
+    api.set_pod("web-1", labels={"app": "web"}, annotations={"gobalancer.io/weight": "9"})
+    api.set_pod("web-2", labels={"app": "web"})
+    api.set_pod("web-3", labels={"app": "web"}, annotations={"gobalancer.io/weight": "heavy"})
+    api.set_pod("other", labels={"app": "other"}, annotations={"gobalancer.io/weight": "5"})
+    api.apply(
+        "web-a",
+        [endpoint("10.0.0.1", pod="web-1"), endpoint("10.0.0.2", pod="web-2"), endpoint("10.0.0.3", pod="web-3")],
+    )
+    with capture_logs() as logs:
+        async with running(source(api)) as desired:
+            want = {"10.0.0.1:8080": 9, "10.0.0.2:8080": 3, "10.0.0.3:8080": 3}
+            await eventually(lambda: weights(desired) == want, message="weights from the annotations")
+            assert api.core_requests[:2] == ["services/web", "pods?app=web"]  # one list of the pods
+            # A new pod in a watch event is read once, by name.
+            await eventually(lambda: api.open_watches == 1, message="watching")
+            api.set_pod("web-4", labels={"app": "web"}, annotations={"gobalancer.io/weight": "6"})
+            api.apply("web-b", [endpoint("10.0.1.4", pod="web-4")])
+            await eventually(lambda: weights(desired) == {**want, "10.0.1.4:8080": 6}, message="the new pod's weight")
+            api.apply("web-b", [endpoint("10.0.1.4", pod="web-4"), endpoint("10.0.1.5")])
+            await eventually(lambda: weights(desired) == {**want, "10.0.1.4:8080": 6, "10.0.1.5:8080": 3})
+            assert api.core_requests.count("pods/web-4") == 1
+            # The Service's annotation changed: seen when the watch restarts.
+            api.set_service("web", annotations={"gobalancer.io/weight": "2"}, selector={"app": "web"})
+            api.close_watches()
+            await eventually(
+                lambda: weights(desired) == {"10.0.0.1:8080": 9, "10.0.0.2:8080": 2, "10.0.0.3:8080": 2,
+                                             "10.0.1.4:8080": 6, "10.0.1.5:8080": 2},
+                message="the Service's new weight",
+            )  # fmt: skip
+    ignored = [e for e in logs if e["event"] == "weight annotation ignored"]
+    assert len(ignored) == 1 and "web-3" in ignored[0]["problem"], ignored
+
+
+async def test_no_service_means_weight_one(api: FakeKubernetesAPI) -> None:
+    api.apply("web-a", [endpoint("10.0.0.1", pod="gone")])  # neither the Service nor the pod exist (404)
+    async with running(source(api)) as desired:
+        await eventually(lambda: weights(desired) == {"10.0.0.1:8080": 1}, message="weight 1")

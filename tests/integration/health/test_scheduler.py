@@ -24,10 +24,10 @@ async def test_die_hang_500_close_and_recover_each_write_exactly_one_transition(
 ) -> None:
     (b,) = await backends(1)
     addr = b.address
-    before = {to: metrics.TRANSITIONS.labels(addr, to)._value.get() for to in ("up", "down")}  # type: ignore[attr-defined]
+    before = {to: metrics.TRANSITIONS.labels(addr, to)._value.get() for to in ("up", "down")}
 
     def transitions() -> dict[str, float]:
-        return {to: metrics.TRANSITIONS.labels(addr, to)._value.get() - before[to] for to in before}  # type: ignore[attr-defined]
+        return {to: metrics.TRANSITIONS.labels(addr, to)._value.get() - before[to] for to in before}
 
     await start_scheduler(type="http", interval_sec=0.05, rise=2, fall=2, jitter=0.2, timeout_sec=0.2)
     await recorder.wait_for(addr, "up")
@@ -235,4 +235,4 @@ async def test_a_write_lost_to_a_redis_outage_is_retried_after_redis_returns(
 
 
 async def _equals(fetch: Callable[[], Any], expected: str) -> bool:
-    return await fetch() == expected
+    return bool(await fetch() == expected)

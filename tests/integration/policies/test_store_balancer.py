@@ -141,7 +141,7 @@ asyncio.run(main())
         async def gone() -> bool:
             return (await store.global_inflight()).get(ADDRS[1], 0) == 0
 
-        await eventually(gone, timeout=ttl + 1.0, interval=0.05, message="killed replica's counts expired")  # type: ignore[arg-type]
+        await eventually(gone, timeout=ttl + 1.0, interval=0.05, message="killed replica's counts expired")
         assert time.monotonic() - killed_at <= ttl + 0.6  # TTL after its last push (≤ 0.5 s before kill)
         await eventually(lambda: observer.counts.get(ADDRS[1]) == 0, timeout=1, message="balancer forgot them")
     finally:
@@ -154,7 +154,7 @@ async def test_store_changes_reach_every_replica_within_100ms(store: Store, repl
     for weight in range(2, 7):
         await store.update_backend(ADDRS[0], {"weight": weight})
         await eventually(
-            lambda w=weight: all(r.view.backends[ADDRS[0]].backend.weight == w for r in replicas),
+            lambda w=weight: all(r.view.backends[ADDRS[0]].backend.weight == w for r in replicas),  # type: ignore[misc,arg-type]
             timeout=0.1,
             interval=0.002,
             message=f"weight {weight} in every replica",
@@ -313,7 +313,7 @@ async def test_ejection_decided_during_an_outage_is_published_afterwards(
                 view = await writer.get_backend(ADDRS[1])
                 return view is not None and view.ejection is not None
 
-            await eventually(published, timeout=8, message="ejection published after the outage")  # type: ignore[arg-type]
+            await eventually(published, timeout=8, message="ejection published after the outage")
     finally:
         await own.close()
         await writer.close()

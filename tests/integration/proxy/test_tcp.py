@@ -117,8 +117,9 @@ async def test_a_client_gone_during_the_connect_leaves_no_inflight_count(start_p
     try:
         for _ in range(3):
             _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
-            await asyncio.sleep(0.05)  # the proxy is connecting to the backend now
-            assert getattr(balancer, "inflight", {}).get(address, 0) >= 1
+            await eventually(  # the proxy is connecting to the backend now
+                lambda: getattr(balancer, "inflight", {}).get(address, 0) >= 1, timeout=2, message="connecting"
+            )
             writer.transport.abort()
         await eventually(
             lambda: getattr(balancer, "inflight", {}).get(address, 0) == 0, timeout=2, message="in-flight back to 0"

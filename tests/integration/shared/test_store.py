@@ -177,7 +177,7 @@ async def test_watch_yields_snapshot_then_ordered_events(store: Store) -> None:
             "algorithm",
             "backend_removed",
         ]
-        assert [e.version for e in events] == [2, 3, 4, 5, 6]  # type: ignore[union-attr]
+        assert [e.version for e in events] == [2, 3, 4, 5, 6]
         assert events[1].backend is not None and events[1].backend.weight == 3  # type: ignore[union-attr]
 
 
@@ -191,7 +191,7 @@ async def test_watch_resyncs_on_a_version_gap(store: Store) -> None:
         snap = await eventually(
             lambda: next((i for i in items[1:] if isinstance(i, Snapshot)), None), message="a re-sync"
         )
-        assert set(snap.backends) == {"lost:1", "b:1"}
+        assert snap is not None and set(snap.backends) == {"lost:1", "b:1"}
 
 
 async def test_watch_resyncs_when_the_version_moves_silently(store: Store) -> None:
@@ -202,7 +202,7 @@ async def test_watch_resyncs_when_the_version_moves_silently(store: Store) -> No
             lambda: next((i for i in items[1:] if isinstance(i, Snapshot)), None),
             message="a periodic re-sync",
         )
-        assert "quiet:1" in snap.backends
+        assert snap is not None and "quiet:1" in snap.backends
 
 
 async def test_watch_resyncs_after_redis_restart(private_redis: RedisServer, namespace: str) -> None:
@@ -368,6 +368,27 @@ async def test_request_totals_are_exact_and_expire_with_the_replica(store: Store
     await eventually(lambda: _no_replicas(store), timeout=3, message="totals expire with the replica")
 
 
+async def test_totals_of_a_backend_that_left_are_deleted(store: Store) -> None:
+    """Replica.forget: the totals of a backend that left go, locally and in Redis (with the next
+    push), also after a push that had to resend everything."""
+    replica = Replica(store, "proxy", ttl=5, heartbeat=0.2, flush_interval=0.05)
+    replica.totals_source = counted = CountedTotals()
+    counted.pending.update({"b:1|2xx": 5, "b:1|5xx": 1, "b:2|2xx": 3, "b:10|2xx": 2})
+    await replica.push()
+    replica.forget("b:1")
+    assert dict(replica.totals) == {"b:2|2xx": 3, "b:10|2xx": 2}
+    counted.pending["b:2|2xx"] += 1
+    await replica.push()
+    [seen] = await store.replicas()
+    assert seen.totals == {"b:2|2xx": 4, "b:10|2xx": 2}
+    replica.forget("b:2")
+    await store.redis.delete(store.keys.inflight(replica.id))  # lost: the next push re-sends absolutes
+    await replica.push()
+    [seen] = await store.replicas()
+    assert seen.totals == {"b:10|2xx": 2}
+    assert replica._total_keys == {"b:10": ["b:10|2xx"]}
+
+
 async def _no_replicas(store: Store) -> bool:
     return not await store.replicas() and not await store.redis.exists(store.keys.totals("x"))
 
@@ -382,7 +403,10 @@ async def test_a_replica_survives_redis_refusing_writes(private_redis: RedisServ
         await store.redis.config_set("maxmemory", "1")  # every write now fails with OOM
         await store.redis.config_set("maxmemory-policy", "noeviction")
         replica.add("b:1", +1)
-        await asyncio.sleep(0.2)  # several refused pushes
+        await eventually(lambda: not replica.reachable, message="a push refused by Redis")
+        assert await store.redis.hget(store.keys.inflight(replica.id), "b:1") == b"2", "the write was refused"
+        refused = replica.failed_pushes
+        await eventually(lambda: replica.failed_pushes >= refused + 2, message="further refused pushes")
         assert not task.done(), "the heartbeat survived the refused writes"
         await store.redis.config_set("maxmemory", "0")
         await eventually(lambda: _count(store, "b:1", 3), message="counts exact once writes work again")
@@ -391,3 +415,17 @@ async def test_a_replica_survives_redis_refusing_writes(private_redis: RedisServ
             await task
     finally:
         await store.close()
+
+
+async def test_replica_infos_are_the_live_replicas_without_their_counters(store: Store) -> None:
+    proxy = Replica(store, "proxy", ttl=5, heartbeat=0.2, replica_id="p1")
+    health = Replica(store, "health", ttl=5, heartbeat=0.2, replica_id="h1")
+    proxy.add("b:1", 3)
+    await proxy.push()
+    await health.push()
+    infos = await store.replica_infos()
+    assert sorted(r.id for r in infos) == ["h1", "p1"]
+    assert all(r.inflight == {} and r.totals == {} for r in infos)  # (not read)
+    assert [r.id for r in await store.replica_infos(service="health")] == ["h1"]
+    await store.deregister("h1")
+    assert [r.id for r in await store.replica_infos()] == ["p1"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.discovery.sources.kubernetes import endpoint_state, slices_backends
+from services.discovery.sources.kubernetes import endpoint_state, parse_weight, slices_backends
 from tests.fakes.k8s_api import endpoint
 
 
@@ -73,3 +73,22 @@ def test_slices_are_merged_and_enabled_wins() -> None:
 def test_ipv6_addresses_are_bracketed() -> None:
     got, _ = slices_backends([slice_("a", [endpoint("fd00::1")], address_type="IPv6")])
     assert list(got) == ["[fd00::1]:8080"]
+
+
+def test_weight_annotation_is_parsed_or_refused_with_a_reason() -> None:
+    assert parse_weight(None) is None and parse_weight({}) is None
+    assert parse_weight({"gobalancer.io/weight": "7"}) == 7
+    assert parse_weight({"gobalancer.io/weight": " 10000 "}) == 10000
+    for bad in ("0", "-1", "10001", "2.5", "heavy", ""):
+        reason = parse_weight({"gobalancer.io/weight": bad})
+        assert isinstance(reason, str) and "gobalancer.io/weight" in reason, bad
+
+
+def test_weight_from_the_pod_else_the_service() -> None:
+    slices = [
+        slice_("a", [endpoint("10.0.0.1", pod="p1"), endpoint("10.0.0.2", pod="p2"), endpoint("10.0.0.3")]),
+    ]
+    backends, _ = slices_backends(slices, weight=3, pod_weights={"p1": 9})
+    assert {a: b.weight for a, b in backends.items()} == {"10.0.0.1:8080": 9, "10.0.0.2:8080": 3, "10.0.0.3:8080": 3}
+    backends, _ = slices_backends(slices)
+    assert {b.weight for b in backends.values()} == {1}

@@ -11,7 +11,7 @@ import pytest
 from services.proxy.balancer import Upstream
 from services.proxy.store_balancer import StoreBalancer
 from shared.config import Config, OutlierConfig
-from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
+from shared.models import Algorithm, AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
 from shared.replica import Replica
 from shared.store import Store
 from tests.helpers import eventually
@@ -159,7 +159,8 @@ def test_only_a_latency_aware_policy_pays_for_latency_estimates() -> None:
     balancer = StoreBalancer(Config(), store, Replica(store, "proxy", ttl=5, heartbeat=1))
     backends = {"a:1": BackendView(backend=Backend(address="a:1"), health=Health(status="up"))}
     u = Upstream.from_address("a:1")
-    for version, name in enumerate(("least_connections", "ewma"), start=1):
+    names: tuple[Algorithm, ...] = ("least_connections", "ewma")
+    for version, name in enumerate(names, start=1):
         balancer.apply(
             Snapshot(version=version, backends=backends, algorithm=AlgorithmSetting(name=name, updated_at=1.0))
         )

@@ -88,5 +88,5 @@ def test_table_size_is_prime_and_only_changes_on_doublings() -> None:
     assert {table_size(n) for n in range(1, 51)} == {5003}
     assert {table_size(n) for n in range(51, 101)} == {10007}
     assert table_size(1000) > 65536
-    table, m = build_table([("a", 1), ("b", 3)])
+    table, m = build_table(["a", "b"], [1, 3])
     assert len(table) == m and table.count(1) == pytest.approx(3 * table.count(0), rel=0.01)

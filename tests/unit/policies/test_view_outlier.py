@@ -57,7 +57,7 @@ def test_ejections_store_and_local_and_their_end() -> None:
     view.apply(Event(version=2, kind="ejection", address="a:1", ejection=Ejection(replica="r2", until=10.0)))
     view.eject_locally("b:1", Ejection(replica="me", until=20.0))
     candidates, next_change = view.candidates(5.0, 0)
-    assert candidates == [] and next_change == 10.0
+    assert candidates == () and next_change == 10.0
     assert view.ejected_count(5.0) == 2
     assert names(view, 10.0) == ["a:1"]
     assert names(view, 20.0) == ["a:1", "b:1"]

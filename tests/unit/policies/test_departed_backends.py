@@ -1,0 +1,109 @@
+"""Backends that leave the view take their per-backend state with them: the data plane's counters
+(Stats), its idle connections (Pool), the replica's request totals, latency and outlier state. A
+backend with requests still in flight is forgotten once they end; one that came back is kept.
+StoreBalancer fed by hand (no Redis reached)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from services.proxy.balancer import Outcome, Upstream
+from services.proxy.http.pool import Pool
+from services.proxy.stats import Stats, StatsTotals
+from services.proxy.store_balancer import StoreBalancer
+from shared.config import Config
+from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
+from shared.replica import Replica
+from shared.store import Store
+
+A, B, C = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
+
+
+class Conn:
+    """An idle pooled connection (what Pool holds: reusable, close)."""
+
+    reusable = True
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def snapshot(version: int, *addresses: str) -> Snapshot:
+    return Snapshot(
+        version=version,
+        backends={a: BackendView(backend=Backend(address=a), health=Health(status="up")) for a in addresses},
+        algorithm=AlgorithmSetting(name="least_connections", updated_at=1.0),
+    )
+
+
+def setup() -> tuple[StoreBalancer, Stats, Pool, list[str]]:
+    store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
+    replica = Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="r1")
+    balancer = StoreBalancer(Config(), store, replica, rng=random.Random(1))
+    stats, pool = Stats(), Pool(4, 60.0, asyncio.get_running_loop())
+    forgotten: list[str] = []
+    balancer.forget_listeners += [stats.forget, pool.forget, forgotten.append]
+    replica.totals_source = StatsTotals(stats)
+    balancer.apply(snapshot(1, A, B, C))
+    return balancer, stats, pool, forgotten
+
+
+async def serve(balancer: StoreBalancer, stats: Stats, address: str, status: int = 200) -> Upstream:
+    upstream = Upstream.from_address(address)
+    balancer.started(upstream)
+    stats.backend(address).finished(status, 0.01, 0.005)
+    return upstream
+
+
+async def test_a_removed_backend_is_forgotten_once_nothing_is_in_flight() -> None:
+    balancer, stats, pool, forgotten = setup()
+    pool.put(A, idle := Conn())
+    held = await serve(balancer, stats, A)  # still in flight when A leaves
+    done = await serve(balancer, stats, B)
+    balancer.finished(done, Outcome(ok=True, latency=0.01))
+    await balancer.replica.push()  # (no Redis: the totals are kept locally all the same)
+    assert set(balancer.replica.totals) == {f"{A}|2xx", f"{B}|2xx"}
+    balancer.apply(Event(version=2, kind="backend_removed", address=A))
+    assert balancer.prune() == 0 and A in stats.backends  # a request to A is still running
+    balancer.finished(held, Outcome(ok=True, latency=0.01))
+    assert balancer.prune() == 1
+    assert forgotten == [A]
+    assert A not in stats.backends and B in stats.backends
+    assert pool.idle_count(A) == 0 and idle.closed and A not in pool._idle
+    assert set(balancer.replica.totals) == {f"{B}|2xx"}
+    assert balancer.prune() == 0  # forgotten once
+
+
+async def test_a_snapshot_without_a_backend_counts_as_its_removal() -> None:
+    balancer, stats, _, forgotten = setup()
+    for address in (A, B, C):
+        balancer.finished(await serve(balancer, stats, address), Outcome(ok=True, latency=0.01))
+    balancer.apply(snapshot(5, A))
+    assert balancer.prune() == 2 and sorted(forgotten) == [B, C]
+    assert set(stats.backends) == {A}
+
+
+async def test_a_backend_back_before_the_prune_is_kept() -> None:
+    balancer, stats, _, forgotten = setup()
+    balancer.finished(await serve(balancer, stats, A), Outcome(ok=True, latency=0.01))
+    balancer.apply(Event(version=2, kind="backend_removed", address=A))
+    balancer.apply(Event(version=3, kind="backend_added", address=A, backend=Backend(address=A)))
+    assert balancer.prune() == 0 and forgotten == [] and A in stats.backends
+
+
+def test_totals_of_a_forgotten_backend_restart_from_zero() -> None:
+    stats = Stats()
+    totals = StatsTotals(stats)
+    for _ in range(3):
+        stats.backend(A).finished(200, 0.01, None)
+    assert totals.take_totals() == {f"{A}|2xx": 3}
+    stats.forget(A)
+    stats.backend(A).finished(200, 0.01, None)  # back, counted from zero
+    assert totals.has_totals()
+    assert totals.take_totals() == {f"{A}|2xx": 1}
+    stats.forget(A)
+    assert totals.take_totals() == {} and totals._taken == {}
