@@ -35,7 +35,7 @@ format: install
 	$(VENV)/bin/ruff format $(LINT_DIRS)
 
 typecheck: install
-	$(VENV)/bin/mypy --strict services shared bench
+	$(VENV)/bin/mypy --strict services shared bench tests
 
 # In CI (CI=true, 1 or yes) the whole run gets a Docker engine (scripts/docker-run starts dockerd, builds the images
 # offline, runs the command, stops dockerd): the e2e stack tests run and a missing engine is a failure.

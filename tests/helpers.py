@@ -7,6 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
 
+import redis.asyncio as aioredis
+
 from shared.processes import service_env as service_env  # (re-exported: tests import it from here)
 
 T = TypeVar("T")
@@ -14,24 +16,26 @@ T = TypeVar("T")
 
 @overload
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = ..., interval: float = ..., message: str = ...
+    check: Callable[[], Awaitable[T | None]], *, timeout: float = ..., interval: float = ..., message: str = ...
 ) -> T: ...
 
 
 @overload
 async def eventually(
-    check: Callable[[], T], *, timeout: float = ..., interval: float = ..., message: str = ...
+    check: Callable[[], T | None], *, timeout: float = ..., interval: float = ..., message: str = ...
 ) -> T: ...
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]] | Callable[[], T],
+    check: Callable[[], Awaitable[T | None]] | Callable[[], T | None],
     *,
     timeout: float = 5.0,
     interval: float = 0.02,
     message: str = "condition not met",
 ) -> T:
-    """Poll ``check`` until it returns a truthy value; fail with ``message`` at the deadline."""
+    """Poll ``check`` until it returns a truthy value; fail with ``message`` at the deadline.
+
+    The value returned is truthy, so never None: a check returning ``X | None`` yields an ``X``."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while True:
@@ -44,3 +48,9 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"{message} within {timeout}s (last value: {last!r})")
         await asyncio.sleep(interval)
+
+
+async def redis_command(client: aioredis.Redis, *args: str | int) -> Any:
+    """One raw Redis command (``ACL``, ``SENTINEL``, ``WAIT``...) and its reply, whatever its shape."""
+    # redis-py leaves Redis.execute_command unannotated.
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]

@@ -144,7 +144,7 @@ def test_the_secrets_service_makes_the_configs_once(tmp_path: Path, services: di
     admin = load_config(tmp_path / "admin.yaml", environ={})
     assert config.redis.url == admin.redis.url == f"redis://gobalancer:{password}@redis:6379/0"
     assert admin.admin.token == token and not config.admin.token and not admin.admin.allow_insecure
-    assert config.proxy.shutdown_delay_sec == 5 and config.discovery.type == "docker"
+    assert config.proxy.shutdown_delay_sec == 5.0 and config.discovery.type == "docker"
     # The proxies' whole shutdown fits in their stop_grace_period.
     grace = float(services["proxy"]["stop_grace_period"].removesuffix("s"))
     assert config.proxy.shutdown_delay_sec + config.timeout.drain_sec < grace

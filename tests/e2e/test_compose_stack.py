@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import unavailable
 from tests.e2e.docker_env import (
     APP_IMAGE,
     E2E_LABEL,
@@ -31,7 +32,6 @@ from tests.e2e.docker_env import (
     admin_call,
     backends_seen,
     proxy_protocol_on,
-    unavailable,
     wait_for,
 )
 
@@ -419,7 +419,7 @@ def test_scaling_4_to_1_to_4_under_load_fails_no_request(stack: Stack) -> None:
     _ready(stack)
     _scale(stack, 4)
     wait_for(lambda: len(stack.containers("proxy")) == 4, timeout=30, message="4 proxy replicas")
-    report = []
+    report: list[tuple[int, int, int, float]] = []
     try:
         _scale_runs(stack, report)
     finally:

@@ -315,8 +315,8 @@ def test_configmap_and_secret_make_a_valid_config(example: list[dict[str, Any]])
     assert config.discovery.type == "kubernetes"
     k8s = config.discovery.kubernetes
     assert k8s.namespace == "gobalancer"
-    service = one(example, "Service", k8s.service)  # the Service discovery follows exists, with that port name
-    assert k8s.port_name in {p["name"] for p in service["spec"]["ports"]}
+    followed = one(example, "Service", k8s.service)  # the Service discovery follows exists, with that port name
+    assert k8s.port_name in {p["name"] for p in followed["spec"]["ports"]}
     # Every pod that reads the config reads it whole (renamed with its content hash by kustomize).
     for deployment in find(example, "Deployment"):
         name = deployment["metadata"]["name"]

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from tests.reliability.conftest import ARTIFACT, ROOT, Row, format_table
+from tests.reliability.conftest import ARTIFACT, Row, format_table
+from tests.reliability.suite import ROOT
 
 
 def markdown(rows: list[Row]) -> str:

@@ -10,11 +10,12 @@ import json
 import os
 import platform
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pluggy
 import pytest
 
 from shared.redis_server import RedisServer, find_redis_server
@@ -66,7 +67,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[Any]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
@@ -76,7 +79,10 @@ def format_table(rows: list[Row]) -> str:
     header = ("scenario", "metric", "value", "target", "ok")
     body = [(r.scenario, r.metric, f"{r.value} {r.unit}".strip(), r.target, "yes" if r.ok else "NO") for r in rows]
     widths = [max(len(str(x[i])) for x in [header, *body]) for i in range(len(header))]
-    line = lambda cells: " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))  # noqa: E731
+
+    def line(cells: Sequence[object]) -> str:
+        return " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True))
+
     return "\n".join([line(header), "-+-".join("-" * w for w in widths), *(line(b) for b in body)])
 
 

@@ -107,7 +107,7 @@ class Load:
                 try:
                     if writer is None:
                         reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), 5)
-                    assert reader is not None
+                    assert reader is not None and writer is not None
                     writer.write(request)
                     status, headers, _ = await asyncio.wait_for(_read_response(reader), 10)
                     backend = headers.get("x-backend", "")

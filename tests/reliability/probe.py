@@ -25,7 +25,7 @@ class Prober:
                     self.reader, self.writer = await asyncio.wait_for(
                         asyncio.open_connection("127.0.0.1", self.port), timeout
                     )
-                assert self.reader is not None
+                assert self.reader is not None and self.writer is not None
                 self.writer.write(self.request)
                 status, headers, _ = await asyncio.wait_for(_read_response(self.reader), timeout)
                 if headers.get("connection", "").lower() == "close":

@@ -21,6 +21,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from shared.redis_server import RedisServer, free_port
+from tests.helpers import redis_command
 from tests.reliability.admin_corpus import admin_corpus
 from tests.reliability.conftest import Results, SuiteFactory
 from tests.reliability.stack import start_stack
@@ -73,8 +74,7 @@ async def test_token_and_secrets(make_suite: SuiteFactory, results: Results) -> 
             ]
             for label, method, path, body in calls:
                 for who, client in (("no token", anon), ("wrong token", wrong)):
-                    kwargs = {"json": body} if body is not None else {}
-                    response = await client.request(method.upper(), path, **kwargs)
+                    response = await client.request(method.upper(), path, json=body)
                     unauthorized[f"{label} ({who})"] = response.status_code
             listed = await admin.get("/backends")
             created = await admin.post("/backends", json={"address": new, "weight": 1})
@@ -99,9 +99,9 @@ async def test_token_and_secrets(make_suite: SuiteFactory, results: Results) -> 
     suite.stop_all()
     logs = suite.all_log_text()
 
-    wrong = {k: v for k, v in unauthorized.items() if v != 401}
-    results.record("unauthenticated mutations answered 401", len(unauthorized) - len(wrong),
-                   target=str(len(unauthorized)), ok=not wrong)  # fmt: skip
+    not_401 = {k: v for k, v in unauthorized.items() if v != 401}
+    results.record("unauthenticated mutations answered 401", len(unauthorized) - len(not_401),
+                   target=str(len(unauthorized)), ok=not not_401)  # fmt: skip
     places = {
         "service logs": logs,
         "admin /metrics": admin_metrics,
@@ -114,7 +114,7 @@ async def test_token_and_secrets(make_suite: SuiteFactory, results: Results) -> 
         results.record(f"secrets in {name}", len(found), target="0", ok=not found)
     results.record("service log bytes searched", len(logs))
     assert listed.status_code == 200  # reads stay open without protect_reads
-    assert not wrong, wrong
+    assert not not_401, not_401
     assert health_down.status_code == 503
     assert "OK" in checked and "***" in checked
     assert len(logs) > 1000 and "redis unreachable" in logs  # the outage was logged, and searched
@@ -157,8 +157,8 @@ async def test_redis_acl_user(make_suite: SuiteFactory, results: Results) -> Non
     server = RedisServer().start()
     try:
         raw = aioredis.Redis(host="127.0.0.1", port=server.port)
-        await raw.execute_command("ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
-        await raw.execute_command("ACL", "SETUSER", "default", "off")
+        await redis_command(raw, "ACL", "SETUSER", ACL_USER, "on", f">{ACL_PASSWORD}", "~*", "&*", "+@all")
+        await redis_command(raw, "ACL", "SETUSER", "default", "off")
         await raw.aclose()
         url = f"redis://{ACL_USER}:{ACL_PASSWORD}@127.0.0.1:{server.port}/0"
         suite = make_suite(url)

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 
 from shared.processes import die_with_parent, stop_process
 from shared.redis_server import RedisServer, free_port, wait_for_port
-from tests.helpers import eventually
+from tests.helpers import eventually, redis_command
 from tests.reliability.conftest import Results, SuiteFactory
 from tests.reliability.probe import propagation
 from tests.reliability.stack import run_loads, start_stack
@@ -70,7 +70,7 @@ class SentinelSet:
     async def master_port(self, sentinel: int = 0) -> int:
         client = aioredis.Redis(host="127.0.0.1", port=self.ports[sentinel])
         try:
-            _host, port = await client.execute_command("SENTINEL", "get-master-addr-by-name", MASTER)
+            _host, port = await redis_command(client, "SENTINEL", "get-master-addr-by-name", MASTER)
             return int(port)
         finally:
             await client.aclose()
@@ -83,7 +83,7 @@ class SentinelSet:
             for port in self.ports:
                 client = aioredis.Redis(host="127.0.0.1", port=port, decode_responses=True)
                 try:
-                    info = await client.execute_command("SENTINEL", "MASTER", MASTER)
+                    info = await redis_command(client, "SENTINEL", "MASTER", MASTER)
                 finally:
                     await client.aclose()
                 fields = dict(zip(info[::2], info[1::2], strict=True)) if isinstance(info, list) else info
@@ -120,7 +120,7 @@ async def test_sentinel_failover(sentinels: SentinelSet, make_suite: SuiteFactor
     await asyncio.sleep(0.5)
     # The replica must hold everything written so far before its master dies.
     master = aioredis.Redis(host="127.0.0.1", port=sentinels.master.port)
-    await master.execute_command("WAIT", 1, 2000)
+    await redis_command(master, "WAIT", 1, 2000)
     await master.aclose()
     killed = time.monotonic()
     await asyncio.to_thread(sentinels.master.kill)

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -125,5 +125,5 @@ async def _replica_ids(store: Store, replica_id: str) -> bool:
     return any(r.id == replica_id for r in await store.replicas("discovery"))
 
 
-async def _startswith(holder, prefix: str) -> bool:  # type: ignore[no-untyped-def]
+async def _startswith(holder: Callable[[], Awaitable[str]], prefix: str) -> bool:
     return (await holder()).startswith(prefix)

@@ -12,6 +12,7 @@ import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 
 class _Headers:
@@ -204,6 +205,12 @@ class RawCapture:
             self.server.close()
 
 
+def pause_reading(writer: asyncio.StreamWriter) -> None:
+    """Stop reading from the writer's connection. Its transport reads too, but is typed as a write transport
+    (and uvloop's is no ``asyncio.Transport`` subclass, so ``isinstance`` cannot narrow it)."""
+    cast(asyncio.ReadTransport, writer.transport).pause_reading()
+
+
 class Stalled(RawCapture):
     """Accepts connections and never reads from them (its kernel buffers fill, then the sender stalls)."""
 
@@ -215,7 +222,7 @@ class Stalled(RawCapture):
         self.connections += 1
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        writer.transport.pause_reading()
+        pause_reading(writer)
         self.writers.append(writer)
 
     async def stop(self) -> None:
@@ -321,11 +328,15 @@ async def exchange_raw(port: int, raw: bytes, timeout: float = 5.0) -> bytes:
         writer.close()
 
 
+AnyBackend = TypeVar("AnyBackend", bound="Backend | RawCapture")
+
+
 @dataclass
 class Backends:
     items: list[Backend | RawCapture] = field(default_factory=list)
 
-    async def add(self, b: Backend | RawCapture) -> Backend | RawCapture:
+    async def add(self, b: AnyBackend) -> AnyBackend:
+        """Start ``b`` (stopped with the others at the end) and return it, as the type it was given."""
         await b.start()
         self.items.append(b)
         return b

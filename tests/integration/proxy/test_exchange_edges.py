@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
+from typing import Any
 
+import pytest
+
+from services.proxy.balancer import Upstream
 from services.proxy.http.client import ClientConnection
+from services.proxy.http.upstream import UpstreamConnection
 from tests.helpers import eventually
 from tests.integration.proxy.backends import (
     Backend,
     Backends,
     Request,
+    Response,
     read_response,
     serving,
 )
@@ -120,6 +127,7 @@ async def test_a_pooled_connection_is_never_left_paused(start_proxy: StartProxy)
         assert blocked()
         await eventually(lambda: proxy.context.pool.idle_count() == 1, message="upstream pooled")
         (up,) = proxy.context.pool.idle[address]
+        assert isinstance(up, UpstreamConnection)
         paused = not up.transport.is_reading()
         # Client B gets that pooled connection: its response must come.
         rb, wb = await asyncio.open_connection("127.0.0.1", proxy.port)
@@ -161,14 +169,14 @@ async def test_idle_upstreams_are_swept_after_a_refused_put(backends: Backends, 
         def close(self) -> None:
             pass
 
-    pool.put(b.address, Unusable())  # type: ignore[arg-type]  (e.g. a connection with bytes to write)
+    pool.put(b.address, Unusable())  # (e.g. a connection with bytes to write)
     assert (await _get(proxy.port)).status == 200
     assert pool.idle_count() == 1
     await asyncio.sleep(1.0)  # five idle timeouts
     assert pool.idle_count() == 0, "idle upstream never swept"
 
 
-async def _get(port: int):  # type: ignore[no-untyped-def]
+async def _get(port: int) -> Response:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     writer.write(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     try:
@@ -255,7 +263,9 @@ async def test_early_hints_do_not_poison_the_pooled_connection(start_proxy: Star
 #       was full at attach time: PEER_FULL is lifted by resume_writing, QUEUED stays ---------------
 
 
-async def test_upload_queued_during_connect_is_not_left_paused(start_proxy: StartProxy, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+async def test_upload_queued_during_connect_is_not_left_paused(
+    start_proxy: StartProxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Connect takes a network round trip (emulated: 0.2 s) while the client uploads at full speed:
     reading the client pauses (QUEUED); at attach the queue does not fit the fresh connection's
     kernel buffers: pause_writing (PEER_FULL) and QUEUED stays. resume_writing lifts PEER_FULL only."""
@@ -263,7 +273,7 @@ async def test_upload_queued_during_connect_is_not_left_paused(start_proxy: Star
 
     real_connect = Attempts.connect
 
-    async def slow_connect(self, upstream, factory):  # type: ignore[no-untyped-def]
+    async def slow_connect(self: Attempts, upstream: Upstream, factory: Callable[[], asyncio.Protocol]) -> Any:
         await asyncio.sleep(0.2)
         proto = await real_connect(self, upstream, factory)
         if proto is not None:  # a path that takes little at once (a fresh connection's small window)

@@ -278,18 +278,20 @@ async def test_expect_100_continue(backends: Backends, start_proxy: StartProxy) 
 
 
 @pytest.mark.parametrize("hash_key", ["header:X-User", "cookie:sid"])
-async def test_affinity_key_passed_to_balancer(backends: Backends, start_proxy: StartProxy, hash_key: str) -> None:
+async def test_affinity_key_passed_to_balancer(
+    backends: Backends, start_proxy: StartProxy, hash_key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     b = await backends.add(Backend())
     proxy = await start_proxy([b], balancing={"hash_key": hash_key})
     keys: list[str] = []
     balancer = proxy.context.balancer
     original = balancer.pick
 
-    def spy(key: str, exclude: object = ()) -> object:
+    def spy(key: str, exclude: Collection[str] = ()) -> Upstream | None:
         keys.append(key)
-        return original(key, exclude)  # type: ignore[arg-type]
+        return original(key, exclude)
 
-    balancer.pick = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(balancer, "pick", spy)
     await request(proxy.port, b"GET / HTTP/1.1\r\nHost: h\r\nX-User: alice\r\nCookie: a=1; sid=s42\r\n\r\n")
     await request(proxy.port, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
     assert keys == (["alice"] if hash_key.startswith("header") else ["s42"]) + ["127.0.0.1"]
@@ -356,7 +358,8 @@ async def test_slow_client_does_not_make_the_proxy_buffer(backends: Backends, st
     await reader.read(65536)  # then stop reading: the proxy must stop reading the backend too
 
     def client_buffer() -> int:
-        sizes = [c.transport.get_write_buffer_size() for c in proxy.context.connections if c.transport is not None]
+        clients = [c for c in proxy.context.connections if isinstance(c, ClientConnection)]
+        sizes = [c.transport.get_write_buffer_size() for c in clients if c.transport is not None]
         return max(sizes, default=0)
 
     await eventually(lambda: client_buffer() > 0, message="proxy has something to write")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
@@ -124,7 +124,7 @@ async def test_request_trailer_section_is_bounded(proxy_port: int) -> None:
     assert stalls.worst < STALL_LIMIT, f"the loop stalled {stalls.worst * 1000:.1f} ms"
 
 
-def _hostile_backend(response: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], object]:
+def _hostile_backend(response: bytes) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
         writer.write(response)

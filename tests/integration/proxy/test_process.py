@@ -203,7 +203,7 @@ def test_shutdown_delay_defaults_to_zero() -> None:
     """A proxy not told otherwise (tests, `gobalancer up`) stops at once; the stacks set the delay."""
     from shared.config import load_config
 
-    assert load_config(None, environ={}).proxy.shutdown_delay_sec == 0
+    assert load_config(None, environ={}).proxy.shutdown_delay_sec == 0.0
 
 
 @contextlib.asynccontextmanager

@@ -7,7 +7,15 @@ import contextlib
 import socket
 
 from tests.helpers import eventually
-from tests.integration.proxy.backends import Backend, Backends, Request, Stalled, download, read_response
+from tests.integration.proxy.backends import (
+    Backend,
+    Backends,
+    Request,
+    Stalled,
+    download,
+    pause_reading,
+    read_response,
+)
 from tests.integration.proxy.conftest import StartProxy
 
 IDLE = {"backend_idle_sec": 0.3, "client_idle_sec": 0.3}
@@ -124,7 +132,7 @@ async def test_client_not_reading_the_response_is_cut(backends: Backends, start_
     sock.connect(("127.0.0.1", proxy.port))
     sock.setblocking(False)
     _, writer = await asyncio.open_connection(sock=sock)
-    writer.transport.pause_reading()  # never read: the proxy's buffers toward us fill up
+    pause_reading(writer)  # never read: the proxy's buffers toward us fill up
     writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
     await eventually(lambda: proxy.context.stats.idle_timeouts == 1, message="client stall detected")
     assert not proxy.context.connections

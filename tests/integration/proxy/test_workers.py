@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.redis_server import free_port
@@ -177,6 +178,11 @@ def _ready_status(port: int) -> int:
         return 0
 
 
+def _ready_is(port: int, status: int) -> Callable[[], bool]:
+    """A check that GET /ready on ``port`` answers ``status`` (for :func:`eventually`)."""
+    return lambda: _ready_status(port) == status
+
+
 async def test_sigterm_reaches_the_workers_at_once(tmp_path: Path, backends: Backends) -> None:
     """The parent forwards SIGTERM when it gets it, not after its own delay and drain: every process says
     not-ready at once and serves through the same delay."""
@@ -188,7 +194,7 @@ async def test_sigterm_reaches_the_workers_at_once(tmp_path: Path, backends: Bac
     with proxy_process(tmp_path, [backend.address], extra=extra) as (proc, port):
         await wait_listening(port)
         for p in (metrics_port, metrics_port + 1):
-            await eventually(lambda p=p: _ready_status(p) == 200, timeout=15, message=f"/ready on {p}")
+            await eventually(_ready_is(p, 200), timeout=15, message=f"/ready on {p}")
         proc.send_signal(signal.SIGTERM)
         signalled = time.monotonic()
         await eventually(lambda: _ready_status(metrics_port + 1) == 503, timeout=1, message="the worker not ready")

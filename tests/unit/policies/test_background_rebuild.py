@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from services.proxy.policies import Journaled
 from services.proxy.store_balancer import APPLY_BATCH, StoreBalancer, _build
 from services.proxy.view import ViewState, compute_candidates
@@ -126,7 +126,7 @@ class Watch:
                     self.bad.append(upstream.address)
                 # Requests end, as in a proxy: in-flight counts that only grew would fill every
                 # bounded-load cap of ip_hash and send picks to its O(n) last-resort scan.
-                self.balancer.finished(upstream, Outcome(ok=True))
+                self.balancer.finished(upstream, ok=True)
             # A proxy's loop waits on sockets between picks. A picker that never waits would hold the
             # GIL nearly all the time and starve the build thread (seen: a 4 s burst taking 115 s).
             await asyncio.sleep(0.0005)

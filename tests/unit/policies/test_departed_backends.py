@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from services.proxy.balancer import Outcome, Upstream
+from services.proxy.balancer import Upstream
 from services.proxy.http.pool import Pool
 from services.proxy.stats import Stats, StatsTotals
 from services.proxy.store_balancer import StoreBalancer
@@ -21,12 +21,13 @@ A, B, C = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
 
 
 class Conn:
-    """An idle pooled connection (what Pool holds: reusable, close)."""
+    """An idle pooled connection (what Pool holds: reusable, close, the time it went idle)."""
 
     reusable = True
 
     def __init__(self) -> None:
         self.closed = False
+        self.idle_since = 0.0
 
     def close(self) -> None:
         self.closed = True
@@ -40,11 +41,11 @@ def snapshot(version: int, *addresses: str) -> Snapshot:
     )
 
 
-def setup() -> tuple[StoreBalancer, Stats, Pool, list[str]]:
+def setup() -> tuple[StoreBalancer, Stats, Pool[Conn], list[str]]:
     store = Store.from_url("redis://127.0.0.1:1/0", "never-connected")
     replica = Replica(store, "proxy", ttl=5.0, heartbeat=1.0, replica_id="r1")
     balancer = StoreBalancer(Config(), store, replica, rng=random.Random(1))
-    stats, pool = Stats(), Pool(4, 60.0, asyncio.get_running_loop())
+    stats, pool = Stats(), Pool[Conn](4, 60.0, asyncio.get_running_loop())
     forgotten: list[str] = []
     balancer.forget_listeners += [stats.forget, pool.forget, forgotten.append]
     replica.totals_source = StatsTotals(stats)
@@ -64,16 +65,16 @@ async def test_a_removed_backend_is_forgotten_once_nothing_is_in_flight() -> Non
     pool.put(A, idle := Conn())
     held = await serve(balancer, stats, A)  # still in flight when A leaves
     done = await serve(balancer, stats, B)
-    balancer.finished(done, Outcome(ok=True, latency=0.01))
+    balancer.finished(done, ok=True, latency=0.01)
     await balancer.replica.push()  # (no Redis: the totals are kept locally all the same)
     assert set(balancer.replica.totals) == {f"{A}|2xx", f"{B}|2xx"}
     balancer.apply(Event(version=2, kind="backend_removed", address=A))
     assert balancer.prune() == 0 and A in stats.backends  # a request to A is still running
-    balancer.finished(held, Outcome(ok=True, latency=0.01))
+    balancer.finished(held, ok=True, latency=0.01)
     assert balancer.prune() == 1
     assert forgotten == [A]
     assert A not in stats.backends and B in stats.backends
-    assert pool.idle_count(A) == 0 and idle.closed and A not in pool._idle
+    assert pool.idle_count(A) == 0 and idle.closed and A not in pool.idle
     assert set(balancer.replica.totals) == {f"{B}|2xx"}
     assert balancer.prune() == 0  # forgotten once
 
@@ -81,7 +82,7 @@ async def test_a_removed_backend_is_forgotten_once_nothing_is_in_flight() -> Non
 async def test_a_snapshot_without_a_backend_counts_as_its_removal() -> None:
     balancer, stats, _, forgotten = setup()
     for address in (A, B, C):
-        balancer.finished(await serve(balancer, stats, address), Outcome(ok=True, latency=0.01))
+        balancer.finished(await serve(balancer, stats, address), ok=True, latency=0.01)
     balancer.apply(snapshot(5, A))
     assert balancer.prune() == 2 and sorted(forgotten) == [B, C]
     assert set(stats.backends) == {A}
@@ -89,7 +90,7 @@ async def test_a_snapshot_without_a_backend_counts_as_its_removal() -> None:
 
 async def test_a_backend_back_before_the_prune_is_kept() -> None:
     balancer, stats, _, forgotten = setup()
-    balancer.finished(await serve(balancer, stats, A), Outcome(ok=True, latency=0.01))
+    balancer.finished(await serve(balancer, stats, A), ok=True, latency=0.01)
     balancer.apply(Event(version=2, kind="backend_removed", address=A))
     balancer.apply(Event(version=3, kind="backend_added", address=A, backend=Backend(address=A)))
     assert balancer.prune() == 0 and forgotten == [] and A in stats.backends
