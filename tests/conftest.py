@@ -118,3 +118,18 @@ def private_redis() -> Iterator[RedisServer]:
         yield server
     finally:
         server.cleanup()
+
+
+@pytest.fixture
+def server_logs_to_stderr() -> Iterator[None]:
+    """Structlog to stderr for the test (an in-process server's log lines stay out of a CLI's stdout)."""
+    import sys
+
+    import structlog
+
+    saved = structlog.get_config()
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)

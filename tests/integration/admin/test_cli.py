@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from shared.cli import main
 from tests.integration.admin.server import ServedAdmin, admin_config
 
-
-@pytest.fixture(autouse=True)
-def server_logs_to_stderr() -> Iterator[None]:
-    """The in-process server logs with structlog (stdout by default): keep it out of the CLI's stdout."""
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
+# The in-process server logs with structlog (stdout by default): kept out of the CLI's stdout.
+pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
 
 
 @pytest.fixture

@@ -4,13 +4,11 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from shared.admin_cli import AdminClient, backend_path
 from shared.cli import main
@@ -20,15 +18,8 @@ from tests.helpers import eventually
 from tests.integration.admin.server import ServedAdmin, admin_config
 from tests.integration.discovery.test_service import service, write_config
 
-
-@pytest.fixture(autouse=True)
-def server_logs_to_stderr() -> Iterator[None]:
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
+# The in-process server logs with structlog (stdout by default): kept out of the CLI's stdout.
+pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
 
 
 @pytest.fixture

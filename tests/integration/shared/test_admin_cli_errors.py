@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
-import structlog
 
 from shared.cli import main
 from shared.models import Backend
@@ -17,15 +15,8 @@ from shared.store import Store
 from tests.helpers import service_env
 from tests.integration.admin.server import ServedAdmin, admin_config
 
-
-@pytest.fixture(autouse=True)
-def server_logs_to_stderr() -> Iterator[None]:
-    saved = structlog.get_config()
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.__stderr__))
-    try:
-        yield
-    finally:
-        structlog.configure(**saved)
+# The in-process server logs with structlog (stdout by default): kept out of the CLI's stdout.
+pytestmark = pytest.mark.usefixtures("server_logs_to_stderr")
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:
