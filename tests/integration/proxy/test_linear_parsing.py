@@ -10,12 +10,15 @@ time, not wall time: a test machine that deschedules the process is not a stall 
 from __future__ import annotations
 
 import asyncio
+import gc
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from services.proxy.http.upstream import MAX_RESPONSE_HEAD
+from shared.gc_tuning import tune_gc
 from tests.integration.proxy.backends import Backend, Backends, exchange_raw, request, serving
 from tests.integration.proxy.conftest import StartProxy
 
@@ -60,6 +63,21 @@ PATTERNS: dict[str, Callable[[int], bytes]] = {
     "tabs-then-ctl": lambda n: b"\t" * (n - 1) + b"\x7f",
     "word-space-runs": lambda n: b"a " * (n // 2 - 1) + b"\x00",
 }
+
+
+@pytest.fixture(autouse=True)
+def interpreter_as_a_proxy_sets_it() -> Iterator[None]:
+    """The proxy runs in this test's process: the interpreter is set up as a proxy sets itself up at
+    start-up (``shared.gc_tuning.tune_gc``: what is alive is collected and frozen). Otherwise a full
+    collection of the test session's own objects (tens of milliseconds late in a long run) would be
+    counted as a stall of the parse; the test process's settings are restored afterwards."""
+    interval = sys.getswitchinterval()
+    tune_gc()
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(interval)
+        gc.unfreeze()
 
 
 @pytest.fixture
