@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.proxy import cpu_ticks, parse_ms, parse_wrk_requests
+from bench.proxy import cpu_ticks, parse_wrk
 
 WRK = "/usr/bin/wrk"
 TOKEN = "bench-admin-token"
@@ -47,15 +46,7 @@ def wrk(url: str, seconds: float, connections: int, headers: dict[str, str] | No
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    requests, elapsed = parse_wrk_requests(out)
-    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
-    p50 = parse_ms(*re.fullmatch(r"([\d.]+)(\w+)", lat["50"]).groups())  # type: ignore[union-attr]
-    p99 = parse_ms(*re.fullmatch(r"([\d.]+)(\w+)", lat["99"]).groups())  # type: ignore[union-attr]
-    errors = 0
-    if e := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
-        errors += int(e.group(1))
-    if e := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
-        errors += sum(int(x) for x in e.groups())
+    requests, elapsed, p50, p99, errors = parse_wrk(out)
     return {"requests": requests, "seconds": elapsed, "rps": requests / elapsed, "p50_ms": p50, "p99_ms": p99,
             "errors": errors}  # fmt: skip
 

@@ -265,6 +265,11 @@ def run_wrk(port: int, seconds: float, connections: int, threads: int) -> tuple[
         text=True,
         check=True,
     ).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> tuple[int, float, float, float, int]:
+    """(requests, seconds, p50 ms, p99 ms, errors) from the output of ``wrk --latency``."""
     requests, elapsed = parse_wrk_requests(out)
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
     p50 = parse_ms(*re.fullmatch(r"([\d.]+)(\w+)", lat["50"]).groups())  # type: ignore[union-attr]

@@ -772,9 +772,6 @@ class Exchange(Attempts):
         if ctx.observe_each:
             self._observe(address)
 
-    def _last_backend(self) -> str:
-        return self.last
-
     def _observe(self, backend: str) -> None:
         ctx = self.ctx
         access_log = ctx.access_log
@@ -863,7 +860,7 @@ class Exchange(Attempts):
         log.info(
             "body transfer stalled",
             side="client" if client else "backend",
-            backend=self._last_backend(),
+            backend=self.last,
             request_id=self.request_id().decode("latin-1"),
         )
         up = self.up

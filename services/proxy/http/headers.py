@@ -120,15 +120,15 @@ def forwarding_prefix(client_ip: str, proto: bytes) -> bytes:
     return b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client_ip.encode(), proto)
 
 
-FAST_SUFFIX = b"X-Forwarded-Host: %s\r\nX-Request-ID: %s\r\nVia: " + VIA + b"\r\n"
-FAST_SUFFIX_TRACE = FAST_SUFFIX + b"traceparent: %s\r\n\r\n"
+_FAST_LINES = b"X-Forwarded-Host: %s\r\nX-Request-ID: %s\r\nVia: " + VIA + b"\r\n"
+FAST_SUFFIX = _FAST_LINES + b"\r\n"
+FAST_SUFFIX_TRACE = _FAST_LINES + b"traceparent: %s\r\n\r\n"
 # The whole head of a plain request with a new sampled trace, in one formatting: the received head
 # (without its blank line), the connection's forwarding prefix, X-Forwarded-Host, the request id
 # (process prefix and counter) and "trace-id-span-id" (see new_trace_ids).
 FAST_HEAD_NEW_TRACE = (
     b"%s%sX-Forwarded-Host: %s\r\nX-Request-ID: %s-%x\r\nVia: " + VIA + b"\r\ntraceparent: 00-%s-01\r\n\r\n"
 )
-FAST_SUFFIX += b"\r\n"
 
 
 # Response field lines removed on the fast path (one regex substitution over the raw block).
