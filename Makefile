@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 
+# The proxy's C fast path (scripts/build-ext): without a compiler the pure-Python twin runs; in CI it must build.
 install: $(STAMP)
+	@$(PY) scripts/build-ext $(if $(IN_CI),--required)
 
 run: install
 	@scripts/need redis-server:redis-server

@@ -12,7 +12,6 @@ from typing import Protocol
 
 from services.proxy.balancer import Balancer
 from services.proxy.http.headers import FAST_HEAD_NEW_TRACE
-from services.proxy.http.parser import fast_request_matcher
 from services.proxy.http.pool import Pool, Pooled
 from services.proxy.observability.access_log import AccessLog
 from services.proxy.observability.tracing import SpanExporter, make_exporter
@@ -59,7 +58,6 @@ class Context:
         # X-Forwarded-For is believed (both empty by default: nobody).
         self.proxy_protocol_from = TrustedNetworks(p.proxy_protocol_from)
         self.trusted_proxies = TrustedNetworks(p.trusted_proxies)
-        self.fast_request = fast_request_matcher(self.max_target)
         self.client_idle = float(t.client_idle_sec)
         self.header_read = float(t.header_read_sec)
         self.connect_timeout = float(t.connect_timeout)

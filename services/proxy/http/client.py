@@ -25,6 +25,7 @@ from services.proxy.context import NEVER, Context
 from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED, ReadPauses
 from services.proxy.http.errors import error_response
 from services.proxy.http.exchange import Exchange
+from services.proxy.http.fast import request as fast_request
 from services.proxy.http.headers import forwarding_prefix, new_request_id
 from services.proxy.http.parser import HEAD_END, HttpError, check_incomplete_head, parse_request_head
 from services.proxy.http.upstream import UpstreamConnection
@@ -141,10 +142,10 @@ class ClientConnection(asyncio.Protocol):
                 self._read_head(data)
                 return
             ctx = self.ctx
-            m = ctx.fast_request(data)
-            if m is not None and len(data) <= ctx.max_head:
+            plain = fast_request(data, ctx.max_target, ctx.max_head)
+            if plain is not None:
                 self.state = WAIT
-                self.ex.start_fast(m, len(data))
+                self.ex.start_fast(plain, len(data))
                 return
             self._read_head(data)
             return

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from binascii import hexlify as _hexlify
 from bisect import bisect_left
@@ -69,8 +68,8 @@ _ids = REQUEST_IDS
 _id_prefix = REQUEST_ID_PREFIX
 _bits = random.Random().getrandbits
 _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
-# BackendStats.whole's first slot for a status, by the byte value of its first digit (b"2"[0] == 50).
-_CLASS_SLOT = [0] * 48 + [c * WHOLE_SLOTS for c in range(10)]
+# BackendStats.whole's first slot for a status (a fast-path status is 200-599): one index, no division.
+_CLASS_SLOT = [s // 100 * WHOLE_SLOTS for s in range(600)]
 
 
 _NO_IDLE: dict[str, list[UpstreamConnection]] = {}
@@ -163,8 +162,8 @@ class Exchange(Attempts):
 
     # -- starting a request --------------------------------------------------------------------
 
-    def start_fast(self, m: re.Match[bytes], size: int) -> None:
-        """A plain request (``parser.fast_request_matcher``): ``m`` matched its whole head, no body.
+    def start_fast(self, plain: tuple[bytes, bytes], size: int) -> None:
+        """A plain request (``fast.request``): its head without the blank line, and its Host; no body.
 
         The hot path. Between requests the exchange holds what a plain request needs (see
         ``_restore``): ``req`` is None, ``fast`` and ``keep_alive`` are True (unless draining), the
@@ -175,7 +174,7 @@ class Exchange(Attempts):
         conn = self.conn
         ctx.stats.requests += 1
         self.bytes_in = size
-        head, host = m.groups()
+        head, host = plain
         trace = ctx.trace_new
         if trace is not None:  # a new sampled trace per request (tracing.propagate, the default)
             # New trace and span ids: 24 random bytes in hex, a dash after the first 16 (two C calls, about
@@ -499,9 +498,9 @@ class Exchange(Attempts):
 
     # -- the response (called by UpstreamConnection) -------------------------------------------
 
-    def complete_fast(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+    def complete_fast(self, up: UpstreamConnection, status: int, out: bytes) -> None:
         """A plain response that arrived whole, on a connection that stays clean: ``out`` is its head,
-        rewritten for the client, and body; ``status`` its three digits. The other half of the hot path."""
+        rewritten for the client, and body (``fast.response``). The other half of the hot path."""
         self.up = None  # detached before the write: a pause_writing it triggers must not pause ``up``
         up.ex = None
         self.write(out)
@@ -509,17 +508,16 @@ class Exchange(Attempts):
         latency = _clock() - self.started_at
         upstream = self.upstream
         self.upstream = None
-        first = status[0]  # the status class as a digit's byte value: b"5"[0] == 53
-        ctx.balancer.finished(upstream, first < 53, latency)  # type: ignore[arg-type]
+        ctx.balancer.finished(upstream, status < 500, latency)  # type: ignore[arg-type]
         if ctx.metrics_on:
             bs = up.stats
-            bs.whole[_CLASS_SLOT[first] + bisect_left(LATENCY_BUCKETS, latency)] += 1
+            bs.whole[_CLASS_SLOT[status] + bisect_left(LATENCY_BUCKETS, latency)] += 1
             bs.whole_sum += latency
             bs.request_bytes += self.bytes_in
             bs.response_bytes += len(out)
         if self.open:  # a span or log line, or the general path ran (its start, a retry)
             if ctx.observe_each:
-                self._observe_fast(up, int(status), latency, len(out))
+                self._observe_fast(up, status, latency, len(out))
             self._restore()
         # Back to the pool (its fast form: see Pool for the invariants that make it enough).
         idle = self.idle.get(up.address)
@@ -537,7 +535,7 @@ class Exchange(Attempts):
         else:
             conn.close()
 
-    def complete_fast_dirty(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+    def complete_fast_dirty(self, up: UpstreamConnection, status: int, out: bytes) -> None:
         """A plain response followed by bytes that belong to no response: relayed, and the connection
         to the backend is not reused."""
         self.complete_fast(up, status, out)
