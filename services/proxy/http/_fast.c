@@ -191,15 +191,16 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
 
 /* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
 static int response_special(const unsigned char *s, Py_ssize_t n) {
+    int special = 0;
     switch (n) {
-        case 2: return EQ(s, n, "te");
-        case 7: return EQ(s, n, "trailer") || EQ(s, n, "upgrade");
-        case 10: return EQ(s, n, "connection") || EQ(s, n, "keep-alive");
-        case 14: return EQ(s, n, "content-length");
-        case 17: return EQ(s, n, "transfer-encoding");
+        case 2: special = EQ(s, n, "te"); break;
+        case 7: special = EQ(s, n, "trailer") || EQ(s, n, "upgrade"); break;
+        case 10: special = EQ(s, n, "connection") || EQ(s, n, "keep-alive"); break;
+        case 14: special = EQ(s, n, "content-length"); break;
+        case 17: special = EQ(s, n, "transfer-encoding"); break;
         default: break;
     }
-    return PREFIX(s, n, "proxy-");
+    return special || PREFIX(s, n, "proxy-");
 }
 
 #define MAX_STRIPPED 8
