@@ -281,4 +281,3 @@ def test_every_prefixed_special_name_is_declined_whatever_its_length(impl: str) 
                 assert RESPONSES[impl](resp, VIA_END) is None, name
     control = b"GET / HTTP/1.1\r\nHost: h\r\nProxyx: v\r\n\r\n"
     assert REQUESTS[impl](control, 64, 8192) is not None
-
