@@ -90,37 +90,41 @@ static int request_special_prefix(const unsigned char *s, Py_ssize_t n) {
     return PREFIX(s, n, "proxy-") || PREFIX(s, n, "x-forwarded-");
 }
 
-static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
-        PyErr_SetString(PyExc_TypeError, "request(data: bytes, max_target: int, max_head: int)");
-        return NULL;
-    }
-    Py_ssize_t max_target = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t max_head = PyLong_AsSsize_t(args[2]);
-    if ((max_target == -1 || max_head == -1) && PyErr_Occurred()) return NULL;
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+/* Where the parts of a plain request head are (offsets into it). */
+typedef struct {
+    Py_ssize_t path_at, path_end; /* the target up to its "?" */
+    Py_ssize_t host_at, host_len; /* the Host value ... */
+    Py_ssize_t name_len;          /* ... and its length without the port */
+} request_parts;
+
+/* 1: ``p[0..n)`` is one plain request head (see request()), its parts in ``r``; 0: it is not. */
+static int scan_request(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_target, Py_ssize_t max_head,
+                        request_parts *r) {
     if (n > max_head || n < 4 || p[n - 1] != '\n' || p[n - 2] != '\r' || p[n - 3] != '\n' || p[n - 4] != '\r')
-        Py_RETURN_NONE;
+        return 0;
     Py_ssize_t i = 0;
     /* Request line: method SP "/" target SP "HTTP/1.1" CRLF; not HEAD or CONNECT. */
     while (i < n && (cls[p[i]] & C_TOKEN)) i++;
-    if (i == 0 || i >= n || p[i] != ' ') Py_RETURN_NONE;
-    if ((i == 4 && memcmp(p, "HEAD", 4) == 0) || (i == 7 && memcmp(p, "CONNECT", 7) == 0)) Py_RETURN_NONE;
+    if (i == 0 || i >= n || p[i] != ' ') return 0;
+    if ((i == 4 && memcmp(p, "HEAD", 4) == 0) || (i == 7 && memcmp(p, "CONNECT", 7) == 0)) return 0;
     i++;
-    if (i >= n || p[i] != '/') Py_RETURN_NONE;
-    Py_ssize_t t0 = i;
+    if (i >= n || p[i] != '/') return 0;
+    Py_ssize_t t0 = i, query = -1;
     i++;
-    while (i < n && (cls[p[i]] & C_TARGET)) i++;
-    if (i - t0 > max_target) Py_RETURN_NONE;
-    if (n - i < 11 || memcmp(p + i, " HTTP/1.1\r\n", 11) != 0) Py_RETURN_NONE;
+    while (i < n && (cls[p[i]] & C_TARGET)) {
+        if (p[i] == '?' && query < 0) query = i;
+        i++;
+    }
+    if (i - t0 > max_target) return 0;
+    r->path_at = t0;
+    r->path_end = query < 0 ? i : query;
+    if (n - i < 11 || memcmp(p + i, " HTTP/1.1\r\n", 11) != 0) return 0;
     i += 11;
     Py_ssize_t host_at = -1, host_len = 0;
     /* Field lines until the blank line, which must be the end of data. */
     for (;;) {
         if (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n') {
-            if (i + 2 != n || host_at < 0) Py_RETURN_NONE;
+            if (i + 2 != n || host_at < 0) return 0;
             break;
         }
         Py_ssize_t name = i;
@@ -130,63 +134,110 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
             i++;
         }
         Py_ssize_t name_len = i - name;
-        if (name_len == 0 || i + 1 >= n || p[i] != ':' || p[i + 1] != ' ') Py_RETURN_NONE;
+        if (name_len == 0 || i + 1 >= n || p[i] != ':' || p[i + 1] != ' ') return 0;
         i += 2;
         if (name_len == 4 && EQ(p + name, 4, "host")) {
-            if (host_at >= 0) Py_RETURN_NONE;
+            if (host_at >= 0) return 0;
             host_at = i;
             if (i < n && p[i] == '[') {
                 i++;
                 Py_ssize_t lit = i;
                 while (i < n && (cls[p[i]] & C_IPLIT)) i++;
-                if (i == lit || i >= n || p[i] != ']') Py_RETURN_NONE;
+                if (i == lit || i >= n || p[i] != ']') return 0;
                 i++;
             } else {
                 Py_ssize_t reg = i;
                 while (i < n && (cls[p[i]] & C_REGNAME)) i++;
-                if (i == reg) Py_RETURN_NONE;
+                if (i == reg) return 0;
             }
+            r->name_len = i - host_at;
             if (i < n && p[i] == ':') {
                 i++;
                 Py_ssize_t digits = i;
                 while (i < n && (cls[p[i]] & C_DIGIT)) i++;
-                if (i == digits || i - digits > 5) Py_RETURN_NONE;
+                if (i == digits || i - digits > 5) return 0;
             }
             host_len = i - host_at;
+            r->host_at = host_at;
+            r->host_len = host_len;
         } else {
             if (underscore || request_special(p + name, name_len) || request_special_prefix(p + name, name_len))
-                Py_RETURN_NONE;
+                return 0;
             /* A canonical value: visible runs separated by whitespace, none leading or trailing. */
-            if (i >= n || !(cls[p[i]] & C_VCHAR)) Py_RETURN_NONE;
+            if (i >= n || !(cls[p[i]] & C_VCHAR)) return 0;
             for (;;) {
                 while (i < n && (cls[p[i]] & C_VCHAR)) i++;
                 if (i < n && (p[i] == ' ' || p[i] == '\t')) {
                     while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
-                    if (i >= n || !(cls[p[i]] & C_VCHAR)) Py_RETURN_NONE;
+                    if (i >= n || !(cls[p[i]] & C_VCHAR)) return 0;
                     continue;
                 }
                 break;
             }
         }
-        if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n') Py_RETURN_NONE;
+        if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n') return 0;
         i += 2;
     }
-    PyObject *head = PyBytes_FromStringAndSize((const char *)p, n - 2);
-    if (head == NULL) return NULL;
-    PyObject *host = PyBytes_FromStringAndSize((const char *)p + host_at, host_len);
-    if (host == NULL) {
-        Py_DECREF(head);
-        return NULL;
+    return 1;
+}
+
+static int request_args(PyObject *const *args, Py_ssize_t nargs, const char *usage, Py_ssize_t *max_target,
+                        Py_ssize_t *max_head) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
     }
-    PyObject *result = PyTuple_New(2);
-    if (result == NULL) {
-        Py_DECREF(head);
-        Py_DECREF(host);
-        return NULL;
+    *max_target = PyLong_AsSsize_t(args[1]);
+    *max_head = PyLong_AsSsize_t(args[2]);
+    return !((*max_target == -1 || *max_head == -1) && PyErr_Occurred());
+}
+
+/* A tuple of new bytes objects, each ``p[at[k]..at[k]+len[k])``; ``lower`` of them ASCII-lowercased. */
+static PyObject *slices(const unsigned char *p, int count, const Py_ssize_t *at, const Py_ssize_t *len, int lower) {
+    PyObject *result = PyTuple_New(count);
+    if (result == NULL) return NULL;
+    for (int k = 0; k < count; k++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)p + at[k], len[k]);
+        if (b == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        if (k == lower) {
+            char *c = PyBytes_AS_STRING(b);
+            for (Py_ssize_t j = 0; j < len[k]; j++)
+                if (c[j] >= 'A' && c[j] <= 'Z') c[j] += 32;
+        }
+        PyTuple_SET_ITEM(result, k, b);
     }
-    PyTuple_SET_ITEM(result, 0, head);
-    PyTuple_SET_ITEM(result, 1, host);
     return result;
+}
+
+static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Py_ssize_t max_target, max_head;
+    if (!request_args(args, nargs, "request(data: bytes, max_target: int, max_head: int)", &max_target, &max_head))
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    request_parts r;
+    if (!scan_request(p, n, max_target, max_head, &r)) Py_RETURN_NONE;
+    Py_ssize_t at[2] = {0, r.host_at}, len[2] = {n - 2, r.host_len};
+    return slices(p, 2, at, len, -1);
+}
+
+static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Py_ssize_t max_target, max_head;
+    if (!request_args(args, nargs, "request_routed(data: bytes, max_target: int, max_head: int)", &max_target,
+                      &max_head))
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    request_parts r;
+    if (!scan_request(p, n, max_target, max_head, &r)) Py_RETURN_NONE;
+    Py_ssize_t at[4] = {0, r.host_at, r.host_at, r.path_at};
+    Py_ssize_t len[4] = {n - 2, r.host_len, r.name_len, r.path_end - r.path_at};
+    return slices(p, 4, at, len, 2);
 }
 
 /* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
@@ -307,6 +358,9 @@ static PyObject *fast_response(PyObject *self, PyObject *const *args, Py_ssize_t
 static PyMethodDef methods[] = {
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "request(data, max_target, max_head) -> (head, host) | None: one plain request head, whole."},
+    {"request_routed", (PyCFunction)(void (*)(void))fast_request_routed, METH_FASTCALL,
+     "request_routed(data, max_target, max_head) -> (head, host, host_name, path) | None: request() and what\n"
+     "routing needs: the Host without its port, lowercased, and the target up to its query."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
      "response(data, via_end) -> (status, out, missing, body_at) | None: a plain response head."},
     {NULL, NULL, 0, NULL},

@@ -221,6 +221,30 @@ def test_the_c_and_python_request_scans_agree(data: st.DataObject, raw: bytes, m
             assert REQUESTS["c"](candidate, max_target, max_head) == fast.request_py(candidate, max_target, max_head)
 
 
+@pytest.mark.skipif(len(REQUESTS) < 2, reason="the C fast path is not built here")
+@settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(data=st.data(), raw=request_heads())
+def test_the_c_and_python_routed_scans_agree(data: st.DataObject, raw: bytes) -> None:
+    for candidate in (raw, _mutations(raw, data)):
+        assert _fast.request_routed(candidate, MAX_TARGET, MAX_HEAD) == fast.request_routed_py(
+            candidate, MAX_TARGET, MAX_HEAD
+        )
+
+
+@pytest.mark.parametrize("impl", ["python", "c"][: len(REQUESTS)])
+def test_the_routed_scan_gives_the_host_name_and_the_path(impl: str) -> None:
+    scan = fast.request_routed_py if impl == "python" else _fast.request_routed
+    cases = {
+        b"GET /a/b?x=1 HTTP/1.1\r\nHost: API.Example.com:8080\r\n\r\n": (b"api.example.com", b"/a/b"),
+        b"GET / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n": (b"[::1]", b"/"),
+        b"GET /?q HTTP/1.1\r\nHost: h\r\n\r\n": (b"h", b"/"),
+        b"GET /p/?a?b HTTP/1.1\r\nHost: h:1\r\n\r\n": (b"h", b"/p/"),
+    }
+    for raw, (name, path) in cases.items():
+        plain = scan(raw, MAX_TARGET, MAX_HEAD)
+        assert plain is not None and plain[0] == raw[:-2] and plain[2:] == (name, path)
+
+
 @pytest.mark.skipif(len(RESPONSES) < 2, reason="the C fast path is not built here")
 @settings(max_examples=4000, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(data=st.data(), raw=response_heads(), body=st.sampled_from([b"hello", b"hel", b"", b"hello, again"]))
