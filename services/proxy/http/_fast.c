@@ -225,6 +225,9 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
     return slices(p, 2, at, len, -1);
 }
 
+#define N_METHODS 7
+static PyObject *methods_seen[N_METHODS]; /* GET, POST, ... as bytes, made at import */
+
 static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
     Py_ssize_t max_target, max_head;
@@ -235,9 +238,36 @@ static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_s
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     request_parts r;
     if (!scan_request(p, n, max_target, max_head, &r)) Py_RETURN_NONE;
-    Py_ssize_t at[4] = {0, r.host_at, r.host_at, r.path_at};
-    Py_ssize_t len[4] = {n - 2, r.host_len, r.name_len, r.path_end - r.path_at};
-    return slices(p, 4, at, len, 2);
+    Py_ssize_t at[5] = {0, r.host_at, r.host_at, r.path_at, 0};
+    Py_ssize_t len[5] = {n - 2, r.host_len, r.name_len, r.path_end - r.path_at, r.path_at - 1};
+    PyObject *result = slices(p, 4, at, len, 2);
+    if (result == NULL) return NULL;
+    /* The method: one shared object for the common ones, a new one for others. */
+    PyObject *method = NULL;
+    for (int k = 0; k < N_METHODS && method == NULL; k++)
+        if (PyBytes_GET_SIZE(methods_seen[k]) == len[4] && memcmp(PyBytes_AS_STRING(methods_seen[k]), p, len[4]) == 0) {
+            method = methods_seen[k];
+            Py_INCREF(method);
+        }
+    if (method == NULL) method = PyBytes_FromStringAndSize((const char *)p, len[4]);
+    if (method == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    PyObject *full = PyTuple_New(5);
+    if (full == NULL) {
+        Py_DECREF(result);
+        Py_DECREF(method);
+        return NULL;
+    }
+    for (int k = 0; k < 4; k++) {
+        PyObject *item = PyTuple_GET_ITEM(result, k);
+        Py_INCREF(item);
+        PyTuple_SET_ITEM(full, k, item);
+    }
+    PyTuple_SET_ITEM(full, 4, method);
+    Py_DECREF(result);
+    return full;
 }
 
 /* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
@@ -359,8 +389,8 @@ static PyMethodDef methods[] = {
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "request(data, max_target, max_head) -> (head, host) | None: one plain request head, whole."},
     {"request_routed", (PyCFunction)(void (*)(void))fast_request_routed, METH_FASTCALL,
-     "request_routed(data, max_target, max_head) -> (head, host, host_name, path) | None: request() and what\n"
-     "routing needs: the Host without its port, lowercased, and the target up to its query."},
+     "request_routed(data, max_target, max_head) -> (head, host, host_name, path, method) | None: request()\n"
+     "and what routing needs: the Host without its port, lowercased, the target up to its query, the method."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
      "response(data, via_end) -> (status, out, missing, body_at) | None: a plain response head."},
     {NULL, NULL, 0, NULL},
@@ -371,6 +401,9 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__fast(void) {
+    static const char *names[N_METHODS] = {"GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"};
     init_classes();
+    for (int k = 0; k < N_METHODS; k++)
+        if (methods_seen[k] == NULL && (methods_seen[k] = PyBytes_FromString(names[k])) == NULL) return NULL;
     return PyModule_Create(&module);
 }

@@ -68,16 +68,20 @@ def request_py(data: bytes, max_target: int, max_head: int) -> tuple[bytes, byte
     return head, host
 
 
-def request_routed_py(data: bytes, max_target: int, max_head: int) -> tuple[bytes, bytes, bytes, bytes] | None:
+Routed = tuple[bytes, bytes, bytes, bytes, bytes]
+
+
+def request_routed_py(data: bytes, max_target: int, max_head: int) -> Routed | None:
     """``request_py`` and what routing needs: (head, host, the host's name lowercased without its port,
-    the target up to its query)."""
+    the target up to its query, the method)."""
     plain = request_py(data, max_target, max_head)
     if plain is None:
         return None
     head, host = plain
     name = host[: host.rindex(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
-    target = head[head.index(b" ") + 1 : head.index(b" HTTP/1.1\r\n")]
-    return head, host, name.lower(), target.partition(b"?")[0]
+    sp = head.index(b" ")
+    target = head[sp + 1 : head.index(b" HTTP/1.1\r\n")]
+    return head, host, name.lower(), target.partition(b"?")[0], head[:sp]
 
 
 # -- responses -------------------------------------------------------------------------------------
@@ -141,7 +145,7 @@ def response_py(data: bytes, via_end: bytes) -> tuple[int, bytes, int, int] | No
 # -- the implementation in use ---------------------------------------------------------------------
 
 request: Callable[[bytes, int, int], tuple[bytes, bytes] | None] = request_py
-request_routed: Callable[[bytes, int, int], tuple[bytes, bytes, bytes, bytes] | None] = request_routed_py
+request_routed: Callable[[bytes, int, int], Routed | None] = request_routed_py
 response: Callable[[bytes, bytes], tuple[int, bytes, int, int] | None] = response_py
 COMPILED = False
 if os.environ.get("GOBALANCER_PURE_PYTHON", "") not in ("1", "true", "yes"):
