@@ -1,6 +1,6 @@
 """The settings reference and the annotated example follow the config schema (issue 17.7).
 
-After a setting is added to shared/config.py: add it, with a comment, to config/config.yaml, then
+After a setting is added to shared/config/schema.py: add it, with a comment, to config/config.yaml, then
 regenerate the reference with `gobalancer settings-reference --output docs/settings.md`.
 """
 

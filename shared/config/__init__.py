@@ -1,0 +1,93 @@
+"""The configuration: one YAML file, decoded once into strict msgspec Structs.
+
+- :mod:`shared.config.schema`: the Structs (one per section) and their checks;
+- :mod:`shared.config.durations`: :class:`Seconds`, the one duration type (``PositiveSeconds`` when 0 is refused);
+- :mod:`shared.config.loading`: the file, the ``GOBALANCER_*`` environment overrides, :func:`load_config`;
+- :mod:`shared.config.errors`: :class:`ConfigError` and the translation of msgspec's messages (shared with the
+  admin API);
+- :mod:`shared.config.redaction`: the effective settings as plain data, secrets hidden.
+
+Errors are raised as :class:`ConfigError`, whose message is one line: ``SOURCE: PATH: PROBLEM``.
+Everything is importable from ``shared.config`` itself.
+"""
+
+from __future__ import annotations
+
+from shared.config.durations import PositiveSeconds, Seconds
+from shared.config.errors import ConfigError
+from shared.config.loading import (
+    CLI_TOKEN_ENV,
+    CLI_URL_ENV,
+    ENV_PREFIX,
+    RESERVED_ENV,
+    TOOLING_ENV,
+    env_settings,
+    load_config,
+)
+from shared.config.redaction import effective_settings, redact_url, to_builtins
+from shared.config.schema import (
+    ALGORITHMS,
+    AdminConfig,
+    Algorithm,
+    BackendConfig,
+    BackendDenyConfig,
+    BalancingConfig,
+    Config,
+    DiscoveryConfig,
+    DockerDiscoveryConfig,
+    Fraction,
+    HealthCheckConfig,
+    KubernetesDiscoveryConfig,
+    LoggingConfig,
+    MetricsConfig,
+    NonNegativeInt,
+    OutlierConfig,
+    PositiveInt,
+    ProxyConfig,
+    RedisConfig,
+    TimeoutConfig,
+    TLSConfig,
+    TracingConfig,
+    Weight,
+    parse_status_ranges,
+)
+
+__all__ = [
+    "ALGORITHMS",
+    "CLI_TOKEN_ENV",
+    "CLI_URL_ENV",
+    "ENV_PREFIX",
+    "RESERVED_ENV",
+    "TOOLING_ENV",
+    "AdminConfig",
+    "Algorithm",
+    "BackendConfig",
+    "BackendDenyConfig",
+    "BalancingConfig",
+    "Config",
+    "ConfigError",
+    "DiscoveryConfig",
+    "DockerDiscoveryConfig",
+    "Fraction",
+    "HealthCheckConfig",
+    "KubernetesDiscoveryConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "NonNegativeInt",
+    "OutlierConfig",
+    "PositiveInt",
+    "PositiveSeconds",
+    "ProxyConfig",
+    "RedisConfig",
+    "Seconds",
+    "TLSConfig",
+    "TimeoutConfig",
+    "TracingConfig",
+    "Weight",
+    "effective_settings",
+    "env_settings",
+    "load_config",
+    "parse_status_ranges",
+    "redact_url",
+    "to_builtins",
+]
