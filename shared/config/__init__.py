@@ -5,7 +5,9 @@
 - :mod:`shared.config.loading`: the file, the ``GOBALANCER_*`` environment overrides, :func:`load_config`;
 - :mod:`shared.config.errors`: :class:`ConfigError` and the translation of msgspec's messages (shared with the
   admin API);
-- :mod:`shared.config.redaction`: the effective settings as plain data, secrets hidden.
+- :mod:`shared.config.redaction`: the effective settings as plain data, secrets hidden;
+- :mod:`shared.config.routing`: the rules of pools and routes (names, host patterns, prefixes, precedence,
+  the route table's checks), shared by the schema, the proxy's matcher and the admin API.
 
 Errors are raised as :class:`ConfigError`, whose message is one line: ``SOURCE: PATH: PROBLEM``.
 Everything is importable from ``shared.config`` itself.
@@ -25,6 +27,7 @@ from shared.config.loading import (
     load_config,
 )
 from shared.config.redaction import effective_settings, redact_url, to_builtins
+from shared.config.routing import DEFAULT_POOL, RouteTableError
 from shared.config.schema import (
     ALGORITHMS,
     AdminConfig,
@@ -38,13 +41,17 @@ from shared.config.schema import (
     Fraction,
     HealthCheckConfig,
     KubernetesDiscoveryConfig,
+    ListenerConfig,
     LoggingConfig,
     MetricsConfig,
     NonNegativeInt,
     OutlierConfig,
+    PoolConfig,
     PositiveInt,
+    ProbeConfig,
     ProxyConfig,
     RedisConfig,
+    RouteConfig,
     TimeoutConfig,
     TLSConfig,
     TracingConfig,
@@ -56,6 +63,7 @@ __all__ = [
     "ALGORITHMS",
     "CLI_TOKEN_ENV",
     "CLI_URL_ENV",
+    "DEFAULT_POOL",
     "ENV_PREFIX",
     "RESERVED_ENV",
     "TOOLING_ENV",
@@ -71,14 +79,19 @@ __all__ = [
     "Fraction",
     "HealthCheckConfig",
     "KubernetesDiscoveryConfig",
+    "ListenerConfig",
     "LoggingConfig",
     "MetricsConfig",
     "NonNegativeInt",
     "OutlierConfig",
+    "PoolConfig",
     "PositiveInt",
     "PositiveSeconds",
+    "ProbeConfig",
     "ProxyConfig",
     "RedisConfig",
+    "RouteConfig",
+    "RouteTableError",
     "Seconds",
     "TLSConfig",
     "TimeoutConfig",

@@ -9,6 +9,7 @@ the configuration loader and for the admin API's request bodies (``services/admi
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, get_args, get_origin
 
 import msgspec
@@ -110,3 +111,33 @@ def describe(err: msgspec.ValidationError, root: Any) -> tuple[str, str]:
         if named and named[0] in allowed_fields(root, path):
             path, problem = join(path, named[0] + named[1]), named[2]
     return path, problem
+
+
+def resolve_keys(path: str, data: Any, root: Any, convert: Callable[[Any, Any], object]) -> str:
+    """``pools[...].algorithm`` -> ``pools.web.algorithm``: msgspec does not say which key of a dict failed,
+    so each ``[...]`` is resolved to the first key whose value alone fails ``convert(value, type)`` (left as
+    it is when none does)."""
+    done, rest = "", path
+    while "[...]" in rest:
+        head, _, rest = rest.partition("[...]")
+        done += head
+        node: Any = data
+        for name, index in _PART.findall(done):
+            if isinstance(node, dict) and not index:
+                node = node.get(name)
+            elif isinstance(node, list) and index.isdigit() and int(index) < len(node):
+                node = node[int(index)]
+            else:
+                return path
+        item_type = get_args(type_at(root, done))[-1] if isinstance(node, dict) else None
+        key = next((k for k, v in node.items() if _fails(convert, v, item_type)), None) if item_type else None
+        done += "[...]" if key is None else f".{key}"
+    return done + rest
+
+
+def _fails(convert: Callable[[Any, Any], object], value: Any, tp: Any) -> bool:
+    try:
+        convert(value, tp)
+    except (msgspec.ValidationError, TypeError, ValueError):
+        return True
+    return False

@@ -16,7 +16,7 @@ import msgspec
 import yaml
 
 from shared.config.durations import dec_hook
-from shared.config.errors import ConfigError, describe
+from shared.config.errors import ConfigError, describe, resolve_keys
 from shared.config.schema import Config, strip_annotated, struct_fields
 
 ENV_PREFIX = "GOBALANCER_"
@@ -124,6 +124,10 @@ def _read_file(path: str | os.PathLike[str], source: str) -> dict[str, Any]:
     return data
 
 
+def _convert(value: Any, tp: Any) -> object:
+    return msgspec.convert(value, tp, strict=True, dec_hook=dec_hook)
+
+
 def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Read, override from the environment, and validate. Raises ConfigError."""
     environ = os.environ if environ is None else environ
@@ -152,6 +156,7 @@ def load_config(path: str | os.PathLike[str] | None = None, environ: Mapping[str
         return msgspec.convert(data, Config, strict=True, dec_hook=dec_hook)
     except msgspec.ValidationError as exc:
         field, problem = describe(exc, Config)
+        field = resolve_keys(field, data, Config, _convert)
         for setting, env_name in from_env.items():
             if field == setting or field.startswith(setting + ".") or field.startswith(setting + "["):
                 raise ConfigError(f"{env_name} (environment)", field, problem) from None

@@ -9,12 +9,23 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 
 from shared.addresses import normalize_address, parse_address
 from shared.config.durations import PositiveSeconds, Seconds, positive_fields
+from shared.config.routing import (
+    DEFAULT_POOL,
+    RouteTableError,
+    check_name,
+    check_route_table,
+    normalize_headers,
+    normalize_host_pattern,
+    normalize_methods,
+    normalize_path_prefix,
+)
 
 Algorithm = Literal[
     "round_robin",
@@ -64,7 +75,10 @@ class BackendConfig(_Struct):
         self.address = normalize_address(self.address)
 
 
-class HealthCheckConfig(_Struct):
+class ProbeConfig(_Struct):
+    """How one pool's backends are probed (a pool's ``health_check``; the top-level one adds the service's
+    own settings, :class:`HealthCheckConfig`)."""
+
     type: Literal["tcp", "http", "https"] = "tcp"
     interval_sec: PositiveSeconds = Seconds(2.0)
     timeout_sec: PositiveSeconds = Seconds(1.0)
@@ -79,11 +93,7 @@ class HealthCheckConfig(_Struct):
     expect_body: str = ""
     jitter: Fraction = 0.1
     start_healthy: bool = False
-    concurrency: PositiveInt = 256
     tls_verify: bool = False
-    # Several health replicas may run; the one holding the "health" lease probes, a standby takes over
-    # within one lease TTL of the leader's death.
-    lease_ttl_sec: PositiveSeconds = Seconds(5.0)
 
     def check(self) -> None:
         if self.retries is not None:
@@ -96,6 +106,15 @@ class HealthCheckConfig(_Struct):
             parse_status_ranges(self.expect_status)
         except ValueError as exc:
             raise ValueError(f"expect_status: {exc}") from None
+
+
+class HealthCheckConfig(ProbeConfig):
+    """The default pool's probes, and the health service's own settings."""
+
+    concurrency: PositiveInt = 256
+    # Several health replicas may run; the one holding the "health" lease probes, a standby takes over
+    # within one lease TTL of the leader's death.
+    lease_ttl_sec: PositiveSeconds = Seconds(5.0)
 
 
 def parse_status_ranges(spec: str) -> tuple[tuple[int, int], ...]:
@@ -326,12 +345,94 @@ class LoggingConfig(_Struct):
     access_log_file: str = ""  # "" = stderr; else appended to this file
 
 
+class PoolConfig(_Struct):
+    """A named set of backends with its own algorithm, balancing and probes (``pools: {NAME: ...}``)."""
+
+    backends: list[BackendConfig] = msgspec.field(default_factory=list)
+    algorithm: Algorithm = "round_robin"
+    balancing: BalancingConfig = msgspec.field(default_factory=BalancingConfig)
+    health_check: ProbeConfig = msgspec.field(default_factory=ProbeConfig)
+
+    def check(self) -> None:
+        _check_unique_backends(self.backends)
+
+
+class RouteConfig(_Struct):
+    """A rule of the route table: requests matching host, path prefix, methods and headers go to ``pool``.
+    Normalized when checked: host in lower case, no trailing '/' on the prefix, header names in lower case."""
+
+    name: str
+    pool: str
+    host: str = ""  # "" = any host; "a.example.com", or "*.example.com" (any subdomain, not example.com)
+    path_prefix: str = "/"
+    methods: list[str] = msgspec.field(default_factory=list)  # [] = any method
+    headers: dict[str, str] = msgspec.field(default_factory=dict)  # name -> exact value, all must match
+    strip_prefix: bool = False
+    rewrite_host: str = ""  # "" = the client's Host header is forwarded
+
+    def check(self) -> None:
+        try:
+            check_name("route", self.name)
+        except ValueError as exc:
+            raise ValueError(f"name: {exc}") from None
+        for name, normalize in _ROUTE_FIELDS:
+            try:
+                setattr(self, name, normalize(getattr(self, name)))
+            except ValueError as exc:
+                raise ValueError(f"{name}: route {self.name!r}: {exc}") from None
+        if self.rewrite_host and not _HOST_PORT.fullmatch(self.rewrite_host):
+            raise ValueError(f"rewrite_host: route {self.name!r}: {self.rewrite_host!r} is not a host or host:port")
+
+
+_ROUTE_FIELDS: tuple[tuple[str, Callable[[Any], Any]], ...] = (
+    ("host", normalize_host_pattern),
+    ("path_prefix", normalize_path_prefix),
+    ("methods", normalize_methods),
+    ("headers", normalize_headers),
+)
+_HOST_PORT = re.compile(r"[A-Za-z0-9_.-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+class ListenerConfig(_Struct):
+    """A listener besides ``listen_address``: TCP to one pool, or HTTP through the routes (or to one pool)."""
+
+    listen_address: str
+    mode: Literal["http", "tcp"] = "http"
+    pool: str = ""  # tcp: required; http: "" = the route table, else every request to this pool
+
+    def check(self) -> None:
+        self.listen_address = check_address(self.listen_address, "listen_address", listener=True)
+        if self.mode == "tcp" and not self.pool:
+            raise ValueError("pool: a tcp listener sends every connection to one pool; name it")
+
+
+def _check_unique_backends(backends: list[BackendConfig]) -> None:
+    seen: set[str] = set()
+    for i, backend in enumerate(backends):
+        if backend.address in seen:
+            raise ValueError(f"backends[{i}]: duplicate address {backend.address}")
+        seen.add(backend.address)
+
+
+def _same_socket(a: str, b: str) -> bool:
+    """Whether two listen addresses would bind the same port (an empty or any-address host takes them all)."""
+    host_a, _, port_a = a.rpartition(":")
+    host_b, _, port_b = b.rpartition(":")
+    return port_a == port_b and (host_a == host_b or bool({host_a, host_b} & {"", "0.0.0.0", "[::]"}))
+
+
 class Config(_Struct):
     listen_address: str = ":8080"
     mode: Literal["http", "tcp"] = "http"
     algorithm: Algorithm = "round_robin"
     backends: list[BackendConfig] = msgspec.field(default_factory=list)
     health_check: HealthCheckConfig = msgspec.field(default_factory=HealthCheckConfig)
+    # Routing: the pool "default" is the top-level backends, algorithm, balancing and health_check.
+    pools: dict[str, PoolConfig] = msgspec.field(default_factory=dict)
+    routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    # The pool of a request no route matches: "" = 404 (with no routes at all, every request goes to "default").
+    default_pool: str = ""
+    listeners: list[ListenerConfig] = msgspec.field(default_factory=list)
     timeout: TimeoutConfig = msgspec.field(default_factory=TimeoutConfig)
     discovery: DiscoveryConfig = msgspec.field(default_factory=DiscoveryConfig)
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
@@ -347,11 +448,51 @@ class Config(_Struct):
 
     def check(self) -> None:
         self.listen_address = check_address(self.listen_address, "listen_address", listener=True)
-        seen: set[str] = set()
-        for i, backend in enumerate(self.backends):
-            if backend.address in seen:
-                raise ValueError(f"backends[{i}]: duplicate address {backend.address}")
-            seen.add(backend.address)
+        _check_unique_backends(self.backends)
+        for name in self.pools:
+            if name == DEFAULT_POOL:
+                raise ValueError(
+                    "pools.default: the pool named default is the top-level backends, algorithm, balancing and "
+                    "health_check; give this pool another name"
+                )
+            try:
+                check_name("pool", name)
+            except ValueError as exc:
+                raise ValueError(f"pools: {exc}") from None
+        pools = self.pool_names()
+        known = ", ".join(sorted(pools))
+        bound = {"listen_address": self.listen_address}
+        for i, listener in enumerate(self.listeners):
+            at = f"listeners[{i}]"
+            for where, address in bound.items():
+                if _same_socket(listener.listen_address, address):
+                    raise ValueError(f"{at}.listen_address: {listener.listen_address} is also {where}'s")
+            bound[at] = listener.listen_address
+            if listener.pool and listener.pool not in pools:
+                raise ValueError(f"{at}.pool: pool {listener.pool!r} does not exist (pools: {known})")
+        if self.routes and self.mode == "tcp" and not any(x.mode == "http" and not x.pool for x in self.listeners):
+            raise ValueError("routes: no listener uses them (mode is tcp, and no http listener without a pool)")
+        try:
+            check_route_table(self.routes, pools, self.default_pool)
+        except RouteTableError as exc:
+            raise ValueError(str(exc)) from None
+
+    def pool_names(self) -> list[str]:
+        """``default`` and the named pools."""
+        return [DEFAULT_POOL, *self.pools]
+
+    def pool_configs(self) -> dict[str, PoolConfig]:
+        """Every pool by name, ``default`` (made of the top-level settings) first."""
+        default = PoolConfig(
+            backends=self.backends, algorithm=self.algorithm, balancing=self.balancing, health_check=self.health_check
+        )
+        return {DEFAULT_POOL: default, **self.pools}
+
+    @property
+    def unmatched_pool(self) -> str:
+        """The pool of a request no route matches ("" = answer 404): ``default_pool``, or with no routes at
+        all, ``default``."""
+        return self.default_pool or ("" if self.routes else DEFAULT_POOL)
 
 
 # ---------------------------------------------------------------------------------------------
