@@ -238,8 +238,11 @@ static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_s
     Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
     request_parts r;
     if (!scan_request(p, n, max_target, max_head, &r)) Py_RETURN_NONE;
-    Py_ssize_t at[5] = {0, r.host_at, r.host_at, r.path_at, 0};
-    Py_ssize_t len[5] = {n - 2, r.host_len, r.name_len, r.path_end - r.path_at, r.path_at - 1};
+    /* The path's first segment: up to its second "/" (the route table's first key). */
+    Py_ssize_t segment_end = r.path_at + 1;
+    while (segment_end < r.path_end && p[segment_end] != '/') segment_end++;
+    Py_ssize_t at[6] = {0, r.host_at, r.host_at, r.path_at, 0, r.path_at};
+    Py_ssize_t len[6] = {n - 2, r.host_len, r.name_len, r.path_end - r.path_at, r.path_at - 1, segment_end - r.path_at};
     PyObject *result = slices(p, 4, at, len, 2);
     if (result == NULL) return NULL;
     /* The method: one shared object for the common ones, a new one for others. */
@@ -254,10 +257,12 @@ static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_s
         Py_DECREF(result);
         return NULL;
     }
-    PyObject *full = PyTuple_New(5);
+    PyObject *segment = PyBytes_FromStringAndSize((const char *)p + at[5], len[5]);
+    PyObject *full = segment == NULL ? NULL : PyTuple_New(6);
     if (full == NULL) {
         Py_DECREF(result);
         Py_DECREF(method);
+        Py_XDECREF(segment);
         return NULL;
     }
     for (int k = 0; k < 4; k++) {
@@ -266,6 +271,7 @@ static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_s
         PyTuple_SET_ITEM(full, k, item);
     }
     PyTuple_SET_ITEM(full, 4, method);
+    PyTuple_SET_ITEM(full, 5, segment);
     Py_DECREF(result);
     return full;
 }
@@ -389,8 +395,9 @@ static PyMethodDef methods[] = {
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "request(data, max_target, max_head) -> (head, host) | None: one plain request head, whole."},
     {"request_routed", (PyCFunction)(void (*)(void))fast_request_routed, METH_FASTCALL,
-     "request_routed(data, max_target, max_head) -> (head, host, host_name, path, method) | None: request()\n"
-     "and what routing needs: the Host without its port, lowercased, the target up to its query, the method."},
+     "request_routed(data, max_target, max_head) -> (head, host, host_name, path, method, segment) | None:\n"
+     "request() and what routing needs: the Host without its port, lowercased, the target up to its query,\n"
+     "the method, and the path's first segment (up to its second '/')."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
      "response(data, via_end) -> (status, out, missing, body_at) | None: a plain response head."},
     {NULL, NULL, 0, NULL},

@@ -25,7 +25,6 @@ from services.proxy.context import NEVER, Context
 from services.proxy.flow import PEER_FULL, PIPELINE, QUEUED, ReadPauses
 from services.proxy.http.errors import error_response
 from services.proxy.http.exchange import Exchange
-from services.proxy.http.fast import request as fast_request
 from services.proxy.http.headers import forwarding_prefix, new_request_id
 from services.proxy.http.parser import HEAD_END, HttpError, check_incomplete_head, parse_request_head
 from services.proxy.http.upstream import UpstreamConnection
@@ -142,11 +141,12 @@ class ClientConnection(asyncio.Protocol):
                 self._read_head(data)
                 return
             ctx = self.ctx
-            plain = fast_request(data, ctx.max_target, ctx.max_head)
+            plain = ctx.fast_scan(data, ctx.max_target, ctx.max_head)
             if plain is not None:
                 self.state = WAIT
-                self.ex.start_fast(plain, len(data))
-                return
+                if self.ex.start_fast(plain, len(data)):
+                    return
+                self.state = HEAD  # a route that the general path must take
             self._read_head(data)
             return
         state = self.state
@@ -250,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
         except HttpError as exc:
             self._reject(exc)
             return
-        self.ex.start(req, rest, end + 4)
+        self.ex.start(req, rest, end + 4, head)
 
     def _reject(self, exc: HttpError) -> None:
         self.ctx.stats.error(exc.status)

@@ -68,20 +68,27 @@ def request_py(data: bytes, max_target: int, max_head: int) -> tuple[bytes, byte
     return head, host
 
 
-Routed = tuple[bytes, bytes, bytes, bytes, bytes]
+Routed = tuple[bytes, bytes, bytes, bytes, bytes, bytes]
+
+
+def host_name(host: bytes) -> bytes:
+    """A Host value's name, lowercased, without its port (``[::1]:80`` -> ``[::1]``): what routes match."""
+    name = host[: host.rindex(b"]") + 1] if host.startswith(b"[") and b"]" in host else host.partition(b":")[0]
+    return name.lower()
 
 
 def request_routed_py(data: bytes, max_target: int, max_head: int) -> Routed | None:
     """``request_py`` and what routing needs: (head, host, the host's name lowercased without its port,
-    the target up to its query, the method)."""
+    the target up to its query, the method, the path's first segment: up to its second ``/``)."""
     plain = request_py(data, max_target, max_head)
     if plain is None:
         return None
     head, host = plain
-    name = host[: host.rindex(b"]") + 1] if host.startswith(b"[") else host.partition(b":")[0]
     sp = head.index(b" ")
     target = head[sp + 1 : head.index(b" HTTP/1.1\r\n")]
-    return head, host, name.lower(), target.partition(b"?")[0], head[:sp]
+    path = target.partition(b"?")[0]
+    second = path.find(b"/", 1)
+    return head, host, host_name(host), path, head[:sp], path[:second] if second > 0 else path
 
 
 # -- responses -------------------------------------------------------------------------------------

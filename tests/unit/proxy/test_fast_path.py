@@ -235,14 +235,15 @@ def test_the_c_and_python_routed_scans_agree(data: st.DataObject, raw: bytes) ->
 def test_the_routed_scan_gives_the_host_name_and_the_path(impl: str) -> None:
     scan = fast.request_routed_py if impl == "python" else _fast.request_routed
     cases = {
-        b"GET /a/b?x=1 HTTP/1.1\r\nHost: API.Example.com:8080\r\n\r\n": (b"api.example.com", b"/a/b", b"GET"),
-        b"POST / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n": (b"[::1]", b"/", b"POST"),
-        b"PURGE /?q HTTP/1.1\r\nHost: h\r\n\r\n": (b"h", b"/", b"PURGE"),
-        b"GE /p/?a?b HTTP/1.1\r\nHost: h:1\r\n\r\n": (b"h", b"/p/", b"GE"),
+        b"GET /a/b?x=1 HTTP/1.1\r\nHost: API.Example.com:8080\r\n\r\n": (b"api.example.com", b"/a/b", b"GET", b"/a"),
+        b"POST / HTTP/1.1\r\nHost: [::1]:80\r\n\r\n": (b"[::1]", b"/", b"POST", b"/"),
+        b"PURGE /?q/r HTTP/1.1\r\nHost: h\r\n\r\n": (b"h", b"/", b"PURGE", b"/"),
+        b"GE /p/?a?b HTTP/1.1\r\nHost: h:1\r\n\r\n": (b"h", b"/p/", b"GE", b"/p"),
+        b"GET //x HTTP/1.1\r\nHost: h\r\n\r\n": (b"h", b"//x", b"GET", b"/"),
     }
-    for raw, (name, path, method) in cases.items():
+    for raw, (name, path, method, segment) in cases.items():
         plain = scan(raw, MAX_TARGET, MAX_HEAD)
-        assert plain is not None and plain[0] == raw[:-2] and plain[2:] == (name, path, method)
+        assert plain is not None and plain[0] == raw[:-2] and plain[2:] == (name, path, method, segment)
 
 
 @pytest.mark.skipif(len(RESPONSES) < 2, reason="the C fast path is not built here")
