@@ -49,6 +49,10 @@ class RouteSpec(Protocol):
     def headers(self) -> Mapping[str, str]: ...
     @property
     def pool(self) -> str: ...
+    @property
+    def strip_prefix(self) -> bool: ...
+    @property
+    def rewrite_host(self) -> str: ...
 
 
 class RouteTableError(ValueError):
@@ -106,8 +110,8 @@ def normalize_headers(headers: Mapping[str, str]) -> dict[str, str]:
             raise ValueError(f"{name!r} cannot be a condition (use host for the Host header)")
         if key in out:
             raise ValueError(f"{name!r} is listed twice (header names ignore case)")
-        if value != value.strip() or not value.isprintable():
-            raise ValueError(f"the value of {name!r} must be printable, without surrounding spaces")
+        if value != value.strip() or not value.isprintable() or not value.isascii():
+            raise ValueError(f"the value of {name!r} must be printable ASCII, without surrounding spaces")
         out[key] = value
     return out
 
