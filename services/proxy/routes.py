@@ -240,6 +240,7 @@ class _Plan(dict[bytes, "Route | None"]):
     def __init__(self, tiers: Sequence[_Tier], unmatched: Route | None) -> None:
         super().__init__()
         self.root = self._answer(tiers, None, unmatched)
+        self[b"/"] = self.root  # the path "/" (no prefix but "/" has it as its first segment): no __missing__
         for segment in {s for t in tiers for s in t.under}:
             self[segment] = self._answer(tiers, segment, unmatched)
 
@@ -318,6 +319,14 @@ class RouteTable:
             return route.resolve(self, host, path, method, head)
         return route
 
+    def match_segment(self, host: bytes, segment: bytes, path: bytes, method: bytes, head: bytes) -> Route | None:
+        """:meth:`match` for a caller that has the path's first segment already (the proxy's C scan gives
+        it: ``/api`` of ``/api/v1/x``, ``/`` of ``/``), saving the hot path the search for it."""
+        route = self._hosts[host][segment]
+        if route is not None and route.deferred:
+            return route.resolve(self, host, path, method, head)
+        return route
+
     def tiers(self, host: bytes) -> list[_Tier]:
         """The host patterns ``host`` falls under, in precedence order."""
         tiers = [self._exact[host]] if host in self._exact else []
@@ -358,4 +367,7 @@ class _NoRoutes(RouteTable):
     __slots__ = ()
 
     def match(self, host: bytes, path: bytes, method: bytes, head: bytes) -> Route | None:
+        return self.unmatched
+
+    def match_segment(self, host: bytes, segment: bytes, path: bytes, method: bytes, head: bytes) -> Route | None:
         return self.unmatched
