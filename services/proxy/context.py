@@ -53,6 +53,7 @@ class Context:
         loop: asyncio.AbstractEventLoop,
         pools: Mapping[str, Balancer] | None = None,
         routed: bool = True,
+        stats: Stats | None = None,
     ) -> None:
         """``balancer``: the default pool's (or, for a listener of one pool, that pool's); ``pools``: every
         pool's by name, for the routes (``routed`` False: a listener of one pool, the routes unused)."""
@@ -60,7 +61,7 @@ class Context:
         self.config = config
         self.balancer = balancer
         self.loop = loop
-        self.stats = Stats()
+        self.stats = stats if stats is not None else Stats()
         self.budget = RetryBudget(p.retry_budget)
         self.pool: Pool[Pooled] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
         # Routing (config.routes): None with no routes, so the one-pool path pays one test per request.

@@ -88,8 +88,17 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     readiness = Readiness()
     try:
         async with make_balancer(config) as balancer:
-            server = Server(config, balancer, reuse_port=True, pools=static_pools(config))
+            pools = static_pools(config)
+            server = Server(config, balancer, reuse_port=True, pools=pools)
             await server.start()
+            # config.listeners: more listeners (a TCP or HTTP one per pool, or HTTP through the routes),
+            # counting into the same Stats (one /metrics).
+            extra = [
+                Server(config, balancer, reuse_port=True, pools=pools, listener=x, stats=server.context.stats)
+                for x in config.listeners
+            ]
+            for s in extra:
+                await s.start()
             replica = getattr(balancer, "replica", None)
             if replica is not None and config.metrics.enabled:
                 replica.totals_source = StatsTotals(server.context.stats)
@@ -105,10 +114,11 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                     workers.begin_stop()
                 if delay > 0:
                     log.info("not ready: still serving during the shutdown delay", shutdown_delay_sec=delay)
-                    server.begin_shutdown(delay)
+                    for s in (server, *extra):
+                        s.begin_shutdown(delay)
                     await asyncio.sleep(delay)
                 log.info("draining", drain_sec=float(config.timeout.drain_sec))
-                await server.stop()
+                await asyncio.gather(*(s.stop() for s in (server, *extra)))
     finally:
         if workers is not None:
             await workers.stop(delay + float(config.timeout.drain_sec) + 5.0)

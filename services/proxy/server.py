@@ -12,9 +12,10 @@ from services.proxy.balancer import Balancer
 from services.proxy.context import Context
 from services.proxy.http.client import ClientConnection
 from services.proxy.proxy_protocol import TrustedNetworks
+from services.proxy.stats import Stats
 from services.proxy.tcp import TcpClient
 from shared.addresses import parse_address
-from shared.config import Config
+from shared.config import DEFAULT_POOL, Config, ListenerConfig
 from shared.logs import get_logger
 
 log = get_logger("proxy.server")
@@ -60,10 +61,23 @@ class Server:
         *,
         reuse_port: bool = True,
         pools: Mapping[str, Balancer] | None = None,
+        listener: ListenerConfig | None = None,
+        stats: Stats | None = None,
     ) -> None:
+        """``balancer``: the default pool's; ``pools``: the named pools' (for the routes and the listeners);
+        ``listener``: one of ``config.listeners`` (None: ``listen_address`` in ``mode``, through the routes);
+        ``stats``: counters shared with the process's other listeners (one /metrics for all)."""
         self.config = config
-        self.balancer = balancer
         self.pools = pools
+        self.listener = listener
+        self.stats = stats
+        self.address = listener.listen_address if listener is not None else config.listen_address
+        self.mode = listener.mode if listener is not None else config.mode
+        # A listener of one pool sends everything there; the others go through the routes (if any).
+        self.balancer = balancer
+        self.routed = listener is None or not listener.pool
+        if listener is not None and listener.pool and listener.pool != DEFAULT_POOL:
+            self.balancer = (pools or {})[listener.pool]
         self.reuse_port = reuse_port
         self.ctx: Context | None = None
         self._server: asyncio.Server | None = None
@@ -82,13 +96,13 @@ class Server:
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
-        self.ctx = ctx = Context(config, self.balancer, loop, self.pools)
+        self.ctx = ctx = Context(config, self.balancer, loop, self.pools, self.routed, self.stats)
         if sock is None:
-            sock = listen_socket(config.listen_address, self.reuse_port)
+            sock = listen_socket(self.address, self.reuse_port)
         tls = config.proxy.tls
         ssl_context = make_ssl_context(tls.cert_file, tls.key_file) if tls.enabled else None
         factory: Callable[[], asyncio.Protocol]
-        if config.mode == "tcp":
+        if self.mode == "tcp":
             proxy_from = TrustedNetworks(config.proxy.proxy_protocol_from)
             factory = lambda: TcpClient(ctx, proxy_from)  # noqa: E731
         else:
@@ -96,7 +110,7 @@ class Server:
             factory = lambda: ClientConnection(ctx, tls=is_tls)  # noqa: E731
         self._server = await loop.create_server(factory, sock=sock, ssl=ssl_context, backlog=4096)
         ctx.start_sweeps()
-        log.info("listening", address=config.listen_address, port=self.port, mode=config.mode, tls=bool(ssl_context))
+        log.info("listening", address=self.address, port=self.port, mode=self.mode, tls=bool(ssl_context))
 
     def begin_shutdown(self, delay: float) -> None:
         """The shutdown delay (``delay`` seconds before :meth:`stop`): still accepting, but every response now

@@ -299,3 +299,31 @@ async def test_a_request_arriving_during_the_delay_is_drained_too(start_proxy: S
     await proxy.stop(drain_sec=5)
     assert (await asyncio.wait_for(read_response(reader), 5)).status == 200
     writer.close()
+
+
+async def test_the_proxy_process_binds_its_listeners_and_routes(tmp_path: Path, backends: Backends) -> None:
+    """``python -m services.proxy`` with pools, routes and ``listeners:``: every listener serves, each its way,
+    and SIGTERM stops them all."""
+    web = await backends.add(Backend(name="web"))
+    api = await backends.add(Backend(name="api"))
+    tcp_port, http_port = free_port(), free_port()
+    extra = f"""pools:
+  api: {{backends: [{{address: "{api.address}"}}]}}
+routes:
+  - {{name: api, host: api.example.com, pool: api}}
+default_pool: default
+listeners:
+  - {{listen_address: "127.0.0.1:{tcp_port}", mode: tcp, pool: api}}
+  - {{listen_address: "127.0.0.1:{http_port}", pool: default}}
+"""
+    with proxy_process(tmp_path, [web.address], extra) as (proc, port):
+        for p in (port, tcp_port, http_port):
+            await wait_listening(p)
+        routed = await request(port, b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        other = await request(port, b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        relayed = await request(tcp_port, b"GET / HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        pinned = await request(http_port, b"GET / HTTP/1.1\r\nHost: api.example.com\r\n\r\n")
+        backend = [r.header("X-Backend") for r in (routed, other, relayed, pinned)]
+        assert backend == ["api", "web", "api", "web"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(proc.wait, 15) == 0

@@ -12,7 +12,7 @@ import pytest
 from services.proxy.balancer import StaticRoundRobin
 from services.proxy.main import static_pools
 from services.proxy.server import Server
-from shared.config import load_config
+from shared.config import ListenerConfig, load_config
 from tests.integration.proxy.backends import Backend, Backends, read_response, request
 from tests.integration.proxy.conftest import free_socket
 
@@ -159,3 +159,36 @@ async def test_without_routes_the_one_pool_path_is_unchanged(backends: Backends,
     proxy = await start_routed(f"listen_address: 127.0.0.1:1\nbackends: [{{address: '{b['web'].address}'}}]\n")
     assert proxy.context.routes is None
     assert (await get(proxy.port, "anything", "/x"))[:2] == (200, "web")
+
+
+async def test_listeners_of_one_pool_tcp_and_http(
+    backends: Backends, start_routed: StartRouted, tmp_path: Path
+) -> None:
+    """``listeners:``: a TCP listener relays to its pool; an HTTP listener with a pool ignores the routes;
+    they count into the main listener's Stats (one /metrics)."""
+    b = await pools_of(backends, "web", "api", "static")
+    main = await start_routed(two_pools(b))
+    config = main.config
+    pools = static_pools(config)
+    shared = main.context.stats
+    extra = []
+    for listener in (
+        ListenerConfig(listen_address="127.0.0.1:1", mode="tcp", pool="api"),
+        ListenerConfig(listen_address="127.0.0.1:1", mode="http", pool="static"),
+    ):
+        server = Server(config, main.balancer, reuse_port=False, pools=pools, listener=listener, stats=shared)
+        await server.start(free_socket())
+        extra.append(server)
+    try:
+        tcp, http = extra
+        assert tcp.context.routes is None and http.context.routes is None
+        # TCP: the bytes go as they are (no Via, no X-Forwarded-*), to the api pool.
+        resp = await request(tcp.port, b"GET /raw HTTP/1.1\r\nHost: www.example.com\r\n\r\n")
+        assert resp.header("X-Backend") == "api" and b["api"].requests[-1].header("Via") is None
+        # HTTP to one pool: www.example.com would route to the default pool; this listener sends it to static.
+        assert (await get(http.port, "www.example.com", "/x"))[:3] == (200, "static", "/x")
+        assert (await get(http.port, "nowhere", "/y"))[:2] == (200, "static")
+        assert http.context.stats is shared and tcp.context.stats is shared
+    finally:
+        for s in extra:
+            await s.stop(drain_sec=0.3)
