@@ -510,7 +510,9 @@ class Store:
         """Yield a full Snapshot, then Events; a fresh Snapshot after every reconnect.
 
         Pub/sub is only a hint: the channel is subscribed *before* the snapshot is read so nothing
-        falls in between, events already covered by the snapshot are skipped, and a gap in event
+        falls in between (the snapshot itself is read in chunks, see :meth:`_chunked_snapshot`, so a
+        reader of 100,000 backends keeps its loop), events already covered by the snapshot are
+        skipped, and a gap in event
         versions (a message lost) or a version that moved without an event (checked every
         ``resync_interval``) triggers a full re-read. While Redis is unreachable this retries with
         exponential backoff capped at ``max_backoff`` (short: a reconnect attempt is cheap, and every
