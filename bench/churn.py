@@ -101,10 +101,43 @@ async def http_get(host: str, port: int, path: str, headers: str = "") -> bytes:
 
 async def series(address: str, path: str = "/metrics", headers: str = "") -> int:
     """The number of samples on a /metrics page (lines that are not comments)."""
+    return sum((await families(address, path, headers)).values())
+
+
+async def families(
+    address: str, path: str = "/metrics", headers: str = "", backends: set[str] | None = None
+) -> dict[str, int]:
+    """The samples on a /metrics page by metric name (the name before the labels); the values of their
+    ``backend`` labels are added to ``backends`` when given."""
     host, _, port = address.rpartition(":")
     raw = await http_get(host, int(port), path, headers)
     body = raw.partition(b"\r\n\r\n")[2]
-    return sum(1 for line in body.split(b"\n") if line and not line.startswith(b"#"))
+    out: dict[str, int] = {}
+    for line in body.split(b"\n"):
+        if line and not line.startswith(b"#"):
+            name = line.split(b"{", 1)[0].split(b" ", 1)[0].decode()
+            out[name] = out.get(name, 0) + 1
+            if backends is not None and b'backend="' in line:
+                backends.add(line.split(b'backend="', 1)[1].split(b'"', 1)[0].decode())
+    return out
+
+
+def family_drift(samples: list[dict[str, Any]], warmup: float, key: str) -> dict[str, dict[str, float]]:
+    """Per metric name on one service's page (``key``: the samples' dict of counts by name): the mean
+    over the first and the last third after ``warmup``, for the names whose mean moved: what makes a
+    series count drift."""
+    later = [s[key] for s in samples if s["t"] >= warmup and key in s]
+    third = len(later) // 3
+    if third < 1:
+        return {}
+    names = sorted({n for counts in later for n in counts})
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        first = sum(c.get(name, 0) for c in later[:third]) / third
+        last = sum(c.get(name, 0) for c in later[-third:]) / third
+        if first != last:
+            out[name] = {"steady": round(first, 1), "last": round(last, 1), "change": round(last - first, 1)}
+    return out
 
 
 @contextlib.contextmanager
@@ -211,7 +244,10 @@ async def load(port: int, rate: float, stop: asyncio.Event, counts: dict[str, in
     await asyncio.gather(*(one() for _ in range(connections)))
 
 
-INFORMATIONAL = ("store_backends", "proxy_fds")  # sampled and shown, not judged
+# Sampled and shown, not judged. proxy_series_backends: the backends the proxy's per-backend series name;
+# proxy_series_gone: how many of them the store no longer has (grows without bound if departed backends'
+# series leak; else bounded by what left within the last prune rounds and had requests in flight).
+INFORMATIONAL = ("store_backends", "proxy_fds", "proxy_families", "proxy_series_backends", "proxy_series_gone")
 
 
 def judge(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
@@ -332,15 +368,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         if proc.poll() is not None:
                             raise RuntimeError(f"{name} exited ({proc.returncode}); see {workdir / (name + '.log')}")
                         sample[f"{name}_rss_kb"] = rss_kb(proc.pid)
-                    sample["proxy_series"] = await series(addresses["proxy_metrics"])
+                    named: set[str] = set()
+                    proxy_families = await families(addresses["proxy_metrics"], backends=named)
+                    sample["proxy_series"] = sum(proxy_families.values())
                     sample["health_series"] = await series(addresses["health_metrics"])
                     sample["discovery_series"] = await series(addresses["discovery_metrics"])
                     sample["admin_series"] = await series(addresses["admin"])
                     sample["redis_used_memory"] = int(r.info("memory")["used_memory"])
                     sample["store_backends"] = int(r.hlen(f"{namespace}:backends"))
+                    stored = {k.decode() if isinstance(k, bytes) else k for k in r.hkeys(f"{namespace}:backends")}
+                    sample["proxy_series_backends"] = len(named)
+                    sample["proxy_series_gone"] = len(named - stored)
                     sample["proxy_fds"] = len(os.listdir(f"/proc/{procs['proxy'].pid}/fd"))
-                    samples.append(sample)
                     print(json.dumps(sample), flush=True)
+                    sample["proxy_families"] = proxy_families  # (in the results, not printed)
+                    samples.append(sample)
                     next_sample += args.sample
                 await asyncio.sleep(max(0.0, min(next_tick, next_sample) - time.monotonic()))
             stop.set()
@@ -361,6 +403,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "requests": counts,
         "all_ok": all(v["ok"] for v in verdict.values() if isinstance(v, dict)),
         "verdict": verdict,
+        "proxy_series_by_name": family_drift(samples, args.warmup, "proxy_families"),
         "samples": samples,
         "logs": str(workdir),
     }

@@ -14,6 +14,7 @@ from services.admin.app import SERVICE, create_app
 from services.admin.context import context_of
 from shared.addresses import parse_address
 from shared.config import Config
+from shared.gc_tuning import tune_gc
 from shared.logs import get_logger
 from shared.service import require_redis_url, run_service
 
@@ -60,6 +61,7 @@ def build_server(config: Config) -> tuple[_Server, Litestar]:
 async def run(config: Config, stop: asyncio.Event) -> None:
     require_redis_url(SERVICE, config)
     server, app = build_server(config)
+    tune_gc()  # (everything is imported, the app built: collected once and frozen, as in the other services)
     serving = asyncio.create_task(server.serve(), name="admin-uvicorn")
     stopping = asyncio.create_task(stop.wait(), name="admin-stop")
     try:

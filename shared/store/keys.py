@@ -209,35 +209,37 @@ return {'changed', version}
 
 # KEYS: lease, backends, health, ejections, version
 # ARGV: fence, events channel, now, address, ejection (JSON) or "" to clear
+# The event carries the ejection as stored, byte for byte (re-encoded by cjson its times would be rounded
+# to 14 digits): replayed over a chunked read (``Store.watch``), it gives exactly what the hash holds.
 SET_EJECTION = (
     _FENCE_CHECK
     + """
 local addr = ARGV[4]
-local now = tonumber(ARGV[3])
 if redis.call('HEXISTS', KEYS[2], addr) == 0 then return {'missing'} end
-local event = {kind = 'ejection', at = now, address = addr}
 if ARGV[5] == '' then
   if redis.call('HDEL', KEYS[4], addr) == 0 then return {'unchanged'} end
 else
   redis.call('HSET', KEYS[4], addr, ARGV[5])
-  event['ejection'] = cjson.decode(ARGV[5])
 end
-event['version'] = redis.call('INCR', KEYS[5])
-redis.call('PUBLISH', ARGV[2], cjson.encode(event))
-return {'changed', event['version']}
+local version = redis.call('INCR', KEYS[5])
+local event = '{"version":' .. version .. ',"kind":"ejection","at":' .. ARGV[3] .. ',"address":' .. cjson.encode(addr)
+if ARGV[5] ~= '' then event = event .. ',"ejection":' .. ARGV[5] end
+redis.call('PUBLISH', ARGV[2], event .. '}')
+return {'changed', version}
 """
 )
 
 # KEYS: lease, algorithm, version
 # ARGV: fence, events channel, now, setting (JSON)
+# (The event carries the setting as stored, byte for byte, as SET_EJECTION's does.)
 SET_ALGORITHM = (
     _FENCE_CHECK
     + """
 if redis.call('GET', KEYS[2]) == ARGV[4] then return {'unchanged'} end
 redis.call('SET', KEYS[2], ARGV[4])
 local version = redis.call('INCR', KEYS[3])
-redis.call('PUBLISH', ARGV[2], cjson.encode({version = version, kind = 'algorithm', at = tonumber(ARGV[3]),
-  algorithm = cjson.decode(ARGV[4])}))
+redis.call('PUBLISH', ARGV[2], '{"version":' .. version .. ',"kind":"algorithm","at":' .. ARGV[3] .. ',"algorithm":'
+  .. ARGV[4] .. '}')
 return {'changed', version}
 """
 )
@@ -384,4 +386,39 @@ return {1, value}
 RELEASE_LEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# One chunk of a full read (``Store.watch``'s re-sync): HSCAN the backends hash from a cursor, and for
+# each backend found its health and ejection, answered as ONE string, a JSON array of
+# {"backend": ..., "health": ..., "ejection": ...} (a BackendView), so the reader decodes a chunk with
+# one C call instead of parsing thousands of reply elements in Python. Each backend's three parts are
+# read together; a chunk is not consistent with the others (the reader replays the events published
+# meanwhile). Read-only.
+# KEYS: backends, health, ejections; ARGV: cursor, COUNT hint. Returns {next cursor, JSON array}.
+SCAN_VIEWS = """
+local scan = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', ARGV[2])
+local flat = scan[2]
+if #flat == 0 then return {scan[1], '[]'} end
+local fields = {}
+for i = 1, #flat, 2 do fields[#fields + 1] = flat[i] end
+-- (HMGET in slices: a hash kept as a listpack answers in one go however large, and unpack is bounded)
+local hs, es = {}, {}
+for first = 1, #fields, 1000 do
+  local last = math.min(first + 999, #fields)
+  local h = redis.call('HMGET', KEYS[2], unpack(fields, first, last))
+  local e = redis.call('HMGET', KEYS[3], unpack(fields, first, last))
+  for i = first, last do hs[i], es[i] = h[i - first + 1], e[i - first + 1] end
+end
+local out, n = {'['}, 1
+for i = 1, #fields do
+  out[n + 1] = '{"backend":'
+  out[n + 2] = flat[2 * i]
+  n = n + 2
+  if hs[i] then out[n + 1] = ',"health":'; out[n + 2] = hs[i]; n = n + 2 end
+  if es[i] then out[n + 1] = ',"ejection":'; out[n + 2] = es[i]; n = n + 2 end
+  out[n + 1] = '},'
+  n = n + 1
+end
+out[n] = '}]'
+return {scan[1], table.concat(out)}
 """

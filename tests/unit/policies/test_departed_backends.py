@@ -12,10 +12,12 @@ from services.proxy.balancer import Upstream
 from services.proxy.http.pool import Pool
 from services.proxy.stats import Stats, StatsTotals
 from services.proxy.store_balancer import StoreBalancer
+from services.proxy.view import RETIRE_SLICE, SORT_RUN, sort_addresses
 from shared.config import Config
 from shared.models import AlgorithmSetting, Backend, BackendView, Event, Health, Snapshot
 from shared.replica import Replica
 from shared.store import Store
+from tests.helpers import eventually
 
 A, B, C = "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
 
@@ -108,3 +110,33 @@ def test_totals_of_a_forgotten_backend_restart_from_zero() -> None:
     assert totals.take_totals() == {f"{A}|2xx": 1}
     stats.forget(A)
     assert totals.take_totals() == {} and totals._taken == {}
+
+
+async def test_a_large_snapshot_retires_what_it_replaced_a_slice_per_turn() -> None:
+    """A snapshot replacing more than RETIRE_SLICE backends leaves the comparison (and the freeing) to
+    the balancer's retire task, a slice per loop turn: the ones it dropped are forgotten all the same,
+    those it kept are not, and nothing waits once the task is done."""
+    balancer, stats, _, forgotten = setup()
+    many = [f"10.1.{i // 256}.{i % 256}:80" for i in range(3 * RETIRE_SLICE)]
+    balancer.apply(snapshot(2, A, *many))
+    await eventually(lambda: not balancer.view.retiring, message="the small snapshot's backends retired")
+    balancer.finished(await serve(balancer, stats, B), ok=True, latency=0.01)
+    prune_before = balancer.prune()  # B and C left with the second snapshot (no more in flight)
+    kept, dropped = many[::2], many[1::2]
+    balancer.apply(snapshot(3, A, *kept))
+    assert balancer.view.retiring  # not compared in the snapshot's own turn
+    turns = 0
+    while balancer.view.retiring:
+        await asyncio.sleep(0)
+        turns += 1
+    assert turns >= 3  # a slice per turn, not all at once
+    assert balancer.prune() == len(dropped)
+    assert set(forgotten) == {B, C, *dropped} and prune_before == 2
+    assert B not in stats.backends
+
+
+def test_sort_addresses_sorts_in_runs() -> None:
+    rng = random.Random(7)
+    addresses = [f"{rng.randrange(1 << 32):08x}.example:80" for _ in range(5 * SORT_RUN + 17)]
+    assert sort_addresses(addresses) == sorted(addresses)
+    assert sort_addresses(addresses[:10]) == sorted(addresses[:10])
