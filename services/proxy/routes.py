@@ -163,7 +163,7 @@ def first_segment(path: bytes) -> bytes:
 class _Tier:
     """The routes of one host pattern."""
 
-    __slots__ = ("lengths", "root", "slots", "under")
+    __slots__ = ("lengths", "slots", "under")
 
     def __init__(self, routes: list[Route]) -> None:
         chains: dict[bytes, list[Route]] = {}
@@ -172,8 +172,6 @@ class _Tier:
         # Per prefix, its routes in list order (they differ by their conditions: the first whose hold wins).
         self.slots = {prefix: tuple(chain) for prefix, chain in chains.items()}
         self.lengths = tuple(sorted({len(p) for p in self.slots if p != b"/"}, reverse=True))
-        root = chains.get(b"/")
-        self.root: Route | None = root[0] if root else None
         # The prefixes by their first segment.
         self.under: dict[bytes, list[bytes]] = {}
         for prefix in self.slots:
