@@ -27,12 +27,12 @@ How (no regex, no scan of the routes): a prefix can match a path only if both ha
 (``/api`` of ``/api/v1/x``) or the prefix is ``/``. So every host has a *plan*: a dict from first segment to
 its answer, the answer of the host's patterns merged in precedence order (its exact host, the wildcards it
 falls under, the host-less routes, then ``unmatched``), with the answer for any other segment beside it.
-:meth:`RouteTable.match` is a host lookup, a first-segment lookup and a check (about 30 bytecodes). Three
+:meth:`RouteTable.match` is a host lookup, a first-segment lookup and a check (about 30 bytecodes). Four
 cases go further: a segment that more than one prefix starts with (``/api``, ``/api/v1``: the longest of
-them that matches, in C over the few lengths present, about 45 more); a route with a method or header
-condition (the exact search, a few hundred; header conditions are rare); and the first request from a host
-that is no configured exact host when there are wildcards (its plan is made and kept, up to
-:data:`CACHED_HOSTS` hosts).
+them that matches, in C over the few lengths present, about 45 more); routes of one prefix that differ by
+method (a dict by method, about 25 more); a route with a header condition (the exact search, a few hundred;
+header conditions are rare); and the first request from a host that is no configured exact host when there
+are wildcards (its plan is made and kept, up to :data:`CACHED_HOSTS` hosts).
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def first_segment(path: bytes) -> bytes:
 class _Tier:
     """The routes of one host pattern."""
 
-    __slots__ = ("lengths", "root", "slots", "under")
+    __slots__ = ("lengths", "slots", "under")
 
     def __init__(self, routes: list[Route]) -> None:
         chains: dict[bytes, list[Route]] = {}
@@ -172,23 +172,21 @@ class _Tier:
         # Per prefix, its routes in list order (they differ by their conditions: the first whose hold wins).
         self.slots = {prefix: tuple(chain) for prefix, chain in chains.items()}
         self.lengths = tuple(sorted({len(p) for p in self.slots if p != b"/"}, reverse=True))
-        root = chains.get(b"/")
-        self.root: Route | None = root[0] if root else None
         # The prefixes by their first segment.
         self.under: dict[bytes, list[bytes]] = {}
         for prefix in self.slots:
             if prefix != b"/":
                 self.under.setdefault(first_segment(prefix), []).append(prefix)
 
-    def answer(self, segment: bytes, lower: Route | None) -> Route | None:
-        """The fast answer for a path whose first segment is ``segment``, ``lower`` being the lower host
-        patterns' (used when this one has nothing for it)."""
-        prefixes = self.under.get(segment)
-        otherwise = self.root if self.root is not None else lower
-        if prefixes is None:
+    def answer(self, segment: bytes | None, lower: Route | None) -> Route | None:
+        """The fast answer for a path whose first segment is ``segment`` (None: a segment no prefix of this
+        host starts with), ``lower`` being the lower host patterns' answer (when this one has none)."""
+        root = self.slots.get(b"/")
+        otherwise = lower if root is None else by_method(root, lower)
+        if segment is None or (prefixes := self.under.get(segment)) is None:
             return otherwise
         if prefixes == [segment]:
-            return self.slots[segment][0]
+            return by_method(self.slots[segment], otherwise)
         return _Deep({p: self.slots[p][0] for p in prefixes}, otherwise)
 
     def search(self, path: bytes, method: bytes, head: bytes) -> Route | None:
@@ -205,6 +203,45 @@ class _Tier:
             if route.admits(method, head):
                 return route
         return None
+
+
+def by_method(chain: tuple[Route, ...], otherwise: Route | None) -> Route | None:
+    """The fast answer of one prefix's routes (list order): the first when it has no condition; a
+    :class:`_ByMethod` when they have method conditions only; else the first (its condition sends the
+    request to the exact search). ``otherwise`` answers when none of them does."""
+    first = chain[0]
+    if not first.guarded:
+        return first
+    if any(route.headers for route in chain):
+        return first
+    answers: dict[bytes, Route] = {}
+    for route in chain:
+        if route.methods is None:  # any method: the answer for the methods not named before it
+            return _ByMethod(answers, route)
+        for method in route.methods:
+            answers.setdefault(method, route)
+    return _ByMethod(answers, otherwise)
+
+
+class _ByMethod(Route):
+    """The fast answer of routes that differ by their methods: by the request's method."""
+
+    __slots__ = ("answers", "other")
+
+    def __init__(self, answers: dict[bytes, Route], other: Route | None) -> None:
+        super().__init__("(by method)", "")
+        self.deferred = True
+        self.answers = answers  # method -> the first route naming it (its condition holds: the answer)
+        self.other = other  # for any other method (a route without condition, or what comes after)
+
+    def resolve(self, table: RouteTable, host: bytes, path: bytes, method: bytes, head: bytes) -> Route | None:
+        route = self.answers.get(method)
+        if route is not None:
+            return route
+        route = self.other
+        if route is not None and route.deferred:
+            return route.resolve(table, host, path, method, head)
+        return route
 
 
 class _Deep(Route):
@@ -248,7 +285,7 @@ class _Plan(dict[bytes, "Route | None"]):
     def _answer(tiers: Sequence[_Tier], segment: bytes | None, unmatched: Route | None) -> Route | None:
         answer = unmatched
         for tier in reversed(tiers):
-            answer = tier.answer(segment, answer) if segment is not None else (tier.root or answer)
+            answer = tier.answer(segment, answer)
         return answer
 
     def __missing__(self, segment: bytes) -> Route | None:
