@@ -82,8 +82,9 @@ class Launcher:
         static = self.config.discovery.type == "static"
         if static and not self.config.backends:
             return [f"127.0.0.1:{free_port()}" for _ in range(2)]
-        if self.config.demo:
-            return [b.address for b in self.config.backends if b.address.startswith(("127.", "localhost:"))]
+        if self.config.demo:  # every pool's loopback backends (the named pools' too: routes lead there)
+            addresses = [b.address for pool in self.config.pool_configs().values() for b in pool.backends]
+            return [a for a in dict.fromkeys(addresses) if a.startswith(("127.", "localhost:"))]
         return []
 
     def start(self) -> None:

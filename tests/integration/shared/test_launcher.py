@@ -162,12 +162,14 @@ def test_bundled_config_serves_the_demo_alternating_backends(tmp_path: Path) -> 
     import urllib.request
 
     bundled = (Path(__file__).parents[3] / "config" / "config.yaml").read_text()
-    proxy, admin, a, b = (free_port() for _ in range(4))
+    proxy, admin, a, b, api, tcp = (free_port() for _ in range(6))
     text = (
         bundled.replace('":8080"', f'"127.0.0.1:{proxy}"')
         .replace("127.0.0.1:8081", f"127.0.0.1:{admin}")
         .replace("127.0.0.1:9001", f"127.0.0.1:{a}")
         .replace("127.0.0.1:9002", f"127.0.0.1:{b}")
+        .replace("127.0.0.1:9003", f"127.0.0.1:{api}")
+        .replace("127.0.0.1:9443", f"127.0.0.1:{tcp}")
     )
     config = tmp_path / "config.yaml"
     config.write_text(text)
@@ -180,8 +182,8 @@ def test_bundled_config_serves_the_demo_alternating_backends(tmp_path: Path) -> 
     )
     try:
 
-        def get() -> str:
-            with urllib.request.urlopen(f"http://127.0.0.1:{proxy}/", timeout=2) as response:
+        def get(path: str = "/", port: int = proxy) -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
                 return str(json.loads(response.read())["backend"])
 
         # Ready once both demo backends have passed their first health probe.
@@ -196,6 +198,9 @@ def test_bundled_config_serves_the_demo_alternating_backends(tmp_path: Path) -> 
         seen = [get() for _ in range(6)]
         assert all(x != y for x, y in itertools.pairwise(seen)), f"alternates: {seen}"
         assert set(seen) == {"A", "B"}
+        # The example's route and TCP listener: /api goes to the pool api (its demo backend C), as does
+        # every connection to the TCP listener.
+        assert get("/api/x") == "C" and get("/", tcp) == "C"
     finally:
         process.send_signal(signal.SIGINT)
         assert process.wait(30) == 0
