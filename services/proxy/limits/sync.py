@@ -1,0 +1,161 @@
+"""Reconciles the limiters with Redis: every ``rate_limits.sync_sec``, one script per batch of keys.
+
+Keys (``NS`` = ``redis.namespace``): ``NS:rl:RULE:WINDOW:KEY``, a string counter: the requests admitted
+for KEY under rule RULE in window WINDOW (``floor(redis_time / window_sec)``), by all replicas. Each is
+written with ``INCRBY`` + ``PEXPIRE`` (two windows and 10 s): every key expires by itself, a replica that
+dies leaves nothing behind. The script also answers Redis ``TIME`` (the limiters align their windows on
+it) and the number of live proxy replicas (``NS:replicas`` pruned of lapsed ones, counting those whose
+``NS:replica:ID`` document says ``"service":"proxy"``): the fallback share while Redis is unreachable.
+
+The task never blocks a request: the limiters decide from what the last sync brought. When a sync fails
+(unreachable, or refusing writes) every limiter is told (``Limiter.fail_sync``: each replica admits its
+share, or nothing with ``fail_closed``) and the task retries every ``min(1 s, sync interval)`` until it
+succeeds; the counts not pushed meanwhile are pushed then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from services.proxy.limits.limiter import Batch, Limiter
+from shared.logs import get_logger
+from shared.store import STORE_ERRORS, Store
+
+log = get_logger("rate-limits")
+
+# Keys per script call: a script blocks Redis while it runs (about 1 µs per key).
+CHUNK = 2000
+# Counter keys live this long past their window's end (ms), on top of one more window (read as "previous").
+EXPIRY_MARGIN_MS = 10_000
+
+# KEYS: replicas (zset). ARGV: key prefix ("NS:"), the service marker ('"service":"proxy"'), then per
+# key: current window's counter, previous window's counter, delta for the current one, delta for the
+# previous one, expiry (ms). Returns {time_ms, live replicas of the service, current, previous, ...}.
+RATE_LIMIT_SYNC = """
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+local live = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
+  if info and string.find(info, ARGV[2], 1, true) then live = live + 1 end
+end
+local out = {now_ms, live}
+for i = 3, #ARGV, 5 do
+  local cur, prev = ARGV[i], ARGV[i + 1]
+  local d, p = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local c, pc
+  if d ~= 0 then
+    c = redis.call('INCRBY', cur, d)
+    redis.call('PEXPIRE', cur, ARGV[i + 4])
+  else
+    c = tonumber(redis.call('GET', cur) or '0')
+  end
+  if p ~= 0 then
+    pc = redis.call('INCRBY', prev, p)
+    redis.call('PEXPIRE', prev, ARGV[i + 4])
+  else
+    pc = tonumber(redis.call('GET', prev) or '0')
+  end
+  out[#out + 1] = c
+  out[#out + 1] = pc
+end
+return out
+"""
+
+
+def counter_key(namespace: str, rule: str, window: int, key: str) -> str:
+    """The Redis counter of ``key`` under ``rule`` in window index ``window``."""
+    return f"{namespace}:rl:{rule}:{window}:{key}"
+
+
+class RateLimitSync:
+    """The background reconciliation of a set of limiters (one per rule) with Redis."""
+
+    def __init__(
+        self,
+        store: Store,
+        limiters: Sequence[Limiter],
+        *,
+        interval: float = 0.1,
+        clock: Callable[[], float] | None = None,
+        service: str = "proxy",
+    ) -> None:
+        self.store = store
+        self.limiters: list[Limiter] = list(limiters)
+        self.interval = interval
+        self.clock = clock or asyncio.get_running_loop().time
+        self.marker = f'"service":"{service}"'
+        self._script = store.redis.register_script(RATE_LIMIT_SYNC)
+        self.reachable = True
+        self.failed = 0  # syncs that failed (metrics)
+        self.synced = 0  # syncs that succeeded
+        self.done = asyncio.Event()  # set after every successful sync (tests wait on it)
+
+    def set_limiters(self, limiters: Sequence[Limiter]) -> None:
+        """The rules changed: sync these from now on (the caller builds them; a rule kept should keep
+        its limiter, whose state goes on)."""
+        self.limiters = list(limiters)
+
+    async def sync_once(self) -> bool:
+        """Push every limiter's pending counts, read the global ones back; False if Redis did not answer."""
+        limiters = self.limiters
+        batches = [lim.begin_sync() for lim in limiters]
+        namespace = self.store.keys.namespace
+        args: list[Any] = []
+        index: list[tuple[Batch, int]] = []  # (batch, items) in the order of args
+        for lim, batch in zip(limiters, batches, strict=True):
+            prefix = f"{namespace}:rl:{lim.name}:"
+            ttl = int(2 * lim.window * 1000) + EXPIRY_MARGIN_MS
+            for item in batch.items:
+                key = item.entry.key
+                args += [f"{prefix}{item.win}:{key}", f"{prefix}{item.win - 1}:{key}", item.delta, item.pend, ttl]
+            index.append((batch, len(batch.items)))
+        keys = [self.store.keys.replicas]
+        head = [f"{namespace}:", self.marker]
+        counts: list[int] = []
+        live = 1
+        redis_ms = 0
+        sent = self.clock()
+        try:
+            for start in range(0, max(len(args), 1), CHUNK * 5):
+                reply = await self._script(keys=keys, args=[*head, *args[start : start + CHUNK * 5]])
+                redis_ms, live = int(reply[0]), int(reply[1])
+                counts += [int(x) for x in reply[2:]]
+        except STORE_ERRORS as exc:
+            for batch in batches:
+                batch.limiter.fail_sync(batch)
+            self.failed += 1
+            if self.reachable:
+                log.warning("cannot sync rate limits; each replica admits its share", error=str(exc) or repr(exc))
+                self.reachable = False
+            return False
+        now = self.clock()
+        offset = redis_ms / 1000.0 - (sent + now) / 2
+        at = 0
+        for batch, n in index:
+            lim = batch.limiter
+            lim.set_offset(offset)
+            replies = [(counts[at + 2 * i], counts[at + 2 * i + 1]) for i in range(n)]
+            at += 2 * n
+            lim.complete_sync(batch, replies, live, now)
+        if not self.reachable:
+            log.info("rate limits synced again")
+            self.reachable = True
+        self.synced += 1
+        self.done.set()
+        return True
+
+    async def run(self) -> None:
+        """Sync every interval (every second at most while Redis is unreachable) until cancelled."""
+        while True:
+            started = time.monotonic()
+            try:
+                await self.sync_once()
+            except Exception as exc:  # a bug must not stop the limits from syncing
+                log.error("rate-limit sync failed", error=repr(exc))
+            pause = self.interval if self.reachable else max(self.interval, min(1.0, 10 * self.interval))
+            await asyncio.sleep(max(0.0, pause - (time.monotonic() - started)))
