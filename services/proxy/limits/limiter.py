@@ -206,6 +206,8 @@ class Limiter:
         if not e.queued:
             e.queued = True
             self._queue.append(e)
+            if len(self._queue) > self.max_keys:
+                self._trim_queue()
         e.end = e.wend
         if e.count + e.slope * now < e.cap:
             e.count += 1
@@ -286,17 +288,25 @@ class Limiter:
         e.cap = e.base + share * self.quota - counted - per_sec * e.wend
 
     def _deny(self, e: Entry, now: float) -> int:
-        """Refused: the seconds until this replica would admit the key again (at least 1)."""
+        """Refused: the whole seconds after which this replica would admit the key again (at least 1)."""
         self.denied += 1
         if self.degraded and self.fail_closed:
-            return max(1, math.ceil(self.window if self.window < 60 else 60))
+            return max(1, math.ceil(min(self.window, 60.0)))
         left = e.wend - now
         if e.slope < 0:
-            # The allowance grows by -slope per second until the window ends.
-            wait = (e.count + e.slope * now - e.cap) / -e.slope
+            # Within the window the allowance grows by -slope per second.
+            wait = math.floor((e.count + e.slope * now - e.cap) / -e.slope) + 1
             if wait < left:
-                return max(1, math.ceil(wait))
-        return max(1, math.ceil(left))
+                return max(1, wait)
+        # In the next window this window's total T weighs T * (1 - f): room again once f > 1 - Q / T.
+        share = self._share(e)
+        total = max(e.g, 0, e.mine / share) + (e.count - e.base) / share
+        later = left + (self.window * (1.0 - self.quota / total) if total > self.quota else 0.0)
+        return max(1, math.floor(later) + 1)
+
+    def window_at(self, now: float) -> int:
+        """The index of the window ``now`` falls in (the Redis clock's seconds // the rule's window)."""
+        return self._window_of(now)[0]
 
     # -- sync (driven by services.proxy.limits.sync) --------------------------------------------
 
@@ -375,17 +385,24 @@ class Limiter:
                 self._queue.append(e)
         # Armed keys follow the fallback from their next request on; the queue is bounded by the LRU's
         # size (keys it forgot with unpushed counts are dropped first while Redis stays away).
-        queue = self._queue
-        if len(queue) > self.max_keys:
-            gen = self._gen
-            keep = [e for e in queue if e.gen >= gen - 1]
-            for e in queue:
-                if e.gen < gen - 1:
-                    e.queued = False
-            self._queue = queue = keep
+        if len(self._queue) > self.max_keys:
+            self._trim_queue()
         if entering:
-            for e in queue:
+            for e in self._queue:
                 self._params(e)
+
+    def _trim_queue(self) -> None:
+        """The next batch holds more keys than the LRU (syncs failing or not running): the keys the LRU
+        forgot go, with their unpushed counts (the queue stays within the memory bound)."""
+        gen = self._gen
+        keep = []
+        for e in self._queue:
+            if e.gen >= gen - 1:
+                keep.append(e)
+            else:
+                e.queued = False
+                e.end = _DISARMED
+        self._queue = keep
 
     def set_offset(self, offset: float) -> None:
         """The caller's clock + ``offset`` = the Redis clock (from the sync). Small moves are ignored, so
