@@ -76,53 +76,58 @@ _DISARMED = -math.inf
 
 
 class Entry:
-    """The state of one key of one rule (see the module docstring for the fields' roles)."""
+    """The state of one key of one rule (see the module docstring)."""
 
     __slots__ = (
-        "base",  # count at the last push: count - base = unsynced admissions
-        "cap",
-        "count",  # G + unsynced (only ``count - base`` matters)
+        "asked",  # requests refused since the last sync, plus admissions of windows ended since then
+        "cap",  # admit while count + slope * now < cap
+        "claimed",  # this replica's part of the window's counter in Redis: grants and admissions pushed
+        "count",  # this replica's admissions in window ``win``
         "end",  # the window's end (local clock) while armed, -inf while disarmed
-        "g",  # the current window's global count at the last read (-1: not read in this window)
+        "extra",  # admissions allowed beyond the grant: a share of what was left at the last sync
+        "g",  # the window's global count at the last sync (-1: no sync in this window yet)
         "gen",  # the LRU generation it lives in
         "key",  # the key as counted (a digest for long keys)
-        "mine",  # this replica's pushed admissions in the current window
-        "others",  # the other replicas' admissions between two reads here (smoothed)
-        "pend",  # unpushed admissions of window ``win - 1``
+        "mark",  # ``count`` at the last sync
+        "next_claim",  # granted ahead for window ``win + 1``
+        "pend",  # for window ``win - 1``: admissions minus what the counter holds for them (pushed next)
         "prev",  # the previous window's count (global, or estimated)
         "queued",  # in the limiter's next sync batch
-        "share",  # this replica's share of the key's traffic
-        "slope",  # admit while count + slope * now < cap
+        "slope",
+        "want",  # the grant asked for at the next sync
         "wend",  # the window's end (local clock)
         "win",  # the window index of ``count``
     )
 
-    key: str
-    win: int
-    end: float
-    wend: float
-    count: int
-    base: int
-    slope: float
+    asked: int
     cap: float
+    claimed: int
+    count: int
+    end: float
+    extra: int
     g: int
-    prev: float
-    share: float
-    others: float
-    mine: int
-    pend: int
-    queued: bool
     gen: int
+    key: str
+    mark: int
+    next_claim: int
+    pend: int
+    prev: float
+    queued: bool
+    slope: float
+    want: int
+    wend: float
+    win: int
 
 
 @dataclass(slots=True)
 class Pushed:
-    """One key of a sync batch: what was taken to push, in which windows."""
+    """One key of a sync batch."""
 
     entry: Entry
-    win: int  # window of ``delta``
-    delta: int  # unsynced admissions of window ``win``
-    pend: int  # unsynced admissions of window ``win - 1``
+    win: int  # the window of ``over``
+    over: int  # added to the counter: admissions beyond what it holds for this replica, or grants given back
+    pend: int  # the same for window ``win - 1`` (negative: grants not used, given back)
+    want: int  # the grant asked for
 
 
 @dataclass(slots=True)
@@ -135,8 +140,9 @@ class Batch:
 
 class Limiter:
     """The limiter of one rule. ``now`` is the caller's clock (the proxy's loop time); ``offset`` maps it
-    to the Redis clock that aligns windows (``window = floor((now + offset) / W)``), kept current by the
-    sync from Redis ``TIME``."""
+    to the Redis clock that aligns windows (``window = floor((now + offset) / W)``): start with
+    ``time.time() - loop.time()``, the sync keeps it on Redis ``TIME``. ``horizon``: the sync interval
+    (a grant covers what the window frees until the next sync)."""
 
     def __init__(
         self,
@@ -148,9 +154,10 @@ class Limiter:
         max_keys: int = 100_000,
         fail_closed: bool = False,
         offset: float = 0.0,
+        horizon: float = 0.1,
     ) -> None:
-        if limit < 1 or window <= 0 or burst < 0 or max_keys < 2:
-            raise ValueError("limit >= 1, window > 0, burst >= 0 and max_keys >= 2 are required")
+        if limit < 1 or window <= 0 or burst < 0 or max_keys < 2 or horizon <= 0:
+            raise ValueError("limit >= 1, window > 0, burst >= 0, max_keys >= 2 and horizon > 0 are required")
         self.name = name
         self.limit = limit
         self.burst = burst
@@ -159,6 +166,7 @@ class Limiter:
         self.max_keys = max_keys
         self.fail_closed = fail_closed
         self.offset = offset
+        self.horizon = horizon
         self._young: dict[str, Entry] = {}
         self._old: dict[str, Entry] = {}
         self._gen = 0
@@ -231,35 +239,36 @@ class Limiter:
         e.key = key
         e.win, e.wend = self._window_of(now)
         e.end = _DISARMED
-        e.count = e.base = e.mine = e.pend = 0
+        e.count = e.mark = e.asked = e.claimed = e.next_claim = e.pend = e.extra = 0
         e.g = -1
         e.prev = 0.0
-        e.share = 1.0 / self.replicas
-        e.others = 0.0
+        e.want = 1
         e.queued = False
         e.gen = self._gen
         self._params(e)
         return e
 
     def _roll(self, e: Entry, now: float) -> None:
-        """The window of ``e`` ended: estimate its total as the next window's previous count."""
+        """The window of ``e`` ended: its admissions are reconciled by the next sync; the next window
+        starts from what was granted ahead for it (else from the fallback share)."""
         win, wend = self._window_of(now)
         if win <= e.win:  # (the clock offset moved back a little: same window, new end)
             e.wend = wend
             self._params(e)
             return
-        unsynced = e.count - e.base
+        e.asked += e.count - e.mark
         if win == e.win + 1:
-            # Its total as known here: the global count read (or this replica's own, scaled by its share,
-            # if that says more: others may not have pushed yet), plus what is not pushed, scaled.
-            share = self._share(e)
-            e.prev = max(e.g, 0, e.mine / share) + unsynced / share
-            e.pend = unsynced  # pushed to window win - 1 by the next sync
+            e.pend = e.count - e.claimed  # (negative: grants not used, given back)
+            # The window's total as known here: the last global count, plus what was admitted beyond it.
+            e.prev = float(max(e.g, 0) + max(0, e.count - e.claimed) if e.g >= 0 else e.count * self.replicas)
+            e.claimed = e.next_claim
         else:
-            e.prev = 0.0  # an idle gap of a whole window: nothing to carry
-            e.pend = 0  # (a window two back is never read again: its unpushed count no longer matters)
+            e.pend = 0  # (a window two back is never read again)
+            e.prev = 0.0
+            e.claimed = 0
+        e.next_claim = e.extra = 0
         e.win, e.wend = win, wend
-        e.count = e.base = e.mine = 0
+        e.count = e.mark = 0
         e.g = -1
         self._params(e)
 
@@ -267,42 +276,41 @@ class Limiter:
         """Redis is away, or came back during this key's window: count on the fallback share."""
         return self.degraded or e.win <= self._recover_win
 
-    def _share(self, e: Entry) -> float:
-        return 1.0 / self.replicas if self._careful(e) else e.share
-
     def _params(self, e: Entry) -> None:
         """Precompute ``slope`` and ``cap`` so that ``count + slope * t < cap`` is the admission test."""
         if self.degraded and self.fail_closed:
             e.slope, e.cap = 0.0, -math.inf
             return
-        share = self._share(e)
-        # unsynced < s * (Q - P * (wend - t) / W - G):  count - base + (s P / W) (wend - t) < s (Q - G)
+        if not self._careful(e) and (e.claimed > 0 or e.g >= 0):
+            # Granted: what Redis granted (counted there, so no other replica can take it), plus a share of
+            # what was left after the grant.
+            e.slope, e.cap = 0.0, float(e.claimed + e.extra)
+            return
+        # The fallback share: this replica alone, on 1/n of what the sliding window allows:
+        # count + (P / n) * (wend - t) / W < Q / n.
+        share = 1.0 / self.replicas
         per_sec = share * e.prev / self.window
-        # Careful: this replica's own admissions stand for the others' too (n times its own), or what
-        # Redis says when it says more, so nothing is admitted that a replica still holding outage counts
-        # would have to pay back. Else: G plus the others' admissions not pushed yet when this replica read
-        # G, on average half of what they admit between two of its reads (the syncs are not in step).
-        g = max(e.g, 0)
-        counted = max(share * g, e.mine) if self._careful(e) else share * (g + 0.5 * e.others)
         e.slope = -per_sec
-        e.cap = e.base + share * self.quota - counted - per_sec * e.wend
+        e.cap = share * self.quota - per_sec * e.wend
 
     def _deny(self, e: Entry, now: float) -> int:
-        """Refused: the whole seconds after which this replica would admit the key again (at least 1)."""
+        """Refused: the whole seconds after which the key's window estimate is below the quota again
+        (at least 1)."""
         self.denied += 1
+        e.asked += 1
         if self.degraded and self.fail_closed:
             return max(1, math.ceil(min(self.window, 60.0)))
         left = e.wend - now
-        if e.slope < 0:
-            # Within the window the allowance grows by -slope per second.
-            wait = math.floor((e.count + e.slope * now - e.cap) / -e.slope) + 1
-            if wait < left:
-                return max(1, wait)
-        # In the next window this window's total T weighs T * (1 - f): room again once f > 1 - Q / T.
-        share = self._share(e)
-        total = max(e.g, 0, e.mine / share) + (e.count - e.base) / share
-        later = left + (self.window * (1.0 - self.quota / total) if total > self.quota else 0.0)
-        return max(1, math.floor(later) + 1)
+        quota, window = self.quota, self.window
+        total = float(max(e.g, 0, e.count))  # this window's count as known here
+        if self._careful(e) or (e.claimed <= 0 and e.g < 0):
+            total = e.count * self.replicas
+        if total < quota:
+            # Within the window: P * (wend - t) / W + total < Q once t > wend - W * (Q - total) / P.
+            wait = left - window * (quota - total) / e.prev if e.prev > 0 else 0.0
+            return max(1, math.floor(wait) + 1)
+        # In the next window this one weighs total * (1 - f): room again once f > 1 - Q / total.
+        return max(1, math.floor(left + window * (1.0 - quota / total)) + 1)
 
     def window_at(self, now: float) -> int:
         """The index of the window ``now`` falls in (the Redis clock's seconds // the rule's window)."""
@@ -311,58 +319,63 @@ class Limiter:
     # -- sync (driven by services.proxy.limits.sync) --------------------------------------------
 
     def begin_sync(self) -> Batch:
-        """Take every armed key's unsynced admissions for one push (they are restored if it fails)."""
+        """Take every armed key's admissions to push and the grant to ask for (restored if it fails)."""
         queue, self._queue = self._queue, []
         batch = Batch(self)
         items = batch.items
         gen = self._gen
         for e in queue:
             e.queued = False
-            if e.gen < gen - 1 and e.count == e.base and not e.pend:
+            over = e.count - e.claimed
+            if e.gen < gen - 1 and over <= 0 and not e.pend:
                 continue  # forgotten by the LRU with nothing to push
-            delta = e.count - e.base
-            e.base = e.count
-            items.append(Pushed(e, e.win, delta, e.pend))
+            # Hold about twice what the key asked of this replica since the last sync (at least 1, halving
+            # when it calms down): enough until the next sync, little left unused for the others.
+            asked = e.asked + e.count - e.mark
+            e.asked, e.mark = 0, e.count
+            e.want = target = max(1, 2 * asked, e.want // 2)
+            if self._careful(e):
+                items.append(Pushed(e, e.win, over if over > 0 else 0, e.pend, 0))
+            elif over >= 0:
+                items.append(Pushed(e, e.win, over, e.pend, target))
+            else:
+                # Granted and not used: keep the target, give the rest back now (not usable meanwhile).
+                give = -over - target if -over > target else 0
+                e.cap -= give
+                items.append(Pushed(e, e.win, -give, e.pend, target - (-over - give)))
             e.pend = 0
         return batch
 
-    def complete_sync(self, batch: Batch, replies: Iterable[tuple[int, int]], replicas: int, now: float) -> None:
-        """The push of ``batch`` succeeded: ``replies`` holds, per item, the global counts of its window
-        and of the window before; ``replicas``: the live proxy replicas; ``now``: the caller's clock."""
-        self.replicas = max(1, replicas)
-        floor = 0.5 / self.replicas
+    def complete_sync(
+        self, batch: Batch, replies: Iterable[tuple[int, int, int, int, int]], replicas: int, now: float
+    ) -> None:
+        """The push of ``batch`` succeeded. ``replies`` holds, per item: the previous window's count, the
+        current window's count, the grant in it, what was left after the grant, the grant in the next
+        window; ``replicas``: the live proxy replicas; ``now``: the caller's clock."""
+        self.replicas = n = max(1, replicas)
         if self.degraded:
             self.degraded = False
             self._recover_win = self._window_of(now)[0]
         self.synced += 1
-        for item, (cur, prev) in zip(batch.items, replies, strict=True):
+        for item, (prev, cur, grant, rest, grant_next) in zip(batch.items, replies, strict=True):
             e = item.entry
             if e.win == item.win:
-                if e.g >= 0 and cur > e.g and item.delta >= 0:
-                    ratio = min(1.0, item.delta / (cur - e.g))
-                    e.share = max(floor, min(1.0, 0.5 * e.share + 0.5 * ratio))
-                    e.others = 0.5 * e.others + 0.5 * max(0, cur - e.g - item.delta)
-                elif e.g < 0 and e.share < floor:
-                    e.share = floor
-                e.mine += item.delta
+                e.claimed += item.over + grant
+                e.next_claim += grant_next
                 e.g = cur
-                after = e.count - e.base  # admitted while the script ran
-                e.base = cur
-                e.count = cur + after
-                if e.win <= self._recover_win:
-                    e.prev = max(e.prev, float(prev))
-                else:
-                    e.prev = float(prev)
+                e.prev = float(prev)
+                e.extra = rest // n if rest > 0 else 0
             elif e.win == item.win + 1:
-                # The window ended while the script ran: its count is now the previous one.
-                estimate = float(cur) + e.pend / self._share(e)
-                e.prev = max(e.prev, estimate) if e.win <= self._recover_win else estimate
+                # The window ended while the script ran: what it added there is reconciled with the rest.
+                e.pend -= item.over + grant
+                e.claimed += grant_next
+                e.prev = float(max(cur + e.pend, 0))
             else:
                 continue
             self._params(e)
             if e.queued:
                 continue  # queued again by a request meanwhile: stays armed
-            if e.count != e.base or e.pend:
+            if e.count != e.mark or e.pend or e.count > e.claimed:
                 e.queued = True
                 self._queue.append(e)
             else:
@@ -376,10 +389,7 @@ class Limiter:
         for item in batch.items:
             e = item.entry
             if e.win == item.win:
-                e.base -= item.delta
                 e.pend += item.pend
-            elif e.win == item.win + 1:
-                e.pend += item.delta  # (the window before that is never read again)
             if not e.queued:
                 e.queued = True
                 self._queue.append(e)
@@ -398,7 +408,7 @@ class Limiter:
         keep = []
         for e in self._queue:
             if e.gen >= gen - 1:
-                keep.append(e)
+                keep.append(e)  # (a kept key's unpushed admissions are recomputed from its state)
             else:
                 e.queued = False
                 e.end = _DISARMED

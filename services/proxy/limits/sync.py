@@ -28,12 +28,18 @@ log = get_logger("rate-limits")
 
 # Keys per script call: a script blocks Redis while it runs (about 1 µs per key).
 CHUNK = 2000
-# Counter keys live this long past their window's end (ms), on top of one more window (read as "previous").
+# Counter keys live this long past their last write (ms), on top of two windows (one as "previous").
 EXPIRY_MARGIN_MS = 10_000
 
-# KEYS: replicas (zset). ARGV: key prefix ("NS:"), the service marker ('"service":"proxy"'), then per
-# key: current window's counter, previous window's counter, delta for the current one, delta for the
-# previous one, expiry (ms). Returns {time_ms, live replicas of the service, current, previous, ...}.
+# KEYS: replicas (zset). ARGV: key prefix ("NS:"), the service marker ('"service":"proxy"'), the horizon
+# (ms: the sync interval), then per key 10 values: the counters of the previous, current and next window;
+# the change of the previous one (pend) and of the current one (over); the grant asked for (want); the
+# rule's quota; the current window's start and length (ms, Redis clock); the counters' expiry (ms).
+# Per key it applies the changes, then grants from what the sliding window allows by now + horizon:
+#   avail = quota - ceil(previous * (1 - f)) - current,  f = elapsed fraction of the window at now + horizon
+# grant = min(want, avail) is added to the current counter (so no other replica can take it), and when the
+# horizon reaches into the next window, a grant there too. Returns {time_ms, live replicas of the
+# service, then per key: previous, current, grant, avail - grant, grant in the next window}.
 RATE_LIMIT_SYNC = """
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -43,25 +49,48 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   local info = redis.call('GET', ARGV[1] .. 'replica:' .. id)
   if info and string.find(info, ARGV[2], 1, true) then live = live + 1 end
 end
+local horizon = tonumber(ARGV[3])
 local out = {now_ms, live}
-for i = 3, #ARGV, 5 do
-  local cur, prev = ARGV[i], ARGV[i + 1]
-  local d, p = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
-  local c, pc
-  if d ~= 0 then
-    c = redis.call('INCRBY', cur, d)
-    redis.call('PEXPIRE', cur, ARGV[i + 4])
-  else
-    c = tonumber(redis.call('GET', cur) or '0')
+local function add(key, n, ttl)
+  local v = redis.call('INCRBY', key, n)
+  redis.call('PEXPIRE', key, ttl)
+  return v
+end
+local function get(key)
+  return tonumber(redis.call('GET', key) or '0')
+end
+for i = 4, #ARGV, 10 do
+  local prev_k, cur_k, next_k = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local pend, over, want = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  local quota, start, w, ttl = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), ARGV[i + 9]
+  local p = (pend ~= 0) and add(prev_k, pend, ttl) or get(prev_k)
+  if p < 0 then p = 0 end
+  local c = (over ~= 0) and add(cur_k, over, ttl) or get(cur_k)
+  local f = (now_ms + horizon - start) / w
+  if f > 1 then f = 1 elseif f < 0 then f = 0 end
+  local avail = quota - math.ceil(p * (1 - f)) - c
+  local grant = 0
+  if want > 0 and avail > 0 then
+    grant = math.min(want, avail)
+    c = add(cur_k, grant, ttl)
   end
-  if p ~= 0 then
-    pc = redis.call('INCRBY', prev, p)
-    redis.call('PEXPIRE', prev, ARGV[i + 4])
-  else
-    pc = tonumber(redis.call('GET', prev) or '0')
+  local rest = avail - grant
+  if rest < 0 then rest = 0 end
+  local ahead = 0
+  local fn = (now_ms + horizon - start - w) / w
+  if fn > 0 and want > 0 then
+    if fn > 1 then fn = 1 end
+    local availn = quota - math.ceil(c * (1 - fn)) - get(next_k)
+    if availn > 0 then
+      ahead = math.min(want, availn)
+      add(next_k, ahead, ttl)
+    end
   end
+  out[#out + 1] = p
   out[#out + 1] = c
-  out[#out + 1] = pc
+  out[#out + 1] = grant
+  out[#out + 1] = rest
+  out[#out + 1] = ahead
 end
 return out
 """
@@ -109,20 +138,32 @@ class RateLimitSync:
         index: list[tuple[Batch, int]] = []  # (batch, items) in the order of args
         for lim, batch in zip(limiters, batches, strict=True):
             prefix = f"{namespace}:rl:{lim.name}:"
-            ttl = int(2 * lim.window * 1000) + EXPIRY_MARGIN_MS
+            window_ms = int(lim.window * 1000)
+            ttl = 2 * window_ms + EXPIRY_MARGIN_MS
             for item in batch.items:
-                key = item.entry.key
-                args += [f"{prefix}{item.win}:{key}", f"{prefix}{item.win - 1}:{key}", item.delta, item.pend, ttl]
+                key, win = item.entry.key, item.win
+                args += [
+                    f"{prefix}{win - 1}:{key}",
+                    f"{prefix}{win}:{key}",
+                    f"{prefix}{win + 1}:{key}",
+                    item.pend,
+                    item.over,
+                    item.want,
+                    lim.quota,
+                    win * window_ms,
+                    window_ms,
+                    ttl,
+                ]
             index.append((batch, len(batch.items)))
         keys = [self.store.keys.replicas]
-        head = [f"{namespace}:", self.marker]
+        head: list[Any] = [f"{namespace}:", self.marker, int(self.interval * 1000)]
         counts: list[int] = []
         live = 1
         redis_ms = 0
         sent = self.clock()
         try:
-            for start in range(0, max(len(args), 1), CHUNK * 5):
-                reply = await self._script(keys=keys, args=[*head, *args[start : start + CHUNK * 5]])
+            for start in range(0, max(len(args), 1), CHUNK * 10):
+                reply = await self._script(keys=keys, args=[*head, *args[start : start + CHUNK * 10]])
                 redis_ms, live = int(reply[0]), int(reply[1])
                 counts += [int(x) for x in reply[2:]]
         except STORE_ERRORS as exc:
@@ -139,8 +180,11 @@ class RateLimitSync:
         for batch, n in index:
             lim = batch.limiter
             lim.set_offset(offset)
-            replies = [(counts[at + 2 * i], counts[at + 2 * i + 1]) for i in range(n)]
-            at += 2 * n
+            replies = [
+                (counts[at + j], counts[at + j + 1], counts[at + j + 2], counts[at + j + 3], counts[at + j + 4])
+                for j in range(0, 5 * n, 5)
+            ]
+            at += 5 * n
             lim.complete_sync(batch, replies, live, now)
         if not self.reachable:
             log.info("rate limits synced again")

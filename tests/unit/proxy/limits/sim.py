@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -13,19 +14,36 @@ from services.proxy.limits.limiter import Batch, Limiter
 
 @dataclass
 class Counters:
-    """The per-window counters a sync script would keep in Redis."""
+    """The per-window counters in Redis and what the sync script does with them (services.proxy.limits.sync:
+    RATE_LIMIT_SYNC), written again in Python: push, then grant from what the sliding window allows."""
 
+    horizon: float = 0.1
     counts: dict[tuple[str, int], int] = field(default_factory=lambda: defaultdict(int))
-    up: bool = True
 
-    def apply(self, batch: Batch) -> list[tuple[int, int]]:
+    def apply(self, batch: Batch, now: float) -> list[tuple[int, int, int, int, int]]:
+        lim = batch.limiter
+        quota, w = lim.quota, lim.window
         out = []
         for item in batch.items:
-            key = item.entry.key
-            self.counts[(key, item.win)] += item.delta
-            if item.pend:
-                self.counts[(key, item.win - 1)] += item.pend
-            out.append((self.counts[(key, item.win)], self.counts[(key, item.win - 1)]))
+            key, win = item.entry.key, item.win
+            counts = self.counts
+            counts[(key, win - 1)] += item.pend
+            counts[(key, win)] += item.over
+            p, c = max(0, counts[(key, win - 1)]), counts[(key, win)]
+            f = min(1.0, max(0.0, (now + self.horizon - win * w) / w))
+            avail = quota - math.ceil(p * (1 - f)) - c
+            grant = min(item.want, avail) if item.want > 0 and avail > 0 else 0
+            counts[(key, win)] = c = c + grant
+            rest = max(0, avail - grant)
+            gnext = 0
+            fn = (now + self.horizon - (win + 1) * w) / w
+            if fn > 0 and item.want > 0:
+                n = counts[(key, win + 1)]
+                availn = quota - math.ceil(c * (1 - min(1.0, fn))) - n
+                if availn > 0:
+                    gnext = min(item.want, availn)
+                    counts[(key, win + 1)] += gnext
+            out.append((p, c, grant, rest, gnext))
         return out
 
 
@@ -50,10 +68,12 @@ def simulate(
     outage: tuple[float, float] | None = None,  # (start, end): the counters are unreachable meanwhile
     burst: int = 0,
     max_keys: int = 1000,
+    jitter: float = 0.0,  # syncs late by up to this share of the interval
+    slow_rtt: float = 0.0,  # round trips up to this many seconds longer
 ) -> Run:
     rng = random.Random(seed)
-    counters = counters or Counters()
-    limiters = [Limiter("r", limit, window, burst=burst, max_keys=max_keys) for _ in range(replicas)]
+    counters = counters or Counters(horizon=sync)
+    limiters = [Limiter("r", limit, window, burst=burst, max_keys=max_keys, horizon=sync) for _ in range(replicas)]
     admitted: dict[int, int] = defaultdict(int)
     per: list[dict[int, int]] = [defaultdict(int) for _ in range(replicas)]
     events: list[tuple[float, int, int, str]] = []  # (time, seq, replica, kind)
@@ -65,7 +85,7 @@ def simulate(
         events.append((sync * (r + 1) / replicas, seq, r, "sync"))
         seq += 1
     heapq.heapify(events)
-    inflight: dict[int, tuple[Batch, list[tuple[int, int]] | None]] = {}
+    inflight: dict[int, tuple[Batch, list[tuple[int, int, int, int, int]] | None]] = {}
     while events:
         t, _, r, kind = heapq.heappop(events)
         if t >= seconds:
@@ -80,14 +100,14 @@ def simulate(
         elif kind == "sync":
             batch = lim.begin_sync()
             down = outage is not None and outage[0] <= t < outage[1]
-            inflight[r] = (batch, None if down else counters.apply(batch))
-            heapq.heappush(events, (t + rtt, seq, r, "reply"))
+            inflight[r] = (batch, None if down else counters.apply(batch, t))
+            heapq.heappush(events, (t + rtt + rng.random() * slow_rtt, seq, r, "reply"))
         else:
             batch, replies = inflight.pop(r)
             if replies is None:
                 lim.fail_sync(batch)
             else:
                 lim.complete_sync(batch, replies, replicas, t)
-            heapq.heappush(events, (t - rtt + sync, seq, r, "sync"))
+            heapq.heappush(events, (t + sync * (1 + rng.random() * jitter), seq, r, "sync"))
         seq += 1
     return Run(dict(admitted), [dict(p) for p in per])
