@@ -1,16 +1,20 @@
 """Reconciles the limiters with Redis: every ``rate_limits.sync_sec``, one script per batch of keys.
 
-Keys (``NS`` = ``redis.namespace``): ``NS:rl:RULE:WINDOW:KEY``, a string counter: the requests admitted
-for KEY under rule RULE in window WINDOW (``floor(redis_time / window_sec)``), by all replicas. Each is
-written with ``INCRBY`` + ``PEXPIRE`` (two windows and 10 s): every key expires by itself, a replica that
-dies leaves nothing behind. The script also answers Redis ``TIME`` (the limiters align their windows on
-it) and the number of live proxy replicas (``NS:replicas`` pruned of lapsed ones, counting those whose
+Keys (``NS`` = ``redis.namespace``): ``NS:rl:RULE:WINDOW:KEY``, a string counter of KEY under rule RULE in
+window WINDOW (``floor(redis_time / window_sec)``): the requests admitted by all replicas plus the grants
+they hold and have not used yet (given back within one interval, or when the window ends). Each is written
+with ``INCRBY`` + ``PEXPIRE`` (two windows and 10 s): every key expires by itself, a replica that dies
+leaves nothing behind. The script also answers Redis ``TIME`` (the limiters align their windows on it)
+and the number of live proxy replicas (``NS:replicas`` pruned of lapsed ones, counting those whose
 ``NS:replica:ID`` document says ``"service":"proxy"``): the fallback share while Redis is unreachable.
+See ``services.proxy.limits.limiter`` for the algorithm.
 
 The task never blocks a request: the limiters decide from what the last sync brought. When a sync fails
 (unreachable, or refusing writes) every limiter is told (``Limiter.fail_sync``: each replica admits its
-share, or nothing with ``fail_closed``) and the task retries every ``min(1 s, sync interval)`` until it
-succeeds; the counts not pushed meanwhile are pushed then.
+share, or nothing with ``fail_closed``) and the task retries every ``min(1 s, 10 intervals)`` until it
+succeeds; the admissions not pushed meanwhile are pushed then. A batch of more than ``CHUNK`` keys is sent
+as several scripts, one after the other; if one fails after others succeeded, the keys of those are pushed
+again by the next sync (the over-count is bounded by one interval's admissions of those keys).
 """
 
 from __future__ import annotations
