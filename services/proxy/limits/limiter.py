@@ -49,9 +49,10 @@ Redis is down**, a replica admits on its fallback share alone: its own admission
 sliding window allows (``count + P/n * (1 - f) < Q/n``, ``P`` the previous window's count as last known;
 ``n`` = live proxy replicas at the last successful sync). With ``fail_closed`` a degraded limiter refuses
 everything. Unpushed admissions are kept and pushed when Redis answers again. **Recovery without a burst:**
-for the rest of the window in which Redis came back the replica keeps counting on its fallback share and
-asks for no grant (another replica may not have pushed its outage admissions yet); from the next window on,
-grants again.
+until the window ``RECOVERY_SEC`` (2 s) after Redis came back has ended, the replica keeps counting on its
+fallback share and asks for no grant: the other replicas retry up to a second apart, and until they pushed
+their outage admissions Redis's counts are too low. A drop in the number of live replicas (heartbeats not
+back yet) is believed only after 20 syncs in a row.
 
 **Memory.** Keys live in two generations of plain dicts (an approximate LRU, O(1), no per-hit
 bookkeeping): a miss in the young generation finds the key in the old one and promotes it; when the young
@@ -73,6 +74,12 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+# After an outage, keys stay on the fallback share (and ask for no grant) until the window this much later
+# has ended: the other replicas retry up to a second apart, and their outage admissions must be in Redis
+# before its counts are believed.
+RECOVERY_SEC = 2.0
+# Syncs in a row that must count fewer live replicas before the fallback share grows (2 s at 100 ms).
+FEWER_SYNCS = 20
 # Keys longer than this (a header value can be kilobytes) are kept as a digest.
 MAX_KEY_CHARS = 128
 _DISARMED = -math.inf
@@ -176,6 +183,7 @@ class Limiter:
         self._half = max_keys // 2
         self._queue: list[Entry] = []  # armed entries: the next sync batch
         self.replicas = 1  # live replicas at the last successful sync
+        self._fewer = 0  # syncs in a row that counted fewer live replicas
         self.degraded = False  # the last sync failed: each replica counts alone, on its share
         self._recover_win = -1  # windows up to this one are counted conservatively (Redis came back in it)
         self.denied = 0  # requests refused (metrics)
@@ -262,8 +270,15 @@ class Limiter:
         e.asked += e.count - e.mark
         if win == e.win + 1:
             e.pend = e.count - e.claimed  # (negative: grants not used, given back)
-            # The window's total as known here: the last global count, plus what was admitted beyond it.
-            e.prev = float(max(e.g, 0) + max(0, e.count - e.claimed) if e.g >= 0 else e.count * self.replicas)
+            # The window's total as known here: the last global count, plus what was admitted beyond it;
+            # on the fallback share (or before any sync), n times this replica's own admissions.
+            alike = float(e.count * self.replicas)
+            if e.g < 0:
+                e.prev = alike
+            else:
+                e.prev = float(e.g + max(0, e.count - e.claimed))
+                if self._careful(e):
+                    e.prev = max(e.prev, alike)
             e.claimed = e.next_claim
         else:
             e.pend = 0  # (a window two back is never read again)
@@ -366,10 +381,17 @@ class Limiter:
         """The push of ``batch`` succeeded. ``replies`` holds, per item: the previous window's count, the
         current window's count, the grant in it, what was left after the grant, the grant in the next
         window; ``replicas``: the live proxy replicas; ``now``: the caller's clock."""
-        self.replicas = n = max(1, replicas)
         if self.degraded:
             self.degraded = False
-            self._recover_win = self._window_of(now)[0]
+            self._recover_win = self._window_of(now + RECOVERY_SEC)[0]
+        # More replicas count at once; fewer only once Redis said so for FEWER_SYNCS syncs in a row: after
+        # an outage (or a restarted Redis, which has no heartbeats) the replicas come back one by one, and
+        # counting fewer meanwhile would give each a larger fallback share.
+        n = max(1, replicas)
+        if n >= self.replicas or self._fewer >= FEWER_SYNCS:
+            self.replicas, self._fewer = n, 0
+        else:
+            self._fewer += 1
         self.synced += 1
         for item, (prev, cur, grant, rest, grant_next) in zip(batch.items, replies, strict=True):
             e = item.entry
@@ -377,7 +399,7 @@ class Limiter:
                 e.claimed += item.over + grant
                 e.next_claim += grant_next
                 e.g = cur
-                e.prev = float(prev)
+                e.prev = max(e.prev, float(prev)) if self._careful(e) else float(prev)
                 e.extra = rest // n if rest > 0 else 0
             elif e.win == item.win + 1:
                 # The window ended while the script ran: what it added there is reconciled with the rest.

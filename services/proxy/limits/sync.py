@@ -20,6 +20,7 @@ again by the next sync (the over-count is bounded by one interval's admissions o
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -127,6 +128,7 @@ class RateLimitSync:
         self.failed = 0  # syncs that failed (metrics)
         self.synced = 0  # syncs that succeeded
         self.done = asyncio.Event()  # set after every successful sync (tests wait on it)
+        self._rng = random.Random()
 
     def set_limiters(self, limiters: Sequence[Limiter]) -> None:
         """The rules changed: sync these from now on (the caller builds them; a rule kept should keep
@@ -206,4 +208,7 @@ class RateLimitSync:
             except Exception as exc:  # a bug must not stop the limits from syncing
                 log.error("rate-limit sync failed", error=repr(exc))
             pause = self.interval if self.reachable else max(self.interval, min(1.0, 10 * self.interval))
+            # +-25 %: the replicas' syncs drift apart instead of staying in step (after an outage they all
+            # retry together), so none is always the first to ask for what the window freed.
+            pause *= 0.75 + 0.5 * self._rng.random()
             await asyncio.sleep(max(0.0, pause - (time.monotonic() - started)))

@@ -94,6 +94,7 @@ async def test_three_replicas_offered_three_times_the_limit_admit_the_limit(redi
         admitted = await offer(three, 3 * LIMIT, 6.0)
         windows = warm(admitted)
         assert len(windows) >= 4
+        assert all(n.sync.reachable and not n.limiter.degraded and n.sync.synced > 40 for n in three)
         for win in windows:
             assert 0.95 * LIMIT <= admitted[win] <= 1.05 * LIMIT, sorted(admitted.items())
         # What Redis counted is what was admitted (pushes are exact), and every counter expires.
@@ -112,6 +113,12 @@ async def test_a_replica_alone_admits_the_full_limit(redis_url: str, namespace: 
         admitted = await offer(one, 3 * LIMIT, 5.0)
         for win in warm(admitted):
             assert 0.98 * LIMIT <= admitted[win] <= LIMIT + 1, dict(admitted)
+        # Through Redis (grants), not on a fallback share that happens to be the whole limit alone.
+        assert one[0].sync.reachable and not one[0].limiter.degraded and one[0].sync.synced > 40
+        synced = one[0].sync.synced
+        await _until(lambda: one[0].sync.synced >= synced + 2, 5)
+        for win in warm(admitted):
+            assert int(await one[0].store.redis.get(counter_key(namespace, RULE, win, KEY)) or 0) == admitted[win]
 
 
 @pytest.fixture
