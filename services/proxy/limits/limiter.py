@@ -101,6 +101,7 @@ class Entry:
         "mark",  # ``count`` at the last sync
         "next_claim",  # granted ahead for window ``win + 1``
         "pend",  # for window ``win - 1``: admissions minus what the counter holds for them (pushed next)
+        "pmin",  # the previous window's count is at least this (counted on the fallback share)
         "prev",  # the previous window's count (global, or estimated)
         "queued",  # in the limiter's next sync batch
         "slope",
@@ -121,6 +122,7 @@ class Entry:
     mark: int
     next_claim: int
     pend: int
+    pmin: int
     prev: float
     queued: bool
     slope: float
@@ -138,6 +140,8 @@ class Pushed:
     over: int  # added to the counter: admissions beyond what it holds for this replica, or grants given back
     pend: int  # the same for window ``win - 1`` (negative: grants not used, given back)
     want: int  # the grant asked for
+    pmin: int  # the previous window's count is at least this, whatever Redis holds yet
+    cmin: int  # the same for the current window
 
 
 @dataclass(slots=True)
@@ -250,7 +254,7 @@ class Limiter:
         e.key = key
         e.win, e.wend = self._window_of(now)
         e.end = _DISARMED
-        e.count = e.mark = e.asked = e.claimed = e.next_claim = e.pend = e.extra = 0
+        e.count = e.mark = e.asked = e.claimed = e.next_claim = e.pend = e.extra = e.pmin = 0
         e.g = -1
         e.prev = 0.0
         e.want = 1
@@ -273,15 +277,19 @@ class Limiter:
             # The window's total as known here: the last global count, plus what was admitted beyond it;
             # on the fallback share (or before any sync), n times this replica's own admissions.
             alike = float(e.count * self.replicas)
+            e.pmin = 0
             if e.g < 0:
                 e.prev = alike
             else:
                 e.prev = float(e.g + max(0, e.count - e.claimed))
                 if self._careful(e):
+                    # The others' last admissions on their share reach Redis with their next sync: until
+                    # then the grants assume they admitted as many as this replica.
                     e.prev = max(e.prev, alike)
+                    e.pmin = e.count * self.replicas
             e.claimed = e.next_claim
         else:
-            e.pend = 0  # (a window two back is never read again)
+            e.pend = e.pmin = 0  # (a window two back is never read again)
             e.prev = 0.0
             e.claimed = 0
         e.next_claim = e.extra = 0
@@ -364,14 +372,23 @@ class Limiter:
             e.asked, e.mark = 0, e.count
             e.want = target = max(1, 2 * asked, e.want // 2)
             if self._careful(e):
-                items.append(Pushed(e, e.win, over if over > 0 else 0, e.pend, 0))
+                # On the fallback share grants are not used; in the last such window one is asked for all
+                # the same, for the one ahead (the next window starts granted), with this window's count
+                # taken as n times this replica's (the others' last admissions are not in Redis yet).
+                last = not self.degraded and e.win == self._recover_win
+                items.append(
+                    Pushed(
+                        e, e.win, over if over > 0 else 0, e.pend, target if last else 0, e.pmin,
+                        e.count * self.replicas,
+                    )
+                )  # fmt: skip
             elif over >= 0:
-                items.append(Pushed(e, e.win, over, e.pend, target))
+                items.append(Pushed(e, e.win, over, e.pend, target, e.pmin, 0))
             else:
                 # Granted and not used: keep the target, give the rest back now (not usable meanwhile).
                 give = -over - target if -over > target else 0
                 e.cap -= give
-                items.append(Pushed(e, e.win, -give, e.pend, target - (-over - give)))
+                items.append(Pushed(e, e.win, -give, e.pend, target - (-over - give), e.pmin, 0))
             e.pend = 0
         return batch
 

@@ -37,9 +37,11 @@ CHUNK = 2000
 EXPIRY_MARGIN_MS = 10_000
 
 # KEYS: replicas (zset). ARGV: key prefix ("NS:"), the service marker ('"service":"proxy"'), the horizon
-# (ms: the sync interval), then per key 10 values: the counters of the previous, current and next window;
+# (ms: the sync interval), then per key 12 values: the counters of the previous, current and next window;
 # the change of the previous one (pend) and of the current one (over); the grant asked for (want); the
-# rule's quota; the current window's start and length (ms, Redis clock); the counters' expiry (ms).
+# rule's quota; the current window's start and length (ms, Redis clock); the counters' expiry (ms); the
+# least count the previous window is taken to have (pmin: after an outage, admissions on the fallback
+# share that other replicas may not have pushed yet), and the same for the current window (cmin).
 # Per key it applies the changes, then grants from what the sliding window allows by now + horizon:
 #   avail = quota - ceil(previous * (1 - f)) - current,  f = elapsed fraction of the window at now + horizon
 # grant = min(want, avail) is added to the current counter (so no other replica can take it), and when the
@@ -64,16 +66,18 @@ end
 local function get(key)
   return tonumber(redis.call('GET', key) or '0')
 end
-for i = 4, #ARGV, 10 do
+for i = 4, #ARGV, 12 do
   local prev_k, cur_k, next_k = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local pend, over, want = tonumber(ARGV[i + 3]), tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
   local quota, start, w, ttl = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8]), ARGV[i + 9]
   local p = (pend ~= 0) and add(prev_k, pend, ttl) or get(prev_k)
-  if p < 0 then p = 0 end
+  local pmin = tonumber(ARGV[i + 10])
+  if p < pmin then p = pmin end
   local c = (over ~= 0) and add(cur_k, over, ttl) or get(cur_k)
+  local cmin = tonumber(ARGV[i + 11])
   local f = (now_ms + horizon - start) / w
   if f > 1 then f = 1 elseif f < 0 then f = 0 end
-  local avail = quota - math.ceil(p * (1 - f)) - c
+  local avail = quota - math.ceil(p * (1 - f)) - math.max(c, cmin)
   local grant = 0
   if want > 0 and avail > 0 then
     grant = math.min(want, avail)
@@ -85,7 +89,7 @@ for i = 4, #ARGV, 10 do
   local fn = (now_ms + horizon - start - w) / w
   if fn > 0 and want > 0 then
     if fn > 1 then fn = 1 end
-    local availn = quota - math.ceil(c * (1 - fn)) - get(next_k)
+    local availn = quota - math.ceil(math.max(c, cmin) * (1 - fn)) - get(next_k)
     if availn > 0 then
       ahead = math.min(want, availn)
       add(next_k, ahead, ttl)
@@ -159,6 +163,8 @@ class RateLimitSync:
                     win * window_ms,
                     window_ms,
                     ttl,
+                    item.pmin,
+                    item.cmin,
                 ]
             index.append((batch, len(batch.items)))
         keys = [self.store.keys.replicas]
@@ -168,8 +174,8 @@ class RateLimitSync:
         redis_ms = 0
         sent = self.clock()
         try:
-            for start in range(0, max(len(args), 1), CHUNK * 10):
-                reply = await self._script(keys=keys, args=[*head, *args[start : start + CHUNK * 10]])
+            for start in range(0, max(len(args), 1), CHUNK * 12):
+                reply = await self._script(keys=keys, args=[*head, *args[start : start + CHUNK * 12]])
                 redis_ms, live = int(reply[0]), int(reply[1])
                 counts += [int(x) for x in reply[2:]]
         except STORE_ERRORS as exc:

@@ -29,9 +29,9 @@ class Counters:
             counts = self.counts
             counts[(key, win - 1)] += item.pend
             counts[(key, win)] += item.over
-            p, c = max(0, counts[(key, win - 1)]), counts[(key, win)]
+            p, c = max(0, item.pmin, counts[(key, win - 1)]), counts[(key, win)]
             f = min(1.0, max(0.0, (now + self.horizon - win * w) / w))
-            avail = quota - math.ceil(p * (1 - f)) - c
+            avail = quota - math.ceil(p * (1 - f)) - max(c, item.cmin)
             grant = min(item.want, avail) if item.want > 0 and avail > 0 else 0
             counts[(key, win)] = c = c + grant
             rest = max(0, avail - grant)
@@ -39,7 +39,7 @@ class Counters:
             fn = (now + self.horizon - (win + 1) * w) / w
             if fn > 0 and item.want > 0:
                 n = counts[(key, win + 1)]
-                availn = quota - math.ceil(c * (1 - min(1.0, fn))) - n
+                availn = quota - math.ceil(max(c, item.cmin) * (1 - min(1.0, fn))) - n
                 if availn > 0:
                     gnext = min(item.want, availn)
                     counts[(key, win + 1)] += gnext
