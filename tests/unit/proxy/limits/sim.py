@@ -73,7 +73,10 @@ def simulate(
 ) -> Run:
     rng = random.Random(seed)
     counters = counters or Counters(horizon=sync)
-    limiters = [Limiter("r", limit, window, burst=burst, max_keys=max_keys, horizon=sync) for _ in range(replicas)]
+    limiters = [
+        Limiter("r", limit, window, burst=burst, max_keys=max_keys, horizon=sync, rng=random.Random(seed + r))
+        for r in range(replicas)
+    ]
     admitted: dict[int, int] = defaultdict(int)
     per: list[dict[int, int]] = [defaultdict(int) for _ in range(replicas)]
     events: list[tuple[float, int, int, str]] = []  # (time, seq, replica, kind)
