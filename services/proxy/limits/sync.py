@@ -11,9 +11,10 @@ See ``services.proxy.limits.limiter`` for the algorithm.
 
 The task never blocks a request: the limiters decide from what the last sync brought. When a sync fails
 (unreachable, or refusing writes) every limiter is told (``Limiter.fail_sync``: each replica admits its
-share, or nothing with ``fail_closed``) and the task retries every interval until it succeeds; the admissions not pushed meanwhile are pushed then. A batch of more than ``CHUNK`` keys is sent
-as several scripts, one after the other; if one fails after others succeeded, the keys of those are pushed
-again by the next sync (the over-count is bounded by one interval's admissions of those keys).
+share, or nothing with ``fail_closed``) and the task retries every interval until it succeeds; the
+admissions not pushed meanwhile are pushed then. A batch of more than ``CHUNK`` keys is sent as several
+scripts, one after the other; if one fails after others succeeded, the keys of those are pushed again by
+the next sync (the over-count is bounded by one interval's admissions of those keys).
 """
 
 from __future__ import annotations
