@@ -33,6 +33,9 @@ log = get_logger("rate-limits")
 
 # Keys per script call: a script blocks Redis while it runs (about 1 µs per key).
 CHUNK = 2000
+# Grants cover what the sliding window frees until this many sync intervals from now: a sync that comes
+# late (a busy loop, a slow round trip) must not leave the end of a window ungranted.
+HORIZON_INTERVALS = 2.0
 # Counter keys live this long past their last write (ms), on top of two windows (one as "previous").
 EXPIRY_MARGIN_MS = 10_000
 
@@ -168,7 +171,7 @@ class RateLimitSync:
                 ]
             index.append((batch, len(batch.items)))
         keys = [self.store.keys.replicas]
-        head: list[Any] = [f"{namespace}:", self.marker, int(self.interval * 1000)]
+        head: list[Any] = [f"{namespace}:", self.marker, int(HORIZON_INTERVALS * self.interval * 1000)]
         counts: list[int] = []
         live = 1
         redis_ms = 0

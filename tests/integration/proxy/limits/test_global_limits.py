@@ -39,7 +39,7 @@ async def nodes(url: str, namespace: str, count: int) -> AsyncIterator[list[Node
     tasks: list[asyncio.Task[None]] = []
     for _ in range(count):
         store = Store.from_url(url, namespace, socket_connect_timeout=0.5, socket_timeout=0.5)
-        limiter = Limiter(RULE, LIMIT, 1.0, offset=time.time() - loop.time(), horizon=0.1)
+        limiter = Limiter(RULE, LIMIT, 1.0, offset=time.time() - loop.time())
         sync = RateLimitSync(store, [limiter], interval=0.1)
         replica = Replica(store, "proxy", ttl=3.0, heartbeat=0.5)
         out.append(Node(store, limiter, sync, replica))

@@ -72,9 +72,9 @@ def simulate(
     slow_rtt: float = 0.0,  # round trips up to this many seconds longer
 ) -> Run:
     rng = random.Random(seed)
-    counters = counters or Counters(horizon=sync)
+    counters = counters or Counters(horizon=2 * sync)
     limiters = [
-        Limiter("r", limit, window, burst=burst, max_keys=max_keys, horizon=sync, rng=random.Random(seed + r))
+        Limiter("r", limit, window, burst=burst, max_keys=max_keys, rng=random.Random(seed + r))
         for r in range(replicas)
     ]
     admitted: dict[int, int] = defaultdict(int)
