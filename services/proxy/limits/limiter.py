@@ -56,10 +56,11 @@ sliding window allows (``count + P/n * (1 - f) < Q/n``, ``P`` the previous windo
 ``n`` = live proxy replicas at the last successful sync). With ``fail_closed`` a degraded limiter refuses
 everything. Unpushed admissions are kept and pushed when Redis answers again. **Recovery without a burst:**
 until the window ``RECOVERY_SEC`` (2 s) after Redis came back has ended, the replica keeps counting on its
-fallback share and asks for no grant: the other replicas retry up to a second apart, and until they pushed
-their outage admissions Redis's counts are too low. In the last such window the replica asks for grants
-ahead (the next window starts granted), computed as if every replica had admitted as many as it did, and
-the next window's grants take the previous count as at least that until Redis holds more. A drop in the
+fallback share: the other replicas may come back later, and until they pushed their outage admissions
+Redis's counts are too low. It asks for grants all the same (they are not used, but reserve its own
+admissions where a replica already granted again sees them; and the last such window's grants ahead
+start the next one granted), computed as if every replica had admitted as many as it did; the next
+window's grants take the previous count as at least that until Redis holds more. A drop in the
 number of live replicas (heartbeats not back yet) is believed only after 20 syncs in a row.
 
 **Memory.** Keys live in two generations of plain dicts (an approximate LRU, O(1), no per-hit
@@ -381,24 +382,23 @@ class Limiter:
             asked = e.asked + e.count - e.mark
             e.asked, e.mark = 0, e.count
             e.want = target = max(2 * asked, e.want // 2) if asked > 1 else 0
+            # On the fallback share (after an outage) grants are asked for all the same but not used: they
+            # make this replica's admissions visible to replicas already granted again (which may happen a
+            # window earlier); this window's count is taken as n times this replica's own there.
+            cmin = 0
             if self._careful(e):
-                # On the fallback share grants are not used; in the last such window one is asked for all
-                # the same, for the one ahead (the next window starts granted), with this window's count
-                # taken as n times this replica's (the others' last admissions are not in Redis yet).
-                last = not self.degraded and e.win == self._recover_win
-                items.append(
-                    Pushed(
-                        e, e.win, over if over > 0 else 0, e.pend, target if last else 0, e.pmin,
-                        e.count * self.replicas,
-                    )
-                )  # fmt: skip
+                cmin = e.count * self.replicas
+                target = min(target, -(-self.quota // self.replicas))  # (its share at most)
+            if self.degraded:
+                items.append(Pushed(e, e.win, over if over > 0 else 0, e.pend, 0, e.pmin, cmin))
             elif over >= 0:
-                items.append(Pushed(e, e.win, over, e.pend, target, e.pmin, 0))
+                items.append(Pushed(e, e.win, over, e.pend, target, e.pmin, cmin))
             else:
                 # Granted and not used: keep the target, give the rest back now (not usable meanwhile).
                 give = -over - target if -over > target else 0
-                e.cap -= give
-                items.append(Pushed(e, e.win, -give, e.pend, target - (-over - give), e.pmin, 0))
+                if not self._careful(e):
+                    e.cap -= give
+                items.append(Pushed(e, e.win, -give, e.pend, target - (-over - give), e.pmin, cmin))
             e.pend = 0
         return batch
 
