@@ -1,0 +1,8 @@
+"""Global rate limits and connection limits (issue 21).
+
+- ``rules``: the configuration schema (msgspec Structs) of rate-limit rules and limiter settings.
+- ``limiter``: the per-rule limiter, pure: ``Limiter.admit(key, now)`` on the hot path, batches for Redis.
+- ``sync``: the background task that reconciles every limiter with Redis in one script per batch.
+- ``headers``: the 429 response with ``Retry-After`` and the IETF ``RateLimit-Policy`` / ``RateLimit`` fields.
+- ``circuit``: the connection-limit (circuit-breaking) decision, pure.
+"""
