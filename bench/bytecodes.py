@@ -24,7 +24,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.proxy import BODY, ROOT, _seed_store, gobalancer_conf, process, routed_conf, start_nginx_backends
+from bench.proxy import (
+    BODY,
+    ROOT,
+    _seed_store,
+    gobalancer_conf,
+    limited_conf,
+    process,
+    routed_conf,
+    start_nginx_backends,
+)
 from shared.processes import service_env
 from shared.redis_server import RedisServer, free_port
 
@@ -108,10 +117,12 @@ def run(args: argparse.Namespace) -> int:
         redis = stack.enter_context(RedisServer())
         asyncio.run(_seed_store(redis.url, "bench", backends))
         results: dict[str, Counter[str]] = {}
-        for name in ("gobalancer", "gobalancer-redis-lc", "gobalancer-routed"):
+        for name in ("gobalancer", "gobalancer-redis-lc", "gobalancer-routed", "gobalancer-limited"):
             port = free_port()
             if name == "gobalancer-routed":
                 text = routed_conf(port, backends)
+            elif name == "gobalancer-limited":
+                text = limited_conf(port, backends)
             else:
                 text = gobalancer_conf(port, backends, redis_url=redis.url if name == "gobalancer-redis-lc" else "")
             config = base / f"{name}.yaml"
@@ -124,6 +135,11 @@ def run(args: argparse.Namespace) -> int:
         if n / requests >= 0.5:
             print(f"  {n / requests:8.1f}  {key}")
     c = sum(routed.values()) / requests
+    limited = results["gobalancer-limited"]
+    d = sum(limited.values()) / requests
+    print(f"\ngobalancer-limited (one rate-limit rule on client_ip) - gobalancer: {d - a:+.1f} bytecodes per request")
+    for key in sorted(set(static) | set(limited), key=lambda k: abs(limited[k] - static[k]), reverse=True)[:5]:
+        print(f"  {(limited[key] - static[key]) / requests:+8.1f}  {key}")
     print(f"\ngobalancer-routed (100 routes, 20 pools) - gobalancer: {c - a:+.1f} bytecodes per request")
     for key in sorted(set(static) | set(routed), key=lambda k: abs(routed[k] - static[k]), reverse=True)[:6]:
         print(f"  {(routed[key] - static[key]) / requests:+8.1f}  {key}")
@@ -138,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             "gobalancer": round(a, 1),
             "gobalancer-redis-lc": round(b, 1),
             "gobalancer-routed": round(c, 1),
+            "gobalancer-limited": round(d, 1),
         },
         "ratio": round(b / a, 4),
         "by_function": {k: round(n / requests, 2) for k, n in static.most_common() if n / requests >= 0.05},

@@ -261,6 +261,13 @@ def routed_conf(port: int, backends: list[int], metrics: bool = True, workers: i
     return "\n".join(lines) + "\n"
 
 
+def limited_conf(port: int, backends: list[int], metrics: bool = True, workers: int = 1) -> str:
+    """``gobalancer_conf`` with one rate-limit rule on the client's address (issue 21), its rate far above
+    what the benchmark sends: every request is checked and admitted."""
+    rule = "rate_limits: {rules: [{name: per-client, key: client_ip, rate: 1000000000/s}]}"
+    return gobalancer_conf(port, backends, metrics, workers=workers) + rule + "\n"
+
+
 async def _seed_store(url: str, namespace: str, backends: list[int]) -> None:
     """The coordinated setup: backends in the store, healthy, and least_connections for every proxy."""
     from shared.models import AlgorithmSetting, Backend
@@ -403,6 +410,18 @@ def run(args: argparse.Namespace) -> int:
                     _proxy_cmd(routed_file),
                     routed_file,
                     lambda p: routed_conf(p, backend_ports, metrics, workers=workers),
+                    gb_kwargs,
+                )
+            )
+        # The same proxy with one rate-limit rule on client_ip, under its limit (issue 21: within 3 %).
+        if only and "gobalancer-limited" in only:
+            limited_file = base / "gobalancer-limited.yaml"
+            targets.append(
+                (
+                    "gobalancer-limited",
+                    _proxy_cmd(limited_file),
+                    limited_file,
+                    lambda p: limited_conf(p, backend_ports, metrics, workers=workers),
                     gb_kwargs,
                 )
             )
@@ -581,6 +600,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--only",
         default="",
         help="comma-separated subset: gobalancer,gobalancer-redis-lc,haproxy,nginx,direct; gobalancer-routed "
-        "(100 routes, 20 pools) runs only when named",
+        "(100 routes, 20 pools) and gobalancer-limited (one rate-limit rule) run only when named",
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")

@@ -14,6 +14,7 @@ from services.proxy.balancer import Balancer
 from services.proxy.http import fast
 from services.proxy.http.headers import FAST_HEAD_NEW_TRACE
 from services.proxy.http.pool import Pool, Pooled
+from services.proxy.limits.gate import Gate
 from services.proxy.observability.access_log import AccessLog
 from services.proxy.observability.tracing import SpanExporter, make_exporter
 from services.proxy.proxy_protocol import TrustedNetworks
@@ -54,6 +55,8 @@ class Context:
         pools: Mapping[str, Balancer] | None = None,
         routed: bool = True,
         stats: Stats | None = None,
+        gate: Gate | None = None,
+        pool_name: str = DEFAULT_POOL,
     ) -> None:
         """``balancer``: the default pool's (or, for a listener of one pool, that pool's); ``pools``: every
         pool's by name, for the routes (``routed`` False: a listener of one pool, the routes unused)."""
@@ -62,6 +65,10 @@ class Context:
         self.balancer = balancer
         self.loop = loop
         self.stats = stats if stats is not None else Stats()
+        # Rate limits (config.rate_limits): None without rules, so a proxy without them pays one test per
+        # request. One gate per process (its listeners share it, and its limiters sync with Redis).
+        self.gate = gate
+        self.pool_name = pool_name  # the pool of a request no route sent elsewhere (a listener's own pool)
         self.budget = RetryBudget(p.retry_budget)
         self.pool: Pool[Pooled] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
         # Routing (config.routes): None with no routes, so the one-pool path pays one test per request.

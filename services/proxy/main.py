@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections.abc import AsyncIterator
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
+from services.proxy.limits.gate import Gate
+from services.proxy.limits.sync import RateLimitSync
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
@@ -89,21 +92,29 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     try:
         async with make_balancer(config) as balancer:
             pools = static_pools(config)
-            server = Server(config, balancer, reuse_port=True, pools=pools)
+            loop = asyncio.get_running_loop()
+            gate = Gate(config.rate_limits, time.time() - loop.time()) if config.rate_limits.rules else None
+            server = Server(config, balancer, reuse_port=True, pools=pools, gate=gate)
             await server.start()
             # config.listeners: more listeners (a TCP or HTTP one per pool, or HTTP through the routes),
             # counting into the same Stats (one /metrics).
             extra = [
-                Server(config, balancer, reuse_port=True, pools=pools, listener=x, stats=server.context.stats)
+                Server(
+                    config, balancer, reuse_port=True, pools=pools, listener=x, stats=server.context.stats, gate=gate
+                )
                 for x in config.listeners
             ]
             for s in extra:
                 await s.start()
+            # The limiters reconcile with Redis in the background (without Redis each counts alone).
+            store = getattr(balancer, "store", None)
+            sync = RateLimitSync(store, gate.limiters, interval=config.rate_limits.sync_sec) if gate and store else None
+            sync_task = loop.create_task(sync.run()) if sync is not None else None
             replica = getattr(balancer, "replica", None)
             if replica is not None and config.metrics.enabled:
                 replica.totals_source = StatsTotals(server.context.stats)
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
-            registry = proxy_registry(lambda: server.context.stats, balancer, info)
+            registry = proxy_registry(lambda: server.context.stats, balancer, info, gate, sync)
             async with metrics_server(config.metrics.proxy_listen_address, registry, ready=readiness) as bound:
                 if replica is not None:
                     replica.info.metrics = bound
@@ -119,6 +130,10 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                     await asyncio.sleep(delay)
                 log.info("draining", drain_sec=float(config.timeout.drain_sec))
                 await asyncio.gather(*(s.stop() for s in (server, *extra)))
+                if sync_task is not None:
+                    sync_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await sync_task
     finally:
         if workers is not None:
             await workers.stop(delay + float(config.timeout.drain_sec) + 5.0)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from services.proxy.balancer import Balancer
 from services.proxy.context import Context
 from services.proxy.http.client import ClientConnection
+from services.proxy.limits.gate import Gate
 from services.proxy.proxy_protocol import TrustedNetworks
 from services.proxy.stats import Stats
 from services.proxy.tcp import TcpClient
@@ -63,6 +64,7 @@ class Server:
         pools: Mapping[str, Balancer] | None = None,
         listener: ListenerConfig | None = None,
         stats: Stats | None = None,
+        gate: Gate | None = None,
     ) -> None:
         """``balancer``: the default pool's; ``pools``: the named pools' (for the routes and the listeners);
         ``listener``: one of ``config.listeners`` (None: ``listen_address`` in ``mode``, through the routes);
@@ -71,6 +73,7 @@ class Server:
         self.pools = pools
         self.listener = listener
         self.stats = stats
+        self.gate = gate
         self.address = listener.listen_address if listener is not None else config.listen_address
         self.mode = listener.mode if listener is not None else config.mode
         # A listener of one pool sends everything there; the others go through the routes (if any).
@@ -96,7 +99,8 @@ class Server:
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
-        self.ctx = ctx = Context(config, self.balancer, loop, self.pools, self.routed, self.stats)
+        pool_name = self.listener.pool if self.listener is not None and self.listener.pool else DEFAULT_POOL
+        self.ctx = ctx = Context(config, self.balancer, loop, self.pools, self.routed, self.stats, self.gate, pool_name)
         if sock is None:
             sock = listen_socket(self.address, self.reuse_port)
         tls = config.proxy.tls

@@ -16,6 +16,7 @@ import msgspec
 
 from shared.addresses import normalize_address, parse_address
 from shared.config.durations import PositiveSeconds, Seconds, positive_fields
+from shared.config.limits import RateLimitsConfig
 from shared.config.routing import (
     DEFAULT_POOL,
     RouteTableError,
@@ -443,6 +444,7 @@ class Config(_Struct):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     backend_deny: BackendDenyConfig = msgspec.field(default_factory=BackendDenyConfig)
+    rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
     # `gobalancer up` starts a small demo HTTP server on each loopback static backend.
     demo: bool = False
 
@@ -476,6 +478,14 @@ class Config(_Struct):
             check_route_table(self.routes, pools, self.default_pool)
         except RouteTableError as exc:
             raise ValueError(str(exc)) from None
+        routes = {r.name for r in self.routes}
+        for i, rule in enumerate(self.rate_limits.rules):
+            kind, _, name = rule.applies_to.partition(":")
+            if (kind == "pool" and name not in pools) or (kind == "route" and name not in routes):
+                have = known if kind == "pool" else ", ".join(sorted(routes)) or "none"
+                raise ValueError(
+                    f"rate_limits.rules[{i}].applies_to: {kind} {name!r} does not exist ({kind}s: {have})"
+                )
 
     def pool_names(self) -> list[str]:
         """``default`` and the named pools."""

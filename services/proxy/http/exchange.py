@@ -53,6 +53,8 @@ from services.proxy.http.parser import (
     frame_chunks,
 )
 from services.proxy.http.upstream import VIA_CLOSE_END, VIA_END, UpstreamConnection
+from services.proxy.limits.gate import Bound, Gate
+from services.proxy.limits.headers import too_many_requests
 from services.proxy.observability.access_log import iso_time
 from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
 from services.proxy.proxy_protocol import forwarded_client
@@ -194,6 +196,12 @@ class Exchange(Attempts):
         conn = self.conn
         ctx.stats.requests += 1
         self.bytes_in = size
+        gate = ctx.gate
+        if gate is not None:  # rate limits: one rule on the client's address asks its limiter here
+            simple = gate.simple
+            wait = simple.admit(conn.client_ip, ctx.loop.time()) if simple is not None else -1
+            if wait and self._limited(gate, wait, head, route if routes is not None else None, conn.client_ip):
+                return True
         trace = ctx.trace_new
         if trace is not None:  # a new sampled trace per request (tracing.propagate, the default)
             # New trace and span ids: 24 random bytes in hex, a dash after the first 16 (two C calls, about
@@ -327,7 +335,55 @@ class Exchange(Attempts):
             self.open = True
             self.fail(404)
             return
+        gate = ctx.gate
+        if gate is not None and self._limited(gate, -1, raw, route, self.client):
+            return
         self._attempt(self.first(self._key()))
+
+    # -- rate limits ---------------------------------------------------------------------------
+
+    def _limited(self, gate: Gate, wait: int, head: bytes, route: Route | None, client: str) -> bool:
+        """The rate limits, after routing: True when a rule refused the request (its 429 was written).
+        ``wait`` > 0: the gate's one simple rule (``Gate.simple``) refused it already, for that many
+        seconds; -1: the rules that meet the request are still to ask."""
+        ctx = self.ctx
+        if wait > 0:
+            self._too_many(gate.bound[0], wait)
+            return True
+        simple = gate.simple
+        if simple is not None:
+            wait = simple.admit(client, ctx.loop.time())
+            if wait:
+                self._too_many(gate.bound[0], wait)
+            return bool(wait)
+        pool, name = (route.pool, route.name) if route is not None else (ctx.pool_name, "")
+        refused = gate.check(client, head, pool, name, ctx.loop.time())
+        if refused is None:
+            return False
+        self._too_many(*refused)
+        return True
+
+    def _too_many(self, bound: Bound, wait: int) -> None:
+        """Answer 429 with Retry-After and the RateLimit fields; nothing reaches a backend."""
+        ctx = self.ctx
+        ctx.stats.error(429)
+        req = self.req
+        rid = self.rid if req is not None else new_request_id()  # (a plain request's id is not made yet)
+        close = not (self.keep_alive and self.body_done)
+        rule = bound.rule
+        response = too_many_requests(
+            rule.name, rule.quota, rule.window, wait, rid, close=close, minor=req.minor if req is not None else 1
+        )
+        conn = self.conn
+        if conn.closed:
+            return
+        conn.transport.write(response)
+        self.bytes_out += len(response)
+        self.resp_status = 429
+        if close:
+            conn.close()
+        else:
+            self.done()
 
     def _client(self, req: RequestHead) -> str:
         """The client of a request: the connection's peer, or, when that peer is a trusted proxy

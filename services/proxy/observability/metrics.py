@@ -15,6 +15,8 @@ Series (every one per proxy process, i.e. per worker: each worker serves its own
   requests answered through the backend / bytes sent back to those clients
 - ``gobalancer_proxy_route_requests_total{pool,route,class}`` and
   ``gobalancer_proxy_route_request_duration_seconds{pool,route}``: with routes, per route
+- ``gobalancer_proxy_rate_limited_total{rule}``, ``..._rate_limit_degraded{rule}``, ``..._rate_limit_keys{rule}``,
+  ``..._rate_limit_sync_failures_total``: with rate limits
 - ``gobalancer_proxy_generated_responses_total{code}``: responses the proxy made itself (4xx/5xx)
 - ``gobalancer_proxy_{connections,requests}_total``, ``gobalancer_proxy_idle_timeouts_total``
 - with a store: ``gobalancer_proxy_store_sync_lag_seconds`` (event written -> applied here),
@@ -30,6 +32,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.proxy.limits.gate import Gate
+from services.proxy.limits.sync import RateLimitSync
 from services.proxy.stats import CLASS_NAMES, LATENCY_BUCKETS, Histogram, Stats
 
 P = "gobalancer_proxy_"
@@ -50,10 +54,19 @@ def histogram_family(name: str, doc: str, labels: list[str], series: Iterable[tu
 class ProxyCollector(Collector):
     """Reads ``stats()`` (the Context's Stats, None before the server started) and the balancer."""
 
-    def __init__(self, stats: Callable[[], Stats | None], balancer: Any, info: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], Stats | None],
+        balancer: Any,
+        info: Mapping[str, str],
+        gate: Gate | None = None,
+        sync: RateLimitSync | None = None,
+    ) -> None:
         self._stats = stats
         self._balancer = balancer
         self._info = dict(info)
+        self._gate = gate
+        self._sync = sync
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(P + "info", "This proxy process (value 1).", labels=list(self._info))
@@ -63,6 +76,30 @@ class ProxyCollector(Collector):
         if stats is not None:
             yield from self._data_plane(stats)
         yield from self._balancer_metrics()
+        if self._gate is not None:
+            yield from self._rate_limits(self._gate)
+
+    def _rate_limits(self, gate: Gate) -> Iterable[Metric]:
+        """Per rule: requests refused (429), whether the limiter counts on its fallback share (Redis away,
+        or just back), and the keys it keeps; the syncs with Redis that failed."""
+        limited = CounterMetricFamily(
+            P + "rate_limited", "Requests refused (429) by a rate-limit rule.", labels=["rule"]
+        )
+        degraded = GaugeMetricFamily(
+            P + "rate_limit_degraded",
+            "1 while a rule counts on this replica's share alone (Redis unreachable at the last sync).",
+            labels=["rule"],
+        )
+        keys = GaugeMetricFamily(P + "rate_limit_keys", "Keys a rule's limiter keeps (bounded).", labels=["rule"])
+        for limiter in gate.limiters:
+            limited.add_metric([limiter.name], limiter.denied)
+            degraded.add_metric([limiter.name], int(limiter.degraded))
+            keys.add_metric([limiter.name], len(limiter))
+        yield from (limited, degraded, keys)
+        if self._sync is not None:
+            yield CounterMetricFamily(
+                P + "rate_limit_sync_failures", "Rate-limit syncs with Redis that failed.", value=self._sync.failed
+            )
 
     def _data_plane(self, stats: Stats) -> Iterable[Metric]:
         yield CounterMetricFamily(P + "connections", "Client connections accepted.", value=stats.connections)
@@ -158,7 +195,13 @@ class ProxyCollector(Collector):
         )
 
 
-def proxy_registry(stats: Callable[[], Stats | None], balancer: Any, info: Mapping[str, str]) -> CollectorRegistry:
+def proxy_registry(
+    stats: Callable[[], Stats | None],
+    balancer: Any,
+    info: Mapping[str, str],
+    gate: Gate | None = None,
+    sync: RateLimitSync | None = None,
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(stats, balancer, info))
+    registry.register(ProxyCollector(stats, balancer, info, gate, sync))
     return registry

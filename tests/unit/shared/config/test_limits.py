@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from services.proxy.limits.rules import RateLimitRule, RateLimitsConfig, parse_rate
+from shared.config.limits import RateLimitRule, RateLimitsConfig, parse_rate
 
 
 def rule(**fields: Any) -> RateLimitRule:

@@ -10,8 +10,8 @@ A rule::
     fail_closed: false           # while Redis is unreachable: false = each replica admits its share; true = deny
 
 Errors are ``ValueError("field: problem")`` raised from ``__post_init__``, the convention
-``shared.config`` turns into ``rate_limits.rules[i].field: problem``. This module imports nothing from
-``shared.config`` (the config schema imports it).
+``shared.config`` turns into ``rate_limits.rules[i].field: problem``. The config schema
+(``shared.config.schema``) imports it; the proxy's limiters (``services.proxy.limits``) read it.
 """
 
 from __future__ import annotations
