@@ -113,7 +113,7 @@ class RateLimitsConfig(_Struct):
     # The rules; a request is checked against every rule that applies to it, in this order.
     rules: list[RateLimitRule] = msgspec.field(default_factory=list)
     # Keys whose state each replica keeps per rule (least recently used ones are forgotten beyond it: a
-    # forgotten key starts again from what Redis says). About 400 bytes each.
+    # forgotten key starts again on its fallback share until its next sync). About 400 bytes each.
     max_keys: MaxKeys = 100_000
     # Each replica pushes its counts and reads the global ones every sync_sec (one round trip for all rules).
     # Shorter: closer to the limit across replicas; longer: less work for Redis.

@@ -64,28 +64,46 @@ async def _until(check: object, timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
-async def offer(nodes: list[Node], per_replica: float, seconds: float) -> dict[int, int]:
+class Offered(dict[int, int]):
+    """Admitted requests per window, and the windows during which the event loop stalled (another
+    process took the CPU for longer than STALL: the requests due then all came at once, later)."""
+
+    stalled: set[int]
+
+
+STALL = 0.1
+
+
+async def offer(nodes: list[Node], per_replica: float, seconds: float) -> Offered:
     """Offer ``per_replica`` requests per second to each node for ``seconds``; the admitted ones per window."""
     loop = asyncio.get_running_loop()
-    admitted: dict[int, int] = defaultdict(int)
+    admitted = Offered()
+    admitted.stalled = set()
+    counts: dict[int, int] = defaultdict(int)
 
     async def one(node: Node) -> None:
-        start = loop.time()
+        start = last = loop.time()
         sent = 0
         while (now := loop.time()) - start < seconds:
+            if now - last > STALL:
+                admitted.stalled.update(range(node.limiter.window_at(last), node.limiter.window_at(now) + 1))
+            last = now
             due = int((now - start) * per_replica) - sent
             for _ in range(due):
                 if node.limiter.admit(KEY, now) == 0:
-                    admitted[node.limiter.key_window(KEY) or 0] += 1
+                    counts[node.limiter.key_window(KEY) or 0] += 1
             sent += due
             await asyncio.sleep(0.004)
 
     await asyncio.gather(*(one(n) for n in nodes))
+    admitted.update(counts)
     return admitted
 
 
-def warm(admitted: dict[int, int]) -> list[int]:
-    return sorted(admitted)[1:-1]  # the first and last windows are cut short
+def warm(admitted: Offered) -> list[int]:
+    """The windows to check: not the first and last (cut short), nor one offered less because the loop
+    stalled (the machine is shared: then the premise, 3x the limit offered in every window, failed)."""
+    return [w for w in sorted(admitted)[1:-1] if w not in admitted.stalled]
 
 
 async def test_three_replicas_offered_three_times_the_limit_admit_the_limit(redis_url: str, namespace: str) -> None:
@@ -93,7 +111,7 @@ async def test_three_replicas_offered_three_times_the_limit_admit_the_limit(redi
         await offer(three, 3 * LIMIT, 2.0)  # warm up: shares settle
         admitted = await offer(three, 3 * LIMIT, 6.0)
         windows = warm(admitted)
-        assert len(windows) >= 4
+        assert len(windows) >= 2, f"the event loop stalled in windows {sorted(admitted.stalled)}"
         assert all(n.sync.reachable and not n.limiter.degraded and n.sync.synced > 40 for n in three)
         for win in windows:
             assert 0.95 * LIMIT <= admitted[win] <= 1.05 * LIMIT, ("three", win, sorted(admitted.items()))
@@ -142,7 +160,7 @@ async def test_redis_stopped_mid_run_falls_back_to_shares_and_recovers_without_a
     for win in warm(before):
         assert 0.95 * LIMIT <= before[win] <= 1.05 * LIMIT, ("before", win, sorted(before.items()))
     # Away: each replica admits a third (the first window still ran on the last sync's view).
-    for win in warm(away)[1:]:
+    for win in [w for w in warm(away) if w != sorted(away)[1]]:
         assert 0.9 * LIMIT <= away[win] <= 1.05 * LIMIT, ("away", win, sorted(away.items()))
     # Back: no window above the limit, and the limit is reached again.
     for win in warm(back):
