@@ -85,7 +85,7 @@ async def test_over_the_limit_a_429_with_its_headers_and_nothing_reaches_a_backe
     got = await statuses(proxy.port, [GET] * 8)
     assert [s for s, _ in got] == [200] * 5 + [429] * 3  # the keep-alive connection goes on after a 429
     assert len(b.requests) == 5
-    status, headers = got[5]
+    _, headers = got[5]
     retry = int(headers["retry-after"])
     assert 1 <= retry <= 60
     assert headers["ratelimit-policy"] == '"per-client";q=5;w=60'
@@ -97,7 +97,9 @@ async def test_over_the_limit_a_429_with_its_headers_and_nothing_reaches_a_backe
     assert registry.get_sample_value("gobalancer_proxy_rate_limited_total", {"rule": "per-client"}) == 3
 
 
-async def test_a_refused_request_with_a_body_still_coming_closes_its_connection(backends: Backends, start: Start) -> None:
+async def test_a_refused_request_with_a_body_still_coming_closes_its_connection(
+    backends: Backends, start: Start
+) -> None:
     b = await backends.add(Backend())
     proxy = await start(
         f'backends: [{{address: "{b.address}"}}]\nlisten_address: 127.0.0.1:1\n'
