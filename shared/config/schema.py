@@ -483,9 +483,7 @@ class Config(_Struct):
             kind, _, name = rule.applies_to.partition(":")
             if (kind == "pool" and name not in pools) or (kind == "route" and name not in routes):
                 have = known if kind == "pool" else ", ".join(sorted(routes)) or "none"
-                raise ValueError(
-                    f"rate_limits.rules[{i}].applies_to: {kind} {name!r} does not exist ({kind}s: {have})"
-                )
+                raise ValueError(f"rate_limits.rules[{i}].applies_to: {kind} {name!r} does not exist ({kind}s: {have})")
 
     def pool_names(self) -> list[str]:
         """``default`` and the named pools."""
