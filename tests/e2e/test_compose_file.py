@@ -142,6 +142,20 @@ def test_the_proxies_health_check_runs_in_the_image() -> None:
     assert subprocess.run(["bash", "-c", here], capture_output=True, timeout=10).returncode != 0
 
 
+def test_the_front_holds_connections_while_no_replica_is_ready(services: dict[str, Any]) -> None:
+    """compose/front.lua, run for every new connection: it waits (bounded) for a replica that is up and passed
+    its last check, so a moment with no ready replica delays requests instead of failing them."""
+    assert "./front.lua:/etc/gobalancer/front.lua:ro" in services["front"]["volumes"]
+    cfg = (COMPOSE_DIR / "haproxy.cfg").read_text()
+    assert re.search(r"^\s+lua-load /etc/gobalancer/front.lua$", cfg, re.M)
+    frontend = cfg[cfg.index("frontend clients") : cfg.index("backend proxy_replicas")]
+    assert re.search(r"^\s+tcp-request inspect-delay 30s$", frontend, re.M)  # a yielding action needs it
+    assert re.search(r"^\s+tcp-request content lua.wait_for_replica proxy_replicas 30000$", frontend, re.M)
+    lua = (COMPOSE_DIR / "front.lua").read_text()
+    assert 'core.register_action("wait_for_replica", { "tcp-req" }' in lua
+    assert 'stats.check_status == "L7OK"' in lua  # up *and* checked: not a replica DNS just found
+
+
 def test_only_the_docker_api_filter_holds_the_socket(services: dict[str, Any]) -> None:
     volumes = services["docker-api"]["volumes"]
     assert any(v.endswith(":/var/run/docker.sock:ro") for v in volumes), volumes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import itertools
 import json
 import os
 import random
@@ -493,6 +494,41 @@ def _upgrade(stack: Stack, run: int) -> tuple[int, int, int, float]:
         f"began (it took {took:.1f}): {when[:20]}\n" + stack.logs("front", 40)
     )
     return run, len(load.results), len(failures), round(took, 1)
+
+
+def test_every_replica_replaced_at_once_is_held_not_failed(stack: Stack) -> None:
+    """What Compose v2's `up -d` does with a new image (it stops the old containers of every service before it
+    starts a new one), and v1's with a single proxy service: every replica stops at once, and for some seconds
+    none is ready. The front holds new connections meanwhile (compose/front.lua) instead of closing them: the
+    requests wait, none fails."""
+    _ready(stack)
+    _scale(stack, 0, "proxy-b")
+    try:
+        tag = f"gobalancer:{stack.project}-at-once"
+        image = stack.build_proxy_image(tag)
+        before = {c.id for c in stack.containers("proxy")}
+        with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
+            _more(load, 200, "requests before the recreate")
+            stack.proxy_image = tag
+            started = time.monotonic()
+            stack.run("up", "-d", "--no-deps", "proxy", timeout=180)  # both replicas of `proxy` at once
+            took = time.monotonic() - started
+            _more(load, 300, "requests after the recreate")
+        after = stack.containers("proxy")
+        assert len(after) == PROXY_REPLICAS and not ({c.id for c in after} & before)
+        assert {c.image.id for c in after} == {image.id}
+        failures = _failures(load)
+        assert failures == [], f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}"
+        # No replica was ready for a while (so the hold was what kept the requests): no request completed.
+        done = sorted(t for t, _ in list(load.results) if t > started)
+        gap = max((b - a for a, b in itertools.pairwise(done)), default=0.0)
+        assert gap > 1.0, f"no gap in the completions ({gap:.2f} s): the replicas overlapped, nothing was held"
+        print(
+            f"every replica at once under load: {len(load.results)} requests, 0 failed, longest hold {gap:.1f} s, "
+            f"up took {took:.1f} s"
+        )
+    finally:
+        _scale(stack, PROXY_REPLICAS, "proxy-b")
 
 
 def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) -> None:
