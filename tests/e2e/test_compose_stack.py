@@ -1,5 +1,5 @@
-"""The Compose stack on a real Docker engine: 3 proxy replicas behind the front, admin, discovery (Docker),
-health, Redis and two demo backends labelled lb.enable=true.
+"""The Compose stack on a real Docker engine: 2 + 2 proxy replicas (services proxy and proxy-b) behind the
+front, admin, discovery (Docker), health, Redis and two demo backends labelled lb.enable=true.
 
 Needs the engine and the local images (``scripts/docker-up``); skips with the reason when they are missing,
 fails instead when CI=true. Traffic goes to the published loopback ports (front, admin) and to the
