@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps -e .
 	@touch $(STAMP)
 
+# The proxy's C fast path (scripts/build-ext): without a compiler the pure-Python twin runs; in CI it must build.
 install: $(STAMP)
+	@$(PY) scripts/build-ext $(if $(IN_CI),--required)
 
 run: install
 	@scripts/need redis-server:redis-server
@@ -46,6 +48,12 @@ ifneq ($(IN_CI),)
 else
 	$(PY) -m pytest $(PYTEST_ARGS)
 endif
+	GOBALANCER_PURE_PYTHON=1 $(PY) -m pytest -q $(PURE_PYTHON_TESTS)
+
+# The proxy's HTTP suites once more on the pure-Python fast path (the fallback where no C compiler is).
+PURE_PYTHON_TESTS := tests/unit/proxy/test_fast_path.py::test_the_compiled_fast_path_is_built_and_in_use \
+	tests/integration/proxy/test_http.py tests/integration/proxy/test_smuggling.py \
+	tests/integration/proxy/test_exchange_edges.py
 
 e2e: install
 	scripts/docker-run $(PY) -m pytest tests/e2e $(PYTEST_ARGS)

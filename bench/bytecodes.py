@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.proxy import BODY, ROOT, _seed_store, gobalancer_conf, process, start_nginx_backends
+from bench.proxy import BODY, ROOT, _seed_store, gobalancer_conf, process, routed_conf, start_nginx_backends
 from shared.processes import service_env
 from shared.redis_server import RedisServer, free_port
 
@@ -108,18 +108,25 @@ def run(args: argparse.Namespace) -> int:
         redis = stack.enter_context(RedisServer())
         asyncio.run(_seed_store(redis.url, "bench", backends))
         results: dict[str, Counter[str]] = {}
-        for name in ("gobalancer", "gobalancer-redis-lc"):
+        for name in ("gobalancer", "gobalancer-redis-lc", "gobalancer-routed"):
             port = free_port()
-            text = gobalancer_conf(port, backends, redis_url=redis.url if name == "gobalancer-redis-lc" else "")
+            if name == "gobalancer-routed":
+                text = routed_conf(port, backends)
+            else:
+                text = gobalancer_conf(port, backends, redis_url=redis.url if name == "gobalancer-redis-lc" else "")
             config = base / f"{name}.yaml"
             config.write_text(text)
             results[name] = _count(name, config, port, base / f"{name}.json", args)
-    static, coordinated = results["gobalancer"], results["gobalancer-redis-lc"]
+    static, coordinated, routed = results["gobalancer"], results["gobalancer-redis-lc"], results["gobalancer-routed"]
     a, b = sum(static.values()) / requests, sum(coordinated.values()) / requests
     print("\nper request, by function (static proxy):")
     for key, n in static.most_common(args.top * 2):
         if n / requests >= 0.5:
             print(f"  {n / requests:8.1f}  {key}")
+    c = sum(routed.values()) / requests
+    print(f"\ngobalancer-routed (100 routes, 20 pools) - gobalancer: {c - a:+.1f} bytecodes per request")
+    for key in sorted(set(static) | set(routed), key=lambda k: abs(routed[k] - static[k]), reverse=True)[:6]:
+        print(f"  {(routed[key] - static[key]) / requests:+8.1f}  {key}")
     print(f"\ngobalancer-redis-lc / gobalancer: {b / a:.3f} ({b - a:+.1f} bytecodes per request)")
     print("largest differences per request (coordinated - static):")
     keys = sorted(set(static) | set(coordinated), key=lambda k: abs(coordinated[k] - static[k]), reverse=True)
@@ -127,7 +134,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {(coordinated[key] - static[key]) / requests:+8.1f}  {key}")
     report = {
         "requests": requests,
-        "bytecodes_per_request": {"gobalancer": round(a, 1), "gobalancer-redis-lc": round(b, 1)},
+        "bytecodes_per_request": {
+            "gobalancer": round(a, 1),
+            "gobalancer-redis-lc": round(b, 1),
+            "gobalancer-routed": round(c, 1),
+        },
         "ratio": round(b / a, 4),
         "by_function": {k: round(n / requests, 2) for k, n in static.most_common() if n / requests >= 0.05},
         "differences": {k: round((coordinated[k] - static[k]) / requests, 2) for k in keys[: args.top]},

@@ -92,7 +92,7 @@ def micro_costs(number: int = 200_000) -> dict[str, float]:
             ex.keep_alive = ex.open = True
             up.begin(ex)
             ex.up = up
-            ex.complete_fast(up, b"200", head + body)
+            ex.complete_fast(up, 200, head + body)
             ctx.pool.get(upstream.address)
 
         def trace() -> None:

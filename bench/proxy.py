@@ -231,6 +231,36 @@ def gobalancer_conf(
     return "\n".join(lines) + "\n"
 
 
+ROUTED_POOLS = 20
+ROUTED_ROUTES = 100
+
+
+def routed_conf(port: int, backends: list[int], metrics: bool = True, workers: int = 1) -> str:
+    """``gobalancer_conf`` with routing (issue 20): 20 pools (each of the same backends) and 100 routes,
+    exact hosts, wildcards and prefixes of several lengths; the benchmark's requests (``Host: bench`` or
+    ``127.0.0.1:port``, path ``/``) match the ``/`` route of a host that has deeper prefixes too."""
+    lines = gobalancer_conf(port, backends, metrics, workers=workers).splitlines()
+    servers = "[" + ", ".join(f'{{address: "127.0.0.1:{p}"}}' for p in backends) + "]"
+    lines.append("pools:")
+    lines += [f"  pool-{i:02d}: {{backends: {servers}}}" for i in range(ROUTED_POOLS)]
+    lines.append("routes:")
+    routes: list[str] = []
+    for host in ("bench", "127.0.0.1"):
+        for j, prefix in enumerate(("/api", "/api/v2", "/static", "/v1/users")):
+            routes.append(
+                f"{{name: {host.replace('.', '-')}-{j}, host: {host}, path_prefix: {prefix}, pool: pool-0{j}}}"
+            )
+        routes.append(f"{{name: {host.replace('.', '-')}-root, host: {host}, pool: pool-07}}")
+    i = 0
+    while len(routes) < ROUTED_ROUTES:
+        host = f"svc-{i // 4:02d}.example.com" if i % 5 else f"*.zone-{i:02d}.example.net"
+        prefix = ("/", "/api", "/api/v1", "/assets", "/login")[i % 5]
+        routes.append(f'{{name: r-{i:03d}, host: "{host}", path_prefix: {prefix}, pool: pool-{i % ROUTED_POOLS:02d}}}')
+        i += 1
+    lines += [f"  - {r}" for r in routes]
+    return "\n".join(lines) + "\n"
+
+
 async def _seed_store(url: str, namespace: str, backends: list[int]) -> None:
     """The coordinated setup: backends in the store, healthy, and least_connections for every proxy."""
     from shared.models import AlgorithmSetting, Backend
@@ -364,6 +394,18 @@ def run(args: argparse.Namespace) -> int:
                 gb_kwargs,
             )
         )
+        # The same proxy routing by host and path over 100 routes to 20 pools (issue 20: within 3 %).
+        if only and "gobalancer-routed" in only:
+            routed_file = base / "gobalancer-routed.yaml"
+            targets.append(
+                (
+                    "gobalancer-routed",
+                    _proxy_cmd(routed_file),
+                    routed_file,
+                    lambda p: routed_conf(p, backend_ports, metrics, workers=workers),
+                    gb_kwargs,
+                )
+            )
         # The same proxy coordinated through Redis: the store's view, least_connections on global in-flight
         # counts, the replica's batched counter pushes (issue 4: within 5 % of the static round robin).
         if not only or "gobalancer-redis-lc" in only:
@@ -536,6 +578,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics", choices=("on", "off"), default="on", help="gobalancer's metrics.enabled (default on)"
     )
     parser.add_argument(
-        "--only", default="", help="comma-separated subset: gobalancer,gobalancer-redis-lc,haproxy,nginx,direct"
+        "--only",
+        default="",
+        help="comma-separated subset: gobalancer,gobalancer-redis-lc,haproxy,nginx,direct; gobalancer-routed "
+        "(100 routes, 20 pools) runs only when named",
     )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"), help="output directory")

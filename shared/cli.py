@@ -9,7 +9,8 @@ from typing import NoReturn
 
 import yaml
 
-from shared.config import ConfigError, effective_settings, load_config
+from shared.config import Config, ConfigError, effective_settings, load_config
+from shared.config.routing import precedence
 from shared.redis_server import INSTALL_HINT, find_redis_server
 
 
@@ -21,7 +22,24 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
         return 2
     print(f"# {args.file}: OK. Effective settings (environment applied, secrets redacted):")
     print(yaml.safe_dump(effective_settings(config), sort_keys=False, default_flow_style=False), end="")
+    if config.routes:
+        print("\n".join(route_order(config)))
     return 0
+
+
+def route_order(config: Config) -> list[str]:
+    """The route table as the proxy tries it (YAML comments, so the output stays a YAML document)."""
+    lines = ["# Routes in the order they are tried (the first that matches wins):"]
+    for n, i in enumerate(precedence(config.routes), 1):
+        route = config.routes[i]
+        conditions = [f"host {route.host}" if route.host else "any host", f"path_prefix {route.path_prefix}"]
+        if route.methods:
+            conditions.append("methods " + ",".join(route.methods))
+        conditions += [f"{name}: {value}" for name, value in route.headers.items()]
+        lines.append(f"#   {n}. routes[{i}] {route.name}: {'; '.join(conditions)} -> pool {route.pool}")
+    unmatched = f"pool {config.unmatched_pool}" if config.unmatched_pool else "404"
+    lines.append(f"#   no route matches -> {unmatched}")
+    return lines
 
 
 def _cmd_settings_reference(args: argparse.Namespace) -> int:

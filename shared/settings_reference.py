@@ -26,6 +26,7 @@ from shared.config import ENV_PREFIX, Config, Seconds, to_builtins
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "config.yaml"
 ITEM = "[]"  # a list's items in a path: backends[].address
+KEY = "<name>"  # a mapping's values in a path: pools.<name>.algorithm
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ def describe_type(hint: Any) -> str:
         if _is_struct(item):
             return "list of {" + ", ".join(_struct_hints(item)) + "}"
         return f"list of {describe_type(item)}"
+    if origin is dict:
+        value, _ = _strip(get_args(tp)[1])
+        if _is_struct(value):
+            return "mapping of name to {" + ", ".join(_struct_hints(value)) + "}"
+        return f"mapping of {describe_type(get_args(tp)[0])} to {describe_type(value)}"
+    if _is_struct(tp):
+        return "{" + ", ".join(_struct_hints(tp)) + "}"
     bounds = _bounds(metas)
     name = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(tp, getattr(tp, "__name__", str(tp)))
     if tp is Seconds:
@@ -107,11 +115,10 @@ def settings(tp: Any = Config, prefix: tuple[str, ...] = (), defaults: Any = Non
             out += settings(inner, path, defaults[name], env)
             continue
         out.append(Setting(_dotted(path), describe_type(hint), _default_text(defaults[name]), variable))
-        if get_origin(inner) is list:
-            (item,) = get_args(inner)
-            item, _ = _strip(item)
+        if get_origin(inner) in (list, dict):
+            item, _ = _strip(get_args(inner)[-1])
             if _is_struct(item):
-                out += _item_settings(item, (*path, ITEM))
+                out += _item_settings(item, (*path, ITEM if get_origin(inner) is list else KEY))
     return out
 
 
@@ -119,7 +126,9 @@ def _item_settings(tp: Any, prefix: tuple[str, ...]) -> list[Setting]:
     """A list item's fields: their defaults are the Struct's own (required fields have none)."""
     out: list[Setting] = []
     for field in msgspec.structs.fields(tp):
-        if field.default is not msgspec.NODEFAULT:
+        if _is_struct(_strip(field.type)[0]):
+            default = "(its fields' defaults)"
+        elif field.default is not msgspec.NODEFAULT:
             default = _default_text(to_builtins(field.default))
         elif field.default_factory is not msgspec.NODEFAULT:
             default = _default_text(to_builtins(field.default_factory()))
@@ -131,6 +140,14 @@ def _item_settings(tp: Any, prefix: tuple[str, ...]) -> list[Setting]:
 
 def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(path).replace("." + ITEM, ITEM)
+
+
+def comment_for(comments: dict[str, str], path: str) -> str:
+    """A setting's comment in the example; a ``<name>`` in the path stands for any key the example uses."""
+    if KEY not in path:
+        return comments.get(path, "")
+    pattern = re.compile(re.escape(path).replace(re.escape(KEY), r"[^.\[\]]+"))
+    return next((text for key, text in comments.items() if text and pattern.fullmatch(key)), "")
 
 
 # -- the annotated example ---------------------------------------------------------------------
@@ -200,7 +217,7 @@ def example_comments(text: str) -> dict[str, str]:
 
 HEADER = """# Settings reference
 
-Generated from the config schema (`shared/config.py`) by `gobalancer settings-reference --output
+Generated from the config schema (`shared/config/schema.py`) by `gobalancer settings-reference --output
 docs/settings.md`; descriptions are the comments of the annotated example, `config/config.yaml`.
 Do not edit by hand: change the schema or the example, then regenerate (a test fails while this file is stale).
 
@@ -239,14 +256,14 @@ def render(comments: dict[str, str] | None = None) -> str:
         if section and comments.get(section):
             lines += [_description(comments[section]), ""]
         nested = sorted({s.path.rsplit(".", 1)[0] for s in rows if s.path.count(".") > 1})
-        notes = [f"- `{n}`: {_description(comments[n])}" for n in nested if comments.get(n)]
+        notes = [f"- `{n}`: {_description(comment_for(comments, n))}" for n in nested if comment_for(comments, n)]
         if notes:
             lines += [*notes, ""]
         lines.append("| setting | type | default | environment | description |")
         lines.append("|---|---|---|---|---|")
         for s in rows:
-            env = f"`{s.env}`" if s.env else "(in the list's)"
-            description = _description(comments.get(s.path, ""))
+            env = f"`{s.env}`" if s.env else ("(in the mapping's)" if KEY in s.path else "(in the list's)")
+            description = _description(comment_for(comments, s.path))
             lines.append(f"| `{s.path}` | {_cell(s.type)} | {_cell(s.default)} | {env} | {description} |")
         lines.append("")
     return "\n".join(lines)

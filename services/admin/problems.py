@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -13,6 +12,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from redis.exceptions import RedisError
 
 from services.admin.schemas import Problem
+from shared.config.errors import MISSING_FIELD, UNKNOWN_FIELD, join, named_field, soften, split_msgspec
 from shared.logs import get_logger
 from shared.store import UNAVAILABLE, BackendDenied, BackendExists, BackendNotFound, OriginMismatch
 
@@ -20,11 +20,6 @@ log = get_logger("admin")
 
 PROBLEM_JSON = "application/problem+json"
 _TYPE = "urn:gobalancer:problem:"
-
-_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_UNKNOWN = re.compile(r"^Object contains unknown field `(?P<field>[^`]+)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
-_NAMED = re.compile(r"^(?P<field>[a-z_]+): (?P<problem>.*)$", re.S)
 
 
 class InvalidRequest(Exception):
@@ -63,19 +58,15 @@ def describe_validation(
     """Turn a msgspec error on a request body into the field it names and a readable problem."""
     if not isinstance(err, msgspec.ValidationError):
         return InvalidRequest("body", f"invalid JSON: {err}")
-    m = _AT.match(str(err))
-    assert m is not None
-    problem, path = m.group("problem"), (m.group("path") or "").lstrip(".")
-    if unknown := _UNKNOWN.match(problem):
-        field = ".".join(p for p in (path, unknown.group("field")) if p)
+    problem, path = split_msgspec(err)
+    if unknown := UNKNOWN_FIELD.match(problem):
         hint = f" (allowed: {', '.join(allowed)})" if allowed and not path else ""
-        return InvalidRequest(field, f"unknown field{hint}")
-    if missing := _MISSING.match(problem):
-        return InvalidRequest(".".join(p for p in (path, missing.group("field")) if p), "required field is missing")
-    if not path and (named := _NAMED.match(problem)):
-        return InvalidRequest(named.group("field"), named.group("problem"))
-    problem = problem.replace("Expected", "expected").replace("Invalid enum value", "invalid value")
-    return InvalidRequest(path or "body", problem)
+        return InvalidRequest(join(path, unknown.group("field")), f"unknown field{hint}")
+    if missing := MISSING_FIELD.match(problem):
+        return InvalidRequest(join(path, missing.group("field")), "required field is missing")
+    if not path and (named := named_field(problem)):
+        return InvalidRequest(named[0] + named[1], named[2])
+    return InvalidRequest(path or "body", soften(problem))
 
 
 def problem_response(

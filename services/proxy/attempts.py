@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from services.proxy.balancer import Upstream
+from services.proxy.balancer import Balancer, Upstream
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -37,10 +37,13 @@ class Attempts:
     """The attempts of one exchange (HTTP: a request; TCP: a connection). The HTTP exchange and the TCP
     client *are* their attempts (they subclass this): the hot path reads these fields directly."""
 
-    __slots__ = ("count", "ctx", "last", "started_at", "tried", "upstream")
+    __slots__ = ("balancer", "count", "ctx", "last", "started_at", "tried", "upstream")
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, balancer: Balancer | None = None) -> None:
         self.ctx = ctx
+        # The pool's balancer: the listener's (the default pool's, or a listener's own pool), or, with
+        # routes, the matched route's pool (set per request by the HTTP exchange).
+        self.balancer: Balancer = balancer if balancer is not None else ctx.balancer
         self.count = 0  # attempts made for the current request
         self.tried: list[str] | tuple[()] = ()  # addresses tried before the current attempt
         self.upstream: Upstream | None = None  # the current attempt's backend, until finish()
@@ -50,7 +53,7 @@ class Attempts:
     def first(self, key: str) -> Upstream | None:
         self.count = 1
         self.tried = ()
-        upstream = self.upstream = self.ctx.balancer.pick(key, ())
+        upstream = self.upstream = self.balancer.pick(key, ())
         if upstream is not None:
             self.last = upstream.address
         return upstream
@@ -62,7 +65,7 @@ class Attempts:
             return None
         # (The fast path does not reset ``tried`` for each request: a first retry starts it anew.)
         tried = self.tried = [failed] if self.count == 1 else [*self.tried, failed]
-        upstream = ctx.balancer.pick(key, tried)
+        upstream = self.balancer.pick(key, tried)
         if upstream is not None:
             self.count += 1
             self.last = upstream.address
@@ -76,14 +79,14 @@ class Attempts:
         if upstream is not None:
             self.upstream = None
             self.last = upstream.address
-            self.ctx.balancer.finished(upstream, ok, latency)
+            self.balancer.finished(upstream, ok, latency)
 
     def finish_ok(self, latency: float, status: int) -> None:
         upstream = self.upstream
         if upstream is not None:
             self.upstream = None
             self.last = upstream.address
-            self.ctx.balancer.finished(upstream, status < 500, latency)
+            self.balancer.finished(upstream, status < 500, latency)
 
     async def connect(self, upstream: Upstream, factory: Callable[[], asyncio.Protocol]) -> Any:
         """A new connection's protocol, or None after a failure (counted, reported, logged)."""

@@ -15,7 +15,7 @@ from typing import Protocol
 import msgspec
 
 from shared.addresses import parse_address
-from shared.config import Config
+from shared.config import Config, PoolConfig
 
 
 class Upstream(msgspec.Struct, frozen=True, gc=False):
@@ -67,6 +67,10 @@ class StaticRoundRobin:
     @classmethod
     def from_config(cls, config: Config) -> StaticRoundRobin:
         return cls([Upstream.from_address(b.address) for b in config.backends], config.balancing.hash_key)
+
+    @classmethod
+    def from_pool(cls, pool: PoolConfig) -> StaticRoundRobin:
+        return cls([Upstream.from_address(b.address) for b in pool.backends], pool.balancing.hash_key)
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
         try:

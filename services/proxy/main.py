@@ -19,7 +19,7 @@ from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
 from services.proxy.store_balancer import open_store_balancer
 from services.proxy.workers import Workers
-from shared.config import Config
+from shared.config import DEFAULT_POOL, Config
 from shared.gc_tuning import tune_gc
 from shared.logs import get_logger
 from shared.metrics import metrics_server
@@ -27,6 +27,16 @@ from shared.service import open_store, run_service
 
 SERVICE = "proxy"
 log = get_logger("proxy")
+
+
+def static_pools(config: Config) -> dict[str, Balancer]:
+    """The named pools (all but ``default``) as configured: round robin over each pool's backends.
+
+    (The default pool comes from the store when there is one; the named pools come from the
+    configuration file in both modes for now: the store does not hold pools yet.)"""
+    return {
+        name: StaticRoundRobin.from_pool(pool) for name, pool in config.pool_configs().items() if name != DEFAULT_POOL
+    }
 
 
 @contextlib.asynccontextmanager
@@ -78,7 +88,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     readiness = Readiness()
     try:
         async with make_balancer(config) as balancer:
-            server = Server(config, balancer, reuse_port=True)
+            server = Server(config, balancer, reuse_port=True, pools=static_pools(config))
             await server.start()
             replica = getattr(balancer, "replica", None)
             if replica is not None and config.metrics.enabled:

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from services.proxy.balancer import Balancer
 from services.proxy.context import Context
@@ -53,9 +53,17 @@ def listen_socket(address: str, reuse_port: bool) -> socket.socket:
 class Server:
     """Owns the listener of one process, the shared :class:`Context`, and the drain on stop."""
 
-    def __init__(self, config: Config, balancer: Balancer, *, reuse_port: bool = True) -> None:
+    def __init__(
+        self,
+        config: Config,
+        balancer: Balancer,
+        *,
+        reuse_port: bool = True,
+        pools: Mapping[str, Balancer] | None = None,
+    ) -> None:
         self.config = config
         self.balancer = balancer
+        self.pools = pools
         self.reuse_port = reuse_port
         self.ctx: Context | None = None
         self._server: asyncio.Server | None = None
@@ -74,7 +82,7 @@ class Server:
     async def start(self, sock: socket.socket | None = None) -> None:
         loop = asyncio.get_running_loop()
         config = self.config
-        self.ctx = ctx = Context(config, self.balancer, loop)
+        self.ctx = ctx = Context(config, self.balancer, loop, self.pools)
         if sock is None:
             sock = listen_socket(config.listen_address, self.reuse_port)
         tls = config.proxy.tls

@@ -10,6 +10,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 # Upper bounds (seconds) of the latency histograms; one more slot counts everything above the last.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -120,6 +121,10 @@ class BackendStats:
             self.ttfb.observe(ttfb)
 
 
+class Labelled(Protocol):
+    label: tuple[str, str]  # (pool, route): a route (services.proxy.routes.Route)
+
+
 @dataclass(slots=True)
 class Stats:
     connections: int = 0  # client connections accepted
@@ -131,6 +136,15 @@ class Stats:
     idle_timeouts: int = 0  # body transfers aborted because one side stalled
     errors: Counter[int] = field(default_factory=Counter)  # status -> responses the proxy made itself
     backends: dict[str, BackendStats] = field(default_factory=dict)
+    # With routes: per route, the requests it sent to its pool (same histograms as a backend's). Keyed by
+    # the route's (pool, name) label: routes come from the configuration, never from request values.
+    routes: dict[tuple[str, str], BackendStats] = field(default_factory=dict)
+
+    def route(self, route: Labelled) -> BackendStats:
+        r = self.routes.get(route.label)
+        if r is None:
+            r = self.routes[route.label] = BackendStats()
+        return r
 
     def error(self, status: int) -> None:
         self.errors[status] += 1

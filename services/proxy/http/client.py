@@ -141,11 +141,12 @@ class ClientConnection(asyncio.Protocol):
                 self._read_head(data)
                 return
             ctx = self.ctx
-            m = ctx.fast_request(data)
-            if m is not None and len(data) <= ctx.max_head:
+            plain = ctx.fast_scan(data, ctx.max_target, ctx.max_head)
+            if plain is not None:
                 self.state = WAIT
-                self.ex.start_fast(m, len(data))
-                return
+                if self.ex.start_fast(plain, len(data)):
+                    return
+                self.state = HEAD  # a route that the general path must take
             self._read_head(data)
             return
         state = self.state
@@ -249,7 +250,7 @@ class ClientConnection(asyncio.Protocol):
         except HttpError as exc:
             self._reject(exc)
             return
-        self.ex.start(req, rest, end + 4)
+        self.ex.start(req, rest, end + 4, head)
 
     def _reject(self, exc: HttpError) -> None:
         self.ctx.stats.error(exc.status)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 REASONS = {
     400: b"Bad Request",
+    404: b"Not Found",
     408: b"Request Timeout",
     413: b"Content Too Large",
     414: b"URI Too Long",

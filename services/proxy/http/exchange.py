@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 import time
 from binascii import hexlify as _hexlify
 from bisect import bisect_left
@@ -33,6 +32,7 @@ from services.proxy.attempts import Attempts
 from services.proxy.balancer import Upstream
 from services.proxy.flow import PEER_FULL, QUEUED
 from services.proxy.http.errors import error_response
+from services.proxy.http.fast import host_name
 from services.proxy.http.headers import (
     FAST_SUFFIX,
     FAST_SUFFIX_TRACE,
@@ -56,7 +56,8 @@ from services.proxy.http.upstream import VIA_CLOSE_END, VIA_END, UpstreamConnect
 from services.proxy.observability.access_log import iso_time
 from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
 from services.proxy.proxy_protocol import forwarded_client
-from services.proxy.stats import LATENCY_BUCKETS, WHOLE_SLOTS
+from services.proxy.routes import Route
+from services.proxy.stats import LATENCY_BUCKETS, WHOLE_SLOTS, BackendStats
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ _ids = REQUEST_IDS
 _id_prefix = REQUEST_ID_PREFIX
 _bits = random.Random().getrandbits
 _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
-# BackendStats.whole's first slot for a status, by the byte value of its first digit (b"2"[0] == 50).
-_CLASS_SLOT = [0] * 48 + [c * WHOLE_SLOTS for c in range(10)]
+# BackendStats.whole's first slot for a status (a fast-path status is 200-599): one index, no division.
+_CLASS_SLOT = [s // 100 * WHOLE_SLOTS for s in range(600)]
 
 
 _NO_IDLE: dict[str, list[UpstreamConnection]] = {}
@@ -112,6 +113,8 @@ class Exchange(Attempts):
         "resp_status",
         "responded",
         "rid",
+        "route",
+        "route_stats",
         "t0",
         "trace",
         "traceparent",
@@ -135,6 +138,8 @@ class Exchange(Attempts):
         self.open = False  # a request started and not yet ended (end())
         self.req: RequestHead | None = None  # the general path's parsed head (None on the fast path)
         self.rid = b"-"
+        self.route: Route | None = None  # with routes: the current request's (its pool is ``balancer``)
+        self.route_stats: BackendStats | None = None  # ... and its counters (None: no routes)
         # The response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD, no body left to
         # send): True between requests, so a plain request does not set it.
         self.fast = True
@@ -163,8 +168,10 @@ class Exchange(Attempts):
 
     # -- starting a request --------------------------------------------------------------------
 
-    def start_fast(self, m: re.Match[bytes], size: int) -> None:
-        """A plain request (``parser.fast_request_matcher``): ``m`` matched its whole head, no body.
+    def start_fast(self, plain: tuple[bytes, ...], size: int) -> bool:
+        """A plain request (``ctx.fast_scan``): its head without the blank line and its Host (with routes,
+        also the Host's name, the path and the method); no body. False: not taken (with routes: no route
+        matched, or the route rewrites the request): the general path has it from the start.
 
         The hot path. Between requests the exchange holds what a plain request needs (see
         ``_restore``): ``req`` is None, ``fast`` and ``keep_alive`` are True (unless draining), the
@@ -172,10 +179,21 @@ class Exchange(Attempts):
         needs them. Every bytecode here costs about 14 ns per request (``python -m bench bytecodes``).
         """
         ctx = self.ctx
+        routes = ctx.routes
+        if routes is None:  # one pool: the listener's
+            head, host = plain
+            balancer = self.balancer
+        else:
+            head, host, name, path, method, segment = plain
+            route = routes.match_segment(name, segment, path, method, head)
+            fast_route = ctx.fast_routes[route]
+            if fast_route is None:  # no route (404), or one that rewrites the request
+                return False
+            balancer, self.route_stats = fast_route
+            self.balancer = balancer
         conn = self.conn
         ctx.stats.requests += 1
         self.bytes_in = size
-        head, host = m.groups()
         trace = ctx.trace_new
         if trace is not None:  # a new sampled trace per request (tracing.propagate, the default)
             # New trace and span ids: 24 random bytes in hex, a dash after the first 16 (two C calls, about
@@ -186,21 +204,21 @@ class Exchange(Attempts):
         else:
             out = self.head_out = self._fast_head(head, host)
         conn.deadline = ctx.response_at
-        balancer = ctx.balancer
         key = conn.client_ip if balancer.hash_key == "client_ip" else self._affinity_key(head)
         upstream = self.upstream = balancer.pick(key, ())
         if upstream is None:
             self.last = ""
             self.fail(503)
-            return
+            return True
         self.started_at = _clock()
         idle = self.idle.get(upstream.address)
         if not idle:
             self._open_upstream(upstream)
-            return
+            return True
         up = self.up = idle.pop()  # (never while the client is paused for writing: see client_blocked)
         up.ex = self
         up.transport.write(out)
+        return True
 
     def _fast_head(self, head: bytes, host: bytes) -> bytes:
         """The fast path's head when its trace is not a plain new one (propagation off, sampling, a
@@ -243,11 +261,21 @@ class Exchange(Attempts):
         ratio = self.ctx.sample_ratio
         return b"01" if ratio >= 1.0 or random.random() < ratio else b"00"
 
-    def start(self, req: RequestHead, rest: bytes | bytearray, head_size: int) -> None:
-        """Any other request: ``req`` parsed by the general path; ``rest``: bytes after its head."""
+    def start(self, req: RequestHead, rest: bytes | bytearray, head_size: int, raw: bytes = b"") -> None:
+        """Any other request: ``req`` parsed by the general path from ``raw`` (its head without the blank
+        line); ``rest``: bytes after its head."""
         ctx = self.ctx
         conn = self.conn
         ctx.stats.requests += 1
+        route: Route | None = None
+        if ctx.routes is not None:
+            route = self.route = ctx.routes.match(
+                host_name(req.host or b""), req.target.partition(b"?")[0], req.method, raw
+            )
+            self.route_stats = None
+            if route is not None:
+                self.balancer = ctx.pools[route.pool]
+                self.route_stats = ctx.stats.route(route)
         self.open = True
         self.req = req
         self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD" and not req.has_body
@@ -271,7 +299,12 @@ class Exchange(Attempts):
         self.keep_alive = req.keep_alive and not ctx.draining
         if not self.keep_alive:
             conn.plain = False  # this response is the connection's last
-        self.head_out = self._request_head(req, b"")
+        if route is not None and (route.strip_prefix or route.rewrite_host):
+            if route.strip_prefix:
+                req.target = route.strip(req.target)
+            self.head_out = self._request_head(req, b"", route.rewrite_host)
+        else:
+            self.head_out = self._request_head(req, b"")
         self.pending = [self.head_out]
         self.pending_size = len(self.head_out)
         self.body_done = not req.has_body
@@ -290,6 +323,10 @@ class Exchange(Attempts):
         if self.body_done:
             conn.deadline = ctx.now + ctx.response_timeout
         self.t0 = 0.0
+        if ctx.routes is not None and route is None:  # no route, and no default pool
+            self.open = True
+            self.fail(404)
+            return
         self._attempt(self.first(self._key()))
 
     def _client(self, req: RequestHead) -> str:
@@ -303,7 +340,7 @@ class Exchange(Attempts):
         return forwarded_client(peer, values, trusted) if values else peer
 
     def _key(self) -> str:
-        header, cookie = self.ctx.key_source()
+        header, cookie = self.ctx.key_source(self.balancer.hash_key)
         req = self.req
         if header is None and cookie is None:
             return self.client if req is not None else self.conn.client_ip
@@ -311,7 +348,7 @@ class Exchange(Attempts):
 
     def _affinity_key(self, head: bytes) -> str:
         """The affinity key of a fast-path request (only when ip_hash reads a header or a cookie)."""
-        header, cookie = self.ctx.key_source()
+        header, cookie = self.ctx.key_source(self.balancer.hash_key)
         if header is None and cookie is None:
             return self.conn.client_ip
         start = head.find(b"\r\n") + 2
@@ -332,8 +369,9 @@ class Exchange(Attempts):
                             return part[len(prefix) :].decode("latin-1")
         return self.conn.client_ip
 
-    def _request_head(self, req: RequestHead, host: bytes) -> bytes:
-        """The head sent upstream; ``host``: the Host given to a request without one."""
+    def _request_head(self, req: RequestHead, host: bytes, host_override: bytes = b"") -> bytes:
+        """The head sent upstream; ``host``: the Host given to a request without one; ``host_override``: the
+        Host of a route that rewrites it."""
         trace = self.trace
         conn = self.conn
         return upstream_request_head(
@@ -347,6 +385,7 @@ class Exchange(Attempts):
             trace is None or trace.tracestate_kept,
             self.ctx.keep_underscores,
             conn.client_ip in self.ctx.trusted_proxies,
+            host_override,
         )
 
     # -- the request body ----------------------------------------------------------------------
@@ -499,9 +538,9 @@ class Exchange(Attempts):
 
     # -- the response (called by UpstreamConnection) -------------------------------------------
 
-    def complete_fast(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+    def complete_fast(self, up: UpstreamConnection, status: int, out: bytes) -> None:
         """A plain response that arrived whole, on a connection that stays clean: ``out`` is its head,
-        rewritten for the client, and body; ``status`` its three digits. The other half of the hot path."""
+        rewritten for the client, and body (``fast.response``). The other half of the hot path."""
         self.up = None  # detached before the write: a pause_writing it triggers must not pause ``up``
         up.ex = None
         self.write(out)
@@ -509,17 +548,21 @@ class Exchange(Attempts):
         latency = _clock() - self.started_at
         upstream = self.upstream
         self.upstream = None
-        first = status[0]  # the status class as a digit's byte value: b"5"[0] == 53
-        ctx.balancer.finished(upstream, first < 53, latency)  # type: ignore[arg-type]
+        self.balancer.finished(upstream, status < 500, latency)  # type: ignore[arg-type]
         if ctx.metrics_on:
             bs = up.stats
-            bs.whole[_CLASS_SLOT[first] + bisect_left(LATENCY_BUCKETS, latency)] += 1
+            slot = _CLASS_SLOT[status] + bisect_left(LATENCY_BUCKETS, latency)
+            bs.whole[slot] += 1
             bs.whole_sum += latency
             bs.request_bytes += self.bytes_in
             bs.response_bytes += len(out)
+            rs = self.route_stats
+            if rs is not None:
+                rs.whole[slot] += 1
+                rs.whole_sum += latency
         if self.open:  # a span or log line, or the general path ran (its start, a retry)
             if ctx.observe_each:
-                self._observe_fast(up, int(status), latency, len(out))
+                self._observe_fast(up, status, latency, len(out))
             self._restore()
         # Back to the pool (its fast form: see Pool for the invariants that make it enough).
         idle = self.idle.get(up.address)
@@ -537,7 +580,7 @@ class Exchange(Attempts):
         else:
             conn.close()
 
-    def complete_fast_dirty(self, up: UpstreamConnection, status: bytes, out: bytes) -> None:
+    def complete_fast_dirty(self, up: UpstreamConnection, status: int, out: bytes) -> None:
         """A plain response followed by bytes that belong to no response: relayed, and the connection
         to the backend is not reused."""
         self.complete_fast(up, status, out)
@@ -638,6 +681,8 @@ class Exchange(Attempts):
         self.finish_ok(latency, status)
         if ctx.metrics_on:
             up.stats.finished(status, latency, self.ttfb)
+            if self.route_stats is not None:
+                self.route_stats.finished(status, latency, self.ttfb)
         if reusable and self.body_done:
             up.transport.resume_reading()
             ctx.pool.put(up.upstream.address, up)

@@ -45,6 +45,7 @@ def new_request_id() -> bytes:
 # message: Host and the framing (RFC 9110 §7.6.1 lets a proxy keep them; dropping them would forward
 # an HTTP/1.1 request without a Host, or a body without its length).
 _PROTECTED = frozenset({b"host", b"content-length", b"transfer-encoding"})
+_HOST_FIELD = frozenset({b"host"})
 
 
 def upstream_request_head(
@@ -58,6 +59,7 @@ def upstream_request_head(
     keep_tracestate: bool = True,
     keep_underscores: bool = False,
     trusted_peer: bool = False,
+    host_override: bytes = b"",
 ) -> bytes:
     """The head sent to the backend (always HTTP/1.1, keep-alive unless tunnelling): the general path.
 
@@ -72,8 +74,12 @@ def upstream_request_head(
     ``trusted_peer``: the peer is a trusted proxy (``proxy.trusted_proxies``): its X-Forwarded-For is
     kept and the peer appended; from anyone else an incoming X-Forwarded-For is dropped (it could name
     anybody), and the header holds the peer alone.
+    ``host_override``: the Host sent instead of the client's (a route's ``rewrite_host``); X-Forwarded-Host
+    keeps the client's.
     """
     drop = req.connection_tokens - _PROTECTED if req.connection_tokens else req.connection_tokens
+    if host_override:
+        drop = drop | _HOST_FIELD
     if traceparent is not None:
         drop = drop | (_TRACE_HEADERS if not keep_tracestate else _TRACEPARENT)
     out = [b"%s %s HTTP/1.1\r\n" % (req.method, req.target)]
@@ -94,7 +100,9 @@ def upstream_request_head(
                 via = value if via is None else via + b", " + value
             continue  # x-forwarded-proto/host and x-request-id: the proxy's own values
         out.append(b"%s: %s\r\n" % (name, value))
-    if req.host is None:
+    if host_override:
+        out.append(b"Host: %s\r\n" % host_override)
+    elif req.host is None:
         out.append(b"Host: %s\r\n" % upstream_host)
     elif req.host_rewritten:
         out.append(b"Host: %s\r\n" % req.host)

@@ -19,7 +19,6 @@ run of spaces between three quantifiers in O(n²) ways: 11 s for one 32 KB heade
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 HEAD_END = b"\r\n\r\n"
@@ -49,79 +48,6 @@ _HOST_VALUE = re.compile(rb"(?:" + _HOST + rb")?")
 # absolute-form (RFC 9112 §3.2.2): scheme "://" authority (no userinfo), then the path and query.
 _ABSOLUTE_FORM = re.compile(rb"(?i:https?)://(" + _HOST + rb")([/?][!-\x22$-~]*)?")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,15})[ \t]*(?:;[^\x00-\x08\x0a-\x1f\x7f]*)?")
-
-# -- the fast path ------------------------------------------------------------------------------
-#
-# Most requests and responses are plain: canonical field lines ("Name: value" with one space), no
-# framing but a Content-Length, nothing the proxy rewrites. Each of those is recognised, validated
-# and split by ONE regular-expression match (C code, linear: possessive quantifiers only), and
-# forwarded by splicing the received bytes with the proxy's own lines, with no head object and no
-# per-header Python loop. Anything else is not refused here: it takes the general path
-# (parse_request_head / parse_response_head), which has the last word on validity. A property test
-# (tests/unit/proxy/test_fast_path.py) proves both paths produce the same bytes and decisions.
-
-# Names the fast path leaves to the general one: framing and hop-by-hop fields, the fields the proxy
-# sets itself, and (requests) names with an underscore (dropped by default: see parse_request_head).
-_REQUEST_SPECIAL = (
-    rb"(?i:host|content-length|transfer-encoding|connection|keep-alive|upgrade|te|trailer|expect|proxy-[^:]*"
-    rb"|x-forwarded-[^:]*|forwarded|via|x-request-id|traceparent|tracestate):"
-)
-_CANONICAL_VALUE = _VCHAR + rb"++(?:[ \t]++" + _VCHAR + rb"++)*+"  # no leading or trailing whitespace
-_FAST_NAME = rb"[!#$%&'*+\-.^`|~0-9A-Za-z]++"  # a token without "_"
-_FAST_REQUEST_LINE = rb"(?!" + _REQUEST_SPECIAL + rb")" + _FAST_NAME + rb": " + _CANONICAL_VALUE + rb"\r\n"
-
-
-def fast_request_matcher(max_target: int) -> Callable[[bytes], re.Match[bytes] | None]:
-    """The ``fullmatch`` of a read that is exactly one plain HTTP/1.1 request head: not HEAD,
-    origin-form target of at most ``max_target`` bytes, exactly one valid Host, no body framing, no
-    Connection, nothing the proxy rewrites. Groups: the head without its blank line, the Host value.
-    (The caller checks the size against the head limit; a read holding more than one head, or a
-    head and a body, is the general path's.)"""
-    return re.compile(
-        rb"((?!HEAD |CONNECT )"
-        + _TOKEN
-        + rb" /[!-\x22$-~]{0,%d}+ HTTP/1\.1\r\n" % (max_target - 1)
-        + rb"(?:"
-        + _FAST_REQUEST_LINE
-        + rb")*+"
-        rb"(?i:host): (" + _HOST + rb")\r\n"
-        rb"(?:" + _FAST_REQUEST_LINE + rb")*+)\r\n"
-    ).fullmatch
-
-
-# Responses: the general path relays a plain response's field lines as received (whitespace and all),
-# so the fast path needs no canonical form, only valid lines. Lines whose name cannot start a
-# special one (first character not c, t, k, u or p) skip the lookahead: most lines, most of the cost.
-_RESPONSE_SPECIAL = rb"(?i:c(?:ontent-length|onnection)|t(?:ransfer-encoding|e|railer)|keep-alive|upgrade|proxy-[^:]*):"
-_RAW_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*+"
-_PLAIN_NAME = rb"[!#$%&'*+\-.^_`|~0-9ABD-JLMNOQ-SV-Zabd-jlmnoq-sv-z][!#$%&'*+\-.^_`|~0-9A-Za-z]*+"
-# Lines are matched with the CRLF *before* them, so the head's group ends without its last CRLF.
-_FAST_RESPONSE_LINE = (
-    rb"\r\n(?:"
-    + _PLAIN_NAME
-    + rb":"
-    + _RAW_VALUE
-    + rb"|(?!"
-    + _RESPONSE_SPECIAL
-    + rb")"
-    + _TOKEN
-    + rb":"
-    + _RAW_VALUE
-    + rb"|(?i:connection):[ \t]*+(?i:keep-alive)[ \t]*+)"
-)
-FAST_RESPONSE = re.compile(
-    rb"(HTTP/1\.1 (?!204 |304 )([2-5][0-9][0-9]) [^\x00-\x08\x0a-\x1f\x7f]*+"
-    rb"(?:" + _FAST_RESPONSE_LINE + rb")*+"
-    rb"\r\n(?i:content-length):[ \t]*+([0-9]{1,18})[ \t]*+"
-    rb"(?:" + _FAST_RESPONSE_LINE + rb")*+)\r\n\r\n(.*)",
-    re.DOTALL,
-).match
-"""A plain HTTP/1.1 response head (status 2xx-5xx but 204/304) framed by one Content-Length, with at
-most ``Connection: keep-alive`` as a hop-by-hop field. Groups: the head up to its last line's end
-(no CRLF), the status, the length, and what follows the head (``.*`` with DOTALL jumps to the end:
-it costs nothing whatever the size)."""
-STRIP_KEEP_ALIVE = re.compile(rb"\r\n(?i:connection):[ \t]*+(?i:keep-alive)[ \t]*+(?=\r|\Z)").sub
-"""Removes the ``Connection: keep-alive`` lines of a fast-path response head (group 1)."""
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 MAX_CHUNK_LINE = 4096

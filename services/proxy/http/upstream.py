@@ -6,7 +6,7 @@ unread bytes, or that the backend marked ``close``, is never reused.
 
 Reading a response:
 
-    HEAD ──plain head + whole body in one read (FAST_RESPONSE)──► done (complete_fast)
+    HEAD ──plain head + whole body in one read (fast.response)──► done (complete_fast)
       │──head parsed (general path)──► 1xx: relayed, back to HEAD (at most MAX_INTERIM, then 502)
       │                                101 to an upgrade request: TUNNEL; to any other: 502
       │                                final: BODY (Content-Length, chunked, or until close)
@@ -19,12 +19,11 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 from services.proxy.balancer import Upstream
+from services.proxy.http.fast import response as fast_response
 from services.proxy.http.headers import VIA
 from services.proxy.http.parser import (
-    FAST_RESPONSE,
     HEAD_END,
     MAX_INTERIM,
-    STRIP_KEEP_ALIVE,
     ChunkedDecoder,
     HttpError,
     ResponseHead,
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 MAX_RESPONSE_HEAD = 64 * 1024
 VIA_END = b"\r\nVia: " + VIA + b"\r\n\r\n"  # how a fast-path response head ends for the client
 VIA_CLOSE_END = b"\r\nVia: " + VIA + b"\r\nConnection: close\r\n\r\n"  # ... on the connection's last one
-_strip = STRIP_KEEP_ALIVE
 # What the connection is reading. HEAD (0, so one truth test): a response head, where the fast path
 # applies; GENERAL: a head for an exchange that is not plain (``Exchange.fast`` is False).
 HEAD, PARTIAL_HEAD, BODY, TUNNEL, GENERAL = range(5)
@@ -130,23 +128,24 @@ class UpstreamConnection(asyncio.Protocol):
             self._slow(ex, data)
             return
         # The fast path: a plain head and, most often, the whole body in this one read.
-        m = FAST_RESPONSE(data)
-        if m is None:
+        plain = fast_response(data, ex.via_end)
+        if plain is None:
             self._read_head(ex, data)
             return
-        head, status, length, body = m.groups()
-        if len(body) == int(length):
-            ex.complete_fast(self, status, _strip(b"", head) + ex.via_end + body)
+        status, out, missing, body_at = plain
+        if not missing:
+            ex.complete_fast(self, status, out)
         else:
-            self._fast_partial(ex, _strip(b"", head) + ex.via_end, status, int(length), body)
+            self._fast_partial(ex, status, out, missing, data, body_at)
 
-    def _fast_partial(self, ex: Exchange, out: bytes, status: bytes, length: int, body: bytes) -> None:
-        """A fast-path head with less (or more) than its whole body in this read."""
-        if len(body) > length:  # bytes beyond the response: never reuse the connection
-            ex.complete_fast_dirty(self, status, out + body[:length])
+    def _fast_partial(self, ex: Exchange, status: int, out: bytes, missing: int, data: bytes, body_at: int) -> None:
+        """A fast-path head with less (or more) than its whole body in this read (see fast.response)."""
+        if missing < 0:  # bytes beyond the response: relayed up to the length, the connection not reused
+            ex.complete_fast_dirty(self, status, out)
             return
         self.got_bytes = True
-        self._start_body(ex, ResponseHead(1, int(status), b"", length, False, True), body, out)
+        body = data[body_at:]
+        self._start_body(ex, ResponseHead(1, status, b"", len(body) + missing, False, True), body, out)
 
     def _slow(self, ex: Exchange, data: bytes) -> None:
         reading = self.reading

@@ -13,6 +13,8 @@ Series (every one per proxy process, i.e. per worker: each worker serves its own
   ``..._upstream_ttfb_seconds`` (attempt start to the backend's response head) histograms
 - ``gobalancer_proxy_backend_received_bytes_total`` / ``..._sent_bytes_total``: client bytes of the
   requests answered through the backend / bytes sent back to those clients
+- ``gobalancer_proxy_route_requests_total{pool,route,class}`` and
+  ``gobalancer_proxy_route_request_duration_seconds{pool,route}``: with routes, per route
 - ``gobalancer_proxy_generated_responses_total{code}``: responses the proxy made itself (4xx/5xx)
 - ``gobalancer_proxy_{connections,requests}_total``, ``gobalancer_proxy_idle_timeouts_total``
 - with a store: ``gobalancer_proxy_store_sync_lag_seconds`` (event written -> applied here),
@@ -106,6 +108,28 @@ class ProxyCollector(Collector):
             "Attempt start to the backend's response head, per backend.",
             ["backend"],
             (([a], b.ttfb_total()) for a, b in backends),
+        )
+        yield from self._routes(stats)
+
+    def _routes(self, stats: Stats) -> Iterable[Metric]:
+        """Per route (with routes configured): requests by status class and their durations, labelled with
+        the route's pool. Bounded: routes come from the configuration, never from request values."""
+        routes = sorted(stats.routes.items())
+        requests = CounterMetricFamily(
+            P + "route_requests",
+            "Requests a route sent to its pool that got a response, by status class.",
+            labels=["pool", "route", "class"],
+        )
+        for (pool, route), r in routes:
+            for name, n in zip(CLASS_NAMES, r.classes_total(), strict=True):
+                if n:
+                    requests.add_metric([pool, route, name], n)
+        yield requests
+        yield histogram_family(
+            P + "route_request_duration_seconds",
+            "Attempt start to response complete, per route and pool.",
+            ["pool", "route"],
+            (([pool, route], r.duration_total()) for (pool, route), r in routes),
         )
 
     def _balancer_metrics(self) -> Iterable[Metric]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.bytecodes import count_bytecodes
-from bench.proxy import gobalancer_conf
+from bench.proxy import gobalancer_conf, routed_conf
 from shared.redis_server import free_port
 
 BUDGET = 400
@@ -70,3 +70,20 @@ def test_a_plain_keep_alive_get_stays_within_the_budget(tmp_path: Path, nginx_li
     assert per_request <= BUDGET, f"{per_request:.1f} bytecodes per request (budget {BUDGET}): {top}"
     assert per_request > 100, f"implausibly few bytecodes counted ({per_request:.1f}): is the tracer on?"
     print(f"{per_request:.1f} bytecodes per request: {top}")
+
+
+ROUTING_BUDGET = 60  # issue 20: routing by host and path costs at most this many bytecodes per request
+
+
+def test_routing_over_100_routes_costs_at_most_60_bytecodes_more(tmp_path: Path, nginx_like_backend: int) -> None:
+    """The same requests through 100 routes to 20 pools (``bench.proxy.routed_conf``: exact and wildcard
+    hosts, prefixes of several lengths; the requests match a host with deeper prefixes too)."""
+    per_request = {}
+    for name, conf in (("plain", gobalancer_conf), ("routed", routed_conf)):
+        port = free_port()
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(conf(port, [nginx_like_backend]))
+        counts = count_bytecodes(config, port, tmp_path / f"{name}.json", REQUESTS, CONNECTIONS, len(BODY))
+        per_request[name] = sum(counts.values()) / REQUESTS
+    extra = per_request["routed"] - per_request["plain"]
+    assert 10 < extra <= ROUTING_BUDGET, f"routing costs {extra:.1f} bytecodes per request (budget {ROUTING_BUDGET})"

@@ -36,5 +36,5 @@ def test_every_name_the_tooling_uses_is_a_setting_or_reserved() -> None:
             names.setdefault(name, str(path.relative_to(root)))  # read by the code itself
     settings = env_settings()
     unknown = {name: where for name, where in names.items() if name not in settings and name not in RESERVED_ENV}
-    assert not unknown, f"neither settings nor reserved (shared/config.py RESERVED_ENV): {unknown}"
+    assert not unknown, f"neither settings nor reserved (shared/config/loading.py RESERVED_ENV): {unknown}"
     assert names, "the scan found nothing: the tooling's files moved?"

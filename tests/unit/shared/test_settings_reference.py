@@ -1,6 +1,6 @@
 """The settings reference and the annotated example follow the config schema (issue 17.7).
 
-After a setting is added to shared/config.py: add it, with a comment, to config/config.yaml, then
+After a setting is added to shared/config/schema.py: add it, with a comment, to config/config.yaml, then
 regenerate the reference with `gobalancer settings-reference --output docs/settings.md`.
 """
 
@@ -12,19 +12,24 @@ from typing import Any
 import yaml
 
 from shared.config import Config, env_settings, load_config, to_builtins
-from shared.settings_reference import EXAMPLE, ITEM, example_comments, render, settings
+from shared.settings_reference import EXAMPLE, ITEM, KEY, comment_for, example_comments, render, settings
 
 ROOT = Path(__file__).parents[3]
 
 
 def _lookup(data: Any, path: str) -> tuple[bool, Any]:
-    """(present, value) of a dotted path in parsed YAML; ``[]`` looks into the list's first item."""
+    """(present, value) of a dotted path in parsed YAML; ``[]`` looks into the list's first item, ``<name>``
+    into the mapping's first value."""
     node = data
     for part in path.replace(ITEM, "." + ITEM).split("."):
         if part == ITEM:
             if not isinstance(node, list) or not node:
                 return False, None
             node = node[0]
+        elif part == KEY:
+            if not isinstance(node, dict) or not node:
+                return False, None
+            node = next(iter(node.values()))
         elif isinstance(node, dict) and part in node:
             node = node[part]
         else:
@@ -64,7 +69,7 @@ def test_the_example_covers_and_explains_every_setting() -> None:
     comments = example_comments(text)
     missing = [s.path for s in settings() if not _lookup(data, s.path)[0]]
     assert not missing, f"config/config.yaml leaves out {missing}: add each, with a comment saying what it does"
-    unexplained = [s.path for s in settings() if not comments.get(s.path)]
+    unexplained = [s.path for s in settings() if not comment_for(comments, s.path)]
     assert not unexplained, f"config/config.yaml has no comment for {unexplained}"
 
 
@@ -74,7 +79,7 @@ def test_the_example_shows_the_defaults_unless_it_says_otherwise() -> None:
     example = to_builtins(load_config(EXAMPLE, {}))
     defaults = to_builtins(Config())
     for s in settings():
-        if ITEM in s.path or "not a default" in comments.get(s.path, "").lower():
+        if ITEM in s.path or KEY in s.path or "not a default" in comments.get(s.path, "").lower():
             continue
         assert _lookup(example, s.path)[1] == _lookup(defaults, s.path)[1], (
             f"{s.path}: the example's value is not the default; say 'not a default' in its comment"

@@ -1,0 +1,416 @@
+/* The HTTP fast path in C: the same decisions as the regular expressions in parser.py, in one pass.
+ *
+ * Two functions, each the C twin of a pure-Python function in services/proxy/http/fast.py (which is
+ * the reference and the fallback when this module is not built):
+ *
+ *   request(data, max_target, max_head) -> (head, host) | None
+ *       ``data`` is exactly one plain HTTP/1.1 request head (see fast.py for "plain"): ``head`` is
+ *       ``data`` without its blank line, ``host`` the Host value. Anything else: None (the general
+ *       path decides).
+ *   response(data, via_end) -> (status, out, missing, body_at) | None
+ *       ``data`` starts with a plain response head framed by Content-Length: ``out`` is the head
+ *       with its ``Connection: keep-alive`` lines removed, ``via_end`` appended, then the body bytes
+ *       of this read up to the length; ``missing`` is the length minus the body bytes present
+ *       (0: complete, < 0: bytes beyond the response, > 0: more to come, and then ``out`` is the
+ *       head only and the body starts at ``body_at`` in ``data``).
+ *
+ * Safety: every read is bounds-checked against the input's length; the module only reads its
+ * inputs and allocates its outputs. Each function is one left-to-right scan (linear in its input),
+ * with no backtracking. Whenever in doubt it answers None: the general path is always correct, and
+ * tests/unit/proxy/test_fast_path.py proves this module, its Python twin and the general path agree.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+/* Character classes, one bit each, in a 256-entry table. */
+#define C_TOKEN 0x01   /* RFC 9110 tchar */
+#define C_VCHAR 0x02   /* visible characters and obs-text: not 0x00-0x20, 0x7f */
+#define C_TARGET 0x04  /* what a forwarded target may hold: 0x21-0x7e but "#" */
+#define C_REGNAME 0x08 /* a Host reg-name character (RFC 3986 unreserved, sub-delims, "%") */
+#define C_IPLIT 0x10   /* inside "[...]" of an IP literal */
+#define C_RAW 0x20     /* a field value as relayed: not a CTL but HTAB */
+#define C_DIGIT 0x40
+
+static unsigned char cls[256];
+
+static void init_classes(void) {
+    for (int c = 0; c < 256; c++) {
+        unsigned char v = 0;
+        int alnum = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        if (alnum || (c && strchr("!#$%&'*+-.^_`|~", c))) v |= C_TOKEN;
+        if (c > 0x20 && c != 0x7f) v |= C_VCHAR;
+        if (c >= 0x21 && c <= 0x7e && c != '#') v |= C_TARGET;
+        if (alnum || (c && strchr("-._~%!$&'()*+;=", c))) v |= C_REGNAME;
+        if (alnum || (c && strchr(":.%-_~", c))) v |= C_IPLIT;
+        if (c == '\t' || (c >= 0x20 && c != 0x7f)) v |= C_RAW;
+        if (c >= '0' && c <= '9') v |= C_DIGIT;
+        cls[c] = v;
+    }
+}
+
+/* Case-insensitive compare of s[0..n) with a lowercase literal of the same length. */
+static int lower_eq(const unsigned char *s, Py_ssize_t n, const char *lit, Py_ssize_t litn) {
+    if (n != litn) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = s[i];
+        if (c >= 'A' && c <= 'Z') c += 32;
+        if (c != (unsigned char)lit[i]) return 0;
+    }
+    return 1;
+}
+
+static int lower_prefix(const unsigned char *s, Py_ssize_t n, const char *lit, Py_ssize_t litn) {
+    return n >= litn && lower_eq(s, litn, lit, litn);
+}
+
+#define EQ(s, n, lit) lower_eq((s), (n), (lit), (Py_ssize_t)sizeof(lit) - 1)
+#define PREFIX(s, n, lit) lower_prefix((s), (n), (lit), (Py_ssize_t)sizeof(lit) - 1)
+
+/* Request field names the fast path leaves to the general one (parser._REQUEST_SPECIAL). */
+static int request_special(const unsigned char *s, Py_ssize_t n) {
+    switch (n) {
+        case 2: return EQ(s, n, "te");
+        case 3: return EQ(s, n, "via");
+        case 4: return EQ(s, n, "host");
+        case 6: return EQ(s, n, "expect");
+        case 7: return EQ(s, n, "upgrade") || EQ(s, n, "trailer");
+        case 9: return EQ(s, n, "forwarded");
+        case 10: return EQ(s, n, "connection") || EQ(s, n, "keep-alive") || EQ(s, n, "tracestate");
+        case 11: return EQ(s, n, "traceparent");
+        case 12: return EQ(s, n, "x-request-id");
+        case 14: return EQ(s, n, "content-length");
+        case 17: return EQ(s, n, "transfer-encoding");
+        default: break;
+    }
+    return 0;
+}
+
+static int request_special_prefix(const unsigned char *s, Py_ssize_t n) {
+    return PREFIX(s, n, "proxy-") || PREFIX(s, n, "x-forwarded-");
+}
+
+/* Where the parts of a plain request head are (offsets into it). */
+typedef struct {
+    Py_ssize_t path_at, path_end; /* the target up to its "?" */
+    Py_ssize_t host_at, host_len; /* the Host value ... */
+    Py_ssize_t name_len;          /* ... and its length without the port */
+} request_parts;
+
+/* 1: ``p[0..n)`` is one plain request head (see request()), its parts in ``r``; 0: it is not. */
+static int scan_request(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_target, Py_ssize_t max_head,
+                        request_parts *r) {
+    if (n > max_head || n < 4 || p[n - 1] != '\n' || p[n - 2] != '\r' || p[n - 3] != '\n' || p[n - 4] != '\r')
+        return 0;
+    Py_ssize_t i = 0;
+    /* Request line: method SP "/" target SP "HTTP/1.1" CRLF; not HEAD or CONNECT. */
+    while (i < n && (cls[p[i]] & C_TOKEN)) i++;
+    if (i == 0 || i >= n || p[i] != ' ') return 0;
+    if ((i == 4 && memcmp(p, "HEAD", 4) == 0) || (i == 7 && memcmp(p, "CONNECT", 7) == 0)) return 0;
+    i++;
+    if (i >= n || p[i] != '/') return 0;
+    Py_ssize_t t0 = i, query = -1;
+    i++;
+    while (i < n && (cls[p[i]] & C_TARGET)) {
+        if (p[i] == '?' && query < 0) query = i;
+        i++;
+    }
+    if (i - t0 > max_target) return 0;
+    r->path_at = t0;
+    r->path_end = query < 0 ? i : query;
+    if (n - i < 11 || memcmp(p + i, " HTTP/1.1\r\n", 11) != 0) return 0;
+    i += 11;
+    Py_ssize_t host_at = -1, host_len = 0;
+    /* Field lines until the blank line, which must be the end of data. */
+    for (;;) {
+        if (i + 1 < n && p[i] == '\r' && p[i + 1] == '\n') {
+            if (i + 2 != n || host_at < 0) return 0;
+            break;
+        }
+        Py_ssize_t name = i;
+        int underscore = 0;
+        while (i < n && (cls[p[i]] & C_TOKEN)) {
+            underscore |= p[i] == '_';
+            i++;
+        }
+        Py_ssize_t name_len = i - name;
+        if (name_len == 0 || i + 1 >= n || p[i] != ':' || p[i + 1] != ' ') return 0;
+        i += 2;
+        if (name_len == 4 && EQ(p + name, 4, "host")) {
+            if (host_at >= 0) return 0;
+            host_at = i;
+            if (i < n && p[i] == '[') {
+                i++;
+                Py_ssize_t lit = i;
+                while (i < n && (cls[p[i]] & C_IPLIT)) i++;
+                if (i == lit || i >= n || p[i] != ']') return 0;
+                i++;
+            } else {
+                Py_ssize_t reg = i;
+                while (i < n && (cls[p[i]] & C_REGNAME)) i++;
+                if (i == reg) return 0;
+            }
+            r->name_len = i - host_at;
+            if (i < n && p[i] == ':') {
+                i++;
+                Py_ssize_t digits = i;
+                while (i < n && (cls[p[i]] & C_DIGIT)) i++;
+                if (i == digits || i - digits > 5) return 0;
+            }
+            host_len = i - host_at;
+            r->host_at = host_at;
+            r->host_len = host_len;
+        } else {
+            if (underscore || request_special(p + name, name_len) || request_special_prefix(p + name, name_len))
+                return 0;
+            /* A canonical value: visible runs separated by whitespace, none leading or trailing. */
+            if (i >= n || !(cls[p[i]] & C_VCHAR)) return 0;
+            for (;;) {
+                while (i < n && (cls[p[i]] & C_VCHAR)) i++;
+                if (i < n && (p[i] == ' ' || p[i] == '\t')) {
+                    while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+                    if (i >= n || !(cls[p[i]] & C_VCHAR)) return 0;
+                    continue;
+                }
+                break;
+            }
+        }
+        if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n') return 0;
+        i += 2;
+    }
+    return 1;
+}
+
+static int request_args(PyObject *const *args, Py_ssize_t nargs, const char *usage, Py_ssize_t *max_target,
+                        Py_ssize_t *max_head) {
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, usage);
+        return 0;
+    }
+    *max_target = PyLong_AsSsize_t(args[1]);
+    *max_head = PyLong_AsSsize_t(args[2]);
+    return !((*max_target == -1 || *max_head == -1) && PyErr_Occurred());
+}
+
+/* A tuple of new bytes objects, each ``p[at[k]..at[k]+len[k])``; ``lower`` of them ASCII-lowercased. */
+static PyObject *slices(const unsigned char *p, int count, const Py_ssize_t *at, const Py_ssize_t *len, int lower) {
+    PyObject *result = PyTuple_New(count);
+    if (result == NULL) return NULL;
+    for (int k = 0; k < count; k++) {
+        PyObject *b = PyBytes_FromStringAndSize((const char *)p + at[k], len[k]);
+        if (b == NULL) {
+            Py_DECREF(result);
+            return NULL;
+        }
+        if (k == lower) {
+            char *c = PyBytes_AS_STRING(b);
+            for (Py_ssize_t j = 0; j < len[k]; j++)
+                if (c[j] >= 'A' && c[j] <= 'Z') c[j] += 32;
+        }
+        PyTuple_SET_ITEM(result, k, b);
+    }
+    return result;
+}
+
+static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Py_ssize_t max_target, max_head;
+    if (!request_args(args, nargs, "request(data: bytes, max_target: int, max_head: int)", &max_target, &max_head))
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    request_parts r;
+    if (!scan_request(p, n, max_target, max_head, &r)) Py_RETURN_NONE;
+    Py_ssize_t at[2] = {0, r.host_at}, len[2] = {n - 2, r.host_len};
+    return slices(p, 2, at, len, -1);
+}
+
+#define N_METHODS 7
+static PyObject *methods_seen[N_METHODS]; /* GET, POST, ... as bytes, made at import */
+
+static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Py_ssize_t max_target, max_head;
+    if (!request_args(args, nargs, "request_routed(data: bytes, max_target: int, max_head: int)", &max_target,
+                      &max_head))
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    request_parts r;
+    if (!scan_request(p, n, max_target, max_head, &r)) Py_RETURN_NONE;
+    /* The path's first segment: up to its second "/" (the route table's first key). */
+    Py_ssize_t segment_end = r.path_at + 1;
+    while (segment_end < r.path_end && p[segment_end] != '/') segment_end++;
+    Py_ssize_t at[6] = {0, r.host_at, r.host_at, r.path_at, 0, r.path_at};
+    Py_ssize_t len[6] = {n - 2, r.host_len, r.name_len, r.path_end - r.path_at, r.path_at - 1, segment_end - r.path_at};
+    PyObject *result = slices(p, 4, at, len, 2);
+    if (result == NULL) return NULL;
+    /* The method: one shared object for the common ones, a new one for others. */
+    PyObject *method = NULL;
+    for (int k = 0; k < N_METHODS && method == NULL; k++)
+        if (PyBytes_GET_SIZE(methods_seen[k]) == len[4] && memcmp(PyBytes_AS_STRING(methods_seen[k]), p, len[4]) == 0) {
+            method = methods_seen[k];
+            Py_INCREF(method);
+        }
+    if (method == NULL) method = PyBytes_FromStringAndSize((const char *)p, len[4]);
+    if (method == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    PyObject *segment = PyBytes_FromStringAndSize((const char *)p + at[5], len[5]);
+    PyObject *full = segment == NULL ? NULL : PyTuple_New(6);
+    if (full == NULL) {
+        Py_DECREF(result);
+        Py_DECREF(method);
+        Py_XDECREF(segment);
+        return NULL;
+    }
+    for (int k = 0; k < 4; k++) {
+        PyObject *item = PyTuple_GET_ITEM(result, k);
+        Py_INCREF(item);
+        PyTuple_SET_ITEM(full, k, item);
+    }
+    PyTuple_SET_ITEM(full, 4, method);
+    PyTuple_SET_ITEM(full, 5, segment);
+    Py_DECREF(result);
+    return full;
+}
+
+/* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
+static int response_special(const unsigned char *s, Py_ssize_t n) {
+    int special = 0;
+    switch (n) {
+        case 2: special = EQ(s, n, "te"); break;
+        case 7: special = EQ(s, n, "trailer") || EQ(s, n, "upgrade"); break;
+        case 10: special = EQ(s, n, "connection") || EQ(s, n, "keep-alive"); break;
+        case 14: special = EQ(s, n, "content-length"); break;
+        case 17: special = EQ(s, n, "transfer-encoding"); break;
+        default: break;
+    }
+    return special || PREFIX(s, n, "proxy-");
+}
+
+#define MAX_STRIPPED 8
+
+static PyObject *fast_response(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 2 || !PyBytes_CheckExact(args[0]) || !PyBytes_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "response(data: bytes, via_end: bytes)");
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    /* Status line: "HTTP/1.1 " [2-5]DD SP reason, not 204 or 304. */
+    if (n < 13 || memcmp(p, "HTTP/1.1 ", 9) != 0) Py_RETURN_NONE;
+    if (p[9] < '2' || p[9] > '5' || !(cls[p[10]] & C_DIGIT) || !(cls[p[11]] & C_DIGIT) || p[12] != ' ')
+        Py_RETURN_NONE;
+    int status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    if (status == 204 || status == 304) Py_RETURN_NONE;
+    Py_ssize_t i = 13;
+    while (i < n && (cls[p[i]] & C_RAW)) i++;
+    /* Field lines, each matched with the CRLF before it; the head ends at CRLF CRLF. */
+    Py_ssize_t strip_at[MAX_STRIPPED], strip_end[MAX_STRIPPED];
+    int stripped = 0;
+    long long length = -1;
+    for (;;) {
+        if (i + 1 >= n || p[i] != '\r' || p[i + 1] != '\n') Py_RETURN_NONE;
+        if (i + 3 < n && p[i + 2] == '\r' && p[i + 3] == '\n') break;
+        Py_ssize_t line = i;
+        i += 2;
+        Py_ssize_t name = i;
+        while (i < n && (cls[p[i]] & C_TOKEN)) i++;
+        Py_ssize_t name_len = i - name;
+        if (name_len == 0 || i >= n || p[i] != ':') Py_RETURN_NONE;
+        i++;
+        if (!response_special(p + name, name_len)) {
+            while (i < n && (cls[p[i]] & C_RAW)) i++;
+            continue;
+        }
+        while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+        if (name_len == 14 && EQ(p + name, 14, "content-length")) {
+            if (length >= 0) Py_RETURN_NONE;
+            Py_ssize_t digits = i;
+            long long v = 0;
+            while (i < n && (cls[p[i]] & C_DIGIT)) {
+                v = v * 10 + (p[i] - '0');
+                i++;
+                if (i - digits > 18) Py_RETURN_NONE;
+            }
+            if (i == digits) Py_RETURN_NONE;
+            length = v;
+        } else if (name_len == 10 && EQ(p + name, 10, "connection")) {
+            if (n - i < 10 || !EQ(p + i, 10, "keep-alive") || stripped == MAX_STRIPPED) Py_RETURN_NONE;
+            i += 10;
+            strip_at[stripped] = line;
+            while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+            strip_end[stripped++] = i;
+            continue;
+        } else {
+            Py_RETURN_NONE;
+        }
+        while (i < n && (p[i] == ' ' || p[i] == '\t')) i++;
+    }
+    if (length < 0) Py_RETURN_NONE;
+    Py_ssize_t head_end = i, body_at = i + 4;
+    Py_ssize_t present = n - body_at;
+    long long missing = length - (long long)present;
+    Py_ssize_t body_len = missing > 0 ? 0 : (Py_ssize_t)length;
+    Py_ssize_t head_len = head_end;
+    for (int k = 0; k < stripped; k++) head_len -= strip_end[k] - strip_at[k];
+    Py_ssize_t via_len = PyBytes_GET_SIZE(args[1]);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, head_len + via_len + body_len);
+    if (out == NULL) return NULL;
+    char *o = PyBytes_AS_STRING(out);
+    Py_ssize_t from = 0;
+    for (int k = 0; k < stripped; k++) {
+        memcpy(o, p + from, strip_at[k] - from);
+        o += strip_at[k] - from;
+        from = strip_end[k];
+    }
+    memcpy(o, p + from, head_end - from);
+    o += head_end - from;
+    memcpy(o, PyBytes_AS_STRING(args[1]), via_len);
+    o += via_len;
+    if (body_len) memcpy(o, p + body_at, body_len);
+    PyObject *result = PyTuple_New(4);
+    PyObject *st = PyLong_FromLong(status);
+    PyObject *mi = PyLong_FromLongLong(missing);
+    PyObject *at = PyLong_FromSsize_t(missing > 0 ? body_at : 0);
+    if (result == NULL || st == NULL || mi == NULL || at == NULL) {
+        Py_XDECREF(result);
+        Py_XDECREF(st);
+        Py_XDECREF(mi);
+        Py_XDECREF(at);
+        Py_DECREF(out);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(result, 0, st);
+    PyTuple_SET_ITEM(result, 1, out);
+    PyTuple_SET_ITEM(result, 2, mi);
+    PyTuple_SET_ITEM(result, 3, at);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
+     "request(data, max_target, max_head) -> (head, host) | None: one plain request head, whole."},
+    {"request_routed", (PyCFunction)(void (*)(void))fast_request_routed, METH_FASTCALL,
+     "request_routed(data, max_target, max_head) -> (head, host, host_name, path, method, segment) | None:\n"
+     "request() and what routing needs: the Host without its port, lowercased, the target up to its query,\n"
+     "the method, and the path's first segment (up to its second '/')."},
+    {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
+     "response(data, via_end) -> (status, out, missing, body_at) | None: a plain response head."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "_fast", "The HTTP fast path in C (see fast.py for its Python twin).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__fast(void) {
+    static const char *names[N_METHODS] = {"GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE"};
+    init_classes();
+    for (int k = 0; k < N_METHODS; k++)
+        if (methods_seen[k] == NULL && (methods_seen[k] = PyBytes_FromString(names[k])) == NULL) return NULL;
+    return PyModule_Create(&module);
+}
