@@ -1,4 +1,4 @@
-"""Fixtures of the end-to-end tests: a Docker engine and the Compose stack with 3 proxy replicas."""
+"""Fixtures of the end-to-end tests: a Docker engine and the Compose stack with 2 + 2 proxy replicas."""
 
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ def docker_client() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def stack(docker_client: Any) -> Iterator[Stack]:
-    """The stack up with 3 proxy replicas; torn down (and every stray container removed) afterwards."""
+    """The stack up with 2 + 2 proxy replicas (proxy, proxy-b); torn down (and every stray container removed)
+    afterwards."""
     compose = compose_command()
     assert compose is not None
     s = Stack(project=f"gbe2e{uuid.uuid4().hex[:8]}", compose=compose, client=docker_client)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import os
 import random
@@ -36,12 +37,17 @@ FRONT_IMAGE = "gobalancer-front:local"
 IMAGES = (APP_IMAGE, REDIS_IMAGE, FRONT_IMAGE)
 # Every container a test starts by itself carries this label (value: the Compose project), for cleanup.
 E2E_LABEL = "gobalancer.e2e"
-PROXY_REPLICAS = 3
-# Service -> running containers expected with `up --scale proxy=3` (`secrets` runs once and exits).
+# Every image a test builds carries this one (not E2E_LABEL: its containers inherit the image's labels).
+E2E_IMAGE_LABEL = "gobalancer.e2e-image"
+# Replicas per proxy service (GOBALANCER_PROXY_REPLICAS): `proxy` and `proxy-b` have 2 each, 4 in all.
+PROXY_REPLICAS = 2
+PROXY_SERVICES = ("proxy", "proxy-b")
+# Service -> running containers expected after `up` (`secrets` runs once and exits).
 SERVICES = {
     "redis": 1,
     "docker-api": 1,
     "proxy": PROXY_REPLICAS,
+    "proxy-b": PROXY_REPLICAS,
     "front": 1,
     "admin": 1,
     "discovery": 1,
@@ -190,6 +196,7 @@ class Stack:
     # stacks on one engine do not collide.
     clients_subnet: str = field(default_factory=lambda: f"172.30.{random.randrange(100, 250)}.0/24")
     not_ready: str = ""  # why the stack never served traffic (set by the first test that found out)
+    proxy_image: str = APP_IMAGE  # GOBALANCER_PROXY_IMAGE: the proxies' image (a test replaces it)
 
     @property
     def env(self) -> dict[str, str]:
@@ -199,6 +206,8 @@ class Stack:
             GOBALANCER_ADMIN_PORT=str(self.admin_port),
             GOBALANCER_ADMIN_TOKEN=self.token,
             GOBALANCER_CLIENTS_SUBNET=self.clients_subnet,
+            GOBALANCER_PROXY_IMAGE=self.proxy_image,
+            GOBALANCER_PROXY_REPLICAS=str(PROXY_REPLICAS),
             COMPOSE_PROJECT_NAME=self.project,
         )
 
@@ -223,7 +232,7 @@ class Stack:
 
     def up(self) -> None:
         for attempt in range(3):
-            done = self.run("up", "-d", "--no-build", "--scale", f"proxy={PROXY_REPLICAS}", timeout=180, check=False)
+            done = self.run("up", "-d", "--no-build", timeout=180, check=False)
             if done.returncode == 0:
                 return
             retryable = ("address already in use", "Pool overlaps")
@@ -244,6 +253,10 @@ class Stack:
             labels.append(f"com.docker.compose.service={service}")
         found: list[Any] = self.client.containers.list(all=all, filters={"label": labels})
         return sorted(found, key=lambda c: c.name)
+
+    def proxies(self) -> list[Any]:
+        """The running proxy replicas of both proxy services."""
+        return [c for service in PROXY_SERVICES for c in self.containers(service)]
 
     def container(self, service: str) -> Any:
         (only,) = self.containers(service)
@@ -278,11 +291,24 @@ class Stack:
         )
 
     def remove_strays(self) -> None:
-        """Containers this run started outside Compose (by label), then anything left of the project."""
+        """Containers this run started outside Compose (by label), then anything left of the project, then the
+        images this run built (by label)."""
         for label in (f"{E2E_LABEL}={self.project}", f"com.docker.compose.project={self.project}"):
             for c in self.client.containers.list(all=True, filters={"label": label}):
                 with contextlib.suppress(Exception):  # already gone
                     c.remove(force=True)
+        for image in self.client.images.list(filters={"label": f"{E2E_IMAGE_LABEL}={self.project}"}):
+            with contextlib.suppress(Exception):  # already gone
+                self.client.images.remove(image.id, force=True)
+
+    def build_proxy_image(self, tag: str) -> Any:
+        """A new image of the proxies: the stack's app image plus a label (a new image ID, built in a second,
+        offline: FROM a local image, nothing pulled). Removed with the stack (remove_strays)."""
+        dockerfile = f"FROM {APP_IMAGE}\nLABEL {E2E_IMAGE_LABEL}={self.project} {E2E_IMAGE_LABEL}.tag={tag}\n"
+        image, _ = self.client.images.build(
+            fileobj=io.BytesIO(dockerfile.encode()), tag=tag, pull=False, network_mode="none", rm=True
+        )
+        return image
 
     def front(self, requests: int) -> list[str]:
         return backends_seen("127.0.0.1", self.http_port, requests)

@@ -44,6 +44,7 @@ def test_every_service_is_there_and_nothing_is_pulled(services: dict[str, Any]) 
         "secrets",
         "redis",
         "proxy",
+        "proxy-b",
         "front",
         "admin",
         "discovery",
@@ -54,7 +55,11 @@ def test_every_service_is_there_and_nothing_is_pulled(services: dict[str, Any]) 
     }
     for name, service in services.items():
         assert service["pull_policy"] == "never", name
-        assert re.fullmatch(r"gobalancer(-redis|-front)?:local", service["image"]), name
+        image = service["image"]
+        if name in ("proxy", "proxy-b"):  # a new tag in GOBALANCER_PROXY_IMAGE + `up -d` replaces the proxies
+            assert image == "${GOBALANCER_PROXY_IMAGE:-gobalancer:local}", name
+        else:
+            assert re.fullmatch(r"gobalancer(-redis|-front)?:local", image), name
         assert "build" in service, name  # `up` from a clone builds what is missing
 
 
@@ -80,6 +85,77 @@ def test_how_traffic_reaches_the_replicas(services: dict[str, Any]) -> None:
     assert admin_port.startswith("127.0.0.1:") and admin_port.endswith(":8081")
 
 
+def test_a_plain_up_replaces_the_two_proxy_services_one_after_the_other(services: dict[str, Any]) -> None:
+    """What makes `up -d` with a new proxy image fail nothing (the e2e suite measures it): two services of the
+    same replicas, `proxy-b` recreated only once `proxy` is healthy, healthy meaning GET /ready says 200, both
+    under the one name the front resolves, and the front depending on neither (Compose v2 stops the
+    dependents of a service it recreates)."""
+    proxy, proxy_b = services["proxy"], services["proxy-b"]
+    assert {k: v for k, v in proxy.items() if k != "depends_on"} == {
+        k: v for k, v in proxy_b.items() if k != "depends_on"
+    }
+    assert proxy_b["depends_on"]["proxy"] == {"condition": "service_healthy"}
+    assert "proxy-b" not in proxy["depends_on"]
+    assert proxy["scale"] == "${GOBALANCER_PROXY_REPLICAS:-1}"
+    assert proxy["networks"]["clients"] == {"aliases": ["proxy"]}
+    check = proxy["healthcheck"]
+    assert check["test"][:3] == ["CMD", "bash", "-c"] and "/dev/tcp/127.0.0.1/9100" in check["test"][3]
+    assert "GET /ready " in check["test"][3] and "= 200 ]" in check["test"][3]
+    assert check["interval"] == "1s"
+    assert "depends_on" not in services["front"]
+    # Longer than the replica's shutdown delay + drain (compose/gobalancer.yaml), so `up` waits for its drain.
+    assert proxy["stop_grace_period"] == "20s"
+
+
+def test_the_proxies_health_check_runs_in_the_image() -> None:
+    """The health check's shell line, run by bash against a real /ready listener: 200 -> 0, 503 -> 1, nothing
+    listening -> 1 (the image's bash is Debian's, like the host's)."""
+    import http.server
+    import threading
+
+    services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+    line = services["proxy"]["healthcheck"]["test"][3].replace("$$", "$")
+    status = {"code": 200}
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            assert self.path == "/ready"
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Ready)
+    port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        here = line.replace("127.0.0.1/9100", f"127.0.0.1/{port}")
+        assert here != line
+        assert subprocess.run(["bash", "-c", here], timeout=10).returncode == 0
+        status["code"] = 503
+        assert subprocess.run(["bash", "-c", here], timeout=10).returncode != 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert subprocess.run(["bash", "-c", here], capture_output=True, timeout=10).returncode != 0
+
+
+def test_the_front_holds_connections_while_no_replica_is_ready(services: dict[str, Any]) -> None:
+    """compose/front.lua, run for every new connection: it waits (bounded) for a replica that is up and passed
+    its last check, so a moment with no ready replica delays requests instead of failing them."""
+    assert "./front.lua:/etc/gobalancer/front.lua:ro" in services["front"]["volumes"]
+    cfg = (COMPOSE_DIR / "haproxy.cfg").read_text()
+    assert re.search(r"^\s+lua-load /etc/gobalancer/front.lua$", cfg, re.M)
+    frontend = cfg[cfg.index("frontend clients") : cfg.index("backend proxy_replicas")]
+    assert re.search(r"^\s+tcp-request inspect-delay 30s$", frontend, re.M)  # a yielding action needs it
+    assert re.search(r"^\s+tcp-request content lua.wait_for_replica proxy_replicas 30000$", frontend, re.M)
+    lua = (COMPOSE_DIR / "front.lua").read_text()
+    assert 'core.register_action("wait_for_replica", { "tcp-req" }' in lua
+    assert 'stats.check_status == "L7OK"' in lua  # up *and* checked: not a replica DNS just found
+
+
 def test_only_the_docker_api_filter_holds_the_socket(services: dict[str, Any]) -> None:
     volumes = services["docker-api"]["volumes"]
     assert any(v.endswith(":/var/run/docker.sock:ro") for v in volumes), volumes
@@ -99,11 +175,12 @@ def test_networks_keep_backends_away_from_the_control_plane(services: dict[str, 
     assert on["redis"] == {"control"}
     assert on["admin"] == {"control", "admin-port"}
     assert on["front"] == {"clients"}
-    assert on["proxy"] == {"clients", "backends", "control"}
+    assert on["proxy"] == on["proxy-b"] == {"clients", "backends", "control"}
     assert on["health"] == {"control", "backends"}
     assert on["discovery"] == {"control", "dockerapi"}
     # No service but the proxies and health shares a network with the backends.
-    assert {name for name, nets in on.items() if "backends" in nets} == {"proxy", "health", "demo-a", "demo-b"}
+    with_backends = {name for name, nets in on.items() if "backends" in nets}
+    assert with_backends == {"proxy", "proxy-b", "health", "demo-a", "demo-b"}
     assert services["secrets"]["network_mode"] == "none"
     # Redis loads the ACL file the secrets service writes.
     command = services["redis"]["command"]

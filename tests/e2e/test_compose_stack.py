@@ -1,5 +1,5 @@
-"""The Compose stack on a real Docker engine: 3 proxy replicas behind the front, admin, discovery (Docker),
-health, Redis and two demo backends labelled lb.enable=true.
+"""The Compose stack on a real Docker engine: 2 + 2 proxy replicas (services proxy and proxy-b) behind the
+front, admin, discovery (Docker), health, Redis and two demo backends labelled lb.enable=true.
 
 Needs the engine and the local images (``scripts/docker-up``); skips with the reason when they are missing,
 fails instead when CI=true. Traffic goes to the published loopback ports (front, admin) and to the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import http.client
+import itertools
 import json
 import os
 import random
@@ -37,7 +38,7 @@ from tests.e2e.docker_env import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-APP_SERVICES = ("proxy", "admin", "discovery", "health", "demo-a", "demo-b")
+APP_SERVICES = ("proxy", "proxy-b", "admin", "discovery", "health", "demo-a", "demo-b")
 
 
 def _ready(stack: Stack) -> None:
@@ -99,7 +100,7 @@ def test_every_service_runs_healthy_and_stays_up(stack: Stack) -> None:
             assert c.attrs["HostConfig"]["ReadonlyRootfs"] is True, c.name
             assert c.attrs["HostConfig"]["CapDrop"] == ["ALL"], c.name
     # The proxies publish nothing (N replicas cannot share a host port): the front owns the published port.
-    for c in stack.containers("proxy"):
+    for c in stack.proxies():
         assert not any(c.attrs["HostConfig"]["PortBindings"] or {}), c.name
     front_ports = stack.container("front").attrs["HostConfig"]["PortBindings"]["8080/tcp"]
     assert front_ports == [{"HostIp": "127.0.0.1", "HostPort": str(stack.http_port)}]
@@ -140,8 +141,8 @@ def test_backend_added_through_admin_is_routed_by_every_replica(stack: Stack) ->
         status, body = stack.admin("POST", "/backends", {"address": address, "weight": 1})
         assert status == 201, body
         assert body["address"] == address
-        replicas = [stack.ip(c) for c in stack.containers("proxy")]
-        assert len(replicas) == PROXY_REPLICAS
+        replicas = [stack.ip(c) for c in stack.proxies()]
+        assert len(replicas) == 2 * PROXY_REPLICAS
         for ip in replicas:
             # Each replica directly (its container address), not through the front.
             wait_for(
@@ -189,7 +190,8 @@ class Load:
     """Bounded GET load through the front: ``workers`` keep-alive clients in a tight loop, plus ``fresh``
     clients opening a new connection per request (the accept path) and ``idle`` keep-alive clients pausing up
     to 0.6 s between requests (their connection is idle when a replica stops); at most ``max_requests`` and
-    ``max_seconds``. Records (completion time, backend name or "!error") for every request."""
+    ``max_seconds``; a request not answered within ``timeout`` seconds fails. Records (completion time, backend
+    name or "!error") for every request."""
 
     def __init__(
         self,
@@ -200,8 +202,10 @@ class Load:
         idle: int = 0,
         max_requests: int = 6000,
         max_seconds: float = 20.0,
+        timeout: float = 15.0,
     ) -> None:
         self.port = port
+        self.timeout = timeout
         self.workers = workers
         self.max_requests = max_requests
         self.deadline = time.monotonic() + max_seconds
@@ -234,7 +238,7 @@ class Load:
                 self.stopping.wait(pauses.uniform(0.0, 0.6))  # load shape: a keep-alive connection left idle
             try:
                 if conn is None:
-                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=15)
+                    conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
                 conn.request("GET", "/load", headers=headers)
                 resp = conn.getresponse()
                 resp.read()
@@ -397,8 +401,8 @@ def test_the_client_address_reaches_the_backend(stack: Stack) -> None:
 # -- scaling and replacing the proxies under load ------------------------------------------------------------
 
 
-def _scale(stack: Stack, replicas: int) -> None:
-    stack.run("up", "-d", "--no-build", "--no-deps", "--no-recreate", "--scale", f"proxy={replicas}", "proxy")
+def _scale(stack: Stack, replicas: int, service: str = "proxy") -> None:
+    stack.run("up", "-d", "--no-build", "--no-deps", "--no-recreate", "--scale", f"{service}={replicas}", service)
 
 
 def _failures(load: Load) -> list[str]:
@@ -415,15 +419,18 @@ SCALE_RUNS = int(os.environ.get("GOBALANCER_E2E_SCALE_RUNS", "1"))
 
 def test_scaling_4_to_1_to_4_under_load_fails_no_request(stack: Stack) -> None:
     """Each stopping replica says not-ready at once, keeps serving through the front's next check, then
-    drains: scale-in and scale-out under keep-alive load fail nothing (GOBALANCER_E2E_SCALE_RUNS cycles)."""
+    drains: scale-in and scale-out under keep-alive load fail nothing (GOBALANCER_E2E_SCALE_RUNS cycles).
+    `proxy-b` is scaled to 0 meanwhile, so the one replica left is the only one."""
     _ready(stack)
     _scale(stack, 4)
     wait_for(lambda: len(stack.containers("proxy")) == 4, timeout=30, message="4 proxy replicas")
+    _scale(stack, 0, "proxy-b")
     report: list[tuple[int, int, int, float]] = []
     try:
         _scale_runs(stack, report)
     finally:
         print(f"scale 4->1->4 runs (run, requests, failed, scale-in seconds): {report}")
+        _scale(stack, PROXY_REPLICAS, "proxy-b")
         _scale(stack, PROXY_REPLICAS)
 
 
@@ -449,40 +456,106 @@ def _scale_runs(stack: Stack, report: list[tuple[int, int, int, float]]) -> None
         )
 
 
-def test_compose_up_two_at_a_time_replaces_the_proxies_under_load_fails_no_request(stack: Stack) -> None:
-    """Compose's own `up -d` recreating the proxies (what a new image makes it do; --force-recreate takes the
-    same path) with COMPOSE_PARALLEL_LIMIT=2 and 3 replicas: two stop at a time while the third serves, and it
-    stops only after the first two were replaced."""
+UPGRADE_RUNS = int(os.environ.get("GOBALANCER_E2E_UPGRADE_RUNS", "1"))
+
+
+def test_plain_compose_up_with_a_new_proxy_image_fails_no_request(stack: Stack) -> None:
+    """`docker-compose up -d` after the proxies' image changed (GOBALANCER_PROXY_IMAGE: a new tag), nothing
+    else: Compose recreates every `proxy` replica at once while `proxy-b` serves, and `proxy-b` only once the
+    new `proxy` replicas are healthy (ready), so the front always has ready replicas: no request fails, and
+    none waits in the front's hold (which would hide a moment with no ready replica). Only the proxies are
+    replaced. GOBALANCER_E2E_UPGRADE_RUNS runs, each to a new image."""
     _ready(stack)
-    before = {c.id for c in stack.containers("proxy")}
-    assert len(before) == PROXY_REPLICAS == 3
+    report: list[tuple[int, int, int, float, float]] = []
+    try:
+        for run in range(UPGRADE_RUNS):
+            report.append(_upgrade(stack, run))
+    finally:
+        print(f"plain up -d with a new proxy image (run, requests, failed, up seconds, longest gap s): {report}")
+
+
+def _longest_gap(load: Load, since: float) -> float:
+    """The longest time in which no request completed (after ``since``)."""
+    done = sorted(t for t, _ in list(load.results) if t > since)
+    return max((b - a for a, b in itertools.pairwise(done)), default=0.0)
+
+
+def _upgrade(stack: Stack, run: int) -> tuple[int, int, int, float, float]:
+    tag = f"gobalancer:{stack.project}-{run}"
+    image = stack.build_proxy_image(tag)
+    before = {c.id for c in stack.proxies()}
+    others = {c.id for c in stack.containers() if c.id not in before}
     with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
-        _more(load, 200, "requests before the recreate")
-        stack.run(
-            "up",
-            "-d",
-            "--no-build",
-            "--no-deps",
-            "--force-recreate",
-            "--scale",
-            "proxy=3",
-            "proxy",
-            env={"COMPOSE_PARALLEL_LIMIT": "2"},
-            timeout=180,
-        )
-        _more(load, 300, "requests after the recreate")
-    after = {c.id for c in stack.containers("proxy")}
-    assert len(after) == 3 and not (after & before), (before, after)
+        _more(load, 200, "requests before the up")
+        stack.proxy_image = tag
+        started = time.monotonic()
+        stack.run("up", "-d", timeout=180)
+        took = time.monotonic() - started
+        _more(load, 300, "requests after the up")
+    proxies = stack.proxies()
+    assert len(proxies) == 2 * PROXY_REPLICAS, [c.name for c in proxies]
+    assert not ({c.id for c in proxies} & before), "a proxy replica was not replaced"
+    assert {c.image.id for c in proxies} == {image.id}
+    assert {c.id for c in stack.containers() if c.id not in {p.id for p in proxies}} == others, "not only proxies"
     failures = _failures(load)
-    assert failures == [], f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}"
-    print(f"COMPOSE_PARALLEL_LIMIT=2 up -d --force-recreate under load: {len(load.results)} requests, 0 failed")
+    when = [(round(t - started, 2), outcome) for t, outcome in list(load.results) if outcome.startswith("!")]
+    assert failures == [], (
+        f"run {run}: {len(failures)} of {len(load.results)} failed: {Counter(failures)}; seconds after the up "
+        f"began (it took {took:.1f}): {when[:20]}\n" + stack.logs("front", 40)
+    )
+    # Held connections (no ready replica) stall every client for seconds (see the next test); here none may.
+    gap = _longest_gap(load, started)
+    assert gap < 3.0, f"run {run}: no request completed for {gap:.1f} s: a moment with no ready replica"
+    return run, len(load.results), len(failures), round(took, 1), round(gap, 2)
+
+
+def test_every_replica_replaced_at_once_is_held_not_failed(stack: Stack) -> None:
+    """What Compose v2's `up -d` does with a new image (it stops the old containers of every service before it
+    starts a new one), and v1's with a single proxy service: every replica stops at once, and for some seconds
+    none is ready. The front holds new connections meanwhile (compose/front.lua, up to 30 s) instead of closing
+    them: the requests wait, none fails. The hold lasts the old replicas' shutdown delay (5 s) plus the
+    recreate and start-up, 7-13 s on a busy 2-core machine: the clients here wait up to 40 s (curl, browsers
+    and hey's default wait 20 s or more)."""
+    _ready(stack)
+    _scale(stack, 0, "proxy-b")
+    try:
+        tag = f"gobalancer:{stack.project}-at-once"
+        image = stack.build_proxy_image(tag)
+        before = {c.id for c in stack.containers("proxy")}
+        with Load(
+            stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120, timeout=40
+        ) as load:
+            _more(load, 200, "requests before the recreate")
+            stack.proxy_image = tag
+            started = time.monotonic()
+            stack.run("up", "-d", "--no-deps", "proxy", timeout=180)  # both replicas of `proxy` at once
+            took = time.monotonic() - started
+            _more(load, 300, "requests after the recreate")
+        after = stack.containers("proxy")
+        assert len(after) == PROXY_REPLICAS and not ({c.id for c in after} & before)
+        assert {c.image.id for c in after} == {image.id}
+        failures = _failures(load)
+        when = [(round(t - started, 2), outcome) for t, outcome in list(load.results) if outcome.startswith("!")]
+        assert failures == [], (
+            f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}; seconds after the up began (it "
+            f"took {took:.1f}): {when[:20]}\n" + stack.logs("front", 60) + stack.logs("proxy", 20)
+        )
+        # No replica was ready for a while (so the hold was what kept the requests): no request completed.
+        gap = _longest_gap(load, started)
+        assert gap > 3.0, f"no gap in the completions ({gap:.2f} s): the replicas overlapped, nothing was held"
+        print(
+            f"every replica at once under load: {len(load.results)} requests, 0 failed, longest hold {gap:.1f} s, "
+            f"up took {took:.1f} s"
+        )
+    finally:
+        _scale(stack, PROXY_REPLICAS, "proxy-b")
 
 
 def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) -> None:
-    """scripts/compose-rollout: a new replica per old one, ready first, then the old ones stop (Compose's own
-    `up -d` after a new image stops every replica at once)."""
+    """scripts/compose-rollout: for each proxy service, a new replica per old one, ready first, then the old ones
+    stop (never fewer ready replicas than before)."""
     _ready(stack)
-    before = {c.id for c in stack.containers("proxy")}
+    before = {c.id for c in stack.proxies()}
     env = dict(stack.env)
     with Load(stack.http_port, workers=2, fresh=2, idle=4, max_requests=1_000_000, max_seconds=120) as load:
         _more(load, 200, "requests before the rollout")
@@ -495,8 +568,8 @@ def test_rollout_replaces_every_proxy_under_load_fails_no_request(stack: Stack) 
         )
         assert done.returncode == 0, done.stdout + done.stderr
         _more(load, 300, "requests after the rollout")
-    after = {c.id for c in stack.containers("proxy")}
-    assert len(after) == len(before) and not (after & before), (before, after)
+    after = {c.id for c in stack.proxies()}
+    assert len(after) == len(before) == 2 * PROXY_REPLICAS and not (after & before), (before, after)
     failures = _failures(load)
     assert failures == [], f"{len(failures)} of {len(load.results)} failed: {Counter(failures)}"
     print(f"rollout under load: {len(load.results)} requests, 0 failed")

@@ -54,11 +54,12 @@ def test_healthcheck_says_why_when_no_service_runs(docker_client: Any) -> None:
 def test_infra_images(docker_client: Any) -> None:
     status, output = run(docker_client, REDIS_IMAGE, ["redis-server", "--version"])
     assert status == 0 and "Redis server" in output, output
-    cfg = str(ROOT / "compose" / "haproxy.cfg")
+    # The front's config and its Lua (the hold while no replica is ready), mounted as Compose mounts them.
+    mounts = {
+        str(ROOT / "compose" / name): {"bind": f"/etc/gobalancer/{name}", "mode": "ro"}
+        for name in ("haproxy.cfg", "front.lua")
+    }
     status, output = run(
-        docker_client,
-        FRONT_IMAGE,
-        ["haproxy", "-c", "-f", "/etc/gobalancer/haproxy.cfg"],
-        volumes={cfg: {"bind": "/etc/gobalancer/haproxy.cfg", "mode": "ro"}},
+        docker_client, FRONT_IMAGE, ["haproxy", "-c", "-f", "/etc/gobalancer/haproxy.cfg"], volumes=mounts
     )
     assert status == 0 and "valid" in output, output
