@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections.abc import AsyncIterator
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
@@ -93,7 +92,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
         async with make_balancer(config) as balancer:
             pools = static_pools(config)
             loop = asyncio.get_running_loop()
-            gate = Gate(config.rate_limits, time.time() - loop.time()) if config.rate_limits.rules else None
+            gate = Gate.for_loop(config.rate_limits, loop)
             server = Server(config, balancer, reuse_port=True, pools=pools, gate=gate)
             await server.start()
             # config.listeners: more listeners (a TCP or HTTP one per pool, or HTTP through the routes),

@@ -350,12 +350,6 @@ class Exchange(Attempts):
         if wait > 0:
             self._too_many(gate.bound[0], wait)
             return True
-        simple = gate.simple
-        if simple is not None:
-            wait = simple.admit(client, ctx.loop.time())
-            if wait:
-                self._too_many(gate.bound[0], wait)
-            return bool(wait)
         pool, name = (route.pool, route.name) if route is not None else (ctx.pool_name, "")
         refused = gate.check(client, head, pool, name, ctx.loop.time())
         if refused is None:

@@ -18,7 +18,9 @@ the rules that meet a request are worked out once per route (a tuple per route, 
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 
 from services.proxy.limits.limiter import Limiter
 from shared.config.limits import RateLimitRule, RateLimitsConfig
@@ -30,18 +32,20 @@ CLIENT_IP, RULE, HEADER, COOKIE = range(4)
 class Bound:
     """A rule with its limiter and how its key is read."""
 
-    __slots__ = ("cookie", "header", "kind", "limiter", "rule")
+    __slots__ = ("cookie", "field", "kind", "limiter", "rule")
 
     def __init__(self, rule: RateLimitRule, limiter: Limiter) -> None:
         self.rule = rule
         self.limiter = limiter
-        self.header = rule.header
         self.cookie = rule.cookie
+        header = rule.header
+        # The header's field line in a raw head, compiled once per rule (linear: possessive runs).
+        self.field = None if header is None else re.compile(_FIELD % re.escape(header))
         if rule.key == "client_ip":
             self.kind = CLIENT_IP
         elif rule.key == "rule":
             self.kind = RULE
-        elif self.header is not None:
+        elif header is not None:
             self.kind = HEADER
         else:
             self.kind = COOKIE
@@ -53,16 +57,15 @@ class Bound:
         if kind == RULE:
             return ""
         if kind == HEADER:
-            assert self.header is not None
-            return header_value(head, self.header) or client
+            assert self.field is not None
+            m = self.field.search(head)
+            return m.group(1).decode("latin-1") if m is not None and m.group(1) else client
         assert self.cookie is not None
         return cookie_value(head, self.cookie) or client
 
 
-def header_value(head: bytes, name: bytes) -> str | None:
-    """The first value of field ``name`` (lower case) in a raw head, without surrounding whitespace; linear."""
-    m = re.search(rb"\r\n(?i:" + re.escape(name) + rb")[ \t]*+:[ \t]*+([^\r\n]*?)[ \t]*+\r\n", head)
-    return m.group(1).decode("latin-1") if m is not None and m.group(1) else None
+# A field line of a raw head (``%s``: the name, lower case): its first value without surrounding whitespace.
+_FIELD = rb"\r\n(?i:%s)[ \t]*+:[ \t]*+([^\r\n]*?)[ \t]*+\r\n"
 
 
 def cookie_value(head: bytes, name: bytes) -> str | None:
@@ -102,6 +105,12 @@ class Gate:
         self.simple: Limiter | None = None
         if len(self.bound) == 1 and self.bound[0].rule.applies_to == "all" and self.bound[0].kind == CLIENT_IP:
             self.simple = self.bound[0].limiter
+
+    @classmethod
+    def for_loop(cls, config: RateLimitsConfig, loop: asyncio.AbstractEventLoop) -> Gate | None:
+        """The process's gate, its limiters on ``loop``'s clock aligned to the wall clock (the sync then
+        keeps them on Redis's); None without rules."""
+        return cls(config, time.time() - loop.time()) if config.rules else None
 
     def rules_for(self, pool: str, route: str) -> tuple[Bound, ...]:
         """The rules that meet a request of ``route`` (``""``: none matched) sent to ``pool``, in order."""

@@ -18,7 +18,7 @@ import pytest
 
 from shared.admin_cli import AdminClient, backend_path
 from shared.store import Store
-from tests.conftest import docker_reachable
+from tests.conftest import docker_reachable, unavailable
 from tests.helpers import eventually
 from tests.integration.admin.server import ServedAdmin, admin_config
 from tests.integration.discovery.test_service import service, write_config
@@ -27,12 +27,6 @@ pytestmark = pytest.mark.docker
 
 LABEL = "gobalancer.test.overrides"
 IMAGE = os.environ.get("GOBALANCER_TEST_APP_IMAGE", "gobalancer:local")
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"needed in CI: {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture

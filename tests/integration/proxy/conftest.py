@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,8 +13,10 @@ import pytest
 import uvloop
 
 from services.proxy.balancer import StaticRoundRobin
+from services.proxy.limits.gate import Gate
+from services.proxy.main import static_pools
 from services.proxy.server import Server
-from shared.config import Config
+from shared.config import Config, load_config
 from tests.integration.proxy.backends import Backend, Backends, RawCapture
 
 
@@ -55,6 +59,31 @@ async def start_proxy() -> AsyncIterator[StartProxy]:
         addresses = [t if isinstance(t, str) else t.address for t in targets]
         config = make_config(addresses, **settings)
         server = Server(config, StaticRoundRobin.from_config(config), reuse_port=False)
+        await server.start(free_socket())
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        await s.stop(drain_sec=0.3)
+
+
+StartYaml = Callable[[str], Awaitable[Server]]
+
+
+@pytest.fixture
+async def start_yaml(tmp_path: Path) -> AsyncIterator[StartYaml]:
+    """A proxy Server from a config file's text, set up as ``services.proxy.main`` sets it up: the named
+    pools (``static_pools``) and the rate-limit gate (``Gate.for_loop``)."""
+    servers: list[Server] = []
+
+    async def start(text: str) -> Server:
+        path = tmp_path / f"proxy{len(servers)}.yaml"
+        path.write_text(text)
+        config = load_config(path, {})
+        gate = Gate.for_loop(config.rate_limits, asyncio.get_running_loop())
+        balancer = StaticRoundRobin.from_config(config)
+        server = Server(config, balancer, reuse_port=False, pools=static_pools(config), gate=gate)
         await server.start(free_socket())
         servers.append(server)
         return server

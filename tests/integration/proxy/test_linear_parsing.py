@@ -12,42 +12,18 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 
 from services.proxy.http.upstream import MAX_RESPONSE_HEAD
 from shared.gc_tuning import tune_gc
+from tests.helpers import LoopStalls
 from tests.integration.proxy.backends import Backend, Backends, exchange_raw, request, serving
 from tests.integration.proxy.conftest import StartProxy
 
 STALL_LIMIT = 0.020  # seconds of loop CPU between two ticks
 MAX_HEAD = 32768  # proxy.max_header_bytes (the default)
-
-
-class LoopStalls:
-    """The longest stretch of CPU the event loop spent without coming back to this ticker."""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        last = time.thread_time()
-        while True:
-            await asyncio.sleep(0.001)
-            now = time.thread_time()
-            self.worst = max(self.worst, now - last)
-            last = now
-
-    def __enter__(self) -> LoopStalls:
-        self._task = asyncio.get_running_loop().create_task(self._tick())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
 
 
 def _line(size: int, tail: bytes) -> bytes:

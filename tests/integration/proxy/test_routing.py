@@ -4,37 +4,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
-import pytest
-
-from services.proxy.balancer import StaticRoundRobin
 from services.proxy.main import static_pools
 from services.proxy.server import Server
-from shared.config import ListenerConfig, load_config
+from shared.config import ListenerConfig
 from tests.integration.proxy.backends import Backend, Backends, read_response, request
-from tests.integration.proxy.conftest import free_socket
-
-StartRouted = Callable[[str], Awaitable[Server]]
-
-
-@pytest.fixture
-async def start_routed(tmp_path: Path) -> AsyncIterator[StartRouted]:
-    servers: list[Server] = []
-
-    async def start(text: str) -> Server:
-        path = tmp_path / f"routes{len(servers)}.yaml"
-        path.write_text(text)
-        config = load_config(path, {})
-        server = Server(config, StaticRoundRobin.from_config(config), reuse_port=False, pools=static_pools(config))
-        await server.start(free_socket())
-        servers.append(server)
-        return server
-
-    yield start
-    for s in servers:
-        await s.stop(drain_sec=0.3)
+from tests.integration.proxy.conftest import StartYaml, free_socket
 
 
 async def pools_of(backends: Backends, *names: str) -> dict[str, Backend]:
@@ -63,9 +39,9 @@ async def get(port: int, host: str, target: str = "/", extra: str = "") -> tuple
     return resp.status, resp.header("X-Backend"), resp.header("X-Seen-Target"), resp.body
 
 
-async def test_requests_go_to_their_routes_pools(backends: Backends, start_routed: StartRouted) -> None:
+async def test_requests_go_to_their_routes_pools(backends: Backends, start_yaml: StartYaml) -> None:
     b = await pools_of(backends, "web", "api", "static")
-    proxy = await start_routed(two_pools(b))
+    proxy = await start_yaml(two_pools(b))
     port = proxy.port
     assert (await get(port, "api.example.com", "/users?id=1"))[:3] == (200, "api", "/users?id=1")
     assert (await get(port, "API.Example.com:8080", "/"))[:2] == (200, "api")  # case and port do not matter
@@ -80,10 +56,10 @@ async def test_requests_go_to_their_routes_pools(backends: Backends, start_route
 
 
 async def test_no_route_is_a_404_with_the_request_id_and_reaches_no_backend(
-    backends: Backends, start_routed: StartRouted
+    backends: Backends, start_yaml: StartYaml
 ) -> None:
     b = await pools_of(backends, "web", "api", "static")
-    proxy = await start_routed(two_pools(b))
+    proxy = await start_yaml(two_pools(b))
     before = sum(len(x.requests) for x in b.values())
     for host, target in (("other.example.org", "/"), ("example.net", "/v1/x"), ("a.example.net", "/v2")):
         status, backend, _, body = await get(proxy.port, host, target, "X-Request-ID: rid-404\r\n")
@@ -95,13 +71,13 @@ async def test_no_route_is_a_404_with_the_request_id_and_reaches_no_backend(
     assert proxy.context.stats.errors[404] == 4
 
 
-async def test_a_default_pool_takes_what_no_route_matches(backends: Backends, start_routed: StartRouted) -> None:
+async def test_a_default_pool_takes_what_no_route_matches(backends: Backends, start_yaml: StartYaml) -> None:
     b = await pools_of(backends, "web", "api", "static")
-    proxy = await start_routed(two_pools(b, "default_pool: static"))
+    proxy = await start_yaml(two_pools(b, "default_pool: static"))
     assert (await get(proxy.port, "unknown.example.org", "/x"))[:3] == (200, "static", "/x")
 
 
-async def test_conditions_on_method_and_header(backends: Backends, start_routed: StartRouted) -> None:
+async def test_conditions_on_method_and_header(backends: Backends, start_yaml: StartYaml) -> None:
     b = await pools_of(backends, "web", "api", "static")
     text = f"""
 listen_address: 127.0.0.1:1
@@ -114,7 +90,7 @@ routes:
   - {{name: writes, host: h, methods: [POST, DELETE], pool: api}}
   - {{name: rest, host: h, pool: default}}
 """
-    proxy = await start_routed(text)
+    proxy = await start_yaml(text)
     assert (await get(proxy.port, "h", "/", "x-canary:  yes\r\n"))[:2] == (200, "static")
     assert (await get(proxy.port, "h", "/", "X-Canary: no\r\n"))[:2] == (200, "web")
     assert (await get(proxy.port, "h"))[:2] == (200, "web")
@@ -125,10 +101,10 @@ routes:
 
 
 async def test_keep_alive_requests_on_one_connection_each_take_their_route(
-    backends: Backends, start_routed: StartRouted
+    backends: Backends, start_yaml: StartYaml
 ) -> None:
     b = await pools_of(backends, "web", "api", "static")
-    proxy = await start_routed(two_pools(b))
+    proxy = await start_yaml(two_pools(b))
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     try:
         seen = []
@@ -141,9 +117,9 @@ async def test_keep_alive_requests_on_one_connection_each_take_their_route(
         writer.close()
 
 
-async def test_per_route_metrics_carry_pool_and_route(backends: Backends, start_routed: StartRouted) -> None:
+async def test_per_route_metrics_carry_pool_and_route(backends: Backends, start_yaml: StartYaml) -> None:
     b = await pools_of(backends, "web", "api", "static")
-    proxy = await start_routed(two_pools(b))
+    proxy = await start_yaml(two_pools(b))
     for _ in range(3):
         await get(proxy.port, "api.example.com")
     await get(proxy.port, "www.example.com", "/assets/a")  # the general path (strip_prefix)
@@ -154,20 +130,18 @@ async def test_per_route_metrics_carry_pool_and_route(backends: Backends, start_
     assert set(routes) <= {("api", "api-host"), ("static", "assets"), ("default", "www"), ("api", "any-api")}
 
 
-async def test_without_routes_the_one_pool_path_is_unchanged(backends: Backends, start_routed: StartRouted) -> None:
+async def test_without_routes_the_one_pool_path_is_unchanged(backends: Backends, start_yaml: StartYaml) -> None:
     b = await pools_of(backends, "web", "api", "static")
-    proxy = await start_routed(f"listen_address: 127.0.0.1:1\nbackends: [{{address: '{b['web'].address}'}}]\n")
+    proxy = await start_yaml(f"listen_address: 127.0.0.1:1\nbackends: [{{address: '{b['web'].address}'}}]\n")
     assert proxy.context.routes is None
     assert (await get(proxy.port, "anything", "/x"))[:2] == (200, "web")
 
 
-async def test_listeners_of_one_pool_tcp_and_http(
-    backends: Backends, start_routed: StartRouted, tmp_path: Path
-) -> None:
+async def test_listeners_of_one_pool_tcp_and_http(backends: Backends, start_yaml: StartYaml, tmp_path: Path) -> None:
     """``listeners:``: a TCP listener relays to its pool; an HTTP listener with a pool ignores the routes;
     they count into the main listener's Stats (one /metrics)."""
     b = await pools_of(backends, "web", "api", "static")
-    main = await start_routed(two_pools(b))
+    main = await start_yaml(two_pools(b))
     config = main.config
     pools = static_pools(config)
     shared = main.context.stats

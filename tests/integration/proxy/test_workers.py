@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -49,9 +50,7 @@ async def test_workers_share_the_listener_and_stop_together(tmp_path: Path, back
     extra = f"proxy: {{workers: {WORKERS}}}\nmetrics: {{proxy_listen_address: '127.0.0.1:{metrics}'}}\n"
     with proxy_process(tmp_path, [backend.address], extra=extra) as (proc, port):
         await wait_listening(port)
-        deadline = time.monotonic() + 15
-        while len(_descendants(proc.pid)) < WORKERS - 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        await eventually(lambda: len(_descendants(proc.pid)) >= WORKERS - 1, timeout=15, message="the workers")
         workers = _descendants(proc.pid)
         assert len(workers) == WORKERS - 1, "the main process plus two workers"
         addresses = [f"127.0.0.1:{metrics + i}" for i in range(WORKERS)]
@@ -70,11 +69,8 @@ async def test_workers_share_the_listener_and_stop_together(tmp_path: Path, back
         assert sum(served) == 30, served
         assert sum(1 for n in served if n > 0) >= 2, f"requests per process: {served}"
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        deadline = time.monotonic() + 10
-        while _alive(workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(workers)
+        assert await asyncio.to_thread(proc.wait, 30) == 0
+        await eventually(lambda: not _alive(workers), timeout=10, message="the workers stopped")
 
 
 def _two_free_ports() -> int:
@@ -125,15 +121,11 @@ async def test_a_killed_worker_is_restarted_and_logged(tmp_path: Path, backends:
     extra = f"proxy: {{workers: 2}}\nmetrics: {{proxy_listen_address: '127.0.0.1:{metrics_port}'}}\n"
     with proxy_process(tmp_path, [backend.address], extra=extra) as (proc, port):
         await wait_listening(port)
-        deadline = time.monotonic() + 15
-        while len(_descendants(proc.pid)) < 1 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        await eventually(lambda: _descendants(proc.pid), timeout=15, message="the worker")
         (worker,) = _descendants(proc.pid)
         os.kill(worker, signal.SIGKILL)
         killed = time.monotonic()
-        deadline = killed + 10
-        while not (_alive(_descendants(proc.pid)) - {worker}) and time.monotonic() < deadline:
-            time.sleep(0.02)
+        await eventually(lambda: _alive(_descendants(proc.pid)) - {worker}, timeout=10, message="a new worker")
         (replacement,) = _alive(_descendants(proc.pid)) - {worker}
         assert time.monotonic() - killed < 5, "a worker that had run is restarted at once"
 
@@ -150,7 +142,7 @@ async def test_a_killed_worker_is_restarted_and_logged(tmp_path: Path, backends:
         await eventually(new_worker_served, timeout=15, message="the restarted worker serving requests")
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
+        assert await asyncio.to_thread(proc.wait, 30) == 0
         assert proc.stderr is not None
         lines = _json_events(proc.stderr.read().decode())
         died = [e for e in lines if e.get("event") == "worker died: restarting it"]
@@ -202,5 +194,5 @@ async def test_sigterm_reaches_the_workers_at_once(tmp_path: Path, backends: Bac
         assert time.monotonic() - signalled < 1.5
         raw = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         assert [(await request(port, raw)).status for _ in range(10)] == [200] * 10  # still serving, both
-        assert proc.wait(30) == 0
+        assert await asyncio.to_thread(proc.wait, 30) == 0
         assert time.monotonic() - signalled >= 3

@@ -8,7 +8,6 @@ import asyncio
 import gc
 import random
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import msgspec
@@ -24,7 +23,7 @@ from shared.models import AlgorithmSetting, Backend, Ejection, Health, Snapshot,
 from shared.replica import Replica
 from shared.store import BackendExists, BackendNotFound, Store
 from shared.store.store import _PubSub
-from tests.helpers import eventually
+from tests.helpers import LoopStalls, eventually
 
 STALL_LIMIT = 0.020  # seconds of CPU between two ticks of the loop
 LARGE = 100_000
@@ -193,36 +192,6 @@ async def test_the_watch_converges_while_writers_run_and_events_are_lost(store: 
 
 
 # -- the event loop during a re-sync of 100,000 backends ---------------------------------------------
-
-
-class LoopStalls:
-    """The most CPU the event loop's thread spent between two ticks of a ticker on it: the longest run of
-    work with no chance for another connection to be served. Thread CPU time, not wall time: a test
-    machine that deschedules the process is not a stall of the loop. (What worker threads holding the
-    GIL cost the loop is not counted here: the builds and sorts they run are measured by
-    tests/unit/policies/test_background_rebuild.py.)"""
-
-    def __init__(self) -> None:
-        self.worst = 0.0
-        self.ticks = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _tick(self) -> None:
-        last = time.thread_time()
-        while True:
-            await asyncio.sleep(0.001)
-            now_cpu = time.thread_time()
-            self.worst = max(self.worst, now_cpu - last)
-            self.ticks += 1
-            last = now_cpu
-
-    def __enter__(self) -> LoopStalls:
-        self._task = asyncio.get_running_loop().create_task(self._tick())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
 
 
 @pytest.fixture(autouse=True)

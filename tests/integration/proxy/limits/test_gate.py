@@ -4,56 +4,10 @@ by client address, header and rule, rules per route and pool, nothing refused re
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
-import pytest
-import uvloop
-
-from services.proxy.balancer import StaticRoundRobin
-from services.proxy.limits.gate import Gate
-from services.proxy.main import static_pools
 from services.proxy.observability.metrics import proxy_registry
-from services.proxy.server import Server
-from shared.config import load_config
 from tests.integration.proxy.backends import Backend, Backends, read_response, request
-from tests.integration.proxy.conftest import free_socket
-
-Start = Callable[[str], Awaitable[Server]]
-
-
-def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], object]]:
-    return {"uvloop": uvloop.new_event_loop}
-
-
-@pytest.fixture
-async def backends() -> AsyncIterator[Backends]:
-    b = Backends()
-    yield b
-    await b.stop()
-
-
-@pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    servers: list[Server] = []
-
-    async def go(text: str) -> Server:
-        path = tmp_path / f"limits{len(servers)}.yaml"
-        path.write_text(text)
-        config = load_config(path, {})
-        loop = asyncio.get_running_loop()
-        gate = Gate(config.rate_limits, time.time() - loop.time()) if config.rate_limits.rules else None
-        server = Server(
-            config, StaticRoundRobin.from_config(config), reuse_port=False, pools=static_pools(config), gate=gate
-        )
-        await server.start(free_socket())
-        servers.append(server)
-        return server
-
-    yield go
-    for s in servers:
-        await s.stop(drain_sec=0.3)
+from tests.integration.proxy.conftest import StartYaml
 
 
 async def statuses(port: int, raws: list[bytes]) -> list[tuple[int, dict[str, str]]]:
@@ -74,10 +28,10 @@ GET = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
 
 
 async def test_over_the_limit_a_429_with_its_headers_and_nothing_reaches_a_backend(
-    backends: Backends, start: Start
+    backends: Backends, start_yaml: StartYaml
 ) -> None:
     b = await backends.add(Backend())
-    proxy = await start(
+    proxy = await start_yaml(
         f'backends: [{{address: "{b.address}"}}]\nlisten_address: 127.0.0.1:1\n'
         "rate_limits: {rules: [{name: per-client, rate: 5/min}]}\n"
     )
@@ -98,10 +52,10 @@ async def test_over_the_limit_a_429_with_its_headers_and_nothing_reaches_a_backe
 
 
 async def test_a_refused_request_with_a_body_still_coming_closes_its_connection(
-    backends: Backends, start: Start
+    backends: Backends, start_yaml: StartYaml
 ) -> None:
     b = await backends.add(Backend())
-    proxy = await start(
+    proxy = await start_yaml(
         f'backends: [{{address: "{b.address}"}}]\nlisten_address: 127.0.0.1:1\n'
         "rate_limits: {rules: [{name: once, rate: 1/h}]}\n"
     )
@@ -115,10 +69,10 @@ async def test_a_refused_request_with_a_body_still_coming_closes_its_connection(
     assert len(b.requests) == 1
 
 
-async def test_keys_by_header_and_rules_per_route(backends: Backends, start: Start) -> None:
+async def test_keys_by_header_and_rules_per_route(backends: Backends, start_yaml: StartYaml) -> None:
     web = await backends.add(Backend(name="web"))
     api = await backends.add(Backend(name="api"))
-    proxy = await start(
+    proxy = await start_yaml(
         f"""listen_address: 127.0.0.1:1
 backends: [{{address: "{web.address}"}}]
 pools:
@@ -146,8 +100,8 @@ rate_limits:
     assert len(api.requests) == 4 and len(web.requests) == 3
 
 
-async def test_without_rules_there_is_no_gate(backends: Backends, start: Start) -> None:
+async def test_without_rules_there_is_no_gate(backends: Backends, start_yaml: StartYaml) -> None:
     b = await backends.add(Backend())
-    proxy = await start(f'backends: [{{address: "{b.address}"}}]\nlisten_address: 127.0.0.1:1\n')
+    proxy = await start_yaml(f'backends: [{{address: "{b.address}"}}]\nlisten_address: 127.0.0.1:1\n')
     assert proxy.context.gate is None
     assert [s for s, _ in await statuses(proxy.port, [GET] * 20)] == [200] * 20
