@@ -192,11 +192,14 @@ static int request_args(PyObject *const *args, Py_ssize_t nargs, const char *usa
     return !((*max_target == -1 || *max_head == -1) && PyErr_Occurred());
 }
 
-/* A tuple of new bytes objects, each ``p[at[k]..at[k]+len[k])``; ``lower`` of them ASCII-lowercased. */
-static PyObject *slices(const unsigned char *p, int count, const Py_ssize_t *at, const Py_ssize_t *len, int lower) {
+/* A tuple of new bytes objects, each ``p[at[k]..at[k]+len[k])``; item ``lower`` ASCII-lowercased; item
+   ``skip`` left empty for the caller to set (-1: none). */
+static PyObject *slices(const unsigned char *p, int count, const Py_ssize_t *at, const Py_ssize_t *len, int lower,
+                        int skip) {
     PyObject *result = PyTuple_New(count);
     if (result == NULL) return NULL;
     for (int k = 0; k < count; k++) {
+        if (k == skip) continue;
         PyObject *b = PyBytes_FromStringAndSize((const char *)p + at[k], len[k]);
         if (b == NULL) {
             Py_DECREF(result);
@@ -222,7 +225,7 @@ static PyObject *fast_request(PyObject *self, PyObject *const *args, Py_ssize_t 
     request_parts r;
     if (!scan_request(p, n, max_target, max_head, &r)) Py_RETURN_NONE;
     Py_ssize_t at[2] = {0, r.host_at}, len[2] = {n - 2, r.host_len};
-    return slices(p, 2, at, len, -1);
+    return slices(p, 2, at, len, -1, -1);
 }
 
 #define N_METHODS 7
@@ -243,37 +246,21 @@ static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_s
     while (segment_end < r.path_end && p[segment_end] != '/') segment_end++;
     Py_ssize_t at[6] = {0, r.host_at, r.host_at, r.path_at, 0, r.path_at};
     Py_ssize_t len[6] = {n - 2, r.host_len, r.name_len, r.path_end - r.path_at, r.path_at - 1, segment_end - r.path_at};
-    PyObject *result = slices(p, 4, at, len, 2);
+    PyObject *result = slices(p, 6, at, len, 2, 4);
     if (result == NULL) return NULL;
-    /* The method: one shared object for the common ones, a new one for others. */
+    /* The method (item 4): one shared object for the common ones, a new one for others. */
     PyObject *method = NULL;
     for (int k = 0; k < N_METHODS && method == NULL; k++)
         if (PyBytes_GET_SIZE(methods_seen[k]) == len[4] && memcmp(PyBytes_AS_STRING(methods_seen[k]), p, len[4]) == 0) {
             method = methods_seen[k];
             Py_INCREF(method);
         }
-    if (method == NULL) method = PyBytes_FromStringAndSize((const char *)p, len[4]);
-    if (method == NULL) {
-        Py_DECREF(result);
+    if (method == NULL && (method = PyBytes_FromStringAndSize((const char *)p, len[4])) == NULL) {
+        Py_DECREF(result); /* (a tuple with an empty slot is freed safely) */
         return NULL;
     }
-    PyObject *segment = PyBytes_FromStringAndSize((const char *)p + at[5], len[5]);
-    PyObject *full = segment == NULL ? NULL : PyTuple_New(6);
-    if (full == NULL) {
-        Py_DECREF(result);
-        Py_DECREF(method);
-        Py_XDECREF(segment);
-        return NULL;
-    }
-    for (int k = 0; k < 4; k++) {
-        PyObject *item = PyTuple_GET_ITEM(result, k);
-        Py_INCREF(item);
-        PyTuple_SET_ITEM(full, k, item);
-    }
-    PyTuple_SET_ITEM(full, 4, method);
-    PyTuple_SET_ITEM(full, 5, segment);
-    Py_DECREF(result);
-    return full;
+    PyTuple_SET_ITEM(result, 4, method);
+    return result;
 }
 
 /* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
