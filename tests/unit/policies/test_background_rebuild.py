@@ -90,8 +90,8 @@ def make(algorithm: str, n: int) -> tuple[StoreBalancer, list[str]]:
 
 
 class Watch:
-    """A ticker (the loop's largest gap between two 2 ms sleeps, in process CPU time) and a picker that
-    checks every pick against the view at the moment it is made."""
+    """A ticker (the loop's largest gap between two 2 ms sleeps: see ``ticker``) and a picker that checks
+    every pick against the view at the moment it is made."""
 
     def __init__(self, balancer: StoreBalancer, gone: Callable[[str], bool]) -> None:
         self.balancer = balancer
@@ -103,16 +103,18 @@ class Watch:
         self.bad: list[str] = []
 
     async def ticker(self) -> None:
-        # The process's CPU time between two ticks, not the wall clock: it counts the loop's own work and a
-        # builder thread holding the GIL while the loop waits for it (both are this process running while
-        # the loop did not tick), but not the process being descheduled on a machine shared with other
-        # work (a loaded 2-core machine showed wall-clock gaps of 85-230 ms with 0.3 ms collections).
-        last = time.process_time()
+        # A stall is a gap the process spent running while the loop did not tick: the smaller of the wall
+        # clock's gap and the process's CPU time over it. The CPU time counts the loop's own work and a
+        # builder thread holding the GIL while the loop waits for it, but not the process being
+        # descheduled on a machine shared with other work (wall-clock gaps of 85-230 ms with 0.3 ms
+        # collections on a loaded 2-core machine); the wall clock bounds it when the builder runs beside
+        # a responsive loop (the CPU time of two threads).
+        last_wall, last_cpu = time.perf_counter(), time.process_time()
         while not self.stop.is_set():
             await asyncio.sleep(0.002)
-            now = time.process_time()
-            self.max_gap = max(self.max_gap, now - last)
-            last = now
+            wall, cpu = time.perf_counter(), time.process_time()
+            self.max_gap = max(self.max_gap, min(wall - last_wall, cpu - last_cpu))
+            last_wall, last_cpu = wall, cpu
 
     async def picker(self) -> None:
         view = self.balancer.view
