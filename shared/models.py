@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from shared.config import ALGORITHMS, Algorithm
+from shared.config import ALGORITHMS, DEFAULT_POOL, Algorithm, OutlierConfig, ProbeConfig, RouteConfig
 
 Origin = Literal["static", "api", "docker", "kubernetes"]
 AdminState = Literal["enabled", "draining", "disabled"]
@@ -19,6 +19,9 @@ EventKind = Literal[
     "health",
     "ejection",
     "algorithm",
+    "pool_set",
+    "pool_removed",
+    "routes",
 ]
 
 __all__ = [
@@ -35,7 +38,9 @@ __all__ = [
     "Health",
     "HealthStatus",
     "Origin",
+    "PoolSetting",
     "ReplicaInfo",
+    "RouteTableSetting",
     "Snapshot",
     "now",
 ]
@@ -64,6 +69,9 @@ class Backend(msgspec.Struct, kw_only=True, omit_defaults=False):
     address: str
     weight: Annotated[int, msgspec.Meta(ge=1, le=10000)] = 1
     origin: Origin = "api"
+    # The pool the backend serves (an address belongs to one pool at a time; records written before
+    # pools existed have no "pool" and are the default pool's).
+    pool: str = DEFAULT_POOL
     state: AdminState = "enabled"
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -128,6 +136,28 @@ class AlgorithmSetting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     updated_at: float = 0.0
 
 
+class PoolSetting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A named pool's settings as stored (``NS:pools``: name -> this). The default pool's algorithm
+    stays where it always was (``NS:algorithm``); the default pool has a record here only for its
+    health check and outlier settings, if an operator set them. ``None``: the configuration's value
+    (the pool's section of ``pools:``, else the top-level setting)."""
+
+    name: str
+    algorithm: AlgorithmSetting = msgspec.field(default_factory=AlgorithmSetting)
+    outlier: OutlierConfig | None = None
+    health_check: ProbeConfig | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class RouteTableSetting(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The route table as stored (``NS:routes``), replaced whole. Absent: the configuration's routes."""
+
+    routes: list[RouteConfig] = msgspec.field(default_factory=list)
+    default_pool: str = ""
+    updated_at: float = 0.0
+
+
 class Event(msgspec.Struct, kw_only=True):
     """A change, as published on the events channel after the write it describes."""
 
@@ -139,6 +169,9 @@ class Event(msgspec.Struct, kw_only=True):
     health: Health | None = None
     ejection: Ejection | None = None
     algorithm: AlgorithmSetting | None = None
+    name: str | None = None  # pool_set / pool_removed: the pool
+    pool: PoolSetting | None = None  # pool_set: its new settings
+    routes: RouteTableSetting | None = None  # routes: the new table
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -147,6 +180,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     version: int
     backends: dict[str, BackendView]
     algorithm: AlgorithmSetting
+    pools: dict[str, PoolSetting] = msgspec.field(default_factory=dict)
+    routes: RouteTableSetting | None = None
 
 
 class ReplicaInfo(msgspec.Struct, kw_only=True):

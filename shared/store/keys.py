@@ -31,6 +31,14 @@ class Keys:
         return f"{self.namespace}:algorithm"
 
     @property
+    def pools(self) -> str:  # hash: pool name -> PoolSetting (JSON)
+        return f"{self.namespace}:pools"
+
+    @property
+    def routes(self) -> str:  # string: RouteTableSetting (JSON); absent: the configuration's routes
+        return f"{self.namespace}:routes"
+
+    @property
     def version(self) -> str:  # integer, INCR on every change
         return f"{self.namespace}:version"
 
@@ -239,6 +247,72 @@ if redis.call('GET', KEYS[2]) == ARGV[4] then return {'unchanged'} end
 redis.call('SET', KEYS[2], ARGV[4])
 local version = redis.call('INCR', KEYS[3])
 redis.call('PUBLISH', ARGV[2], '{"version":' .. version .. ',"kind":"algorithm","at":' .. ARGV[3] .. ',"algorithm":'
+  .. ARGV[4] .. '}')
+return {'changed', version}
+"""
+)
+
+# A pool's settings. The caller encodes the record (with its created_at / updated_at).
+# KEYS: lease, pools, version
+# ARGV: fence, events channel, now, name, record (JSON), mode (create|update|put)
+SET_POOL = (
+    _FENCE_CHECK
+    + """
+local name, mode = ARGV[4], ARGV[6]
+local cur = redis.call('HGET', KEYS[2], name)
+if mode == 'create' and cur then return {'exists', cur} end
+if mode == 'update' and not cur then return {'missing'} end
+if cur == ARGV[5] then return {'unchanged', cur} end
+redis.call('HSET', KEYS[2], name, ARGV[5])
+local version = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], '{"version":' .. version .. ',"kind":"pool_set","at":' .. ARGV[3] .. ',"name":'
+  .. cjson.encode(name) .. ',"pool":' .. ARGV[5] .. '}')
+return {'changed', ARGV[5], version}
+"""
+)
+
+# Removes a pool's record, refused while a backend or the stored route table names it.
+# KEYS: lease, pools, version, backends, routes
+# ARGV: fence, events channel, now, name
+REMOVE_POOL = (
+    _FENCE_CHECK
+    + """
+local name = ARGV[4]
+local cur = redis.call('HGET', KEYS[2], name)
+if not cur then return {'missing'} end
+local quoted = cjson.encode(name)
+local needle = '"pool":' .. quoted
+local n = 0
+for _, v in ipairs(redis.call('HVALS', KEYS[4])) do
+  if string.find(v, needle, 1, true) then n = n + 1 end
+end
+if n > 0 then return {'backends', tostring(n)} end
+local routes = redis.call('GET', KEYS[5])
+if routes and (string.find(routes, needle, 1, true) or string.find(routes, '"default_pool":' .. quoted, 1, true)) then
+  return {'routes'}
+end
+redis.call('HDEL', KEYS[2], name)
+local version = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], '{"version":' .. version .. ',"kind":"pool_removed","at":' .. ARGV[3] .. ',"name":'
+  .. quoted .. '}')
+return {'removed', cur, version}
+"""
+)
+
+# Replaces the whole route table, refused when it names a pool the store does not hold ("default"
+# always exists).
+# KEYS: lease, routes, version, pools
+# ARGV: fence, events channel, now, table (JSON), then the names of the pools it uses
+SET_ROUTES = (
+    _FENCE_CHECK
+    + """
+for i = 5, #ARGV do
+  if ARGV[i] ~= 'default' and redis.call('HEXISTS', KEYS[4], ARGV[i]) == 0 then return {'missing_pool', ARGV[i]} end
+end
+if redis.call('GET', KEYS[2]) == ARGV[4] then return {'unchanged'} end
+redis.call('SET', KEYS[2], ARGV[4])
+local version = redis.call('INCR', KEYS[3])
+redis.call('PUBLISH', ARGV[2], '{"version":' .. version .. ',"kind":"routes","at":' .. ARGV[3] .. ',"routes":'
   .. ARGV[4] .. '}')
 return {'changed', version}
 """

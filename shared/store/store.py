@@ -18,7 +18,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.denylist import BackendDenyList, Listener, replica_listeners
 from shared.logs import get_logger
-from shared.mirror import apply_event
+from shared.mirror import apply_event, apply_settings_event
 from shared.models import (
     AlgorithmSetting,
     Backend,
@@ -28,7 +28,9 @@ from shared.models import (
     Health,
     HealthStatus,
     Origin,
+    PoolSetting,
     ReplicaInfo,
+    RouteTableSetting,
     Snapshot,
     now,
 )
@@ -50,6 +52,8 @@ _ejection_decoder = msgspec.json.Decoder(Ejection)
 _algorithm_decoder = msgspec.json.Decoder(AlgorithmSetting)
 _event_decoder = msgspec.json.Decoder(Event)
 _replica_decoder = msgspec.json.Decoder(ReplicaInfo)
+_pool_decoder = msgspec.json.Decoder(PoolSetting)
+_routes_decoder = msgspec.json.Decoder(RouteTableSetting)
 _views_decoder = msgspec.json.Decoder(list[BackendView])
 _encoder = msgspec.json.Encoder()
 
@@ -63,7 +67,7 @@ SYNC_EVENTS_WAIT_SEC = 2.0
 # Buffered events replayed back to back over a chunked read before the loop gets a turn.
 REPLAY_BATCH = 500
 
-BACKEND_PATCH_FIELDS = frozenset({"weight", "state", "origin"})
+BACKEND_PATCH_FIELDS = frozenset({"weight", "state", "origin", "pool"})
 
 
 class StoreError(Exception):
@@ -94,6 +98,27 @@ class BackendDenied(StoreError):
     def __init__(self, address: str, reason: str) -> None:
         self.address, self.reason = address, reason
         super().__init__(reason)
+
+
+class PoolExists(StoreError):
+    def __init__(self, pool: PoolSetting) -> None:
+        super().__init__(f"pool {pool.name} exists")
+        self.pool = pool
+
+
+class PoolNotFound(StoreError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no pool {name}")
+        self.name = name
+
+
+class PoolInUse(StoreError):
+    """A pool still named by backends (``backends`` > 0) or by the stored route table."""
+
+    def __init__(self, name: str, backends: int = 0) -> None:
+        what = f"{backends} backend(s) are in it" if backends else "the route table sends requests to it"
+        super().__init__(f"pool {name} is in use: {what}")
+        self.name, self.backends = name, backends
 
 
 class Fenced(StoreError):
@@ -129,6 +154,10 @@ class _PubSub(PubSub):
         await super().on_connect(connection)
 
 
+def _decode_pools(raw: Mapping[Any, Any]) -> dict[str, PoolSetting]:
+    return {_text(name): _pool_decoder.decode(value) for name, value in raw.items()}
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -148,6 +177,9 @@ class Store:
         self._set_health = redis.register_script(lua.SET_HEALTH)
         self._set_ejection = redis.register_script(lua.SET_EJECTION)
         self._set_algorithm = redis.register_script(lua.SET_ALGORITHM)
+        self._set_pool = redis.register_script(lua.SET_POOL)
+        self._remove_pool = redis.register_script(lua.REMOVE_POOL)
+        self._set_routes = redis.register_script(lua.SET_ROUTES)
         self._push_counters = redis.register_script(lua.PUSH_COUNTERS)
         self._push_absolute = redis.register_script(lua.PUSH_ABSOLUTE)
         self._read_replicas = redis.register_script(lua.READ_REPLICAS)
@@ -186,7 +218,9 @@ class Store:
             pipe.hgetall(k.health)
             pipe.hgetall(k.ejections)
             pipe.get(k.algorithm)
-            version, backends, health, ejections, algorithm = await pipe.execute()
+            pipe.hgetall(k.pools)
+            pipe.get(k.routes)
+            version, backends, health, ejections, algorithm, pools, routes = await pipe.execute()
         views: dict[str, BackendView] = {}
         for raw_addr, raw in backends.items():
             addr = _text(raw_addr)
@@ -201,6 +235,8 @@ class Store:
             version=int(version or 0),
             backends=views,
             algorithm=_algorithm_decoder.decode(algorithm) if algorithm else AlgorithmSetting(),
+            pools=_decode_pools(pools),
+            routes=_routes_decoder.decode(routes) if routes else None,
         )
 
     async def list_backends(self) -> list[BackendView]:
@@ -238,6 +274,19 @@ class Store:
     async def get_algorithm(self) -> AlgorithmSetting:
         raw = await self.redis.get(self.keys.algorithm)
         return _algorithm_decoder.decode(raw) if raw else AlgorithmSetting()
+
+    async def get_pools(self) -> dict[str, PoolSetting]:
+        """The stored pools' settings by name (the configuration's pools are seeded here by discovery)."""
+        return _decode_pools(await self.redis.hgetall(self.keys.pools))
+
+    async def get_pool(self, name: str) -> PoolSetting | None:
+        raw = await self.redis.hget(self.keys.pools, name)
+        return _pool_decoder.decode(raw) if raw else None
+
+    async def get_routes(self) -> RouteTableSetting | None:
+        """The stored route table; None while none was stored (the configuration's is in force)."""
+        raw = await self.redis.get(self.keys.routes)
+        return _routes_decoder.decode(raw) if raw else None
 
     # -- writes ------------------------------------------------------------------------------
 
@@ -303,7 +352,7 @@ class Store:
 
     async def create_backend(self, backend: Backend, *, fence: Lease | None = None) -> Backend:
         """Add a backend; BackendExists if the address is taken."""
-        patch = {"weight": backend.weight, "origin": backend.origin, "state": backend.state}
+        patch = {"weight": backend.weight, "origin": backend.origin, "state": backend.state, "pool": backend.pool}
         result = await self._write("create", backend.address, patch, guard_origin=None, fence=fence)
         return result.backend
 
@@ -327,7 +376,7 @@ class Store:
         self,
         backend: Backend,
         *,
-        fields: tuple[str, ...] = ("weight", "origin", "state"),
+        fields: tuple[str, ...] = ("weight", "origin", "state", "pool"),
         guard_origin: Origin | None = None,
         fence: Lease | None = None,
     ) -> WriteResult:
@@ -338,7 +387,7 @@ class Store:
         reconcile that passes ``("weight",)`` keeps an operator's drain). A field under an operator
         override keeps the operator's value; the source's is remembered for when it is cleared.
         """
-        patch = {"weight": backend.weight, "origin": backend.origin, "state": backend.state}
+        patch = {"weight": backend.weight, "origin": backend.origin, "state": backend.state, "pool": backend.pool}
         return await self._write(
             "upsert", backend.address, patch, guard_origin=guard_origin, fence=fence, existing_fields=fields
         )
@@ -411,6 +460,71 @@ class Store:
             raise Fenced("lease lost")
         return _text(reply[0]) == "changed"
 
+    async def set_pool(
+        self,
+        pool: PoolSetting,
+        *,
+        mode: Literal["create", "update", "put"] = "put",
+        fence: Lease | None = None,
+    ) -> tuple[bool, PoolSetting]:
+        """Write a pool's settings: ``create`` (PoolExists if there is one), ``update`` (PoolNotFound if
+        there is none) or ``put`` (either). Returns (changed, the record in force); the record keeps its
+        ``created_at``. Checking the settings is the caller's (the admin, the config loader)."""
+        k = self.keys
+        at = now()
+        current = await self.get_pool(pool.name)
+        record = msgspec.structs.replace(
+            pool, created_at=current.created_at if current is not None else at, updated_at=at
+        )
+        reply = await self._set_pool(
+            keys=[k.lease(fence.name) if fence else k.lease("-"), k.pools, k.version],
+            args=[fence.value if fence else "", k.events, repr(at), pool.name, _encoder.encode(record), mode],
+        )
+        outcome = _text(reply[0])
+        if outcome == "fenced":
+            raise Fenced("lease lost")
+        if outcome == "exists":
+            raise PoolExists(_pool_decoder.decode(reply[1]))
+        if outcome == "missing":
+            raise PoolNotFound(pool.name)
+        return outcome == "changed", _pool_decoder.decode(reply[1])
+
+    async def remove_pool(self, name: str, *, fence: Lease | None = None) -> PoolSetting:
+        """Remove a pool's record: PoolNotFound, or PoolInUse while backends or the route table name it."""
+        k = self.keys
+        reply = await self._remove_pool(
+            keys=[k.lease(fence.name) if fence else k.lease("-"), k.pools, k.version, k.backends, k.routes],
+            args=[fence.value if fence else "", k.events, repr(now()), name],
+        )
+        outcome = _text(reply[0])
+        if outcome == "fenced":
+            raise Fenced("lease lost")
+        if outcome == "missing":
+            raise PoolNotFound(name)
+        if outcome == "backends":
+            raise PoolInUse(name, int(_text(reply[1])))
+        if outcome == "routes":
+            raise PoolInUse(name)
+        return _pool_decoder.decode(reply[1])
+
+    async def set_routes(self, table: RouteTableSetting, *, fence: Lease | None = None) -> bool:
+        """Replace the whole route table (atomically: proxies switch from one table to the next);
+        PoolNotFound when it names a pool the store does not hold. The table's own checks
+        (``shared.config.routing.check_route_table``) are the caller's. Returns whether it changed."""
+        k = self.keys
+        table = msgspec.structs.replace(table, updated_at=now())
+        used = sorted({r.pool for r in table.routes} | ({table.default_pool} if table.default_pool else set()))
+        reply = await self._set_routes(
+            keys=[k.lease(fence.name) if fence else k.lease("-"), k.routes, k.version, k.pools],
+            args=[fence.value if fence else "", k.events, repr(now()), _encoder.encode(table), *used],
+        )
+        outcome = _text(reply[0])
+        if outcome == "fenced":
+            raise Fenced("lease lost")
+        if outcome == "missing_pool":
+            raise PoolNotFound(_text(reply[1]))
+        return outcome == "changed"
+
     # -- watching ----------------------------------------------------------------------------
 
     async def _sync(self, pubsub: _PubSub, chunk: int = SYNC_CHUNK) -> Snapshot:
@@ -443,9 +557,13 @@ class Store:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.get(k.version)
             pipe.get(k.algorithm)
-            raw_version, raw_algorithm = await pipe.execute()
+            pipe.hgetall(k.pools)
+            pipe.get(k.routes)
+            raw_version, raw_algorithm, raw_pools, raw_routes = await pipe.execute()
         start = int(raw_version or 0)
         algorithm = _algorithm_decoder.decode(raw_algorithm) if raw_algorithm else AlgorithmSetting()
+        pools = _decode_pools(raw_pools)
+        routes = _routes_decoder.decode(raw_routes) if raw_routes else None
         backends: dict[str, BackendView] = {}
         events: list[Event] = []
         cursor: Any = 0
@@ -475,9 +593,16 @@ class Store:
             apply_event(backends, event)
             if event.kind == "algorithm" and event.algorithm is not None:
                 algorithm = event.algorithm
+            routes = apply_settings_event(pools, routes, event)
             if i % REPLAY_BATCH == REPLAY_BATCH - 1:
                 await asyncio.sleep(0)
-        return Snapshot(version=events[-1].version if events else start, backends=backends, algorithm=algorithm)
+        return Snapshot(
+            version=events[-1].version if events else start,
+            backends=backends,
+            algorithm=algorithm,
+            pools=pools,
+            routes=routes,
+        )
 
     @staticmethod
     async def _buffer_events(pubsub: _PubSub, events: list[Event], after: int, *, wait: float) -> bool:
