@@ -7,7 +7,7 @@ small :class:`Swept` interface (a deadline and what to do when it passes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from services.proxy.balancer import Balancer
@@ -21,6 +21,7 @@ from services.proxy.proxy_protocol import TrustedNetworks
 from services.proxy.routes import Route, RouteTable
 from services.proxy.stats import BackendStats, RetryBudget, Stats
 from shared.config import DEFAULT_POOL, Config
+from shared.config.routing import RouteSpec
 
 NEVER = float("inf")
 
@@ -71,29 +72,18 @@ class Context:
         self.pool_name = pool_name  # the pool of a request no route sent elsewhere (a listener's own pool)
         self.budget = RetryBudget(p.retry_budget)
         self.pool: Pool[Pooled] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
-        # Routing (config.routes): None with no routes, so the one-pool path pays one test per request.
-        self.pools: dict[str, Balancer] = {DEFAULT_POOL: balancer, **(pools or {})}
+        # Routing (config.routes, or the store's table): None with no routes, so the one-pool path pays one
+        # test per request. ``routed`` False: a listener of one pool.
+        self.routed = routed
+        self.pools: dict[str, Balancer] = {}
         self.routes: RouteTable | None = None
         # The routes the fast path takes, and their pools' balancers: a route that rewrites the request
         # (strip_prefix, rewrite_host) is the general path's, as is a request no route matches (404).
         self.fast_routes: FastRoutes = FastRoutes()
-        if routed and config.routes:
-            self.routes = RouteTable.build(config.routes, config.unmatched_pool)
-            candidates = [*self.routes.routes, self.routes.unmatched]
-            self.fast_routes.update(
-                (r, (self.pools[r.pool], self.stats.route(r)))
-                for r in candidates
-                if r is not None and not (r.strip_prefix or r.rewrite_host)
-            )
         # The fast scan: with routes it also gives what the route table reads (Host name, path, method).
-        self.fast_scan: Callable[[bytes, int, int], tuple[bytes, ...] | None] = (
-            fast.request if self.routes is None else fast.request_routed
-        )
-        # A balancer whose backends come and go tells when one left: its counters and idle
-        # connections go with it (no growth with churn).
-        forget_listeners: list[Callable[[str], None]] | None = getattr(balancer, "forget_listeners", None)
-        if forget_listeners is not None:
-            forget_listeners += [self.stats.forget, self.pool.forget]
+        self.fast_scan: Callable[[bytes, int, int], tuple[bytes, ...] | None] = fast.request
+        self._followed: set[int] = set()  # balancers whose departures this context follows
+        self.use_routes({DEFAULT_POOL: balancer, **(pools or {})}, config.routes, config.unmatched_pool)
         self.max_head = p.max_header_bytes
         self.max_target = p.max_target_bytes
         self.max_body = p.max_body_bytes
@@ -132,6 +122,34 @@ class Context:
         self.now = self.response_at = self.idle_at = 0.0
         self._clock(loop.time())
         self._sweeper: asyncio.TimerHandle | None = None
+
+    def use_routes(self, pools: Mapping[str, Balancer], routes: Sequence[RouteSpec], unmatched_pool: str) -> None:
+        """Route with ``routes`` over ``pools`` from now on (a table from the store replaces the running one:
+        the swap is this one synchronous call, so every request sees one table or the other; a request
+        under way keeps the balancer it picked from).
+
+        Once routing is on it stays on: a table emptied later is an empty table sending every request to
+        the default pool, not ``None`` (the plain path reads the connection's balancer, which a routed
+        request may have set to another pool's)."""
+        self.pools = {DEFAULT_POOL: self.balancer, **pools}
+        # A balancer whose backends come and go tells when one left: its counters and idle
+        # connections go with it (no growth with churn).
+        for balancer in self.pools.values():
+            if id(balancer) in self._followed:
+                continue
+            self._followed.add(id(balancer))
+            forget_listeners: list[Callable[[str], None]] | None = getattr(balancer, "forget_listeners", None)
+            if forget_listeners is not None:
+                forget_listeners += [self.stats.forget, self.pool.forget]
+        if not self.routed or (not routes and self.routes is None):
+            return
+        table = RouteTable.build(routes, unmatched_pool)
+        fast_routes = FastRoutes(
+            (r, (self.pools[r.pool], self.stats.route(r)))
+            for r in [*table.routes, table.unmatched]
+            if r is not None and not (r.strip_prefix or r.rewrite_host) and r.pool in self.pools
+        )
+        self.fast_routes, self.routes, self.fast_scan = fast_routes, table, fast.request_routed
 
     def key_source(self, spec: str) -> tuple[bytes | None, bytes | None]:
         """(header name, cookie name) the affinity key comes from for a balancer's ``hash_key`` ``spec``;

@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import NamedTuple
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
 from services.proxy.limits.gate import Gate
 from services.proxy.limits.sync import RateLimitSync
 from services.proxy.observability.metrics import proxy_registry
+from services.proxy.pools import StorePools, open_store_pools
 from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
-from services.proxy.store_balancer import open_store_balancer
 from services.proxy.workers import Workers
 from shared.config import DEFAULT_POOL, Config
 from shared.gc_tuning import tune_gc
@@ -32,33 +33,49 @@ log = get_logger("proxy")
 
 
 def static_pools(config: Config) -> dict[str, Balancer]:
-    """The named pools (all but ``default``) as configured: round robin over each pool's backends.
-
-    (The default pool comes from the store when there is one; the named pools come from the
-    configuration file in both modes for now: the store does not hold pools yet.)"""
+    """The named pools (all but ``default``) as configured, for a proxy without Redis: round robin over
+    each pool's backends."""
     return {
         name: StaticRoundRobin.from_pool(pool) for name, pool in config.pool_configs().items() if name != DEFAULT_POOL
     }
 
 
-@contextlib.asynccontextmanager
-async def make_balancer(config: Config) -> AsyncIterator[Balancer]:
-    """The Balancer the data plane asks for backends.
+class Balancers(NamedTuple):
+    default: Balancer  # the default pool's
+    pools: Mapping[str, Balancer]  # every pool's by name (live: pools come and go with the store)
+    store_pools: StorePools | None  # with Redis: what follows the store (routes, pools)
 
-    With a Redis URL: the Redis-coordinated StoreBalancer (local view kept by pub/sub and snapshots,
-    the configured/stored policy, in-flight counters shared across replicas). Without one: plain
-    round robin over the configured backends, so a single proxy can run with no Redis at all.
+
+@contextlib.asynccontextmanager
+async def make_balancers(config: Config) -> AsyncIterator[Balancers]:
+    """The Balancers the data plane asks for backends.
+
+    With a Redis URL: one Redis-coordinated StoreBalancer per pool (local views kept by one pub/sub
+    watch and snapshots, each pool's stored or configured policy, in-flight counters shared across
+    replicas), and the store's route table. Without one: plain round robin over each pool's configured
+    backends, so a single proxy can run with no Redis at all.
     """
     if not config.redis.url:
         log.info("no redis.url: round robin over the configured backends")
-        yield StaticRoundRobin.from_config(config)
+        yield Balancers(StaticRoundRobin.from_config(config), static_pools(config), None)
         return
     store = open_store(config)
     try:
-        async with open_store_balancer(config, store, listen=config.listen_address) as balancer:
-            yield balancer
+        async with open_store_pools(config, store, listen=config.listen_address) as pools:
+            yield Balancers(pools.default, pools.balancers, pools)
     finally:
         await store.close()
+
+
+def follow_store_pools(pools: StorePools, servers: list[Server]) -> None:
+    """Each listener's routing follows the store: a new pool, or a new route table, is swapped in."""
+
+    def changed() -> None:
+        for server in servers:
+            server.context.use_routes(pools.balancers, pools.routes, pools.unmatched_pool)
+
+    pools.listeners.append(changed)
+    changed()
 
 
 class Readiness:
@@ -89,8 +106,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     delay = float(config.proxy.shutdown_delay_sec)
     readiness = Readiness()
     try:
-        async with make_balancer(config) as balancer:
-            pools = static_pools(config)
+        async with make_balancers(config) as (balancer, pools, store_pools):
             loop = asyncio.get_running_loop()
             gate = Gate.for_loop(config.rate_limits, loop)
             server = Server(config, balancer, reuse_port=True, pools=pools, gate=gate)
@@ -105,6 +121,8 @@ async def run(config: Config, stop: asyncio.Event) -> None:
             ]
             for s in extra:
                 await s.start()
+            if store_pools is not None:  # pools and the route table follow the store
+                follow_store_pools(store_pools, [server, *extra])
             # The limiters reconcile with Redis in the background (without Redis each counts alone).
             store = getattr(balancer, "store", None)
             sync = RateLimitSync(store, gate.limiters, interval=config.rate_limits.sync_sec) if gate and store else None

@@ -378,7 +378,9 @@ class StoreBalancer:
     def policy(self, policy: Policy) -> None:
         # What the hot path calls is decided here, once per policy, not on every request.
         if policy.reads_total and not self._policy.reads_total:  # counts.local_total was not kept
-            self.counts.local_total = sum(self._local.values())
+            # (the local table is the replica's, shared by every pool's balancer: count this view's)
+            backends = self.view.backends
+            self.counts.local_total = sum(n for a, n in self._local.items() if a in backends)
         self._policy = policy
         self._on_count = policy.count_changed if policy.reads_counts else None
         self._acquire = policy.acquire if policy.counts_acquired else policy.pick
@@ -547,18 +549,31 @@ class StoreBalancer:
             # Round robin and weighted never read counts: no Redis read every interval. What was read
             # before is dropped, so a switch back starts from this replica's exact counts (the next
             # read follows within one interval).
-            if self._policy.uses_counts:
-                try:
-                    others = await self.store.global_inflight(exclude=self.replica.id)
-                except STORE_ERRORS as exc:
-                    if self._refresh_ok:  # (once per outage)
-                        log.warning("cannot read global in-flight counts; using the last ones", error=str(exc))
-                    others = None
-            if others is not None:
-                for address in self.counts.set_others(others):
-                    self.policy.count_changed(address)
-            self._refresh_ok = others is not None
+            if self.uses_counts:
+                others = await self.read_others()
+            self.take_others(others)
             await asyncio.sleep(self.refresh_interval)
+
+    @property
+    def uses_counts(self) -> bool:
+        """The policy in force reads global in-flight counts (the refresh reads them from Redis)."""
+        return self._policy.uses_counts
+
+    async def read_others(self) -> dict[str, int] | None:
+        """The other replicas' in-flight counts; None when Redis did not answer."""
+        try:
+            return await self.store.global_inflight(exclude=self.replica.id)
+        except STORE_ERRORS as exc:
+            if self._refresh_ok:  # (once per outage)
+                log.warning("cannot read global in-flight counts; using the last ones", error=str(exc))
+            return None
+
+    def take_others(self, others: Mapping[str, int] | None) -> None:
+        """The other replicas' counts as read (None: not read; the last ones stay)."""
+        if others is not None:
+            for address in self.counts.set_others(others):
+                self.policy.count_changed(address)
+        self._refresh_ok = others is not None
 
     async def publish(self) -> None:
         backoff = Backoff(first=0.05, cap=2.0)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from services.proxy.attempts import Attempts
-from services.proxy.balancer import Upstream
+from services.proxy.balancer import StaticRoundRobin, Upstream
 from services.proxy.flow import PEER_FULL, QUEUED
 from services.proxy.http.errors import error_response
 from services.proxy.http.fast import host_name
@@ -69,6 +69,7 @@ log = get_logger("proxy.http")
 
 _clock = time.perf_counter  # loop.time() is in whole milliseconds under uvloop: too coarse for latencies
 _ids = REQUEST_IDS
+_NO_BACKENDS = StaticRoundRobin([])
 _id_prefix = REQUEST_ID_PREFIX
 _bits = random.Random().getrandbits
 _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
@@ -282,7 +283,8 @@ class Exchange(Attempts):
             )
             self.route_stats = None
             if route is not None:
-                self.balancer = ctx.pools[route.pool]
+                # (a route naming a pool this proxy has no balancer for yet answers 503: no backends)
+                self.balancer = ctx.pools.get(route.pool) or _NO_BACKENDS
                 self.route_stats = ctx.stats.route(route)
         self.open = True
         self.req = req
