@@ -24,7 +24,6 @@ import asyncio
 import random
 import time
 from binascii import hexlify as _hexlify
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -59,7 +58,8 @@ from services.proxy.observability.access_log import iso_time
 from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
 from services.proxy.proxy_protocol import forwarded_client
 from services.proxy.routes import Route
-from services.proxy.stats import LATENCY_BUCKETS, WHOLE_SLOTS, BackendStats
+from services.proxy.stats import BackendStats
+from services.proxy.stats import tally as _tally
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -73,8 +73,6 @@ _NO_BACKENDS = StaticRoundRobin([])
 _id_prefix = REQUEST_ID_PREFIX
 _bits = random.Random().getrandbits
 _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
-# BackendStats.whole's first slot for a status (a fast-path status is 200-599): one index, no division.
-_CLASS_SLOT = [s // 100 * WHOLE_SLOTS for s in range(600)]
 
 
 _NO_IDLE: dict[str, list[UpstreamConnection]] = {}
@@ -118,6 +116,7 @@ class Exchange(Attempts):
         "rid",
         "route",
         "route_stats",
+        "route_tally",
         "t0",
         "trace",
         "traceparent",
@@ -143,6 +142,7 @@ class Exchange(Attempts):
         self.rid = b"-"
         self.route: Route | None = None  # with routes: the current request's (its pool is ``balancer``)
         self.route_stats: BackendStats | None = None  # ... and its counters (None: no routes)
+        self.route_tally: Any = None  # ... their fast-path part (route_stats.whole)
         # The response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD, no body left to
         # send): True between requests, so a plain request does not set it.
         self.fast = True
@@ -171,7 +171,7 @@ class Exchange(Attempts):
 
     # -- starting a request --------------------------------------------------------------------
 
-    def start_fast(self, plain: tuple[bytes, ...], size: int) -> bool:
+    def start_fast(self, plain: tuple[Any, ...], size: int) -> bool:
         """A plain request (``ctx.fast_scan``): its head without the blank line and its Host (with routes,
         also the Host's name, the path and the method); no body. False: not taken (with routes: no route
         matched, or the route rewrites the request): the general path has it from the start.
@@ -187,12 +187,13 @@ class Exchange(Attempts):
             head, host = plain
             balancer = self.balancer
         else:
-            head, host, name, path, method, segment = plain
-            route = routes.match_segment(name, segment, path, method, head)
+            head, host, name, path, method, route = plain
+            if route is not None and route.deferred:  # a condition to check, or a longer prefix to try
+                route = route.resolve(routes, name, path, method, head)
             fast_route = ctx.fast_routes[route]
             if fast_route is None:  # no route (404), or one that rewrites the request
                 return False
-            balancer, self.route_stats = fast_route
+            balancer, self.route_stats, self.route_tally = fast_route
             self.balancer = balancer
         conn = self.conn
         ctx.stats.requests += 1
@@ -281,11 +282,12 @@ class Exchange(Attempts):
             route = self.route = ctx.routes.match(
                 host_name(req.host or b""), req.target.partition(b"?")[0], req.method, raw
             )
-            self.route_stats = None
+            self.route_stats = self.route_tally = None
             if route is not None:
                 # (a route naming a pool this proxy has no balancer for yet answers 503: no backends)
                 self.balancer = ctx.pools.get(route.pool) or _NO_BACKENDS
-                self.route_stats = ctx.stats.route(route)
+                rs = self.route_stats = ctx.stats.route(route)
+                self.route_tally = rs.whole
         self.open = True
         self.req = req
         self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD" and not req.has_body
@@ -601,17 +603,8 @@ class Exchange(Attempts):
         upstream = self.upstream
         self.upstream = None
         self.balancer.finished(upstream, status < 500, latency)  # type: ignore[arg-type]
-        if ctx.metrics_on:
-            bs = up.stats
-            slot = _CLASS_SLOT[status] + bisect_left(LATENCY_BUCKETS, latency)
-            bs.whole[slot] += 1
-            bs.whole_sum += latency
-            bs.request_bytes += self.bytes_in
-            bs.response_bytes += len(out)
-            rs = self.route_stats
-            if rs is not None:
-                rs.whole[slot] += 1
-                rs.whole_sum += latency
+        if ctx.metrics_on:  # one C call: the backend's and the route's counters (stats.tally)
+            _tally(up.tally, self.route_tally, status, latency, self.bytes_in, out)
         if self.open:  # a span or log line, or the general path ran (its start, a retry)
             if ctx.observe_each:
                 self._observe_fast(up, status, latency, len(out))

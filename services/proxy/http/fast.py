@@ -25,6 +25,7 @@ import os
 import re
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from services.proxy.http.parser import _HOST, _TOKEN, _VCHAR
 
@@ -91,6 +92,16 @@ def request_routed_py(data: bytes, max_target: int, max_head: int) -> Routed | N
     return head, host, host_name(host), path, head[:sp], path[:second] if second > 0 else path
 
 
+def request_route_py(hosts: Any, data: bytes, max_target: int, max_head: int) -> tuple[Any, ...] | None:
+    """``request_routed_py`` with the route table's fast lookup: (head, host, host name, path, method,
+    ``hosts[host name][segment]``) (``hosts``: ``RouteTable.hosts``)."""
+    routed = request_routed_py(data, max_target, max_head)
+    if routed is None:
+        return None
+    head, host, name, path, method, segment = routed
+    return head, host, name, path, method, hosts[name][segment]
+
+
 # -- responses -------------------------------------------------------------------------------------
 
 # The general path relays a plain response's field lines as received (whitespace and all), so the
@@ -153,8 +164,10 @@ def response_py(data: bytes, via_end: bytes) -> tuple[int, bytes, int, int] | No
 
 request: Callable[[bytes, int, int], tuple[bytes, bytes] | None] = request_py
 request_routed: Callable[[bytes, int, int], Routed | None] = request_routed_py
+request_route: Callable[[Any, bytes, int, int], tuple[Any, ...] | None] = request_route_py
 response: Callable[[bytes, bytes], tuple[int, bytes, int, int] | None] = response_py
 COMPILED = False
+EXTENSION: Any = None  # the C module when in use (services.proxy.stats takes its Tally from it)
 if os.environ.get("GOBALANCER_PURE_PYTHON", "") not in ("1", "true", "yes"):
     try:
         from services.proxy.http import _fast  # type: ignore[attr-defined]
@@ -162,4 +175,6 @@ if os.environ.get("GOBALANCER_PURE_PYTHON", "") not in ("1", "true", "yes"):
         pass
     else:
         request, request_routed, response = _fast.request, _fast.request_routed, _fast.response
+        request_route = _fast.request_route
+        EXTENSION = _fast
         COMPILED = True

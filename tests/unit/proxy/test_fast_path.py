@@ -15,12 +15,15 @@ and on random mutations of it, they give the same answer.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.proxy import stats
 from services.proxy.http import fast
 from services.proxy.http.headers import FAST_HEAD_NEW_TRACE, client_response_head, upstream_request_head
 from services.proxy.http.parser import HttpError, parse_request_head, parse_response_head
@@ -306,3 +309,57 @@ def test_every_prefixed_special_name_is_declined_whatever_its_length(impl: str) 
                 assert RESPONSES[impl](resp, VIA_END) is None, name
     control = b"GET / HTTP/1.1\r\nHost: h\r\nProxyx: v\r\n\r\n"
     assert REQUESTS[impl](control, 64, 8192) is not None
+
+
+# -- the fast path's counters (stats.tally) ----------------------------------------------------------
+
+TALLIES: dict[str, tuple[Callable[[], Any], Callable[..., None]]] = {"python": (stats.TallyPy, stats.tally_py)}
+if len(REQUESTS) == 2:
+    TALLIES["c"] = (_fast.Tally, _fast.tally)
+
+
+def test_the_counters_in_use_are_the_compiled_ones_when_built() -> None:
+    assert (stats.Tally, stats.tally) == TALLIES["c" if fast.COMPILED else "python"]
+    if "c" in TALLIES:
+        assert _fast.BUCKETS == stats.LATENCY_BUCKETS  # the C buckets are the histograms' bounds
+
+
+RESPONSES_COUNTED = st.lists(
+    st.tuples(
+        st.integers(100, 599) | st.sampled_from([0, 99, 600, 999]),
+        st.floats(0.0, 100.0) | st.sampled_from(list(stats.LATENCY_BUCKETS)),
+        st.integers(0, 10**6),
+        st.binary(max_size=64),
+        st.booleans(),
+    ),
+    max_size=50,
+)
+
+
+@given(RESPONSES_COUNTED)
+def test_the_c_and_python_counters_agree(responses: list[tuple[int, float, int, bytes, bool]]) -> None:
+    seen = {}
+    for impl, (make, tally) in TALLIES.items():
+        backend, route = make(), make()
+        for status, latency, size, out, routed in responses:
+            tally(backend, route if routed else None, status, latency, size, out)
+        seen[impl] = [(t.counts(), t.sum, t.request_bytes, t.response_bytes) for t in (backend, route)]
+    expected = [0] * (len(stats.CLASS_NAMES) * stats.WHOLE_SLOTS)
+    for status, latency, *_ in responses:
+        expected[
+            stats.CLASS_NAMES.index(stats.status_class(status)) * stats.WHOLE_SLOTS
+            + bisect_left(stats.LATENCY_BUCKETS, latency)
+        ] += 1
+    assert seen["python"][0][0] == expected
+    assert seen["python"][0][2:] == (sum(r[2] for r in responses), sum(len(r[3]) for r in responses))
+    for impl in TALLIES:
+        assert seen[impl] == seen["python"], impl
+
+
+def test_the_counters_refuse_what_they_cannot_count() -> None:
+    for make, tally in TALLIES.values():
+        with pytest.raises((TypeError, AttributeError)):
+            tally(None, None, 200, 0.1, 1, b"")
+        if make is not stats.TallyPy:
+            with pytest.raises(TypeError):
+                tally(make(), None, 200, "0.1", 1, b"")
