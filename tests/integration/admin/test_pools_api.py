@@ -275,3 +275,18 @@ async def test_pages_of_a_pool_link_to_its_own_path(client: Client, store: Store
     assert listed == ["10.0.0.0:80", "10.0.1.0:80", "10.0.1.1:80", "10.0.1.2:80", "10.0.1.3:80"]
     counts = {p["name"]: p["backends"] for p in (await client.get("/pools")).json()["pools"]}
     assert counts == {"default": 4, "api": 5}
+
+
+async def test_the_docs_list_pools_and_routes(client: Client) -> None:
+    paths = (await client.get("/schema/openapi.json")).json()["paths"]
+    assert set(paths["/pools"]) >= {"get", "post"}
+    assert set(paths["/pools/{name}"]) >= {"get", "put", "patch", "delete"}
+    assert set(paths["/pools/{pool}/backends"]) >= {"get", "post"}
+    assert set(paths["/pools/{pool}/backends/{address}"]) >= {"get", "put", "patch", "delete"}
+    for action in ("drain", "enable", "disable", "override"):
+        assert f"/pools/{{pool}}/backends/{{address}}/{action}" in paths
+    assert set(paths["/routes"]) >= {"get", "put"}
+    assert "application/problem+json" in paths["/routes"]["put"]["responses"]["422"]["content"]
+    page = (await client.get("/schema")).text
+    for path in ("/pools/{name}", "/pools/{pool}/backends/{address}/drain", "/routes"):
+        assert path in page
