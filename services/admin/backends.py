@@ -114,9 +114,9 @@ async def list_backends(request: Request[Any, Any, Any], ctx: AdminContext, pool
         listing = await listing_from_redis(store, snapshot.listing.start_healthy)
         page = listing.page(query, at)
         return Response(page.body, media_type=JSON, headers=_page_headers(request, page, query))
-    if pool != DEFAULT_POOL and pool not in snapshot.mirror.pools:
-        await check_pool(snapshot, ctx.require_store(), pool)
     listing = snapshot.listing
+    if pool != DEFAULT_POOL and pool not in snapshot.mirror.pools and not listing.pool_order(pool):
+        await check_pool(snapshot, ctx.require_store(), pool)
     listing.expire(at)
     page = listing.page(query, at)
     gzipped = len(page.body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("accept-encoding", "")

@@ -91,7 +91,7 @@ async def pool_out(snapshot: AdminSnapshot, store: Store, name: str, changed: bo
     """One pool as the snapshot shows it (read from Redis if the snapshot is not synced)."""
     mirror, counts = await _state(snapshot, store)
     setting = mirror.pools.get(name)
-    if setting is None and name != DEFAULT_POOL:
+    if setting is None and name != DEFAULT_POOL and name not in counts:  # (backends may name it before its record)
         raise PoolNotFound(name)
     return PoolOut.of(name, setting, mirror.algorithm, counts.get(name, (0, 0)), changed)
 

@@ -345,9 +345,10 @@ class PoolOut(msgspec.Struct, kw_only=True):
         counts: tuple[int, int],
         changed: bool | None = None,
     ) -> PoolOut:
-        """``algorithm``: the default pool's (``NS:algorithm``); a named pool's is its record's."""
-        if name != DEFAULT_POOL and setting is not None:
-            algorithm = setting.algorithm
+        """``algorithm``: the default pool's (``NS:algorithm``); a named pool's is its record's (a pool that
+        backends name before its record was written shows the defaults)."""
+        if name != DEFAULT_POOL:
+            algorithm = setting.algorithm if setting is not None else AlgorithmSetting()
         updated = max(algorithm.updated_at, setting.updated_at if setting is not None else 0.0)
         return cls(
             name=name,

@@ -9,7 +9,7 @@ from litestar import Litestar
 from litestar.testing import AsyncTestClient
 
 from shared.config.durations import Seconds
-from shared.models import Backend, RouteTableSetting
+from shared.models import AlgorithmSetting, Backend, RouteTableSetting
 from shared.store import Store
 from tests.integration.admin.server import caught_up
 from tests.integration.admin.test_backends_api import assert_problem
@@ -290,3 +290,17 @@ async def test_the_docs_list_pools_and_routes(client: Client) -> None:
     page = (await client.get("/schema")).text
     for path in ("/pools/{name}", "/pools/{pool}/backends/{address}/drain", "/routes"):
         assert path in page
+
+
+async def test_a_pool_named_by_backends_before_its_record_is_shown(client: Client, store: Store) -> None:
+    """Discovery may write a pool's backends before the pool's record: the pool is listed (its settings
+    the defaults), its backends readable; adding one through the API still needs the pool to exist."""
+    await store.set_algorithm(AlgorithmSetting(name="p2c"))
+    await store.create_backend(Backend(address="10.0.0.1:80", pool="early"))
+    await caught_up(client.app, store)
+    listed = {p["name"]: p for p in (await client.get("/pools")).json()["pools"]}
+    assert listed["early"]["backends"] == 1 and listed["early"]["algorithm"]["name"] == "round_robin"
+    assert listed["default"]["algorithm"]["name"] == "p2c"
+    assert (await client.get("/pools/early")).json()["backends"] == 1
+    assert [b["address"] for b in (await client.get("/pools/early/backends")).json()] == ["10.0.0.1:80"]
+    assert_problem(await client.post("/pools/early/backends", json={"address": "10.0.0.2:80"}), 404)
