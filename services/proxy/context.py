@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from services.proxy.balancer import Balancer
 from services.proxy.http import fast
-from services.proxy.http.headers import FAST_HEAD_NEW_TRACE
+from services.proxy.http.headers import FAST_TRACE_VIA
 from services.proxy.http.pool import Pool, Pooled
 from services.proxy.limits.gate import Gate
 from services.proxy.observability.access_log import AccessLog
@@ -109,10 +109,10 @@ class Context:
         self.exporter: SpanExporter | None = make_exporter(config.tracing) if config.tracing.propagate else None
         # Requests whose work goes beyond the fast path's: an access log or span per request.
         self.observe_each = self.access_log is not None or self.exporter is not None
-        # The fast path's own lines with a new sampled trace, when that is all tracing asks of a request
-        # (None: see Exchange._fast_head).
+        # The fast path's Via and traceparent start (``fast.trace_head``) when a new sampled trace is all
+        # tracing asks of a request (None: see Exchange._fast_head).
         self.trace_new: bytes | None = (
-            FAST_HEAD_NEW_TRACE if self.propagate_trace and self.sample_ratio >= 1.0 and not self.observe_each else None
+            FAST_TRACE_VIA if self.propagate_trace and self.sample_ratio >= 1.0 and not self.observe_each else None
         )
         self._key_sources: dict[str, tuple[bytes | None, bytes | None]] = {}
         self.draining = False

@@ -21,6 +21,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 #include <structmember.h>
 
@@ -621,6 +622,86 @@ static PyObject *fast_admit(PyObject *self, PyObject *const *args, Py_ssize_t na
     return PyObject_CallMethodObjArgs(args[0], str_slow, args[1], e != NULL ? e : Py_None, args[2], NULL);
 }
 
+/* -- a new trace per request ------------------------------------------------------------------------
+ *
+ *   trace_head(head, prefix, host, id_prefix, n, via) -> bytes
+ *       The fast path's head with a new sampled trace: ``head + prefix + b"X-Forwarded-Host: " + host +
+ *       b"\r\nX-Request-ID: " + id_prefix + b"-%x" % n + via + TRACE_ID + b"-" + SPAN_ID + b"-01\r\n\r\n"``,
+ *       ``via`` ending with ``traceparent: 00-``; the ids are 128 and 64 random bits in lower-case hex
+ *       (xoshiro256**, seeded from os.urandom at import: trace ids need to be unique, not secret). One
+ *       allocation, instead of a ``%`` format and three calls (about 400 ns) in Python.
+ */
+static uint64_t rng[4];
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t next_random(void) {
+    uint64_t result = rotl(rng[1] * 5, 7) * 9, t = rng[1] << 17;
+    rng[2] ^= rng[0];
+    rng[3] ^= rng[1];
+    rng[1] ^= rng[2];
+    rng[0] ^= rng[3];
+    rng[2] ^= t;
+    rng[3] = rotl(rng[3], 45);
+    return result;
+}
+
+static char *put_hex(char *out, uint64_t v) {
+    static const char digits[] = "0123456789abcdef";
+    for (int k = 60; k >= 0; k -= 4) *out++ = digits[(v >> k) & 15];
+    return out;
+}
+
+static char *put(char *out, PyObject *b) {
+    memcpy(out, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    return out + PyBytes_GET_SIZE(b);
+}
+
+#define LIT(out, s) (memcpy((out), (s), sizeof(s) - 1), (out) + sizeof(s) - 1)
+
+static PyObject *fast_trace_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        !PyBytes_Check(args[3]) || !PyLong_Check(args[4]) || !PyBytes_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "trace_head(head: bytes, prefix: bytes, host: bytes, id_prefix: bytes, n: int, via: bytes)");
+        return NULL;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[4]);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    char digits[16];
+    int nd = 0;
+    do {
+        digits[nd++] = "0123456789abcdef"[n & 15];
+        n >>= 4;
+    } while (n);
+    static const char xfh[] = "X-Forwarded-Host: ", rid[] = "\r\nX-Request-ID: ", end[] = "-01\r\n\r\n";
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) + (Py_ssize_t)sizeof(xfh) - 1 +
+                      PyBytes_GET_SIZE(args[2]) + (Py_ssize_t)sizeof(rid) - 1 + PyBytes_GET_SIZE(args[3]) + 1 + nd +
+                      PyBytes_GET_SIZE(args[5]) + 32 + 1 + 16 + (Py_ssize_t)sizeof(end) - 1;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    out = put(out, args[0]);
+    out = put(out, args[1]);
+    out = LIT(out, xfh);
+    out = put(out, args[2]);
+    out = LIT(out, rid);
+    out = put(out, args[3]);
+    *out++ = '-';
+    while (nd) *out++ = digits[--nd];
+    out = put(out, args[5]);
+    uint64_t hi = next_random(), lo = next_random(), span = next_random();
+    if (!(hi | lo)) lo = 1; /* (all-zero ids are invalid: W3C Trace Context) */
+    if (!span) span = 1;
+    out = put_hex(out, hi);
+    out = put_hex(out, lo);
+    *out++ = '-';
+    out = put_hex(out, span);
+    out = LIT(out, end);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "request(data, max_target, max_head) -> (head, host) | None: one plain request head, whole."},
@@ -633,6 +714,8 @@ static PyMethodDef methods[] = {
      "request_routed() with route = hosts[host_name][segment] (RouteTable.hosts)."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
      "response(data, via_end) -> (status, out, missing, body_at) | None: a plain response head."},
+    {"trace_head", (PyCFunction)(void (*)(void))fast_trace_head, METH_FASTCALL,
+     "trace_head(head, prefix, host, id_prefix, n, via) -> bytes: the fast head with a new sampled trace."},
     {"admit", (PyCFunction)(void (*)(void))fast_admit, METH_FASTCALL,
      "admit(limiter, key, now) -> int: Limiter.admit (0: admitted; else seconds to wait)."},
     {"tally", (PyCFunction)(void (*)(void))fast_tally, METH_FASTCALL,
@@ -654,6 +737,13 @@ PyMODINIT_FUNC PyInit__fast(void) {
         (str_deny = PyUnicode_InternFromString("_deny")) == NULL ||
         (str_slow = PyUnicode_InternFromString("_slow")) == NULL || (zero = PyLong_FromLong(0)) == NULL)
         return NULL;
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *seed = os != NULL ? PyObject_CallMethod(os, "urandom", "i", (int)sizeof(rng)) : NULL;
+    Py_XDECREF(os);
+    if (seed == NULL) return NULL;
+    memcpy(rng, PyBytes_AS_STRING(seed), sizeof(rng));
+    Py_DECREF(seed);
+    if (!(rng[0] | rng[1] | rng[2] | rng[3])) rng[0] = 1;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
     PyObject *b = PyTuple_New(N_BOUNDS);

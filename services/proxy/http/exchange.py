@@ -23,13 +23,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from binascii import hexlify as _hexlify
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from services.proxy.attempts import Attempts
 from services.proxy.balancer import StaticRoundRobin, Upstream
 from services.proxy.flow import PEER_FULL, QUEUED
+from services.proxy.http import fast
 from services.proxy.http.errors import error_response
 from services.proxy.http.fast import host_name
 from services.proxy.http.headers import (
@@ -69,6 +69,7 @@ log = get_logger("proxy.http")
 
 _clock = time.perf_counter  # loop.time() is in whole milliseconds under uvloop: too coarse for latencies
 _ids = REQUEST_IDS
+_trace_head = fast.trace_head
 _NO_BACKENDS = StaticRoundRobin([])
 _id_prefix = REQUEST_ID_PREFIX
 _bits = random.Random().getrandbits
@@ -204,13 +205,9 @@ class Exchange(Attempts):
             wait = simple.admit(conn.client_ip, ctx.loop.time()) if simple is not None else -1
             if wait and self._limited(gate, wait, head, route if routes is not None else None, conn.client_ip):
                 return True
-        trace = ctx.trace_new
-        if trace is not None:  # a new sampled trace per request (tracing.propagate, the default)
-            # New trace and span ids: 24 random bytes in hex, a dash after the first 16 (two C calls, about
-            # 180 ns; formatting two big integers as %032x and %016x took 450 ns more). An all-zero id
-            # (forbidden by W3C Trace Context) has a chance of 2**-64 per request: left to chance.
-            ids = _hexlify(_bits(192).to_bytes(24, "little"), b"-", -16)
-            out = self.head_out = trace % (head, conn.prefix, host, _id_prefix, next(_ids), ids)
+        via = ctx.trace_new
+        if via is not None:  # a new sampled trace per request (tracing.propagate, the default): one C call
+            out = self.head_out = _trace_head(head, conn.prefix, host, _id_prefix, next(_ids), via)
         else:
             out = self.head_out = self._fast_head(head, host)
         conn.deadline = ctx.response_at
