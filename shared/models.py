@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from shared.config import ALGORITHMS, Algorithm
+from shared.config.limits import RateLimitsDocument
 
 Origin = Literal["static", "api", "docker", "kubernetes"]
 AdminState = Literal["enabled", "draining", "disabled"]
@@ -19,6 +20,7 @@ EventKind = Literal[
     "health",
     "ejection",
     "algorithm",
+    "rate_limits",
 ]
 
 __all__ = [
@@ -139,6 +141,8 @@ class Event(msgspec.Struct, kw_only=True):
     health: Health | None = None
     ejection: Ejection | None = None
     algorithm: AlgorithmSetting | None = None
+    # kind "rate_limits": the store's document as written (null: removed, the config file's rules apply).
+    rate_limits: RateLimitsDocument | None = None
 
 
 class Snapshot(msgspec.Struct, kw_only=True):

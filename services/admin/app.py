@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from services.admin import dashboard, events, system
+from services.admin import dashboard, events, rate_limits, system
 from services.admin.backends import BackendsController
 from services.admin.context import DEPENDENCIES, AdminContext
 from services.admin.docs_page import render_plugins
@@ -94,7 +94,7 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
 
     security: list[dict[str, list[str]]] = [{"bearer": []}] if config.admin.token else []
     app = Litestar(
-        route_handlers=[BackendsController, *system.ROUTES, *events.ROUTES, *dashboard.ROUTES],
+        route_handlers=[BackendsController, *system.ROUTES, *rate_limits.ROUTES, *events.ROUTES, *dashboard.ROUTES],
         lifespan=[lifespan],
         state=State({"admin": ctx}),
         dependencies=DEPENDENCIES,

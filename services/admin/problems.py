@@ -64,8 +64,8 @@ def describe_validation(
         return InvalidRequest(join(path, unknown.group("field")), f"unknown field{hint}")
     if missing := MISSING_FIELD.match(problem):
         return InvalidRequest(join(path, missing.group("field")), "required field is missing")
-    if not path and (named := named_field(problem)):
-        return InvalidRequest(named[0] + named[1], named[2])
+    if named := named_field(problem):  # a __post_init__ naming its field (under ``path`` when nested)
+        return InvalidRequest(join(path, named[0] + named[1]), named[2])
     return InvalidRequest(path or "body", soften(problem))
 
 

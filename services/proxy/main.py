@@ -14,12 +14,11 @@ import os
 from collections.abc import AsyncIterator
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
-from services.proxy.limits.gate import Gate
-from services.proxy.limits.sync import RateLimitSync
+from services.proxy.limits.live import LiveLimits
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
-from services.proxy.store_balancer import open_store_balancer
+from services.proxy.store_balancer import StoreBalancer, open_store_balancer
 from services.proxy.workers import Workers
 from shared.config import DEFAULT_POOL, Config
 from shared.gc_tuning import tune_gc
@@ -92,7 +91,11 @@ async def run(config: Config, stop: asyncio.Event) -> None:
         async with make_balancer(config) as balancer:
             pools = static_pools(config)
             loop = asyncio.get_running_loop()
-            gate = Gate.for_loop(config.rate_limits, loop)
+            # The rate-limit rules: the store's (PUT /rate-limits) once there are some, else the config file's.
+            store = getattr(balancer, "store", None)
+            limits = LiveLimits(config.rate_limits, loop, store)
+            await limits.load()
+            gate = limits.gate
             server = Server(config, balancer, reuse_port=True, pools=pools, gate=gate)
             await server.start()
             # config.listeners: more listeners (a TCP or HTTP one per pool, or HTTP through the routes),
@@ -105,15 +108,18 @@ async def run(config: Config, stop: asyncio.Event) -> None:
             ]
             for s in extra:
                 await s.start()
-            # The limiters reconcile with Redis in the background (without Redis each counts alone).
-            store = getattr(balancer, "store", None)
-            sync = RateLimitSync(store, gate.limiters, interval=config.rate_limits.sync_sec) if gate and store else None
-            sync_task = loop.create_task(sync.run()) if sync is not None else None
+            # The limiters reconcile with Redis in the background (without Redis each counts alone); a new
+            # table (a rate_limits event) is swapped into every listener's context.
+            limits.attach(s.context for s in (server, *extra))
+            if isinstance(balancer, StoreBalancer):
+                balancer.apply_listeners.append(limits.on_item)
             replica = getattr(balancer, "replica", None)
             if replica is not None and config.metrics.enabled:
                 replica.totals_source = StatsTotals(server.context.stats)
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
-            registry = proxy_registry(lambda: server.context.stats, balancer, info, gate, sync)
+            registry = proxy_registry(
+                lambda: server.context.stats, balancer, info, lambda: limits.gate, lambda: limits.sync
+            )
             async with metrics_server(config.metrics.proxy_listen_address, registry, ready=readiness) as bound:
                 if replica is not None:
                     replica.info.metrics = bound
@@ -129,10 +135,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                     await asyncio.sleep(delay)
                 log.info("draining", drain_sec=float(config.timeout.drain_sec))
                 await asyncio.gather(*(s.stop() for s in (server, *extra)))
-                if sync_task is not None:
-                    sync_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sync_task
+                await limits.close()
     finally:
         if workers is not None:
             await workers.stop(delay + float(config.timeout.drain_sec) + 5.0)

@@ -156,6 +156,8 @@ class StoreBalancer:
         self.ejections: dict[str, int] = {}  # passive ejections decided here, per backend
         self.sync_lag = Histogram()  # event written (its `at`) -> applied here, seconds
         self._refresh_ok = True  # the last refresh reached Redis
+        # Called with every Snapshot and Event applied (the live rate-limit rules follow their events).
+        self.apply_listeners: list[Callable[[Snapshot | Event], None]] = []
 
     # -- settings in force -------------------------------------------------------------------
 
@@ -192,6 +194,8 @@ class StoreBalancer:
         resets = self.view.resets
         self.view.apply(item, self.clock())
         self._sync_hash_key()
+        for listener in self.apply_listeners:
+            listener(item)
         if self.view.resets != resets:
             log.warning(
                 "the store went back to an older version (data lost?): keeping what was up for a grace period",

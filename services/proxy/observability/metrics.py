@@ -59,14 +59,16 @@ class ProxyCollector(Collector):
         stats: Callable[[], Stats | None],
         balancer: Any,
         info: Mapping[str, str],
-        gate: Gate | None = None,
-        sync: RateLimitSync | None = None,
+        gate: Gate | Callable[[], Gate | None] | None = None,
+        sync: RateLimitSync | Callable[[], RateLimitSync | None] | None = None,
     ) -> None:
+        """``gate`` and ``sync``: the rate limits' (or a function answering the ones in force: they change
+        with ``PUT /rate-limits``)."""
         self._stats = stats
         self._balancer = balancer
         self._info = dict(info)
-        self._gate = gate
-        self._sync = sync
+        self._gate = gate if callable(gate) else lambda: gate
+        self._sync = sync if callable(sync) else lambda: sync
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(P + "info", "This proxy process (value 1).", labels=list(self._info))
@@ -76,8 +78,9 @@ class ProxyCollector(Collector):
         if stats is not None:
             yield from self._data_plane(stats)
         yield from self._balancer_metrics()
-        if self._gate is not None:
-            yield from self._rate_limits(self._gate)
+        gate = self._gate()
+        if gate is not None:
+            yield from self._rate_limits(gate)
 
     def _rate_limits(self, gate: Gate) -> Iterable[Metric]:
         """Per rule: requests refused (429), whether the limiter counts on its fallback share (Redis away,
@@ -96,9 +99,10 @@ class ProxyCollector(Collector):
             degraded.add_metric([limiter.name], int(limiter.degraded))
             keys.add_metric([limiter.name], len(limiter))
         yield from (limited, degraded, keys)
-        if self._sync is not None:
+        sync = self._sync()
+        if sync is not None:
             yield CounterMetricFamily(
-                P + "rate_limit_sync_failures", "Rate-limit syncs with Redis that failed.", value=self._sync.failed
+                P + "rate_limit_sync_failures", "Rate-limit syncs with Redis that failed.", value=sync.failed
             )
 
     def _data_plane(self, stats: Stats) -> Iterable[Metric]:
@@ -199,8 +203,8 @@ def proxy_registry(
     stats: Callable[[], Stats | None],
     balancer: Any,
     info: Mapping[str, str],
-    gate: Gate | None = None,
-    sync: RateLimitSync | None = None,
+    gate: Gate | Callable[[], Gate | None] | None = None,
+    sync: RateLimitSync | Callable[[], RateLimitSync | None] | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ProxyCollector(stats, balancer, info, gate, sync))
