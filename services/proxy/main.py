@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
 from services.proxy.limits.live import LiveLimits
+from services.proxy.limits.pools import limit_pools
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
@@ -88,11 +89,13 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     delay = float(config.proxy.shutdown_delay_sec)
     readiness = Readiness()
     try:
-        async with make_balancer(config) as balancer:
-            pools = static_pools(config)
+        async with make_balancer(config) as inner:
+            balancer: Balancer = inner
             loop = asyncio.get_running_loop()
+            # Pools with connection limits get their balancer wrapped (the others stay as they are).
+            balancer, pools, limited = limit_pools(config, balancer, static_pools(config))
             # The rate-limit rules: the store's (PUT /rate-limits) once there are some, else the config file's.
-            store = getattr(balancer, "store", None)
+            store = getattr(inner, "store", None)
             limits = LiveLimits(config.rate_limits, loop, store)
             await limits.load()
             gate = limits.gate
@@ -111,14 +114,14 @@ async def run(config: Config, stop: asyncio.Event) -> None:
             # The limiters reconcile with Redis in the background (without Redis each counts alone); a new
             # table (a rate_limits event) is swapped into every listener's context.
             limits.attach(s.context for s in (server, *extra))
-            if isinstance(balancer, StoreBalancer):
-                balancer.apply_listeners.append(limits.on_item)
-            replica = getattr(balancer, "replica", None)
+            if isinstance(inner, StoreBalancer):
+                inner.apply_listeners.append(limits.on_item)
+            replica = getattr(inner, "replica", None)
             if replica is not None and config.metrics.enabled:
                 replica.totals_source = StatsTotals(server.context.stats)
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
             registry = proxy_registry(
-                lambda: server.context.stats, balancer, info, lambda: limits.gate, lambda: limits.sync
+                lambda: server.context.stats, inner, info, lambda: limits.gate, lambda: limits.sync, limited
             )
             async with metrics_server(config.metrics.proxy_listen_address, registry, ready=readiness) as bound:
                 if replica is not None:
@@ -136,6 +139,8 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                 log.info("draining", drain_sec=float(config.timeout.drain_sec))
                 await asyncio.gather(*(s.stop() for s in (server, *extra)))
                 await limits.close()
+                for pool in limited:
+                    await pool.close()
     finally:
         if workers is not None:
             await workers.stop(delay + float(config.timeout.drain_sec) + 5.0)

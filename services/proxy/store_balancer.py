@@ -158,6 +158,9 @@ class StoreBalancer:
         self._refresh_ok = True  # the last refresh reached Redis
         # Called with every Snapshot and Event applied (the live rate-limit rules follow their events).
         self.apply_listeners: list[Callable[[Snapshot | Event], None]] = []
+        # A pool with connection limits reads the global counts whatever the policy, and hears of each read.
+        self.reads_counts = False
+        self.refresh_listeners: list[Callable[[], None]] = []
 
     # -- settings in force -------------------------------------------------------------------
 
@@ -551,7 +554,7 @@ class StoreBalancer:
             # Round robin and weighted never read counts: no Redis read every interval. What was read
             # before is dropped, so a switch back starts from this replica's exact counts (the next
             # read follows within one interval).
-            if self._policy.uses_counts:
+            if self._policy.uses_counts or self.reads_counts:
                 try:
                     others = await self.store.global_inflight(exclude=self.replica.id)
                 except STORE_ERRORS as exc:
@@ -562,6 +565,8 @@ class StoreBalancer:
                 for address in self.counts.set_others(others):
                     self.policy.count_changed(address)
             self._refresh_ok = others is not None
+            for listener in self.refresh_listeners:
+                listener()
             await asyncio.sleep(self.refresh_interval)
 
     async def publish(self) -> None:

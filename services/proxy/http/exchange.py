@@ -64,6 +64,7 @@ from shared.logs import get_logger
 
 if TYPE_CHECKING:
     from services.proxy.http.client import ClientConnection
+    from services.proxy.limits.pools import LimitedBalancer
 
 log = get_logger("proxy.http")
 
@@ -541,6 +542,21 @@ class Exchange(Attempts):
 
     async def _connect(self, upstream: Upstream) -> None:
         ctx = self.ctx
+        if upstream.port < 0:  # a pool at its connection limits: queued or refused (limits/pools.py)
+            got = await cast("LimitedBalancer", self.balancer).wait(upstream)
+            if isinstance(got, str):
+                self.connecting = None
+                self.upstream = None
+                self.fail(503, got)
+                return
+            upstream = self.upstream = got
+            self.last = got.address
+            self.started_at = _clock()
+            pooled = ctx.pool.get(got.address)
+            if pooled is not None:
+                self.connecting = None
+                self._attach(cast(UpstreamConnection, pooled))
+                return
         up = await self.connect(upstream, lambda: UpstreamConnection(ctx, upstream))
         self.connecting = None
         if self.conn.closed:
@@ -794,21 +810,21 @@ class Exchange(Attempts):
 
     # -- ending --------------------------------------------------------------------------------
 
-    def fail(self, status: int) -> None:
-        """The proxy answers the current request itself (502/503/504)."""
+    def fail(self, status: int, why: str = "") -> None:
+        """The proxy answers the current request itself (502/503/504; ``why``: X-GoBalancer-Reason)."""
         self.ctx.stats.error(status)
-        self._answer(status)
+        self._answer(status, why)
 
-    def _answer(self, status: int) -> None:
+    def _answer(self, status: int, why: str = "") -> None:
         if self.responded:
             self.conn.close()
             return
         close = not (self.keep_alive and self.body_done)
-        self.error(status, close=close, counted=True)
+        self.error(status, close=close, counted=True, why=why)
         if not close:
             self.done()
 
-    def error(self, status: int, *, close: bool, counted: bool = False) -> None:
+    def error(self, status: int, *, close: bool, counted: bool = False, why: str = "") -> None:
         """Write the proxy's own response ``status`` (and close the connection when ``close``)."""
         if not counted:
             self.ctx.stats.error(status)
@@ -816,7 +832,9 @@ class Exchange(Attempts):
         if conn.closed:
             return
         req = self.req
-        response = error_response(status, self.request_id(), close=close, minor=req.minor if req is not None else 1)
+        response = error_response(
+            status, self.request_id(), close=close, minor=req.minor if req is not None else 1, why=why
+        )
         conn.transport.write(response)
         self.bytes_out += len(response)
         self.resp_status = status
