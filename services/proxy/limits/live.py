@@ -46,7 +46,7 @@ class LiveLimits:
         self.gate = Gate.for_loop(config, loop)
         self.source = "config"  # or "store": where the rules in force come from
         self.version = -1  # the state version of the store's document in force (-1: not read yet)
-        self.installs = 0  # tables installed after the first (tests wait on it)
+        self.installs = 0  # tables installed (the config file's at start not counted)
         self.changed = asyncio.Event()  # set after every install
         self.sync: RateLimitSync | None = None
         self._contexts: list[Context] = []
@@ -67,12 +67,15 @@ class LiveLimits:
         answer within ``timeout`` (the next re-sync of the view reads it again)."""
         if self.store is None:
             return
+        before = self.version
         try:
             doc, version = await asyncio.wait_for(get_rate_limits(self.store), timeout)
         except (*STORE_ERRORS, TimeoutError) as exc:
             log.warning("cannot read the stored rate limits; the config file's apply", error=str(exc) or repr(exc))
             return
-        self.install(doc, version)
+        # No event applied meanwhile: what was read is the store's state, even at a lower version (a Redis
+        # that lost its data, or was replaced, counts from 0 again).
+        self.install(doc, version, latest=self.version == before)
 
     def on_item(self, item: Snapshot | Event) -> None:
         """What the balancer's watch applied (``StoreBalancer.apply_listeners``)."""
@@ -92,12 +95,11 @@ class LiveLimits:
 
     # -- installing a table ----------------------------------------------------------------------
 
-    def install(self, doc: RateLimitsDocument | None, version: int) -> bool:
+    def install(self, doc: RateLimitsDocument | None, version: int, *, latest: bool = False) -> bool:
         """Put the rules of ``doc`` (None: the config file's) in force, if ``version`` is newer than the
-        document in force. True when installed."""
-        if version <= self.version:
+        document in force (or ``latest``: read from the store with no event since). True when installed."""
+        if version <= self.version and not latest:
             return False
-        first = self.version < 0
         self.version = version
         source = "store" if doc is not None else "config"
         rules = doc.rules if doc is not None else self.config.rules
@@ -116,8 +118,7 @@ class LiveLimits:
         for ctx in self._contexts:
             ctx.gate = gate  # (one assignment each, within one step of the loop)
         self._follow_sync()
-        if not first:
-            self.installs += 1
+        self.installs += 1
         log.info("rate limits in force", source=source, rules=[r.name for r in rules], version=version)
         self.changed.set()
         return True

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -16,7 +17,10 @@ from services.proxy.limits.pools import LimitedBalancer, limit_pools
 from services.proxy.main import static_pools
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.server import Server
+from services.proxy.store_balancer import open_store_balancer
 from shared.config import load_config
+from shared.models import Backend as StoredBackend
+from shared.store import Store
 from tests.helpers import eventually
 from tests.integration.proxy.backends import Backend, Backends, Request, Response, echo, request, serving
 from tests.integration.proxy.conftest import free_socket
@@ -202,3 +206,44 @@ async def test_tcp_uses_the_same_limits(start_limited: StartLimited) -> None:
         for w in (w2, w3):
             w.close()
         await eventually(lambda: pool.local == 0 and pool.pending == 0)
+
+
+async def test_max_connections_is_global_across_replicas_through_redis(
+    backends: Backends, redis_url: str, namespace: str, store: Store, tmp_path: Path
+) -> None:
+    """Two replicas (each its own Store, StoreBalancer and heartbeat), round robin, max_connections 2 for the
+    pool: once replica A holds 2 requests, replica B refuses at once (the refresh reads the global counts
+    even for round robin), and admits again when A's requests ended."""
+    held = Held()
+    b = await backends.add(Backend(held))
+    await store.create_backend(StoredBackend(address=b.address))
+    await store.set_health(b.address, "up")
+    path = tmp_path / "proxy.yaml"
+    path.write_text(
+        f'listen_address: 127.0.0.1:1\nbackends: [{{address: "{b.address}"}}]\nmax_connections: 2\n'
+        f"redis: {{url: '{redis_url}', namespace: {namespace}, counts_sync_sec: 0.05, heartbeat_sec: 0.2}}\n"
+    )
+    config = load_config(path, {})
+    async with contextlib.AsyncExitStack() as stack:
+        replicas: list[tuple[Server, LimitedBalancer]] = []
+        for _ in range(2):
+            own = Store.from_url(redis_url, namespace)
+            stack.push_async_callback(own.close)
+            inner = await stack.enter_async_context(open_store_balancer(config, own))
+            balancer, pools, (pool,) = limit_pools(config, inner, {})
+            stack.push_async_callback(pool.close)
+            server = Server(config, balancer, reuse_port=False, pools=pools)
+            await server.start(free_socket())
+            stack.push_async_callback(server.stop, 0.3)
+            replicas.append((server, pool))
+        (a, pool_a), (b_proxy, pool_b) = replicas
+        holding = [asyncio.create_task(request(a.port, GET, timeout=10)) for _ in range(2)]
+        await eventually(lambda: held.now == 2)
+        await eventually(lambda: pool_b._others == 2, message="B read A's in-flight count from Redis")
+        refused = await request(b_proxy.port, GET)
+        assert refused.status == 503 and reason(refused) == "pool-saturated"
+        assert held.now == 2 and pool_a.local == 2 and pool_b.local == 0
+        held.release.set()
+        assert [r.status for r in await asyncio.gather(*holding)] == [200, 200]
+        await eventually(lambda: pool_b._others == 0, message="B read that A's requests ended")
+        assert (await request(b_proxy.port, GET)).status == 200

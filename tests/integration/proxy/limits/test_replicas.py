@@ -163,11 +163,17 @@ async def test_three_proxy_processes_share_a_put_rule_through_redis(
                 written = time.monotonic()
                 await set_rate_limits(store, [RateLimitRule(name=name, rate=f"{LIMIT}/s", key="rule")])
                 for p in three:
-                    await eventually(lambda p=p: rule_in_force(p, name), interval=0.003, message="rule in force")  # type: ignore[misc]
+                    await eventually(
+                        lambda p=p, name=name: rule_in_force(p, name),  # type: ignore[misc]
+                        interval=0.003,
+                        message="rule in force",
+                    )
                     lags.append(time.monotonic() - written)
             assert max(lags) < 0.5, lags  # (the target is ~100 ms p99; scraping three proxies adds to it)
-            print(f"PUT -> in force in all 3 replicas: max {max(lags) * 1000:.0f} ms, lags (ms): "
-                  f"{[round(x * 1000) for x in lags]}")
+            print(
+                f"PUT -> in force in all 3 replicas: max {max(lags) * 1000:.0f} ms, lags (ms): "
+                f"{[round(x * 1000) for x in lags]}"
+            )
             rule = "try4"
 
             # Three replicas, each offered 3x the limit: the limit per window, once warm.
