@@ -218,15 +218,20 @@ def _print_rate_limits(data: dict[str, Any], out: TextIO) -> None:
 def read_rules(path: str) -> list[Any]:
     """The rules in a YAML or JSON file: a list of rules, ``rules: [...]``, or a config file's
     ``rate_limits: {rules: [...]}`` (checked by the API, which names the field at fault)."""
-    import yaml
-
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except OSError as exc:
-        raise ApiError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ApiError(f"{path}: not YAML or JSON: {_one_line(str(exc))}") from None
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        import yaml  # (YAML only for what is not JSON: the rest of this client is the standard library)
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ApiError(f"{path}: not YAML or JSON: {_one_line(str(exc))}") from None
     if isinstance(data, dict) and isinstance(data.get("rate_limits"), dict):
         data = data["rate_limits"]
     if isinstance(data, dict) and "rules" in data:
