@@ -525,10 +525,7 @@ class Exchange(Attempts):
             return
         req = self.req
         if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
-            # HTTP/1.0 without Host: the backend gets its own address as Host.
-            head = self._request_head(req, upstream.address.encode())
-            self.pending_size += len(head) - len(self.head_out)
-            self.pending[0] = self.head_out = head
+            self._host_of(req, upstream)
         now = self.started_at = _clock()
         if not self.t0:
             self.t0 = now
@@ -539,6 +536,12 @@ class Exchange(Attempts):
         else:
             ctx.stats.pool_misses += 1
             self.connecting = ctx.loop.create_task(self._connect(upstream))
+
+    def _host_of(self, req: RequestHead, upstream: Upstream) -> None:
+        """HTTP/1.0 without Host: the backend gets its own address as Host."""
+        head = self._request_head(req, upstream.address.encode())
+        self.pending_size += len(head) - len(self.head_out)
+        self.pending[0] = self.head_out = head
 
     async def _connect(self, upstream: Upstream) -> None:
         ctx = self.ctx
@@ -552,6 +555,9 @@ class Exchange(Attempts):
             upstream = self.upstream = got
             self.last = got.address
             self.started_at = _clock()
+            req = self.req
+            if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
+                self._host_of(req, got)  # (it was given the ticket's)
             pooled = ctx.pool.get(got.address)
             if pooled is not None:
                 self.connecting = None
