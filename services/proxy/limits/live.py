@@ -15,7 +15,6 @@ new limiters. With no rule left the contexts get ``gate = None`` again: no cost 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -24,6 +23,7 @@ import msgspec
 
 from services.proxy.limits.gate import Gate
 from services.proxy.limits.sync import RateLimitSync
+from shared.aio import cancel_and_wait
 from shared.config.limits import RateLimitsConfig, RateLimitsDocument
 from shared.logs import get_logger
 from shared.models import Event, Snapshot
@@ -62,7 +62,7 @@ class LiveLimits:
             ctx.gate = self.gate
         self._follow_sync()
 
-    async def load(self, timeout: float = 2.0) -> None:
+    async def load(self, timeout: float = 1.0) -> None:
         """Read the store's document (at start): the config file's rules stay in force if Redis does not
         answer within ``timeout`` (the next re-sync of the view reads it again)."""
         if self.store is None:
@@ -87,11 +87,8 @@ class LiveLimits:
             self.install(item.rate_limits, item.version)
 
     async def close(self) -> None:
-        for task in (self._reread, self._sync_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        # (again and again if need be: Python 3.11 can lose a cancel inside redis-py)
+        await cancel_and_wait(t for t in (self._reread, self._sync_task) if t is not None)
 
     # -- installing a table ----------------------------------------------------------------------
 

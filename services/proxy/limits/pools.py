@@ -31,6 +31,7 @@ from typing import Any
 
 from services.proxy.balancer import Balancer, Upstream
 from services.proxy.limits.circuit import Circuit, ConnectionLimits
+from shared.aio import cancel_and_wait
 from shared.config import Config, PoolConfig
 from shared.logs import get_logger
 from shared.store import STORE_ERRORS
@@ -126,7 +127,7 @@ class LimitedBalancer:
     # -- the balancer interface --------------------------------------------------------------------
 
     def pick(self, key: str, exclude: Collection[str] = ()) -> Upstream | None:
-        if not self._queue and self.circuit.has_room(self.local, self._others):
+        if not self._tickets and self.circuit.has_room(self.local, self._others):  # (none waiting: never ahead)
             upstream = self._pick(key, exclude)
             if upstream is not _REFUSED[BACKEND_SATURATED]:
                 return upstream
@@ -249,10 +250,7 @@ class LimitedBalancer:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)  # (again and again if need be: 3.11 can lose a cancel in redis-py)
 
 
 def connection_limits(pool: PoolConfig) -> tuple[ConnectionLimits, dict[str, int]] | None:
