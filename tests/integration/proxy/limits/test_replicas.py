@@ -1,7 +1,7 @@
 """Rate limits across real proxy processes (`python -m services.proxy`) sharing one real Redis, through HTTP:
 a PUT of the rules reaches every replica; three replicas each offered 3x the limit admit the limit per
 window; Redis stopped mid-run (each replica on its share, said in /metrics) and back (no burst); then one
-replica alone admits the full limit."""
+replica alone admits the full limit. A 429 of a proxy process is checked against the RateLimit draft's syntax."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from shared.store import Store
 from shared.store.rate_limits import set_rate_limits
 from tests.helpers import eventually, service_env
 from tests.integration.observability.scrape import scrape
-from tests.integration.proxy.backends import Backend, Backends, read_response
+from tests.integration.proxy.backends import Backend, Backends, Response, read_response
+from tests.unit.proxy.limits.test_headers import parse_list
 
 ROOT = Path(__file__).resolve().parents[4]
 LIMIT = 100  # per second
@@ -87,6 +88,7 @@ class Offered:
     admitted: dict[int, int] = field(default_factory=lambda: defaultdict(int))
     refused: int = 0
     stalled: set[int] = field(default_factory=set)
+    refusal: Response | None = None  # one 429 as received
 
     def warm(self) -> list[int]:
         """The whole windows to judge: not the first and last, nor one during which a client stalled."""
@@ -121,6 +123,7 @@ async def offer(targets: list[Proxy], per_proxy: float, seconds: float, connecti
                 else:
                     assert r.status == 429, r.status
                     got.refused += 1
+                    got.refusal = r
                 n += 1
         finally:
             writer.close()
@@ -184,6 +187,13 @@ async def test_three_proxy_processes_share_a_put_rule_through_redis(
             for win in windows:
                 assert 0.95 * LIMIT <= got.admitted[win] <= 1.05 * LIMIT, ("three", win, sorted(got.admitted.items()))
             assert [await degraded(p, rule) for p in three] == [0, 0, 0]
+            # A 429 as a proxy process sends it, read with the Structured Fields parser of the draft's syntax.
+            assert got.refusal is not None
+            retry = got.refusal.header("retry-after")
+            assert retry is not None and retry.isdigit() and int(retry) >= 1
+            assert parse_list(got.refusal.header("ratelimit-policy") or "") == [(rule, {"q": LIMIT, "w": 1})]
+            ((policy, params),) = parse_list(got.refusal.header("ratelimit") or "")
+            assert policy == rule and params["r"] == 0 and params["t"] == int(retry)
 
             # Redis stopped: each replica on its share (a third), said in /metrics; nothing blocks.
             server.stop()
