@@ -244,6 +244,7 @@ class DockerSource:
                 log.warning("container skipped", container=container_name(attrs or {}), reason=result.reason)
             self._reasons[container_id] = result.reason
             self._entries.pop(container_id, None)
+            self._routes.pop(container_id, None)
             return
         self._reasons.pop(container_id, None)
         self._routes.pop(container_id, None)

@@ -195,3 +195,9 @@ def test_settings_a_stopped_container_takes_its_route_with_it() -> None:
     source = _source_with(running)
     source._update(f"{0:064d}", container({"lb.pool": "web", "lb.host": "a.localhost"}, Running=False))
     assert source.settings() == DesiredSettings(pools=(), routes=())
+
+
+def test_settings_a_container_relabelled_invalid_takes_its_route_with_it() -> None:
+    source = _source_with(container({"lb.pool": "web", "lb.host": "a.localhost"}, {"n": "10.0.0.1"}))
+    source._update(f"{0:064d}", container({"lb.pool": "web", "lb.host": "a.localhost:1"}, {"n": "10.0.0.1"}))
+    assert source.settings() == DesiredSettings(pools=(), routes=())
