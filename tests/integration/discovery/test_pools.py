@@ -209,6 +209,12 @@ async def test_several_kubernetes_services_each_into_its_pool(
             api.apply("api-a", [endpoint("10.2.0.2")], service="api", namespace="apps")
             del want["10.2.0.1:8080"]
             await eventually(lambda: _equal(pools_of(store), want), message="api's endpoint removed")
+            # An address in two Services' endpoints: the first configured (service, then services in order) wins.
+            with capture_logs() as logs:
+                api.apply("admin-b", [endpoint("10.1.0.1")], service="admin", ports=({"name": "http", "port": 8080},))
+                clash = "address in two Services' endpoints; the first configured wins"
+                await eventually(lambda: _count(logs, clash) == 1 or None, message="the clash logged")
+            assert await pools_of(store) == want
 
 
 async def _equal(value: Awaitable[object], want: object) -> bool:
