@@ -509,15 +509,6 @@ class Config(_Struct):
                 check_name("pool", name)
             except ValueError as exc:
                 raise ValueError(f"pools: {exc}") from None
-        owner: dict[str, str] = {b.address: "backends" for b in self.backends}
-        for name, pool in self.pools.items():
-            for i, backend in enumerate(pool.backends):
-                other = owner.setdefault(backend.address, f"pools.{name}.backends")
-                if other != f"pools.{name}.backends":
-                    raise ValueError(
-                        f"pools.{name}.backends[{i}].address: {backend.address} is also in {other} "
-                        "(a backend serves one pool)"
-                    )
         pools = self.pool_names()
         known = ", ".join(sorted(pools))
         bound = {"listen_address": self.listen_address}

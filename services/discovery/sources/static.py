@@ -25,12 +25,25 @@ log = get_logger("discovery.static")
 
 
 def desired_from_config(config: Config) -> dict[str, Backend]:
-    """The top-level ``backends`` (pool ``default``) and each ``pools.NAME.backends`` (pool ``NAME``)."""
+    """The top-level ``backends`` (pool ``default``) and each ``pools.NAME.backends`` (pool ``NAME``).
+
+    The store holds an address in one pool at a time: an address in several pools of the file (fine for
+    a proxy without Redis, which reads the file itself) is written in the first (``default``, then the
+    file's order); :func:`shared_addresses` names the others, for the log."""
     out: dict[str, Backend] = {}
     for pool, section in config.pool_configs().items():
         for b in section.backends:
             out.setdefault(b.address, Backend(address=b.address, weight=b.weight, origin="static", pool=pool))
     return out
+
+
+def shared_addresses(config: Config) -> list[str]:
+    """``address: pool X (kept), pool Y (not written)`` for every address the file puts in several pools."""
+    pools: dict[str, list[str]] = {}
+    for pool, section in config.pool_configs().items():
+        for b in section.backends:
+            pools.setdefault(b.address, []).append(pool)
+    return [f"{a}: pool {p[0]} (kept), " + ", ".join(p[1:]) for a, p in sorted(pools.items()) if len(p) > 1]
 
 
 def settings_from_config(config: Config) -> DesiredSettings:
@@ -68,6 +81,12 @@ class StaticSource:
         except OSError:
             return None
 
+    def _desired(self, config: Config) -> dict[str, Backend]:
+        shared = shared_addresses(config)
+        if shared:
+            log.warning("addresses in several pools of the file: the store holds each in its first", shared=shared)
+        return desired_from_config(config)
+
     def _check(self) -> Config | None:
         """A newly valid config when the file changed, else None (an invalid change is logged once)."""
         stamp = self._stat()
@@ -91,7 +110,7 @@ class StaticSource:
         if self.watch:
             self._stamp = await asyncio.to_thread(self._stat)
             self._digest = await asyncio.to_thread(self._read_digest)
-        current = desired_from_config(self.config)
+        current = self._desired(self.config)
         publish(current, settings_from_config(self.config))
         if not self.watch:
             await asyncio.Event().wait()
@@ -100,7 +119,7 @@ class StaticSource:
             config = await asyncio.to_thread(self._check)
             if config is None:
                 continue
-            new = desired_from_config(config)
+            new = self._desired(config)
             if new != current:
                 log.info("config change applied", backends=len(new), file=self.path)
             current = new

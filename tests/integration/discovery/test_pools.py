@@ -250,3 +250,16 @@ async def test_seeding_is_idempotent_and_writes_nothing_when_nothing_changed(tmp
     # The source's route goes: only discovery's route is removed.
     await seeder.apply(store, DesiredSettings(pools=("jobs",), routes=()), None)
     assert [r.name for r in (await store.get_routes() or RouteTableSetting()).routes] == ["web", "api"]
+
+
+async def test_an_address_in_several_pools_of_the_file_is_written_in_the_first_and_logged(
+    tmp_path: Path, redis_url: str, namespace: str, store: Store
+) -> None:
+    path = tmp_path / "gobalancer.yaml"
+    body = "pools:\n  one: {backends: [{address: '10.0.0.7:80'}]}\n  two: {backends: [{address: '10.0.0.7:80'}]}\n"
+    write_config(path, redis_url, namespace, body)
+    with capture_logs() as logs:
+        async with service(path):
+            await eventually(lambda: _equal(pools_of(store), {"10.0.0.7:80": "one"}))
+    (warning,) = [e for e in logs if e["event"].startswith("addresses in several pools")]
+    assert warning["shared"] == ["10.0.0.7:80: pool one (kept), two"]

@@ -119,10 +119,6 @@ health_check: {type: http, path: /healthz, expect_status: "200-299,418", rise: 1
             "balancing.outlier.max_ejection_sec: must be at least base_ejection_sec",
         ),
         (
-            "backends: [{address: 'a:1'}]\npools: {web: {backends: [{address: 'b:1'}, {address: 'a:1'}]}}\n",
-            "pools.web.backends[1].address: a:1 is also in backends (a backend serves one pool)",
-        ),
-        (
             "discovery: {kubernetes: {services: [{service: web, pool: 'a b'}]}}\n",
             "discovery.kubernetes.services[0].pool: pool name 'a b' must be",
         ),
