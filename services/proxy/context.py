@@ -152,6 +152,7 @@ class Context:
             if r is not None and not (r.strip_prefix or r.rewrite_host) and r.pool in self.pools
             for rs in (self.stats.route(r),)
         )
+        self.stats.keep_routes({r.label for r in [*table.routes, table.unmatched] if r is not None})
         self.fast_routes, self.routes = fast_routes, table
         self.fast_scan = partial(fast.request_route, table.hosts)
 

@@ -198,6 +198,12 @@ class Stats:
             r = self.routes[route.label] = BackendStats()
         return r
 
+    def keep_routes(self, labels: set[tuple[str, str]]) -> None:
+        """Forget the counters of routes no longer in the table (a table from the store replaced the one
+        they were in): the route series stay bounded by the tables in force, whatever the churn."""
+        for label in [label for label in self.routes if label not in labels]:
+            del self.routes[label]
+
     def error(self, status: int) -> None:
         self.errors[status] += 1
 

@@ -89,10 +89,13 @@ async def test_routes_and_pools_from_the_store_reach_the_proxy(
         assert await get(port, "api.example.com") == (200, "api")
         assert await get(port, "www.example.com") == (200, "web")
         assert (await get(port, "other.example.com"))[0] == 404  # routes, and no default pool
+        assert {"api", "web"} <= {name for _, name in server.context.stats.routes}
         # An emptied table sends everything to the default pool again.
         await store.set_routes(RouteTableSetting())
         await eventually(lambda: pools.route_changes >= 2)
         assert await get(port, "api.example.com") == (200, "web")
+        # The counters of the routes that left the table go with them (bounded series, whatever the churn).
+        assert not {"api", "web"} & {name for _, name in server.context.stats.routes}
 
 
 async def test_a_backend_moved_to_another_pool_serves_there_at_once(
