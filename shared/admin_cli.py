@@ -1,4 +1,5 @@
-"""`gobalancer backends ...` and `gobalancer algorithm ...`: a client of the admin API.
+"""`gobalancer backends ...`, `gobalancer algorithm ...`, `gobalancer pools ...` and `gobalancer routes ...`:
+a client of the admin API.
 
 Talks HTTP to the admin service only (never to Redis, never importing ``services``). The URL and the
 token come from ``--url``/``--token`` or ``$GOBALANCER_ADMIN_URL``/``$GOBALANCER_ADMIN_TOKEN``.
@@ -117,9 +118,15 @@ def _problem_error(status: int, content: bytes, reason: str) -> ApiError:
     return ApiError(_one_line(f"HTTP {status}: {text[0] if text else reason}"), status=status)
 
 
-def backend_path(address: str, action: str = "") -> str:
-    path = "/backends/" + quote(address, safe="")
+def backend_path(address: str, action: str = "", pool: str = "") -> str:
+    """``/backends/ADDRESS[/action]`` (the default pool), or ``/pools/POOL/backends/...`` with ``pool``."""
+    base = f"/pools/{quote(pool, safe='')}/backends/" if pool else "/backends/"
+    path = base + quote(address, safe="")
     return f"{path}/{action}" if action else path
+
+
+def pool_path(name: str, rest: str = "") -> str:
+    return f"/pools/{quote(name, safe='')}{rest}"
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -203,6 +210,89 @@ def _print_algorithm(data: dict[str, Any], out: TextIO) -> None:
     print(table(("SETTING", "VALUE"), rows), file=out)
 
 
+POOL_COLUMNS = ("POOL", "ALGORITHM", "BACKENDS", "USABLE", "HEALTH_CHECK", "OUTLIER")
+
+
+def _print_pools(data: dict[str, Any], out: TextIO) -> None:
+    rows: list[list[object]] = []
+    for p in data["pools"]:
+        check = p.get("health_check")
+        outlier = p.get("outlier")
+        rows.append(
+            [
+                p["name"],
+                p["algorithm"]["name"],
+                p["backends"],
+                p["usable"],
+                f"{check['type']} {check['path']}" if check else "(config)",
+                f"{outlier['consecutive_failures']} failures" if outlier else "(config)",
+            ]
+        )
+    print(table(POOL_COLUMNS, rows), file=out)
+
+
+def _print_pool(data: dict[str, Any], out: TextIO) -> None:
+    algorithm = data["algorithm"]
+    rows: list[list[object]] = [["name", data["name"]], ["algorithm", algorithm["name"]]]
+    rows += [[k, algorithm[k]] for k in ("hash_key", "hash_epsilon", "slow_start_sec") if algorithm.get(k) is not None]
+    rows += [["backends", data["backends"]], ["usable", data["usable"]]]
+    for section in ("health_check", "outlier"):
+        values = data.get(section)
+        if values is None:
+            rows.append([section, "(the configuration's)"])
+        else:
+            rows += [[f"{section}.{k}", v] for k, v in values.items() if v is not None]
+    if data.get("changed") is not None:
+        rows.append(["changed", bool(data["changed"])])
+    print(table(("SETTING", "VALUE"), rows), file=out)
+
+
+ROUTE_COLUMNS = ("#", "ROUTE", "HOST", "PATH_PREFIX", "METHODS", "HEADERS", "POOL", "STRIP", "REWRITE_HOST")
+
+
+def _print_routes(data: dict[str, Any], out: TextIO) -> None:
+    rows: list[list[object]] = [
+        [
+            i,
+            r["name"],
+            r["host"] or "*",
+            r["path_prefix"],
+            ",".join(r["methods"]) or None,
+            ",".join(f"{k}={v}" for k, v in r["headers"].items()) or None,
+            r["pool"],
+            r["strip_prefix"],
+            r["rewrite_host"] or None,
+        ]
+        for i, r in enumerate(data["routes"])
+    ]
+    if rows:
+        print(table(ROUTE_COLUMNS, rows), file=out)
+    else:
+        print("no routes", file=out)
+    unmatched = data["default_pool"] or "404"
+    print(f"unmatched requests: {unmatched}; source: {data['source']}", file=out)
+
+
+def read_table(path: str) -> dict[str, Any]:
+    """A route table from a YAML or JSON file (``-``: stdin): ``{routes: [...], default_pool: ...}`` (a config
+    file's keys) or a bare list of routes."""
+    import yaml  # (a runtime dependency: the configuration is YAML)
+
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except OSError as exc:
+        raise ApiError(_one_line(f"cannot read {path}: {exc.strerror or exc}")) from None
+    try:
+        data = yaml.safe_load(text)  # (JSON is YAML)
+    except yaml.YAMLError as exc:
+        raise ApiError(_one_line(f"{path}: not YAML or JSON: {exc}")) from None
+    if isinstance(data, list):
+        return {"routes": data}
+    if not isinstance(data, dict) or "routes" not in data:
+        raise ApiError(f"{path}: expected a list of routes, or a mapping with routes (and default_pool)")
+    return {k: data[k] for k in ("routes", "default_pool") if k in data}
+
+
 # -- commands ----------------------------------------------------------------------------------
 
 
@@ -227,6 +317,10 @@ def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> Non
                     body[option] = getattr(args, option)
             data = client.call("PUT", "/algorithm", body)
         printer = _print_algorithm
+    elif action.startswith(("pools-", "routes-")):
+        data, printer = _pools_and_routes(client, args, out)
+        if data is None:
+            return
     elif action == "list":
         data = client.call("GET", "/backends")
         printer = _print_backends
@@ -262,6 +356,48 @@ def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> Non
         print(json.dumps(data, indent=2), file=out)
     else:
         printer(data, out)
+
+
+def _pools_and_routes(client: AdminClient, args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
+    """`pools ...` and `routes ...`: the answer and its printer (None: printed already)."""
+    action = args.admin_action
+    if action == "pools-list":
+        return client.call("GET", "/pools"), _print_pools
+    if action == "pools-get":
+        return client.call("GET", pool_path(args.name)), _print_pool
+    if action == "pools-create":
+        algorithm: dict[str, Any] = {"name": args.algorithm}
+        for option in ("hash_key", "hash_epsilon", "slow_start_sec"):
+            if getattr(args, option) is not None:
+                algorithm[option] = getattr(args, option)
+        return client.call("POST", "/pools", {"name": args.name, "algorithm": algorithm}), _print_pool
+    if action == "pools-delete":
+        client.call("DELETE", pool_path(args.name))
+        print(f"deleted pool {args.name}", file=out)
+        return None, None
+    if action == "pools-backends":
+        return _pool_backends(client, args, out)
+    if action == "routes-get":
+        return client.call("GET", "/routes"), _print_routes
+    if action == "routes-set":
+        return client.call("PUT", "/routes", read_table(args.file)), _print_routes
+    raise ApiError(f"unknown action {action}")  # pragma: no cover - argparse allows only the actions above
+
+
+def _pool_backends(client: AdminClient, args: argparse.Namespace, out: TextIO) -> tuple[Any, Any]:
+    verb, pool, address = args.verb, args.name, args.address
+    if verb is None:
+        return client.call("GET", pool_path(pool, "/backends")), _print_backends
+    if address is None:
+        raise ApiError(f"pools backends {pool} {verb}: give the backend's ADDRESS")
+    if verb == "add":
+        body = {"address": address, "weight": args.weight}
+        return client.call("POST", pool_path(pool, "/backends"), body), _print_backend
+    if verb == "remove":
+        client.call("DELETE", backend_path(address, pool=pool), params={"force": "true"} if args.force else None)
+        print(f"removed {address} from pool {pool}", file=out)
+        return None, None
+    return client.call("POST", backend_path(address, verb, pool=pool)), _print_state_change
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -337,5 +473,48 @@ def register(sub: Any) -> None:
     algorithm.add_argument("--slow-start-sec", dest="slow_start_sec", type=float, help="slow start duration")
     algorithm.set_defaults(func=_command, admin_action="algorithm")
 
+    pools = sub.add_parser("pools", help="list, create and delete pools and their backends through the admin API")
+    pool_actions = pools.add_subparsers(dest="pools_action", required=True, metavar="ACTION")
+    pool_actions.add_parser("list", parents=[common], help="every pool with its backends' counts").set_defaults(
+        admin_action="pools-list"
+    )
+    get = pool_actions.add_parser("get", parents=[common], help="one pool's settings")
+    get.add_argument("name")
+    get.set_defaults(admin_action="pools-get")
+    create = pool_actions.add_parser("create", parents=[common], help="create a pool")
+    create.add_argument("name")
+    create.add_argument("--algorithm", choices=ALGORITHMS, default="round_robin", metavar="NAME",
+                        help=", ".join(ALGORITHMS) + " (default round_robin)")  # fmt: skip
+    create.add_argument("--hash-key", dest="hash_key", help="ip_hash key: client_ip, header:NAME, cookie:NAME")
+    create.add_argument("--hash-epsilon", dest="hash_epsilon", type=float, help="bounded-load factor")
+    create.add_argument("--slow-start-sec", dest="slow_start_sec", type=float, help="slow start duration")
+    create.set_defaults(admin_action="pools-create")
+    delete = pool_actions.add_parser("delete", parents=[common], help="delete a pool (refused while in use)")
+    delete.add_argument("name")
+    delete.set_defaults(admin_action="pools-delete")
+    members = pool_actions.add_parser(
+        "backends", parents=[common], help="list a pool's backends, or add|remove|drain|enable|disable ADDRESS"
+    )
+    members.add_argument("name")
+    members.add_argument("verb", nargs="?", choices=("add", "remove", "drain", "enable", "disable"), metavar="ACTION",
+                         help="add, remove, drain, enable or disable (none: list)")  # fmt: skip
+    members.add_argument("address", nargs="?", help="host:port ([IPv6]:port)")
+    members.add_argument("--weight", type=_weight, default=1, help="add: weight 1-10000 (default 1)")
+    members.add_argument("--force", action="store_true", help="remove: also a backend found by discovery")
+    members.set_defaults(admin_action="pools-backends")
+    pools.set_defaults(func=_command)
 
-__all__ = ["AdminClient", "ApiError", "backend_path", "register", "table"]
+    routes = sub.add_parser("routes", help="show or replace the route table through the admin API")
+    route_actions = routes.add_subparsers(dest="routes_action", required=True, metavar="ACTION")
+    route_actions.add_parser("get", parents=[common], help="the route table in force").set_defaults(
+        admin_action="routes-get"
+    )
+    put = route_actions.add_parser(
+        "set", parents=[common], help="replace the whole table from a YAML or JSON file (checked first)"
+    )
+    put.add_argument("file", help="routes: [...] and default_pool (a config file's keys), or a list; - = stdin")
+    put.set_defaults(admin_action="routes-set")
+    routes.set_defaults(func=_command)
+
+
+__all__ = ["AdminClient", "ApiError", "backend_path", "pool_path", "read_table", "register", "table"]

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from services.admin import dashboard, events, system
+from services.admin import dashboard, events, pools, routes, system
 from services.admin.backends import BackendsController
 from services.admin.context import DEPENDENCIES, AdminContext
 from services.admin.docs_page import render_plugins
@@ -34,7 +34,9 @@ SERVICE = "admin"
 INFLIGHT_SEC = 0.5
 DESCRIPTION = (
     "Manage GoBalancer's backends and balancing algorithm. Compatible with the original GoBalancer API "
-    "(`/health`, `/backends`), plus drain/enable/disable, `/algorithm`, `/replicas`, `/events` (SSE) and `/metrics`. "
+    "(`/health`, `/backends`), plus drain/enable/disable, `/algorithm`, `/pools` (named pools of backends, "
+    "`/pools/{name}/backends`; `/backends` is the `default` pool's), `/routes` (the route table), `/replicas`, "
+    "`/events` (SSE) and `/metrics`. "
     "Errors are `application/problem+json` (RFC 9457) naming the field at fault. When `admin.token` is set, "
     "mutating calls need `Authorization: Bearer <token>`."
 )
@@ -94,7 +96,14 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
 
     security: list[dict[str, list[str]]] = [{"bearer": []}] if config.admin.token else []
     app = Litestar(
-        route_handlers=[BackendsController, *system.ROUTES, *events.ROUTES, *dashboard.ROUTES],
+        route_handlers=[
+            BackendsController,
+            *pools.ROUTES,
+            *routes.ROUTES,
+            *system.ROUTES,
+            *events.ROUTES,
+            *dashboard.ROUTES,
+        ],
         lifespan=[lifespan],
         state=State({"admin": ctx}),
         dependencies=DEPENDENCIES,

@@ -61,7 +61,8 @@ class EventStream:
     summary="Server-Sent Events of every change",
     description=(
         "First a `snapshot` event with the whole state, then one event per change (`backend_added`, "
-        "`backend_updated`, `backend_removed`, `health`, `ejection`, `algorithm`) whose `id` is the state version; "
+        "`backend_updated`, `backend_removed`, `health`, `ejection`, `algorithm`, `pool_set`, `pool_removed`, "
+        "`routes`) whose `id` is the state version; "
         "a fresh `snapshot` after a re-sync (and for a reader that fell more than 1,024 events behind)."
     ),
     media_type="text/event-stream",

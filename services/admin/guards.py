@@ -28,6 +28,7 @@ from services.admin.problems import Forbidden, InvalidRequest, Unauthorized, Uns
 from services.admin.schemas import RequestBody
 from shared.addresses import parse_address
 from shared.config import AdminConfig
+from shared.config.durations import dec_hook
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Always open, so probes work with protect_reads on. Routes with ``opt["public"]`` (the dashboard page
@@ -146,7 +147,7 @@ def decode_strict(raw: bytes, body_type: type[msgspec.Struct]) -> Any:
     if not raw.strip():
         raise InvalidRequest("body", "a JSON object is required")
     try:
-        return msgspec.json.decode(raw, type=body_type, strict=True)
+        return msgspec.json.decode(raw, type=body_type, strict=True, dec_hook=dec_hook)  # (hook: durations)
     except UnicodeDecodeError as exc:
         raise InvalidRequest("body", f"not UTF-8 text (byte {exc.start}); JSON must be UTF-8") from None
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:

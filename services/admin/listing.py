@@ -7,6 +7,11 @@ also depend on time, so a backend whose ejection is running is encoded again whe
 list is the fragments joined in address order, kept until something changes, so a read of an unchanged
 list is a dict lookup. ``generation`` moves on every change: it makes the ETag.
 
+Each pool's addresses are kept sorted too (``pool`` in a query: ``GET /backends`` is the default pool's,
+``GET /pools/{name}/backends`` another's), grouped once after a Snapshot and kept up to date by the
+changes (a backend added, removed or moved to another pool), so a pool's list costs what the whole list
+does. Per-pool counts (``GET /pools``) are made once per change.
+
 Filtered and paginated reads (``health``, ``state``, ``origin``, ``limit``, ``cursor``) join the
 fragments that match; their answers are kept per query until the next change. The cursor is the last
 address of the previous page: pages are in address order and a page starts after the cursor, so
@@ -46,6 +51,7 @@ class Query(NamedTuple):
     origin: str | None = None
     limit: int | None = None
     cursor: str | None = None
+    pool: str | None = None  # None: every pool's backends
 
     @property
     def plain(self) -> bool:
@@ -69,6 +75,9 @@ class Listing:
         # ETags of another process (a restarted admin) never match ours.
         self._epoch = os.urandom(4).hex()
         self._order: list[str] | None = None  # sorted addresses; None: to sort again
+        self._pool_orders: dict[str, list[str]] | None = None  # sorted addresses by pool; None: to group again
+        # Per-pool (backends, usable), the generation they were counted at and when they go stale (an ejection ends).
+        self._counts: tuple[int, float, dict[str, tuple[int, int]]] | None = None
         self._fragments: dict[str, tuple[BackendView, int, bytes]] = {}
         self._expiries: list[tuple[float, str]] = []  # (ejection end, address): heap
         self._pages: dict[Query, Page] = {}
@@ -80,26 +89,40 @@ class Listing:
     def reset(self) -> None:
         """Everything may have changed (a Snapshot was applied)."""
         self._order = None
+        self._pool_orders = None
         self._changed()
 
     def added(self, address: str) -> None:
         if self._order is not None:
-            i = bisect.bisect_left(self._order, address)
-            if i == len(self._order) or self._order[i] != address:
-                self._order.insert(i, address)
+            _insert(self._order, address)
+        self._pool_insert(address)
         self._changed()
 
-    def removed(self, address: str) -> None:
+    def removed(self, address: str, pool: str | None = None) -> None:
+        """``address`` is gone; ``pool``: the pool it was in (None: unknown, the pools are grouped again)."""
         self._fragments.pop(address, None)
         if self._order is not None:
-            i = bisect.bisect_left(self._order, address)
-            if i < len(self._order) and self._order[i] == address:
-                del self._order[i]
+            _remove(self._order, address)
+        if self._pool_orders is not None:
+            if pool is None:
+                self._pool_orders = None
+            else:
+                _remove(self._pool_orders.get(pool, []), address)
         self._changed()
 
-    def touched(self) -> None:
-        """A backend changed in place (its fragment is re-made: its view is a new object)."""
+    def touched(self, address: str = "", pool: str | None = None) -> None:
+        """A backend changed in place (its fragment is re-made: its view is a new object); ``pool``: the
+        pool it was in before the change (it may have moved)."""
+        view = self.mirror.backends.get(address) if address else None
+        if view is not None and pool is not None and view.backend.pool != pool and self._pool_orders is not None:
+            _remove(self._pool_orders.get(pool, []), address)
+            self._pool_insert(address)
         self._changed()
+
+    def _pool_insert(self, address: str) -> None:
+        view = self.mirror.backends.get(address)
+        if self._pool_orders is not None and view is not None:
+            _insert(self._pool_orders.setdefault(view.backend.pool, []), address)
 
     def set_inflight(self, counts: dict[str, int]) -> bool:
         """New global in-flight counts; True when any shown count changed."""
@@ -127,6 +150,34 @@ class Listing:
             for address in [a for a in self._fragments if a not in live]:
                 del self._fragments[address]
         return self._order
+
+    def pool_order(self, pool: str) -> list[str]:
+        """``pool``'s addresses, sorted."""
+        if self._pool_orders is None:
+            groups: dict[str, list[str]] = {}
+            views = self.mirror.backends
+            for address in self.order():  # (in order: each group is sorted)
+                groups.setdefault(views[address].backend.pool, []).append(address)
+            self._pool_orders = groups
+        return self._pool_orders.get(pool, [])
+
+    def pool_counts(self, at: float) -> dict[str, tuple[int, int]]:
+        """(backends, usable) by pool, counted once per change (and again when an ejection ends)."""
+        cached = self._counts
+        if cached is not None and cached[0] == self.generation and at < cached[1]:
+            return cached[2]
+        counts: dict[str, tuple[int, int]] = {}
+        stale = float("inf")
+        start_healthy = self.start_healthy
+        for view in self.mirror.backends.values():
+            pool = view.backend.pool
+            total, usable = counts.get(pool, (0, 0))
+            counts[pool] = (total + 1, usable + view.usable(start_healthy=start_healthy, at=at))
+            ejection = view.ejection
+            if ejection is not None and at < ejection.until < stale:
+                stale = ejection.until
+        self._counts = (self.generation, stale, counts)
+        return counts
 
     def expire(self, at: float) -> None:
         """Forget fragments whose ejection has ended by ``at`` (their alive/ejected changed)."""
@@ -173,7 +224,7 @@ class Listing:
         cached = self._pages.get(query)
         if cached is not None:
             return cached
-        order = self.order()
+        order = self.order() if query.pool is None else self.pool_order(query.pool)
         start = bisect.bisect_right(order, query.cursor) if query.cursor is not None else 0
         addresses: Iterator[str] = itertools.islice(order, start, None)
         if query.health is not None or query.state is not None or query.origin is not None:
@@ -193,6 +244,18 @@ class Listing:
             self._pages.clear()
         self._pages[query] = page
         return page
+
+
+def _insert(order: list[str], address: str) -> None:
+    i = bisect.bisect_left(order, address)
+    if i == len(order) or order[i] != address:
+        order.insert(i, address)
+
+
+def _remove(order: list[str], address: str) -> None:
+    i = bisect.bisect_left(order, address)
+    if i < len(order) and order[i] == address:
+        del order[i]
 
 
 async def _compress(body: bytes) -> bytes:

@@ -14,7 +14,16 @@ from redis.exceptions import RedisError
 from services.admin.schemas import Problem
 from shared.config.errors import MISSING_FIELD, UNKNOWN_FIELD, join, named_field, soften, split_msgspec
 from shared.logs import get_logger
-from shared.store import UNAVAILABLE, BackendDenied, BackendExists, BackendNotFound, OriginMismatch
+from shared.store import (
+    UNAVAILABLE,
+    BackendDenied,
+    BackendExists,
+    BackendNotFound,
+    OriginMismatch,
+    PoolExists,
+    PoolInUse,
+    PoolNotFound,
+)
 
 log = get_logger("admin")
 
@@ -28,6 +37,24 @@ class InvalidRequest(Exception):
     def __init__(self, field: str, detail: str) -> None:
         self.field, self.detail = field, detail
         super().__init__(f"{field}: {detail}")
+
+
+class Unprocessable(Exception):
+    """A well-formed body the API cannot apply (a route table that fails its checks): 422, naming the field
+    (``routes[2].pool``)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field, self.detail = field, detail
+        super().__init__(f"{field}: {detail}")
+
+
+class BackendInOtherPool(Exception):
+    """A backend addressed under a pool it is not in: 404, naming the pool it is in."""
+
+    def __init__(self, address: str, pool: str, actual: str) -> None:
+        self.address, self.pool, self.actual = address, pool, actual
+        where = "/backends" if actual == "default" else f"/pools/{actual}/backends"
+        super().__init__(f"backend {address} is in pool {actual!r}, not {pool!r} (see {where})")
 
 
 class Unauthorized(Exception):
@@ -64,8 +91,8 @@ def describe_validation(
         return InvalidRequest(join(path, unknown.group("field")), f"unknown field{hint}")
     if missing := MISSING_FIELD.match(problem):
         return InvalidRequest(join(path, missing.group("field")), "required field is missing")
-    if not path and (named := named_field(problem)):
-        return InvalidRequest(named[0] + named[1], named[2])
+    if named := named_field(problem):  # a Struct's own check, at the root or in a nested one
+        return InvalidRequest(join(path, named[0] + named[1]), named[2])
     return InvalidRequest(path or "body", soften(problem))
 
 
@@ -126,7 +153,32 @@ def _litestar_validation(request: Request[Any, Any, Any], exc: ValidationExcepti
 
 
 def _exists(request: Request[Any, Any, Any], exc: BackendExists) -> Response[Problem]:
-    return problem_response(409, "Backend exists", str(exc), kind="backend-exists", request=request, field="address")
+    detail, pool = str(exc), exc.backend.pool
+    if pool != request.path_params.get("pool", "default"):
+        detail = f"{detail} in pool {pool!r} (an address serves one pool at a time)"
+    return problem_response(409, "Backend exists", detail, kind="backend-exists", request=request, field="address")
+
+
+def _unprocessable(request: Request[Any, Any, Any], exc: Unprocessable) -> Response[Problem]:
+    return problem_response(
+        422, "Invalid route table", f"{exc.field}: {exc.detail}", kind="invalid-table", request=request, field=exc.field
+    )
+
+
+def _other_pool(request: Request[Any, Any, Any], exc: BackendInOtherPool) -> Response[Problem]:
+    return problem_response(404, "Backend not found", str(exc), kind="backend-not-found", request=request)
+
+
+def _pool_exists(request: Request[Any, Any, Any], exc: PoolExists) -> Response[Problem]:
+    return problem_response(409, "Pool exists", str(exc), kind="pool-exists", request=request, field="name")
+
+
+def _pool_not_found(request: Request[Any, Any, Any], exc: PoolNotFound) -> Response[Problem]:
+    return problem_response(404, "Pool not found", str(exc), kind="pool-not-found", request=request)
+
+
+def _pool_in_use(request: Request[Any, Any, Any], exc: PoolInUse) -> Response[Problem]:
+    return problem_response(409, "Pool in use", str(exc), kind="pool-in-use", request=request)
 
 
 def _not_found(request: Request[Any, Any, Any], exc: BackendNotFound) -> Response[Problem]:
@@ -203,6 +255,11 @@ EXCEPTION_HANDLERS: dict[type[Exception], Handler] = {
     InvalidRequest: _invalid,
     ValidationException: _litestar_validation,
     BackendExists: _exists,
+    Unprocessable: _unprocessable,
+    BackendInOtherPool: _other_pool,
+    PoolExists: _pool_exists,
+    PoolNotFound: _pool_not_found,
+    PoolInUse: _pool_in_use,
     BackendNotFound: _not_found,
     OriginMismatch: _origin,
     Unauthorized: _unauthorized,
@@ -222,8 +279,9 @@ _DESCRIPTIONS = {
     401: "A bearer token is required (admin.token is set)",
     403: "A foreign Host or Origin (another site; see admin.allowed_hosts)",
     415: "The body is not application/json",
-    404: "No such backend",
-    409: "Conflict: the backend exists, or belongs to discovery",
+    404: "No such backend (or pool)",
+    409: "Conflict: the backend (or pool) exists, the backend belongs to discovery, or the pool is in use",
+    422: "The route table fails its checks; `field` names the rule and its field (`routes[2].pool`)",
     503: "Redis is unreachable",
 }
 

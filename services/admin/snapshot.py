@@ -33,14 +33,16 @@ from typing import cast
 import msgspec
 
 from services.admin.listing import Listing, Query
-from services.admin.schemas import AlgorithmOut
+from services.admin.schemas import AlgorithmOut, PoolOut
+from shared.config.durations import enc_hook
+from shared.config.routing import DEFAULT_POOL
 from shared.logs import get_logger
 from shared.mirror import Mirror
 from shared.models import BackendView, Event, Snapshot
 from shared.store import STORE_ERRORS, Store
 
 log = get_logger("admin")
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(enc_hook=enc_hook)  # (a pool_set event holds durations)
 RETIRE_SLICE = 2_000  # replaced views freed per loop turn after a Snapshot
 
 KEEPALIVE = b": keep-alive\n\n"
@@ -110,15 +112,16 @@ class AdminSnapshot:
                 sub.wake.set()
         else:
             address = item.address or ""
-            existed = address in mirror.backends
+            before = mirror.backends.get(address)
             mirror.apply(item)
             exists = address in mirror.backends
-            if exists and not existed:
+            pool = before.backend.pool if before is not None else None
+            if exists and before is None:
                 listing.added(address)
-            elif existed and not exists:
-                listing.removed(address)
+            elif before is not None and not exists:
+                listing.removed(address, pool)
             else:
-                listing.touched()
+                listing.touched(address, pool)
             if self.subscribers:
                 message = sse(item.kind, item.version, _encoder.encode(item))
                 for sub in self.subscribers:
@@ -230,14 +233,27 @@ class AdminSnapshot:
         if cached is not None and cached[0] == listing.generation:
             return cached[1]
         version = self.mirror.version
-        data = b'{"version":%d,"backends":%s,"algorithm":%s}' % (
+        data = b'{"version":%d,"backends":%s,"algorithm":%s,"pools":%s,"routes":%s}' % (
             version,
             body,
             _encoder.encode(AlgorithmOut.of(self.mirror.algorithm)),
+            _encoder.encode(self.pools_out(at)),
+            _encoder.encode(self.mirror.routes),
         )
         message = sse("snapshot", version, data)
         self._snapshot_message = (listing.generation, message)
         return message
+
+    def pools_out(self, at: float) -> list[PoolOut]:
+        """Every pool the snapshot knows (the default pool, the stored ones, and any a backend names), the
+        default first, then by name, with their counts."""
+        mirror = self.mirror
+        counts = self.listing.pool_counts(at)
+        names = sorted((set(mirror.pools) | set(counts)) - {DEFAULT_POOL})
+        return [
+            PoolOut.of(name, mirror.pools.get(name), mirror.algorithm, counts.get(name, (0, 0)))
+            for name in [DEFAULT_POOL, *names]
+        ]
 
     def next_message(self, sub: Subscriber) -> bytes | None:
         """What ``sub`` reads next, or None when it must wait."""

@@ -67,3 +67,10 @@ def dec_hook(tp: type, obj: object) -> object:
     if tp is Seconds:
         return Seconds.parse(obj)
     raise NotImplementedError(f"cannot decode {tp!r}")
+
+
+def enc_hook(obj: object) -> object:
+    """msgspec's hook for encoding what it does not know: a :class:`Seconds` is its number."""
+    if isinstance(obj, Seconds):
+        return float(obj)
+    raise NotImplementedError(f"cannot encode {type(obj)!r}")

@@ -16,6 +16,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from shared.config.durations import dec_hook, enc_hook
+from shared.config.routing import DEFAULT_POOL
 from shared.denylist import BackendDenyList, Listener, replica_listeners
 from shared.logs import get_logger
 from shared.mirror import apply_event, apply_settings_event
@@ -50,12 +52,13 @@ _backend_decoder = msgspec.json.Decoder(Backend)
 _health_decoder = msgspec.json.Decoder(Health)
 _ejection_decoder = msgspec.json.Decoder(Ejection)
 _algorithm_decoder = msgspec.json.Decoder(AlgorithmSetting)
-_event_decoder = msgspec.json.Decoder(Event)
+# (A pool's settings hold durations, ``Seconds``: the hooks write them as numbers and read them back.)
+_event_decoder = msgspec.json.Decoder(Event, dec_hook=dec_hook)
 _replica_decoder = msgspec.json.Decoder(ReplicaInfo)
-_pool_decoder = msgspec.json.Decoder(PoolSetting)
-_routes_decoder = msgspec.json.Decoder(RouteTableSetting)
+_pool_decoder = msgspec.json.Decoder(PoolSetting, dec_hook=dec_hook)
+_routes_decoder = msgspec.json.Decoder(RouteTableSetting, dec_hook=dec_hook)
 _views_decoder = msgspec.json.Decoder(list[BackendView])
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(enc_hook=enc_hook)
 
 # The watch's full read (see Store._sync): backends per chunk (each chunk one script call, one
 # string decoded in C: ~1 ms of the reader's loop per 1,000 backends, ~5 ms of Redis), attempts
@@ -113,12 +116,13 @@ class PoolNotFound(StoreError):
 
 
 class PoolInUse(StoreError):
-    """A pool still named by backends (``backends`` > 0) or by the stored route table."""
+    """A pool still named by backends (``backends`` > 0) or by the stored route table; or the default
+    pool, which always exists (``reason`` says which)."""
 
-    def __init__(self, name: str, backends: int = 0) -> None:
-        what = f"{backends} backend(s) are in it" if backends else "the route table sends requests to it"
-        super().__init__(f"pool {name} is in use: {what}")
-        self.name, self.backends = name, backends
+    def __init__(self, name: str, backends: int = 0, *, reason: str = "") -> None:
+        what = reason or (f"{backends} backend(s) are in it" if backends else "the route table sends requests to it")
+        super().__init__(f"pool {name} is in use: {what}" if not reason else f"pool {name}: {reason}")
+        self.name, self.backends, self.reason = name, backends, what
 
 
 class Fenced(StoreError):
@@ -156,6 +160,16 @@ class _PubSub(PubSub):
 
 def _decode_pools(raw: Mapping[Any, Any]) -> dict[str, PoolSetting]:
     return {_text(name): _pool_decoder.decode(value) for name, value in raw.items()}
+
+
+def _settings_equal(a: PoolSetting, b: PoolSetting) -> bool:
+    """Whether two records of a pool hold the same settings (timestamps aside)."""
+
+    def plain(p: PoolSetting) -> PoolSetting:
+        algorithm = msgspec.structs.replace(p.algorithm, updated_at=0.0)
+        return msgspec.structs.replace(p, algorithm=algorithm, created_at=0.0, updated_at=0.0)
+
+    return plain(a) == plain(b)
 
 
 def _text(value: Any) -> str:
@@ -473,9 +487,12 @@ class Store:
         k = self.keys
         at = now()
         current = await self.get_pool(pool.name)
-        record = msgspec.structs.replace(
-            pool, created_at=current.created_at if current is not None else at, updated_at=at
-        )
+        if current is not None and _settings_equal(current, pool):
+            record = current  # (the script answers "unchanged": no write, no version, no event)
+        else:
+            record = msgspec.structs.replace(
+                pool, created_at=current.created_at if current is not None else at, updated_at=at
+            )
         reply = await self._set_pool(
             keys=[k.lease(fence.name) if fence else k.lease("-"), k.pools, k.version],
             args=[fence.value if fence else "", k.events, repr(at), pool.name, _encoder.encode(record), mode],
@@ -490,7 +507,10 @@ class Store:
         return outcome == "changed", _pool_decoder.decode(reply[1])
 
     async def remove_pool(self, name: str, *, fence: Lease | None = None) -> PoolSetting:
-        """Remove a pool's record: PoolNotFound, or PoolInUse while backends or the route table name it."""
+        """Remove a pool's record: PoolNotFound, or PoolInUse while backends or the route table name it
+        (and always for the default pool, which cannot be removed)."""
+        if name == DEFAULT_POOL:
+            raise PoolInUse(name, reason="the default pool cannot be deleted")
         k = self.keys
         reply = await self._remove_pool(
             keys=[k.lease(fence.name) if fence else k.lease("-"), k.pools, k.version, k.backends, k.routes],
@@ -512,7 +532,11 @@ class Store:
         PoolNotFound when it names a pool the store does not hold. The table's own checks
         (``shared.config.routing.check_route_table``) are the caller's. Returns whether it changed."""
         k = self.keys
-        table = msgspec.structs.replace(table, updated_at=now())
+        current = await self.get_routes()
+        if current is not None and current.routes == table.routes and current.default_pool == table.default_pool:
+            table = current  # (the script answers "unchanged" unless a pool it names went missing)
+        else:
+            table = msgspec.structs.replace(table, updated_at=now())
         used = sorted({r.pool for r in table.routes} | ({table.default_pool} if table.default_pool else set()))
         reply = await self._set_routes(
             keys=[k.lease(fence.name) if fence else k.lease("-"), k.routes, k.version, k.pools],

@@ -87,7 +87,7 @@ async def test_the_unpaginated_list_keeps_its_shape(client: Client, store: Store
     assert isinstance(items, list) and [i["address"] for i in items] == [addr(0), addr(1)]
     assert list(items[0]) == [
         "address", "weight", "alive", "conn_count", "health", "health_reason", "health_changed_at", "state",
-        "origin", "ejected", "ejected_until", "created_at", "updated_at", "override", "discovered",
+        "origin", "ejected", "ejected_until", "created_at", "updated_at", "override", "discovered", "pool",
     ]  # fmt: skip
 
 

@@ -10,7 +10,9 @@ import httpx
 import pytest
 
 from services.admin.context import context_of
-from shared.models import Backend
+from shared.config import OutlierConfig, ProbeConfig, RouteConfig
+from shared.config.durations import Seconds
+from shared.models import Backend, PoolSetting, RouteTableSetting
 from shared.redis_server import RedisServer
 from shared.store import Store
 from tests.helpers import eventually
@@ -129,3 +131,28 @@ async def test_stream_survives_a_redis_restart(private_redis: RedisServer) -> No
                 assert seen, "the stream ended without showing the change made after the restart"
             finally:
                 await writer.close()
+
+
+async def test_pools_and_routes_are_in_the_snapshot_and_the_stream(served: ServedAdmin, store: Store) -> None:
+    await store.set_pool(PoolSetting(name="api", health_check=ProbeConfig(type="http")), mode="create")
+    await store.create_backend(Backend(address="10.0.0.1:80", pool="api"))
+    async with (
+        httpx.AsyncClient(base_url=served.url, timeout=10) as client,
+        client.stream("GET", "/events") as response,
+    ):
+        events = sse_events(response)
+        snap = json.loads((await anext(events))["data"])
+        assert [(p["name"], p["backends"]) for p in snap["pools"]] == [("default", 0), ("api", 1)]
+        assert snap["pools"][1]["health_check"]["type"] == "http" and snap["routes"] is None
+        assert snap["backends"][0]["pool"] == "api"
+
+        await store.set_pool(PoolSetting(name="web", outlier=OutlierConfig(base_ejection_sec=Seconds(1.5))))
+        await store.set_routes(RouteTableSetting(routes=[RouteConfig(name="r", pool="web")], default_pool="api"))
+        await store.set_routes(RouteTableSetting())
+        await store.remove_pool("web")
+        seen = [await anext(events) for _ in range(4)]
+        assert [e["event"] for e in seen] == ["pool_set", "routes", "routes", "pool_removed"]
+        pool_set = json.loads(seen[0]["data"])
+        assert pool_set["name"] == "web" and pool_set["pool"]["outlier"]["base_ejection_sec"] == 1.5
+        assert json.loads(seen[1]["data"])["routes"]["routes"][0]["pool"] == "web"
+        assert json.loads(seen[3]["data"])["name"] == "web"

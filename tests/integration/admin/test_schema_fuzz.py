@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -22,12 +23,15 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from services.admin.app import create_app
+from shared.config.durations import enc_hook
 from shared.store import Store
 from tests.integration.admin.server import ServedAdmin, admin_config
 
 _schema_app = create_app(admin_config("redis://127.0.0.1:1/0", "schema-only"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-schema = schemathesis.openapi.from_dict(_schema_app.openapi_schema.to_schema()).exclude(path="/events")
+# (As served: through JSON, durations such as a health check's interval_sec default are plain numbers.)
+_served = msgspec.json.decode(msgspec.json.encode(_schema_app.openapi_schema.to_schema(), enc_hook=enc_hook))
+schema = schemathesis.openapi.from_dict(_served).exclude(path="/events")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import json
 from services.admin.listing import Listing, Query
 from services.admin.snapshot import AdminSnapshot
 from shared.mirror import Mirror
-from shared.models import AlgorithmSetting, Backend, BackendView, Ejection, Event, Health, Snapshot
+from shared.models import AlgorithmSetting, Backend, BackendView, Ejection, Event, Health, HealthStatus, Snapshot
 
 
 def snap(version: int, *addresses: str, **views: BackendView) -> Snapshot:
@@ -98,3 +98,43 @@ def test_the_stream_cap_is_taken_at_subscribe() -> None:
         raise AssertionError("a third stream was accepted")
     snapshot.unsubscribe(a)
     snapshot.subscribe()
+
+
+def test_per_pool_lists_and_counts_follow_random_changes() -> None:
+    """Backends added, removed, moved between pools and changing health, through AdminSnapshot.apply: each
+    pool's list (and GET /pools's counts) is what filtering the whole state would give, at every step."""
+    import random
+
+    rng = random.Random(7)
+    snapshot = AdminSnapshot(start_healthy=False)
+    snapshot.apply(snap(1, *(f"10.0.0.{i}:80" for i in range(20))))
+    listing, mirror = snapshot.listing, snapshot.mirror
+    pools = ["default", "api", "web"]
+    for version in range(2, 400):
+        address = f"10.0.0.{rng.randrange(30)}:80"
+        view = mirror.backends.get(address)
+        roll = rng.random()
+        if view is None:
+            event = Event(version=version, kind="backend_added", address=address,
+                          backend=Backend(address=address, pool=rng.choice(pools)))  # fmt: skip
+        elif roll < 0.2:
+            event = Event(version=version, kind="backend_removed", address=address, backend=view.backend)
+        elif roll < 0.6:
+            moved = Backend(address=address, pool=rng.choice(pools), state=view.backend.state)
+            event = Event(version=version, kind="backend_updated", address=address, backend=moved)
+        else:
+            status: HealthStatus = rng.choice(["up", "down"])
+            event = Event(version=version, kind="health", address=address, health=Health(status=status))
+        snapshot.apply(event)
+        if version % 7 == 0 or version > 390:
+            for pool in pools:
+                expected = sorted(a for a, v in mirror.backends.items() if v.backend.pool == pool)
+                got = [b["address"] for b in json.loads(listing.page(Query(pool=pool), 1.0).body)]
+                assert got == expected, (version, pool)
+                assert listing.pool_order(pool) == expected
+            counts = listing.pool_counts(1.0)
+            for pool in pools:
+                views = [v for v in mirror.backends.values() if v.backend.pool == pool]
+                usable = sum(v.usable(at=1.0) for v in views)
+                assert counts.get(pool, (0, 0)) == (len(views), usable), (version, pool)
+    assert [b["address"] for b in json.loads(listing.page(Query(), 1.0).body)] == sorted(mirror.backends)
