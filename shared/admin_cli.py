@@ -1,5 +1,5 @@
-"""`gobalancer backends ...`, `gobalancer algorithm ...`, `gobalancer pools ...` and `gobalancer routes ...`:
-a client of the admin API.
+"""`gobalancer backends ...`, `gobalancer algorithm ...`, `gobalancer pools ...`, `gobalancer routes ...` and
+`gobalancer rate-limits ...`: a client of the admin API.
 
 Talks HTTP to the admin service only (never to Redis, never importing ``services``). The URL and the
 token come from ``--url``/``--token`` or ``$GOBALANCER_ADMIN_URL``/``$GOBALANCER_ADMIN_TOKEN``.
@@ -293,6 +293,46 @@ def read_table(path: str) -> dict[str, Any]:
     return {k: data[k] for k in ("routes", "default_pool") if k in data}
 
 
+def _print_rate_limits(data: dict[str, Any], out: TextIO) -> None:
+    rows = [
+        [r["name"], r["applies_to"], r["key"], r["rate"], r["burst"], "closed" if r["fail_closed"] else "open"]
+        for r in data["rules"]
+    ]
+    print(table(("RULE", "APPLIES_TO", "KEY", "RATE", "BURST", "REDIS_DOWN"), rows), file=out)
+    line = f"source: {data['source']} (version {data['version']})"
+    if data.get("changed") is not None:
+        line += ", changed" if data["changed"] else ", unchanged"
+    print(line, file=out)
+
+
+def read_rules(path: str) -> list[Any]:
+    """The rules in a YAML or JSON file: a list of rules, ``rules: [...]``, or a config file's
+    ``rate_limits: {rules: [...]}`` (checked by the API, which names the field at fault)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except ValueError:
+        import yaml  # (YAML only for what is not JSON: the rest of this client is the standard library)
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ApiError(f"{path}: not YAML or JSON: {_one_line(str(exc))}") from None
+    if isinstance(data, dict) and isinstance(data.get("rate_limits"), dict):
+        data = data["rate_limits"]
+    if isinstance(data, dict) and "rules" in data:
+        data = data["rules"]
+    if data is None:
+        data = []
+    if not isinstance(data, list):
+        raise ApiError(f"{path}: expected a list of rules, 'rules: [...]' or 'rate_limits: {{rules: [...]}}'")
+    return data
+
+
 # -- commands ----------------------------------------------------------------------------------
 
 
@@ -321,6 +361,14 @@ def _dispatch(client: AdminClient, args: argparse.Namespace, out: TextIO) -> Non
         data, printer = _pools_and_routes(client, args, out)
         if data is None:
             return
+    elif action == "rate-limits":
+        if args.limits_action == "get":
+            data = client.call("GET", "/rate-limits")
+        elif args.limits_action == "set":
+            data = client.call("PUT", "/rate-limits", {"rules": read_rules(args.file)})
+        else:
+            data = client.call("DELETE", "/rate-limits")
+        printer = _print_rate_limits
     elif action == "list":
         data = client.call("GET", "/backends")
         printer = _print_backends
@@ -503,6 +551,13 @@ def register(sub: Any) -> None:
     members.add_argument("--force", action="store_true", help="remove: also a backend found by discovery")
     members.set_defaults(admin_action="pools-backends")
     pools.set_defaults(func=_command)
+    limits = sub.add_parser("rate-limits", help="show or replace the rate-limit rules of every proxy")
+    limit_actions = limits.add_subparsers(dest="limits_action", required=True, metavar="ACTION")
+    limit_actions.add_parser("get", parents=[common], help="the rules in force (the store's, else the config file's)")
+    put = limit_actions.add_parser("set", parents=[common], help="replace the rules from a YAML or JSON file")
+    put.add_argument("file", metavar="FILE", help="a list of rules, 'rules: [...]' or a config file's rate_limits")
+    limit_actions.add_parser("clear", parents=[common], help="drop the stored rules: the config file's apply again")
+    limits.set_defaults(func=_command, admin_action="rate-limits")
 
     routes = sub.add_parser("routes", help="show or replace the route table through the admin API")
     route_actions = routes.add_subparsers(dest="routes_action", required=True, metavar="ACTION")

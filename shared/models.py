@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from shared.config import ALGORITHMS, DEFAULT_POOL, Algorithm, OutlierConfig, ProbeConfig, RouteConfig
+from shared.config.limits import RateLimitsDocument
 
 Origin = Literal["static", "api", "docker", "kubernetes"]
 AdminState = Literal["enabled", "draining", "disabled"]
@@ -22,6 +23,7 @@ EventKind = Literal[
     "pool_set",
     "pool_removed",
     "routes",
+    "rate_limits",
 ]
 
 __all__ = [
@@ -172,6 +174,8 @@ class Event(msgspec.Struct, kw_only=True):
     name: str | None = None  # pool_set / pool_removed: the pool
     pool: PoolSetting | None = None  # pool_set: its new settings
     routes: RouteTableSetting | None = None  # routes: the new table
+    # kind "rate_limits": the store's document as written (null: removed, the config file's rules apply).
+    rate_limits: RateLimitsDocument | None = None
 
 
 class Snapshot(msgspec.Struct, kw_only=True):

@@ -12,7 +12,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
-from services.admin import dashboard, events, pools, routes, system
+from services.admin import dashboard, events, pools, rate_limits, routes, system
 from services.admin.backends import BackendsController
 from services.admin.context import DEPENDENCIES, AdminContext
 from services.admin.docs_page import render_plugins
@@ -101,6 +101,7 @@ def create_app(config: Config, store: Store | None = None) -> Litestar:
             *pools.ROUTES,
             *routes.ROUTES,
             *system.ROUTES,
+            *rate_limits.ROUTES,
             *events.ROUTES,
             *dashboard.ROUTES,
         ],

@@ -15,12 +15,13 @@ from collections.abc import AsyncIterator, Mapping
 from typing import NamedTuple
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
-from services.proxy.limits.gate import Gate
-from services.proxy.limits.sync import RateLimitSync
+from services.proxy.limits.live import LiveLimits
+from services.proxy.limits.pools import limit_pools
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.pools import StorePools, open_store_pools
 from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
+from services.proxy.store_balancer import StoreBalancer
 from services.proxy.workers import Workers
 from shared.config import DEFAULT_POOL, Config
 from shared.gc_tuning import tune_gc
@@ -67,12 +68,14 @@ async def make_balancers(config: Config) -> AsyncIterator[Balancers]:
         await store.close()
 
 
-def follow_store_pools(pools: StorePools, servers: list[Server]) -> None:
-    """Each listener's routing follows the store: a new pool, or a new route table, is swapped in."""
+def follow_store_pools(pools: StorePools, servers: list[Server], wrapped: Mapping[str, Balancer] | None = None) -> None:
+    """Each listener's routing follows the store: a new pool, or a new route table, is swapped in
+    (``wrapped``: the pools with connection limits, whose wrapper is used in place of the balancer)."""
 
     def changed() -> None:
+        balancers = {**pools.balancers, **(wrapped or {})}
         for server in servers:
-            server.context.use_routes(pools.balancers, pools.routes, pools.unmatched_pool)
+            server.context.use_routes(balancers, pools.routes, pools.unmatched_pool)
 
     pools.listeners.append(changed)
     changed()
@@ -106,9 +109,15 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     delay = float(config.proxy.shutdown_delay_sec)
     readiness = Readiness()
     try:
-        async with make_balancers(config) as (balancer, pools, store_pools):
+        async with make_balancers(config) as (inner, store_pool_map, store_pools):
             loop = asyncio.get_running_loop()
-            gate = Gate.for_loop(config.rate_limits, loop)
+            # Pools with connection limits get their balancer wrapped (the others stay as they are).
+            balancer, pools, limited = limit_pools(config, inner, store_pool_map)
+            # The rate-limit rules: the store's (PUT /rate-limits) once there are some, else the config file's.
+            store = getattr(inner, "store", None)
+            limits = LiveLimits(config.rate_limits, loop, store)
+            await limits.load()
+            gate = limits.gate
             server = Server(config, balancer, reuse_port=True, pools=pools, gate=gate)
             await server.start()
             # config.listeners: more listeners (a TCP or HTTP one per pool, or HTTP through the routes),
@@ -121,17 +130,20 @@ async def run(config: Config, stop: asyncio.Event) -> None:
             ]
             for s in extra:
                 await s.start()
-            if store_pools is not None:  # pools and the route table follow the store
-                follow_store_pools(store_pools, [server, *extra])
-            # The limiters reconcile with Redis in the background (without Redis each counts alone).
-            store = getattr(balancer, "store", None)
-            sync = RateLimitSync(store, gate.limiters, interval=config.rate_limits.sync_sec) if gate and store else None
-            sync_task = loop.create_task(sync.run()) if sync is not None else None
-            replica = getattr(balancer, "replica", None)
+            if store_pools is not None:  # pools and the route table follow the store (the limited ones wrapped)
+                follow_store_pools(store_pools, [server, *extra], {p.name: p for p in limited})
+            # The limiters reconcile with Redis in the background (without Redis each counts alone); a new
+            # table (a rate_limits event) is swapped into every listener's context.
+            limits.attach(s.context for s in (server, *extra))
+            if isinstance(inner, StoreBalancer):
+                inner.apply_listeners.append(limits.on_item)
+            replica = getattr(inner, "replica", None)
             if replica is not None and config.metrics.enabled:
                 replica.totals_source = StatsTotals(server.context.stats)
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
-            registry = proxy_registry(lambda: server.context.stats, balancer, info, gate, sync)
+            registry = proxy_registry(
+                lambda: server.context.stats, inner, info, lambda: limits.gate, lambda: limits.sync, limited
+            )
             async with metrics_server(config.metrics.proxy_listen_address, registry, ready=readiness) as bound:
                 if replica is not None:
                     replica.info.metrics = bound
@@ -147,10 +159,9 @@ async def run(config: Config, stop: asyncio.Event) -> None:
                     await asyncio.sleep(delay)
                 log.info("draining", drain_sec=float(config.timeout.drain_sec))
                 await asyncio.gather(*(s.stop() for s in (server, *extra)))
-                if sync_task is not None:
-                    sync_task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await sync_task
+                await limits.close()
+                for pool in limited:
+                    await pool.close()
     finally:
         if workers is not None:
             await workers.stop(delay + float(config.timeout.drain_sec) + 5.0)

@@ -215,6 +215,8 @@ class StorePools:
             self.stored_routes = event.routes
             self.route_changes += 1
             self._settle_pools()
+        elif kind == "rate_limits":  # (the live rate-limit rules follow the default pool's applied items)
+            self.default.apply(event)
 
     def _move(self, address: str, old: str, balancer: StoreBalancer, event: Event) -> None:
         previous = self.balancers.get(old)

@@ -156,6 +156,11 @@ class StoreBalancer:
         self.ejections: dict[str, int] = {}  # passive ejections decided here, per backend
         self.sync_lag = Histogram()  # event written (its `at`) -> applied here, seconds
         self._refresh_ok = True  # the last refresh reached Redis
+        # Called with every Snapshot and Event applied (the live rate-limit rules follow their events).
+        self.apply_listeners: list[Callable[[Snapshot | Event], None]] = []
+        # A pool with connection limits reads the global counts whatever the policy, and hears of each read.
+        self.reads_counts = False
+        self.refresh_listeners: list[Callable[[], None]] = []
 
     # -- settings in force -------------------------------------------------------------------
 
@@ -192,6 +197,8 @@ class StoreBalancer:
         resets = self.view.resets
         self.view.apply(item, self.clock())
         self._sync_hash_key()
+        for listener in self.apply_listeners:
+            listener(item)
         if self.view.resets != resets:
             log.warning(
                 "the store went back to an older version (data lost?): keeping what was up for a grace period",
@@ -556,8 +563,9 @@ class StoreBalancer:
 
     @property
     def uses_counts(self) -> bool:
-        """The policy in force reads global in-flight counts (the refresh reads them from Redis)."""
-        return self._policy.uses_counts
+        """The policy in force reads global in-flight counts, or connection limits do (the refresh reads
+        them from Redis)."""
+        return self._policy.uses_counts or self.reads_counts
 
     async def read_others(self) -> dict[str, int] | None:
         """The other replicas' in-flight counts; None when Redis did not answer."""
@@ -574,6 +582,8 @@ class StoreBalancer:
             for address in self.counts.set_others(others):
                 self.policy.count_changed(address)
         self._refresh_ok = others is not None
+        for listener in self.refresh_listeners:  # (connection limits: the others' counts were read)
+            listener()
 
     async def publish(self) -> None:
         backoff = Backoff(first=0.05, cap=2.0)

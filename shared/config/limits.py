@@ -127,3 +127,36 @@ class RateLimitsConfig(_Struct):
             seen.add(rule.name)
         if not math.isfinite(self.sync_sec):
             raise ValueError("sync_sec: must be a finite number of seconds")
+
+
+class RateLimitsDocument(_Struct):
+    """The rules as the store holds them (``NS:rate_limits``, written by ``PUT /rate-limits``): while there is
+    one, every proxy applies these rules instead of the config file's ``rate_limits.rules`` (``max_keys`` and
+    ``sync_sec`` stay the file's). ``rules`` comes first: the store's script compares the encoded rules."""
+
+    rules: list[RateLimitRule] = msgspec.field(default_factory=list)
+    # When the document was written (seconds since the epoch).
+    updated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                raise ValueError(f"rules: rules[{i}]: duplicate name {rule.name!r}")
+            seen.add(rule.name)
+
+
+# -- connection limits (circuit breaking) ---------------------------------------------------------
+
+MaxConnections = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
+MaxPending = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
+QueueTimeout = Annotated[float, msgspec.Meta(gt=0.0, le=3600.0)]
+
+
+def check_connection_limits(max_connections: int, max_pending: int, queue_timeout_sec: float) -> None:
+    """A pool's ``max_connections``, ``max_pending`` and ``queue_timeout_sec`` together (``ValueError("field:
+    problem")``): a queue needs a limit to wait for."""
+    if not math.isfinite(queue_timeout_sec):
+        raise ValueError("queue_timeout_sec: must be a finite number of seconds")
+    if max_pending and not max_connections:
+        raise ValueError("max_pending: needs max_connections (requests wait for a connection slot)")

@@ -16,7 +16,7 @@ import msgspec
 
 from shared.addresses import normalize_address, parse_address
 from shared.config.durations import PositiveSeconds, Seconds, positive_fields
-from shared.config.limits import RateLimitsConfig
+from shared.config.limits import MaxConnections, MaxPending, QueueTimeout, RateLimitsConfig, check_connection_limits
 from shared.config.routing import (
     DEFAULT_POOL,
     RouteTableError,
@@ -70,6 +70,8 @@ class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 class BackendConfig(_Struct):
     address: str
     weight: Weight = 1
+    # Requests in flight to this backend across all replicas at most (0: no limit of its own).
+    max_connections: MaxConnections = 0
 
     def check(self) -> None:
         check_address(self.address, "address")
@@ -353,9 +355,15 @@ class PoolConfig(_Struct):
     algorithm: Algorithm = "round_robin"
     balancing: BalancingConfig = msgspec.field(default_factory=BalancingConfig)
     health_check: ProbeConfig = msgspec.field(default_factory=ProbeConfig)
+    # Connection limits (circuit breaking): requests in flight to the pool across all replicas at most (0: no
+    # limit); requests waiting for a slot at most, per replica (beyond: 503 at once); how long one waits.
+    max_connections: MaxConnections = 0
+    max_pending: MaxPending = 0
+    queue_timeout_sec: QueueTimeout = 1.0
 
     def check(self) -> None:
         _check_unique_backends(self.backends)
+        check_connection_limits(self.max_connections, self.max_pending, self.queue_timeout_sec)
 
 
 class RouteConfig(_Struct):
@@ -445,12 +453,17 @@ class Config(_Struct):
     tracing: TracingConfig = msgspec.field(default_factory=TracingConfig)
     backend_deny: BackendDenyConfig = msgspec.field(default_factory=BackendDenyConfig)
     rate_limits: RateLimitsConfig = msgspec.field(default_factory=RateLimitsConfig)
+    # The default pool's connection limits (as a named pool's: pools.NAME.max_connections, ...).
+    max_connections: MaxConnections = 0
+    max_pending: MaxPending = 0
+    queue_timeout_sec: QueueTimeout = 1.0
     # `gobalancer up` starts a small demo HTTP server on each loopback static backend.
     demo: bool = False
 
     def check(self) -> None:
         self.listen_address = check_address(self.listen_address, "listen_address", listener=True)
         _check_unique_backends(self.backends)
+        check_connection_limits(self.max_connections, self.max_pending, self.queue_timeout_sec)
         for name in self.pools:
             if name == DEFAULT_POOL:
                 raise ValueError(
@@ -492,7 +505,13 @@ class Config(_Struct):
     def pool_configs(self) -> dict[str, PoolConfig]:
         """Every pool by name, ``default`` (made of the top-level settings) first."""
         default = PoolConfig(
-            backends=self.backends, algorithm=self.algorithm, balancing=self.balancing, health_check=self.health_check
+            backends=self.backends,
+            algorithm=self.algorithm,
+            balancing=self.balancing,
+            health_check=self.health_check,
+            max_connections=self.max_connections,
+            max_pending=self.max_pending,
+            queue_timeout_sec=self.queue_timeout_sec,
         )
         return {DEFAULT_POOL: default, **self.pools}
 

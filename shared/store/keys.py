@@ -65,6 +65,10 @@ class Keys:
     def fence(self, name: str) -> str:  # integer: last fencing token handed out for a lease
         return f"{self.namespace}:lease:{name}:fence"
 
+    @property
+    def rate_limits(self) -> str:  # string: RateLimitsDocument (JSON), written by shared/store/rate_limits.py
+        return f"{self.namespace}:rate_limits"
+
 
 # Shared prologue: ARGV[1] is the expected lease value ("holder:fence") or "", KEYS[1] the lease key.
 # A writer that lost its lease is refused, so a paused ex-leader cannot overwrite its successor.

@@ -17,9 +17,12 @@ REASONS = {
 }
 
 
-def error_response(status: int, request_id: bytes, *, close: bool, minor: int = 1) -> bytes:
+def error_response(status: int, request_id: bytes, *, close: bool, minor: int = 1, why: str = "") -> bytes:
+    """``why``: a reason code for the client (``X-GoBalancer-Reason``, e.g. ``pool-saturated``), if any."""
     reason = REASONS.get(status, b"Error")
     body = b"%d %s\nrequest id: %s\n" % (status, reason, request_id)
+    if why:
+        body += b"reason: %s\n" % why.encode("ascii")
     connection = b"close" if close else (b"keep-alive" if minor == 0 else b"")
     return b"".join(
         [
@@ -27,6 +30,7 @@ def error_response(status: int, request_id: bytes, *, close: bool, minor: int = 
             b"Content-Type: text/plain; charset=utf-8\r\n",
             b"Content-Length: %d\r\n" % len(body),
             b"X-Request-ID: %s\r\n" % request_id,
+            b"X-GoBalancer-Reason: %s\r\n" % why.encode("ascii") if why else b"",
             b"Connection: %s\r\n" % connection if connection else b"",
             b"\r\n",
             body,

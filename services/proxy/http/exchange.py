@@ -64,6 +64,7 @@ from shared.logs import get_logger
 
 if TYPE_CHECKING:
     from services.proxy.http.client import ClientConnection
+    from services.proxy.limits.pools import LimitedBalancer
 
 log = get_logger("proxy.http")
 
@@ -526,10 +527,7 @@ class Exchange(Attempts):
             return
         req = self.req
         if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
-            # HTTP/1.0 without Host: the backend gets its own address as Host.
-            head = self._request_head(req, upstream.address.encode())
-            self.pending_size += len(head) - len(self.head_out)
-            self.pending[0] = self.head_out = head
+            self._host_of(req, upstream)
         now = self.started_at = _clock()
         if not self.t0:
             self.t0 = now
@@ -541,8 +539,32 @@ class Exchange(Attempts):
             ctx.stats.pool_misses += 1
             self.connecting = ctx.loop.create_task(self._connect(upstream))
 
+    def _host_of(self, req: RequestHead, upstream: Upstream) -> None:
+        """HTTP/1.0 without Host: the backend gets its own address as Host."""
+        head = self._request_head(req, upstream.address.encode())
+        self.pending_size += len(head) - len(self.head_out)
+        self.pending[0] = self.head_out = head
+
     async def _connect(self, upstream: Upstream) -> None:
         ctx = self.ctx
+        if upstream.port < 0:  # a pool at its connection limits: queued or refused (limits/pools.py)
+            got = await cast("LimitedBalancer", self.balancer).wait(upstream)
+            if isinstance(got, str):
+                self.connecting = None
+                self.upstream = None
+                self.fail(503, got)
+                return
+            upstream = self.upstream = got
+            self.last = got.address
+            self.started_at = _clock()
+            req = self.req
+            if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:
+                self._host_of(req, got)  # (it was given the ticket's)
+            pooled = ctx.pool.get(got.address)
+            if pooled is not None:
+                self.connecting = None
+                self._attach(cast(UpstreamConnection, pooled))
+                return
         up = await self.connect(upstream, lambda: UpstreamConnection(ctx, upstream))
         self.connecting = None
         if self.conn.closed:
@@ -796,21 +818,21 @@ class Exchange(Attempts):
 
     # -- ending --------------------------------------------------------------------------------
 
-    def fail(self, status: int) -> None:
-        """The proxy answers the current request itself (502/503/504)."""
+    def fail(self, status: int, why: str = "") -> None:
+        """The proxy answers the current request itself (502/503/504; ``why``: X-GoBalancer-Reason)."""
         self.ctx.stats.error(status)
-        self._answer(status)
+        self._answer(status, why)
 
-    def _answer(self, status: int) -> None:
+    def _answer(self, status: int, why: str = "") -> None:
         if self.responded:
             self.conn.close()
             return
         close = not (self.keep_alive and self.body_done)
-        self.error(status, close=close, counted=True)
+        self.error(status, close=close, counted=True, why=why)
         if not close:
             self.done()
 
-    def error(self, status: int, *, close: bool, counted: bool = False) -> None:
+    def error(self, status: int, *, close: bool, counted: bool = False, why: str = "") -> None:
         """Write the proxy's own response ``status`` (and close the connection when ``close``)."""
         if not counted:
             self.ctx.stats.error(status)
@@ -818,7 +840,9 @@ class Exchange(Attempts):
         if conn.closed:
             return
         req = self.req
-        response = error_response(status, self.request_id(), close=close, minor=req.minor if req is not None else 1)
+        response = error_response(
+            status, self.request_id(), close=close, minor=req.minor if req is not None else 1, why=why
+        )
         conn.transport.write(response)
         self.bytes_out += len(response)
         self.resp_status = status

@@ -6,4 +6,8 @@
 - ``headers``: the 429 response with ``Retry-After`` and the IETF ``RateLimit-Policy`` / ``RateLimit`` fields.
 - ``circuit``: the connection-limit (circuit-breaking) decision, pure.
 - ``gate``: the rules as the data plane applies them (which rules meet a request, its key for each).
+- ``live``: the rules in force in a process (the store's ``PUT /rate-limits`` table, else the config file's),
+  swapped into every listener's context when they change.
+- ``pools``: the connection limits on the data plane: a limited pool's balancer wrapped at the pick (queue,
+  503 with a reason); pools without limits keep theirs.
 """

@@ -82,12 +82,16 @@ def cookie_value(head: bytes, name: bytes) -> str | None:
 class Gate:
     """Every rule of ``rate_limits`` with its limiter, and the rules that meet each route's requests."""
 
-    def __init__(self, config: RateLimitsConfig, clock_offset: float = 0.0) -> None:
+    def __init__(self, config: RateLimitsConfig, clock_offset: float = 0.0, keep: Gate | None = None) -> None:
+        """``keep``: the gate these rules replace (``PUT /rate-limits``): a rule of the same name, rate, burst
+        and key keeps its limiter, whose counts go on (its ``fail_closed`` follows the new rule)."""
         self.config = config
-        self.bound = [
-            Bound(
-                rule,
-                Limiter(
+        kept = {_same(b.rule): b.limiter for b in keep.bound} if keep is not None else {}
+        self.bound: list[Bound] = []
+        for rule in config.rules:
+            limiter = kept.pop(_same(rule), None)
+            if limiter is None or limiter.max_keys != config.max_keys:
+                limiter = Limiter(
                     rule.name,
                     rule.limit,
                     rule.window,
@@ -95,10 +99,9 @@ class Gate:
                     max_keys=config.max_keys,
                     fail_closed=rule.fail_closed,
                     offset=clock_offset,
-                ),
-            )
-            for rule in config.rules
-        ]
+                )
+            limiter.fail_closed = rule.fail_closed
+            self.bound.append(Bound(rule, limiter))
         self.limiters = [b.limiter for b in self.bound]
         self._for: dict[tuple[str, str], tuple[Bound, ...]] = {}
         # The common case: every rule applies to all requests and keys by client address (e.g. one rule).
@@ -131,3 +134,8 @@ class Gate:
 
     def __len__(self) -> int:
         return len(self.bound)
+
+
+def _same(rule: RateLimitRule) -> tuple[str, str, int, str]:
+    """What a limiter's counts depend on: a new rule equal in these keeps the old rule's limiter."""
+    return rule.name, rule.rate, rule.burst, rule.key

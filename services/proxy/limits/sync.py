@@ -213,7 +213,8 @@ class RateLimitSync:
         while True:
             started = time.monotonic()
             try:
-                await self.sync_once()
+                if self.limiters:  # (none: every rule was removed by PUT /rate-limits; nothing to sync)
+                    await self.sync_once()
             except Exception as exc:  # a bug must not stop the limits from syncing
                 log.error("rate-limit sync failed", error=repr(exc))
             # (No backoff while Redis is away: the replicas come back within one interval of each other, so

@@ -25,7 +25,7 @@ Series (every one per proxy process, i.e. per worker: each worker serves its own
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -33,6 +33,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from services.proxy.limits.gate import Gate
+from services.proxy.limits.pools import LimitedBalancer
 from services.proxy.limits.sync import RateLimitSync
 from services.proxy.stats import CLASS_NAMES, LATENCY_BUCKETS, Histogram, Stats
 
@@ -59,14 +60,18 @@ class ProxyCollector(Collector):
         stats: Callable[[], Stats | None],
         balancer: Any,
         info: Mapping[str, str],
-        gate: Gate | None = None,
-        sync: RateLimitSync | None = None,
+        gate: Gate | Callable[[], Gate | None] | None = None,
+        sync: RateLimitSync | Callable[[], RateLimitSync | None] | None = None,
+        limited: Sequence[LimitedBalancer] = (),
     ) -> None:
+        """``gate`` and ``sync``: the rate limits' (or a function answering the ones in force: they change
+        with ``PUT /rate-limits``); ``limited``: the pools with connection limits."""
+        self._limited = list(limited)
         self._stats = stats
         self._balancer = balancer
         self._info = dict(info)
-        self._gate = gate
-        self._sync = sync
+        self._gate = gate if callable(gate) else lambda: gate
+        self._sync = sync if callable(sync) else lambda: sync
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(P + "info", "This proxy process (value 1).", labels=list(self._info))
@@ -76,8 +81,29 @@ class ProxyCollector(Collector):
         if stats is not None:
             yield from self._data_plane(stats)
         yield from self._balancer_metrics()
-        if self._gate is not None:
-            yield from self._rate_limits(self._gate)
+        gate = self._gate()
+        if gate is not None:
+            yield from self._rate_limits(gate)
+        if self._limited:
+            yield from self._connection_limits()
+
+    def _connection_limits(self) -> Iterable[Metric]:
+        """Per pool with connection limits: 503s by reason, requests waiting for a slot, requests in flight."""
+        rejected = CounterMetricFamily(
+            P + "pool_rejected",
+            "Requests answered 503 by a pool's connection limits, by reason.",
+            labels=["pool", "reason"],
+        )
+        pending = GaugeMetricFamily(P + "pool_pending", "Requests waiting for a connection slot.", labels=["pool"])
+        inflight = GaugeMetricFamily(
+            P + "pool_inflight", "Requests in flight to a limited pool from this replica.", labels=["pool"]
+        )
+        for pool in self._limited:
+            for reason, n in pool.rejected.items():
+                rejected.add_metric([pool.name, reason], n)
+            pending.add_metric([pool.name], pool.pending)
+            inflight.add_metric([pool.name], pool.local)
+        yield from (rejected, pending, inflight)
 
     def _rate_limits(self, gate: Gate) -> Iterable[Metric]:
         """Per rule: requests refused (429), whether the limiter counts on its fallback share (Redis away,
@@ -96,9 +122,10 @@ class ProxyCollector(Collector):
             degraded.add_metric([limiter.name], int(limiter.degraded))
             keys.add_metric([limiter.name], len(limiter))
         yield from (limited, degraded, keys)
-        if self._sync is not None:
+        sync = self._sync()
+        if sync is not None:
             yield CounterMetricFamily(
-                P + "rate_limit_sync_failures", "Rate-limit syncs with Redis that failed.", value=self._sync.failed
+                P + "rate_limit_sync_failures", "Rate-limit syncs with Redis that failed.", value=sync.failed
             )
 
     def _data_plane(self, stats: Stats) -> Iterable[Metric]:
@@ -199,9 +226,10 @@ def proxy_registry(
     stats: Callable[[], Stats | None],
     balancer: Any,
     info: Mapping[str, str],
-    gate: Gate | None = None,
-    sync: RateLimitSync | None = None,
+    gate: Gate | Callable[[], Gate | None] | None = None,
+    sync: RateLimitSync | Callable[[], RateLimitSync | None] | None = None,
+    limited: Sequence[LimitedBalancer] = (),
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ProxyCollector(stats, balancer, info, gate, sync))
+    registry.register(ProxyCollector(stats, balancer, info, gate, sync, limited))
     return registry

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,26 @@ def test_url_and_token_from_environment(
         assert run(capsys, "backends", "add", "10.0.0.1:80")[0] == 0
         monkeypatch.delenv("GOBALANCER_ADMIN_TOKEN")
         assert run(capsys, "backends", "remove", "10.0.0.1:80", "--token", "tok-123")[0] == 0
+
+
+def test_rate_limits_get_set_clear(served: ServedAdmin, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    url = ("--url", served.url)
+    code, out, _ = run(capsys, "rate-limits", "get", *url)
+    assert code == 0 and out.splitlines()[-1] == "source: config (version 0)"
+    rules = tmp_path / "limits.yaml"
+    rules.write_text("rate_limits:\n  rules:\n    - {name: per-client, rate: 100/s, burst: 5}\n")
+    code, out, _ = run(capsys, "rate-limits", "set", str(rules), *url)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["RULE", "APPLIES_TO", "KEY", "RATE", "BURST", "REDIS_DOWN"]
+    assert lines[1].split() == ["per-client", "all", "client_ip", "100/s", "5", "open"]
+    assert lines[-1].startswith("source: store (version ") and lines[-1].endswith(", changed")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"name": "x", "rate": "5/day"}]')
+    code, out, err = run(capsys, "rate-limits", "set", str(bad), *url)
+    assert code == 1 and out == "" and "rules[0].rate" in err and "(HTTP 400)" in err
+    code, out, _ = run(capsys, "rate-limits", "get", "--json", *url)
+    assert code == 0 and '"name": "per-client"' in out
+    code, out, _ = run(capsys, "rate-limits", "clear", *url)
+    assert code == 0 and out.splitlines()[-1].startswith("source: config") and out.rstrip().endswith(", changed")
+    code, _, err = run(capsys, "rate-limits", "set", str(tmp_path / "missing.yaml"), *url)
+    assert code == 1 and err.startswith("gobalancer: error: cannot read ")
