@@ -459,6 +459,16 @@ async def test_pools_routes_and_rate_limits_show_and_a_new_route_appears_live(
             await expect(pool_section(page, WEB_POOL)).to_have_attribute("data-rate", "0.0")
             await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("requests/s")
 
+            await expect(page.locator("#limits-summary")).to_have_text("1 rule · from the store")
+
+            # A named pool's backend is changed through its pool's path.
+            await page.get_by_role("button", name=f"Drain {D}").click()
+            await eventually(lambda: _is(store, D, "draining"), timeout=5, message="the drain click drains D")
+            await expect(pool_section(page, API_POOL).locator(f'tr[data-address="{D}"]')).to_have_attribute(
+                "data-state", "draining"
+            )
+            await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("0/1 usable")
+
             # A route added through the API appears without a reload (the routes event).
             await page.evaluate("window.__notReloaded = true")
             table = {

@@ -712,7 +712,7 @@
     if (shown === state.limitsShown) return;
     state.limitsShown = shown;
     fillTable("rate-limits", rows, "no-limits");
-    setText($("limits-summary"), data.rules.length + " rules · from the " + data.source);
+    setText($("limits-summary"), data.rules.length + (data.rules.length === 1 ? " rule" : " rules") + " · from the " + data.source);
   }
 
   async function refreshRoutes() {
