@@ -437,7 +437,7 @@ async def test_pools_routes_and_rate_limits_show_and_a_new_route_appears_live(
             await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("algorithm least_connections")
             await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("1/1 usable")
             await expect(pool_section(page, WEB_POOL).locator("h3")).to_contain_text("0/1 usable")
-            await expect(page.get_by_role("table", name="Pool api")).to_have_count(1)  # (labelled by its heading)
+            await expect(page.get_by_role("table", name="Backends of pool api", exact=True)).to_have_count(1)
 
             # The route table, in order, with the unmatched requests' pool and where the table comes from.
             routes = page.locator("#routes tbody tr")

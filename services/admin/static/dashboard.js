@@ -440,7 +440,7 @@
     scroll.className = "scroll";
     const table = document.createElement("table");
     table.setAttribute("role", "table");
-    table.setAttribute("aria-labelledby", id);
+    table.setAttribute("aria-label", "Backends of pool " + name);
     const thead = table.createTHead();
     thead.setAttribute("role", "rowgroup");
     const tr = thead.insertRow();
@@ -570,7 +570,7 @@
 
   // -- replicas and rates ---------------------------------------------------------------------
 
-  const known = (prev, dt) => Boolean(prev) && dt > 0.2;
+  const ratesKnown = (prev, dt) => Boolean(prev) && dt > 0.2; // (two polls: a rate)
 
   function computeRates(replicas, at) {
     const current = new Map(replicas.map((r) => [r.id, r.totals || {}]));
@@ -624,10 +624,10 @@
     state.rates = rates;
     state.replicaRates = replicaRates;
     state.limited = limited;
-    state.limitedRates = known(prev, dt) ? limitedRates : new Map();
+    state.limitedRates = ratesKnown(prev, dt) ? limitedRates : new Map();
     // A pool's rate: its backends' summed (a backend without requests counts 0 once rates are known).
     const poolRates = new Map();
-    if (known(prev, dt)) {
+    if (ratesKnown(prev, dt)) {
       for (const name of poolNames()) poolRates.set(name, 0);
       for (const [address, r] of rates) {
         const pool = poolOf(state.backends.get(address));
@@ -637,8 +637,8 @@
     state.poolRates = poolRates;
     const cutoff = at - WINDOW_MS;
     while (state.history.length && state.history[0].t < cutoff) state.history.shift();
-    $("rate-total").textContent = known(prev, dt) ? total.toFixed(1) : "-";
-    $("rate-errors").textContent = known(prev, dt) ? errors.toFixed(1) : "-";
+    $("rate-total").textContent = ratesKnown(prev, dt) ? total.toFixed(1) : "-";
+    $("rate-errors").textContent = ratesKnown(prev, dt) ? errors.toFixed(1) : "-";
     for (const [address, row] of state.rows) fillRate(row, address);
     renderPools();
     renderLimits();
