@@ -53,7 +53,8 @@ endif
 # The proxy's HTTP suites once more on the pure-Python fast path (the fallback where no C compiler is).
 PURE_PYTHON_TESTS := tests/unit/proxy/test_fast_path.py::test_the_compiled_fast_path_is_built_and_in_use \
 	tests/integration/proxy/test_http.py tests/integration/proxy/test_smuggling.py \
-	tests/integration/proxy/test_exchange_edges.py
+	tests/integration/proxy/test_exchange_edges.py tests/integration/proxy/test_routing.py \
+	tests/integration/proxy/limits/test_gate.py
 
 e2e: install
 	scripts/docker-run $(PY) -m pytest tests/e2e $(PYTEST_ARGS)

@@ -9,6 +9,7 @@ rules it keeps. A table that does not validate is refused with a problem naming 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Literal
 
 import msgspec
@@ -53,10 +54,13 @@ class RateLimitsOut(msgspec.Struct, kw_only=True):
     changed: bool | None = None
 
 
-def check_targets(config: Config, rules: list[RateLimitRule]) -> None:
-    """Every ``applies_to: pool:NAME`` / ``route:NAME`` names a pool or route the config defines."""
-    pools = config.pool_names()
-    routes = [r.name for r in config.routes]
+def check_targets(
+    config: Config, rules: list[RateLimitRule], stored_pools: Iterable[str] = (), stored_routes: list[str] | None = None
+) -> None:
+    """Every ``applies_to: pool:NAME`` / ``route:NAME`` names a pool or route that exists: the config's pools
+    and the store's, the store's route table (else the config's)."""
+    pools = sorted({*config.pool_names(), *stored_pools})
+    routes = stored_routes if stored_routes is not None else [r.name for r in config.routes]
     for i, rule in enumerate(rules):
         kind, _, name = rule.applies_to.partition(":")
         have = pools if kind == "pool" else routes
@@ -91,7 +95,9 @@ async def get_limits(ctx: NamedDependency[AdminContext], store: NamedDependency[
 async def put_limits(
     ctx: NamedDependency[AdminContext], store: NamedDependency[Store], data: JSONBody[RateLimitsUpdate]
 ) -> RateLimitsOut:
-    check_targets(ctx.config, data.rules)
+    table = await store.get_routes()
+    stored_routes = [r.name for r in table.routes] if table is not None else None
+    check_targets(ctx.config, data.rules, await store.get_pools(), stored_routes)
     changed, _ = await set_rate_limits(store, data.rules)
     log.info("rate limits set", rules=[r.name for r in data.rules], changed=changed)
     return await _current(ctx, store, changed)

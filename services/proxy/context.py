@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from functools import partial
+from typing import Any, Protocol
 
 from services.proxy.balancer import Balancer
 from services.proxy.http import fast
-from services.proxy.http.headers import FAST_HEAD_NEW_TRACE
+from services.proxy.http.headers import FAST_TRACE_VIA
 from services.proxy.http.pool import Pool, Pooled
 from services.proxy.limits.gate import Gate
 from services.proxy.observability.access_log import AccessLog
@@ -38,9 +39,9 @@ class Swept(Protocol):
     def abort(self) -> None: ...
 
 
-class FastRoutes(dict["Route | None", "tuple[Balancer, BackendStats] | None"]):
-    """Route -> (its pool's balancer, its counters) for the routes the fast path takes; anything else
-    (None: no route; a route that rewrites the request) -> None. A subscript, not ``.get()``: one
+class FastRoutes(dict["Route | None", "tuple[Balancer, BackendStats, Any] | None"]):
+    """Route -> (its pool's balancer, its counters, their fast-path Tally) for the routes the fast path
+    takes; anything else (None: no route; a route that rewrites the request) -> None. A subscript, not ``.get()``: one
     bytecode on the hot path instead of three."""
 
     def __missing__(self, route: Route | None) -> None:
@@ -80,8 +81,9 @@ class Context:
         # The routes the fast path takes, and their pools' balancers: a route that rewrites the request
         # (strip_prefix, rewrite_host) is the general path's, as is a request no route matches (404).
         self.fast_routes: FastRoutes = FastRoutes()
-        # The fast scan: with routes it also gives what the route table reads (Host name, path, method).
-        self.fast_scan: Callable[[bytes, int, int], tuple[bytes, ...] | None] = fast.request
+        # The fast scan: with routes it also looks the route up (fast.request_route: the Host's name, path,
+        # method and the route's fast answer).
+        self.fast_scan: Callable[[bytes, int, int], tuple[Any, ...] | None] = fast.request
         self._followed: set[int] = set()  # balancers whose departures this context follows
         self.use_routes({DEFAULT_POOL: balancer, **(pools or {})}, config.routes, config.unmatched_pool)
         self.max_head = p.max_header_bytes
@@ -107,10 +109,10 @@ class Context:
         self.exporter: SpanExporter | None = make_exporter(config.tracing) if config.tracing.propagate else None
         # Requests whose work goes beyond the fast path's: an access log or span per request.
         self.observe_each = self.access_log is not None or self.exporter is not None
-        # The fast path's own lines with a new sampled trace, when that is all tracing asks of a request
-        # (None: see Exchange._fast_head).
+        # The fast path's Via and traceparent start (``fast.trace_head``) when a new sampled trace is all
+        # tracing asks of a request (None: see Exchange._fast_head).
         self.trace_new: bytes | None = (
-            FAST_HEAD_NEW_TRACE if self.propagate_trace and self.sample_ratio >= 1.0 and not self.observe_each else None
+            FAST_TRACE_VIA if self.propagate_trace and self.sample_ratio >= 1.0 and not self.observe_each else None
         )
         self._key_sources: dict[str, tuple[bytes | None, bytes | None]] = {}
         self.draining = False
@@ -145,11 +147,13 @@ class Context:
             return
         table = RouteTable.build(routes, unmatched_pool)
         fast_routes = FastRoutes(
-            (r, (self.pools[r.pool], self.stats.route(r)))
+            (r, (self.pools[r.pool], rs, rs.whole))
             for r in [*table.routes, table.unmatched]
             if r is not None and not (r.strip_prefix or r.rewrite_host) and r.pool in self.pools
+            for rs in (self.stats.route(r),)
         )
-        self.fast_routes, self.routes, self.fast_scan = fast_routes, table, fast.request_routed
+        self.fast_routes, self.routes = fast_routes, table
+        self.fast_scan = partial(fast.request_route, table.hosts)
 
     def key_source(self, spec: str) -> tuple[bytes | None, bytes | None]:
         """(header name, cookie name) the affinity key comes from for a balancer's ``hash_key`` ``spec``;

@@ -16,12 +16,11 @@ from typing import NamedTuple
 
 from services.proxy.balancer import Balancer, StaticRoundRobin
 from services.proxy.limits.live import LiveLimits
-from services.proxy.limits.pools import limit_pools
+from services.proxy.limits.pools import LimitedBalancer, limit_pools
 from services.proxy.observability.metrics import proxy_registry
 from services.proxy.pools import StorePools, open_store_pools
 from services.proxy.server import Server
 from services.proxy.stats import StatsTotals
-from services.proxy.store_balancer import StoreBalancer
 from services.proxy.workers import Workers
 from shared.config import DEFAULT_POOL, Config
 from shared.gc_tuning import tune_gc
@@ -68,12 +67,17 @@ async def make_balancers(config: Config) -> AsyncIterator[Balancers]:
         await store.close()
 
 
-def follow_store_pools(pools: StorePools, servers: list[Server], wrapped: Mapping[str, Balancer] | None = None) -> None:
-    """Each listener's routing follows the store: a new pool, or a new route table, is swapped in
-    (``wrapped``: the pools with connection limits, whose wrapper is used in place of the balancer)."""
+def follow_store_pools(
+    pools: StorePools, servers: list[Server], limited: Mapping[str, LimitedBalancer] | None = None
+) -> None:
+    """Each listener's routing follows the store: a new pool, or a new route table, is swapped in. A pool
+    with connection limits (``limited``: by name) is routed to through its wrapper."""
 
     def changed() -> None:
-        balancers = {**pools.balancers, **(wrapped or {})}
+        balancers: dict[str, Balancer] = dict(pools.balancers)
+        for name, wrapper in (limited or {}).items():
+            if balancers.get(name) is wrapper.inner:
+                balancers[name] = wrapper
         for server in servers:
             server.context.use_routes(balancers, pools.routes, pools.unmatched_pool)
 
@@ -109,10 +113,11 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     delay = float(config.proxy.shutdown_delay_sec)
     readiness = Readiness()
     try:
-        async with make_balancers(config) as (inner, store_pool_map, store_pools):
+        async with make_balancers(config) as (inner, inner_pools, store_pools):
             loop = asyncio.get_running_loop()
             # Pools with connection limits get their balancer wrapped (the others stay as they are).
-            balancer, pools, limited = limit_pools(config, inner, store_pool_map)
+            named = {name: b for name, b in inner_pools.items() if name != DEFAULT_POOL}
+            balancer, pools, limited = limit_pools(config, inner, named)
             # The rate-limit rules: the store's (PUT /rate-limits) once there are some, else the config file's.
             store = getattr(inner, "store", None)
             limits = LiveLimits(config.rate_limits, loop, store)
@@ -130,13 +135,11 @@ async def run(config: Config, stop: asyncio.Event) -> None:
             ]
             for s in extra:
                 await s.start()
-            if store_pools is not None:  # pools and the route table follow the store (the limited ones wrapped)
-                follow_store_pools(store_pools, [server, *extra], {p.name: p for p in limited})
-            # The limiters reconcile with Redis in the background (without Redis each counts alone); a new
-            # table (a rate_limits event) is swapped into every listener's context.
+            if store_pools is not None:  # pools and the route table follow the store
+                follow_store_pools(store_pools, [server, *extra], {w.name: w for w in limited})
+                store_pools.apply_listeners.append(limits.on_item)  # (a new table: swapped in every context)
+            # The limiters reconcile with Redis in the background (without Redis each counts alone).
             limits.attach(s.context for s in (server, *extra))
-            if isinstance(inner, StoreBalancer):
-                inner.apply_listeners.append(limits.on_item)
             replica = getattr(inner, "replica", None)
             if replica is not None and config.metrics.enabled:
                 # (with each rate-limit rule's refusals: the dashboard shows them per rule)

@@ -56,6 +56,8 @@ class StorePools:
         self.stored_routes: RouteTableSetting | None = None  # None: the config's table is in force
         self.version = -1
         self.listeners: list[Callable[[], None]] = []  # told when the pools or the route table changed
+        # Called with every Snapshot and Event of the store as it is (the live rate-limit rules follow theirs).
+        self.apply_listeners: list[Callable[[Snapshot | Event], None]] = []
         self.route_changes = 0  # route tables taken from the store (tests wait on it)
         self._publishers: dict[str, asyncio.Task[None]] = {}
         self._start_publisher(DEFAULT_POOL, self.default)
@@ -215,8 +217,6 @@ class StorePools:
             self.stored_routes = event.routes
             self.route_changes += 1
             self._settle_pools()
-        elif kind == "rate_limits":  # (the live rate-limit rules follow the default pool's applied items)
-            self.default.apply(event)
 
     def _move(self, address: str, old: str, balancer: StoreBalancer, event: Event) -> None:
         previous = self.balancers.get(old)
@@ -245,6 +245,8 @@ class StorePools:
                 await self.apply_snapshot(item)
             else:
                 self.apply_event(item)
+            for listener in self.apply_listeners:
+                listener(item)
             applied += 1
             if applied % APPLY_BATCH == 0:
                 await asyncio.sleep(0)

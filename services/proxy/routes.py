@@ -37,7 +37,7 @@ are wildcards (its plan is made and kept, up to :data:`CACHED_HOSTS` hosts).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 from shared.config.routing import (
@@ -337,6 +337,12 @@ class RouteTable:
         self._plans: dict[tuple[int, ...], _Plan] = {}
         other = None if self._wild else _Plan([self._any] if self._any is not None else [], unmatched)
         self._hosts = _Hosts(self, {host: self.plan(host) for host in self._exact}, other)
+
+    @property
+    def hosts(self) -> Mapping[bytes, Mapping[bytes, Route | None]]:
+        """Host name -> first segment -> the fast answer (:meth:`match_segment` before its ``deferred``
+        check): what the proxy's C scan looks up itself (``fast.request_route``)."""
+        return self._hosts
 
     @classmethod
     def build(cls, routes: Sequence[RouteSpec], default_pool: str = "") -> RouteTable:

@@ -11,7 +11,9 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from services.proxy.http import fast
 
 # Upper bounds (seconds) of the latency histograms; one more slot counts everything above the last.
 LATENCY_BUCKETS: tuple[float, ...] = (
@@ -36,6 +38,43 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 CLASS_NAMES: tuple[str, ...] = ("error", "1xx", "2xx", "3xx", "4xx", "5xx", "tcp")
 TCP_RELAYED = 6
 WHOLE_SLOTS = len(LATENCY_BUCKETS) + 1  # latency slots per status class in BackendStats.whole
+
+
+class TallyPy:
+    """A backend's (or route's) fast-path counters: the Python twin of ``_fast.Tally`` (``Tally`` below is
+    the one in use). ``counts()[class * WHOLE_SLOTS + bucket]``: responses of a status class whose latency
+    fell in a bucket of LATENCY_BUCKETS."""
+
+    __slots__ = ("_counts", "request_bytes", "response_bytes", "sum")
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(CLASS_NAMES) * WHOLE_SLOTS)
+        self.sum = 0.0
+        self.request_bytes = 0
+        self.response_bytes = 0
+
+    def counts(self) -> list[int]:
+        return list(self._counts)
+
+
+def tally_py(
+    backend: TallyPy, route: TallyPy | None, status: int, latency: float, request_bytes: int, out: bytes
+) -> None:
+    """One fast-path response counted: the Python twin of ``_fast.tally`` (``tally`` below is the one in use)."""
+    slot = (status // 100 if 100 <= status < 600 else 0) * WHOLE_SLOTS + bisect_left(LATENCY_BUCKETS, latency)
+    backend._counts[slot] += 1
+    backend.sum += latency
+    backend.request_bytes += request_bytes
+    backend.response_bytes += len(out)
+    if route is not None:
+        route._counts[slot] += 1
+        route.sum += latency
+
+
+Tally: Callable[[], TallyPy] = TallyPy
+tally: Callable[[Any, Any, int, float, int, bytes], None] = tally_py
+if fast.EXTENSION is not None:
+    Tally, tally = fast.EXTENSION.Tally, fast.EXTENSION.tally
 
 
 def status_class(status: int | None) -> str:
@@ -76,37 +115,49 @@ class BackendStats:
         "classes",
         "connect_errors",
         "duration",
-        "request_bytes",
-        "response_bytes",
         "retries",
         "ttfb",
         "whole",
-        "whole_sum",
     )
 
     def __init__(self) -> None:
         self.classes = [0] * len(CLASS_NAMES)  # finished attempts by status class
         self.connect_errors = 0
         self.retries = 0  # retries after a failure on this backend
-        self.request_bytes = 0  # client bytes (head + body) of requests answered through this backend
-        self.response_bytes = 0  # bytes sent to clients for those requests
         self.duration = Histogram()  # attempt start -> response complete (or failure)
         self.ttfb = Histogram()  # attempt start -> response head from the backend
-        # Responses complete in one read (duration == time to first byte), one counter per status class
-        # and latency bucket: whole[class * WHOLE_SLOTS + bucket]; one increment per response.
-        self.whole = [0] * (len(CLASS_NAMES) * WHOLE_SLOTS)
-        self.whole_sum = 0.0
+        # Responses complete in one read (duration == time to first byte), per status class and latency
+        # bucket, and the bytes of every request (both paths): one ``tally`` call per fast response.
+        self.whole: Any = Tally()
+
+    # Client bytes (head + body) of requests answered through this backend, and bytes sent to clients
+    # for them (kept in ``whole``, where the fast path adds them).
+    @property
+    def request_bytes(self) -> int:
+        return int(self.whole.request_bytes)
+
+    @request_bytes.setter
+    def request_bytes(self, value: int) -> None:
+        self.whole.request_bytes = value
+
+    @property
+    def response_bytes(self) -> int:
+        return int(self.whole.response_bytes)
+
+    @response_bytes.setter
+    def response_bytes(self, value: int) -> None:
+        self.whole.response_bytes = value
 
     def _whole(self) -> Histogram:
         out = Histogram()
-        whole = self.whole
+        whole = self.whole.counts()
         out.counts = [sum(whole[i::WHOLE_SLOTS]) for i in range(WHOLE_SLOTS)]
-        out.sum = self.whole_sum
+        out.sum = float(self.whole.sum)
         return out
 
     def classes_total(self) -> list[int]:
         """Finished attempts by status class, both paths."""
-        whole = self.whole
+        whole = self.whole.counts()
         return [n + sum(whole[c * WHOLE_SLOTS : (c + 1) * WHOLE_SLOTS]) for c, n in enumerate(self.classes)]
 
     def duration_total(self) -> Histogram:

@@ -563,7 +563,7 @@ class StoreBalancer:
 
     @property
     def uses_counts(self) -> bool:
-        """The policy in force reads global in-flight counts, or connection limits do (the refresh reads
+        """The policy in force reads global in-flight counts, or a connection limit does (the refresh reads
         them from Redis)."""
         return self._policy.uses_counts or self.reads_counts
 
@@ -582,7 +582,7 @@ class StoreBalancer:
             for address in self.counts.set_others(others):
                 self.policy.count_changed(address)
         self._refresh_ok = others is not None
-        for listener in self.refresh_listeners:  # (connection limits: the others' counts were read)
+        for listener in self.refresh_listeners:
             listener()
 
     async def publish(self) -> None:

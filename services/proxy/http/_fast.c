@@ -21,7 +21,9 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 
 /* Character classes, one bit each, in a 256-entry table. */
 #define C_TOKEN 0x01   /* RFC 9110 tchar */
@@ -264,6 +266,36 @@ static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_s
 }
 
 /* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
+/* request_route(hosts, data, max_target, max_head) -> (head, host, host_name, path, method, route) | None:
+   request_routed() with the route table's fast lookup done here: ``route`` is
+   ``hosts[host_name][segment]`` (``RouteTable.hosts``: dicts whose __missing__ answers the other hosts
+   and segments), the caller resolving it when it is ``deferred``. One call instead of a method call
+   and two subscripts on the hot path. */
+static PyObject *fast_request_route(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "request_route(hosts, data: bytes, max_target: int, max_head: int)");
+        return NULL;
+    }
+    PyObject *result = fast_request_routed(self, args + 1, 3);
+    if (result == NULL || result == Py_None) return result;
+    PyObject *plan = PyObject_GetItem(args[0], PyTuple_GET_ITEM(result, 2));
+    if (plan == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    PyObject *route = PyObject_GetItem(plan, PyTuple_GET_ITEM(result, 5));
+    Py_DECREF(plan);
+    if (route == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    /* (the tuple is new and ours alone: its last item, the segment, is replaced by the route) */
+    PyObject *segment = PyTuple_GET_ITEM(result, 5);
+    PyTuple_SET_ITEM(result, 5, route);
+    Py_DECREF(segment);
+    return result;
+}
+
 static int response_special(const unsigned char *s, Py_ssize_t n) {
     int special = 0;
     switch (n) {
@@ -378,6 +410,298 @@ static PyObject *fast_response(PyObject *self, PyObject *const *args, Py_ssize_t
     return result;
 }
 
+/* -- the fast path's counters ---------------------------------------------------------------------
+ *
+ *   Tally(): what one backend's (or route's) fast-path responses add up to: responses per status class
+ *       and latency bucket, their latency sum, request and response bytes. C fields, read by /metrics
+ *       at scrape time (``counts()``, ``sum``, ``request_bytes``, ``response_bytes``; the last three
+ *       writable: the general path adds to them too).
+ *   tally(backend, route, status, latency, request_bytes, out) -> None
+ *       One response of the fast path: ``backend`` (a Tally) counts it with its bytes (``len(out)``
+ *       sent), ``route`` (a Tally or None) counts it too. One call instead of a dozen attribute
+ *       updates on the hot path. The buckets are stats.py's LATENCY_BUCKETS (a test holds them equal).
+ */
+#define N_CLASSES 7
+#define N_BOUNDS 15
+#define N_SLOTS (N_BOUNDS + 1)
+static const double bounds[N_BOUNDS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                        0.25,   0.5,   1.0,    2.5,   5.0,  10.0,  30.0};
+
+typedef struct {
+    PyObject_HEAD
+    long long counts[N_CLASSES * N_SLOTS];
+    double sum;
+    long long request_bytes, response_bytes;
+} Tally;
+
+static PyTypeObject TallyType;
+
+static PyObject *tally_counts(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Tally *t = (Tally *)self;
+    PyObject *out = PyList_New(N_CLASSES * N_SLOTS);
+    if (out == NULL) return NULL;
+    for (int i = 0; i < N_CLASSES * N_SLOTS; i++) {
+        PyObject *v = PyLong_FromLongLong(t->counts[i]);
+        if (v == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyList_SET_ITEM(out, i, v);
+    }
+    return out;
+}
+
+static PyMethodDef tally_methods[] = {
+    {"counts", tally_counts, METH_NOARGS, "counts() -> list: responses per class * SLOTS + latency bucket."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef tally_members[] = {
+    {"sum", T_DOUBLE, offsetof(Tally, sum), 0, "latency sum (seconds)"},
+    {"request_bytes", T_LONGLONG, offsetof(Tally, request_bytes), 0, "client bytes of the requests"},
+    {"response_bytes", T_LONGLONG, offsetof(Tally, response_bytes), 0, "bytes sent to clients"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject TallyType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "services.proxy.http._fast.Tally",
+    .tp_basicsize = sizeof(Tally),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A backend's or route's fast-path counters.",
+    .tp_new = PyType_GenericNew,
+    .tp_methods = tally_methods,
+    .tp_members = tally_members,
+};
+
+static inline void tally_add(Tally *t, int slot, double latency) {
+    t->counts[slot]++;
+    t->sum += latency;
+}
+
+static PyObject *fast_tally(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6 || Py_TYPE(args[0]) != &TallyType || (args[1] != Py_None && Py_TYPE(args[1]) != &TallyType) ||
+        !PyLong_Check(args[2]) || !PyFloat_Check(args[3]) || !PyLong_Check(args[4]) || !PyBytes_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "tally(backend: Tally, route: Tally | None, status: int, latency: float, request_bytes: int, "
+                        "out: bytes)");
+        return NULL;
+    }
+    long status = PyLong_AsLong(args[2]);
+    long long in = PyLong_AsLongLong(args[4]);
+    if ((status == -1 || in == -1) && PyErr_Occurred()) return NULL;
+    double latency = PyFloat_AS_DOUBLE(args[3]);
+    int bucket = 0; /* bisect_left: the first bound >= latency (N_BOUNDS: above them all) */
+    while (bucket < N_BOUNDS && bounds[bucket] < latency) bucket++;
+    int klass = status >= 100 && status < 600 ? (int)(status / 100) : 0;
+    int slot = klass * N_SLOTS + bucket;
+    Tally *b = (Tally *)args[0];
+    tally_add(b, slot, latency);
+    b->request_bytes += in;
+    b->response_bytes += PyBytes_GET_SIZE(args[5]);
+    if (args[1] != Py_None) tally_add((Tally *)args[1], slot, latency);
+    Py_RETURN_NONE;
+}
+
+/* -- the rate limiter's hot path (services/proxy/limits/limiter.py) ------------------------------------
+ *
+ *   Entry(): one key's state, the C twin of limiter.EntryPy: the four fields the hot path reads are C
+ *       numbers (count, cap, slope, end), the others Python objects; every field is an attribute.
+ *   admit(limiter, key, now) -> int
+ *       Limiter.admit in C: 0 (admitted, counted) while the key's young entry is armed and under its cap;
+ *       else what the limiter's own ``_deny`` / ``_slow`` answer (called from here). One C call instead
+ *       of a Python method's thirty bytecodes on every limited request.
+ */
+typedef struct {
+    PyObject_HEAD
+    long long count;
+    double cap, slope, end;
+    PyObject *asked;
+    PyObject *claimed;
+    PyObject *extra;
+    PyObject *g;
+    PyObject *gen;
+    PyObject *key;
+    PyObject *mark;
+    PyObject *next_claim;
+    PyObject *pend;
+    PyObject *pmin;
+    PyObject *prev;
+    PyObject *queued;
+    PyObject *want;
+    PyObject *wend;
+    PyObject *win;
+} Entry;
+
+static PyTypeObject EntryType;
+
+static void entry_dealloc(PyObject *self) {
+    Entry *e = (Entry *)self;
+    Py_CLEAR(e->asked);
+    Py_CLEAR(e->claimed);
+    Py_CLEAR(e->extra);
+    Py_CLEAR(e->g);
+    Py_CLEAR(e->gen);
+    Py_CLEAR(e->key);
+    Py_CLEAR(e->mark);
+    Py_CLEAR(e->next_claim);
+    Py_CLEAR(e->pend);
+    Py_CLEAR(e->pmin);
+    Py_CLEAR(e->prev);
+    Py_CLEAR(e->queued);
+    Py_CLEAR(e->want);
+    Py_CLEAR(e->wend);
+    Py_CLEAR(e->win);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyMemberDef entry_members[] = {
+    {"count", T_LONGLONG, offsetof(Entry, count), 0, NULL},
+    {"cap", T_DOUBLE, offsetof(Entry, cap), 0, NULL},
+    {"slope", T_DOUBLE, offsetof(Entry, slope), 0, NULL},
+    {"end", T_DOUBLE, offsetof(Entry, end), 0, NULL},
+    {"asked", T_OBJECT_EX, offsetof(Entry, asked), 0, NULL},
+    {"claimed", T_OBJECT_EX, offsetof(Entry, claimed), 0, NULL},
+    {"extra", T_OBJECT_EX, offsetof(Entry, extra), 0, NULL},
+    {"g", T_OBJECT_EX, offsetof(Entry, g), 0, NULL},
+    {"gen", T_OBJECT_EX, offsetof(Entry, gen), 0, NULL},
+    {"key", T_OBJECT_EX, offsetof(Entry, key), 0, NULL},
+    {"mark", T_OBJECT_EX, offsetof(Entry, mark), 0, NULL},
+    {"next_claim", T_OBJECT_EX, offsetof(Entry, next_claim), 0, NULL},
+    {"pend", T_OBJECT_EX, offsetof(Entry, pend), 0, NULL},
+    {"pmin", T_OBJECT_EX, offsetof(Entry, pmin), 0, NULL},
+    {"prev", T_OBJECT_EX, offsetof(Entry, prev), 0, NULL},
+    {"queued", T_OBJECT_EX, offsetof(Entry, queued), 0, NULL},
+    {"want", T_OBJECT_EX, offsetof(Entry, want), 0, NULL},
+    {"wend", T_OBJECT_EX, offsetof(Entry, wend), 0, NULL},
+    {"win", T_OBJECT_EX, offsetof(Entry, win), 0, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject EntryType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "services.proxy.http._fast.Entry",
+    .tp_basicsize = sizeof(Entry),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The state of one key of one rate-limit rule (see limiter.py).",
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = entry_dealloc,
+    .tp_members = entry_members,
+};
+
+static PyObject *str_young, *str_deny, *str_slow, *zero;
+
+static PyObject *fast_admit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 3 || !PyFloat_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "admit(limiter, key, now: float)");
+        return NULL;
+    }
+    PyObject *young = PyObject_GetAttr(args[0], str_young);
+    if (young == NULL) return NULL;
+    if (!PyDict_Check(young)) {
+        Py_DECREF(young);
+        PyErr_SetString(PyExc_TypeError, "admit: the limiter's _young is not a dict");
+        return NULL;
+    }
+    PyObject *e = PyDict_GetItemWithError(young, args[1]); /* borrowed */
+    Py_DECREF(young); /* (the limiter keeps it, and with it e, alive during this call) */
+    if (e == NULL && PyErr_Occurred()) return NULL;
+    double now = PyFloat_AS_DOUBLE(args[2]);
+    if (e != NULL && Py_TYPE(e) == &EntryType) {
+        Entry *x = (Entry *)e;
+        if (now < x->end) {
+            if ((double)x->count + x->slope * now < x->cap) {
+                x->count++;
+                Py_INCREF(zero);
+                return zero;
+            }
+            return PyObject_CallMethodObjArgs(args[0], str_deny, e, args[2], NULL);
+        }
+    }
+    return PyObject_CallMethodObjArgs(args[0], str_slow, args[1], e != NULL ? e : Py_None, args[2], NULL);
+}
+
+/* -- a new trace per request ------------------------------------------------------------------------
+ *
+ *   trace_head(head, prefix, host, id_prefix, n, via) -> bytes
+ *       The fast path's head with a new sampled trace: ``head + prefix + b"X-Forwarded-Host: " + host +
+ *       b"\r\nX-Request-ID: " + id_prefix + b"-%x" % n + via + TRACE_ID + b"-" + SPAN_ID + b"-01\r\n\r\n"``,
+ *       ``via`` ending with ``traceparent: 00-``; the ids are 128 and 64 random bits in lower-case hex
+ *       (xoshiro256**, seeded from os.urandom at import: trace ids need to be unique, not secret). One
+ *       allocation, instead of a ``%`` format and three calls (about 400 ns) in Python.
+ */
+static uint64_t rng[4];
+
+static inline uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+
+static uint64_t next_random(void) {
+    uint64_t result = rotl(rng[1] * 5, 7) * 9, t = rng[1] << 17;
+    rng[2] ^= rng[0];
+    rng[3] ^= rng[1];
+    rng[1] ^= rng[2];
+    rng[0] ^= rng[3];
+    rng[2] ^= t;
+    rng[3] = rotl(rng[3], 45);
+    return result;
+}
+
+static char *put_hex(char *out, uint64_t v) {
+    static const char digits[] = "0123456789abcdef";
+    for (int k = 60; k >= 0; k -= 4) *out++ = digits[(v >> k) & 15];
+    return out;
+}
+
+static char *put(char *out, PyObject *b) {
+    memcpy(out, PyBytes_AS_STRING(b), (size_t)PyBytes_GET_SIZE(b));
+    return out + PyBytes_GET_SIZE(b);
+}
+
+#define LIT(out, s) (memcpy((out), (s), sizeof(s) - 1), (out) + sizeof(s) - 1)
+
+static PyObject *fast_trace_head(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 6 || !PyBytes_Check(args[0]) || !PyBytes_Check(args[1]) || !PyBytes_Check(args[2]) ||
+        !PyBytes_Check(args[3]) || !PyLong_Check(args[4]) || !PyBytes_Check(args[5])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "trace_head(head: bytes, prefix: bytes, host: bytes, id_prefix: bytes, n: int, via: bytes)");
+        return NULL;
+    }
+    unsigned long long n = PyLong_AsUnsignedLongLong(args[4]);
+    if (n == (unsigned long long)-1 && PyErr_Occurred()) return NULL;
+    char digits[16];
+    int nd = 0;
+    do {
+        digits[nd++] = "0123456789abcdef"[n & 15];
+        n >>= 4;
+    } while (n);
+    static const char xfh[] = "X-Forwarded-Host: ", rid[] = "\r\nX-Request-ID: ", end[] = "-01\r\n\r\n";
+    Py_ssize_t size = PyBytes_GET_SIZE(args[0]) + PyBytes_GET_SIZE(args[1]) + (Py_ssize_t)sizeof(xfh) - 1 +
+                      PyBytes_GET_SIZE(args[2]) + (Py_ssize_t)sizeof(rid) - 1 + PyBytes_GET_SIZE(args[3]) + 1 + nd +
+                      PyBytes_GET_SIZE(args[5]) + 32 + 1 + 16 + (Py_ssize_t)sizeof(end) - 1;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, size);
+    if (result == NULL) return NULL;
+    char *out = PyBytes_AS_STRING(result);
+    out = put(out, args[0]);
+    out = put(out, args[1]);
+    out = LIT(out, xfh);
+    out = put(out, args[2]);
+    out = LIT(out, rid);
+    out = put(out, args[3]);
+    *out++ = '-';
+    while (nd) *out++ = digits[--nd];
+    out = put(out, args[5]);
+    uint64_t hi = next_random(), lo = next_random(), span = next_random();
+    if (!(hi | lo)) lo = 1; /* (all-zero ids are invalid: W3C Trace Context) */
+    if (!span) span = 1;
+    out = put_hex(out, hi);
+    out = put_hex(out, lo);
+    *out++ = '-';
+    out = put_hex(out, span);
+    out = LIT(out, end);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "request(data, max_target, max_head) -> (head, host) | None: one plain request head, whole."},
@@ -385,8 +709,17 @@ static PyMethodDef methods[] = {
      "request_routed(data, max_target, max_head) -> (head, host, host_name, path, method, segment) | None:\n"
      "request() and what routing needs: the Host without its port, lowercased, the target up to its query,\n"
      "the method, and the path's first segment (up to its second '/')."},
+    {"request_route", (PyCFunction)(void (*)(void))fast_request_route, METH_FASTCALL,
+     "request_route(hosts, data, max_target, max_head) -> (head, host, host_name, path, method, route) | None:\n"
+     "request_routed() with route = hosts[host_name][segment] (RouteTable.hosts)."},
     {"response", (PyCFunction)(void (*)(void))fast_response, METH_FASTCALL,
      "response(data, via_end) -> (status, out, missing, body_at) | None: a plain response head."},
+    {"trace_head", (PyCFunction)(void (*)(void))fast_trace_head, METH_FASTCALL,
+     "trace_head(head, prefix, host, id_prefix, n, via) -> bytes: the fast head with a new sampled trace."},
+    {"admit", (PyCFunction)(void (*)(void))fast_admit, METH_FASTCALL,
+     "admit(limiter, key, now) -> int: Limiter.admit (0: admitted; else seconds to wait)."},
+    {"tally", (PyCFunction)(void (*)(void))fast_tally, METH_FASTCALL,
+     "tally(backend, route, status, latency, request_bytes, out) -> None: one fast-path response counted."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -399,5 +732,39 @@ PyMODINIT_FUNC PyInit__fast(void) {
     init_classes();
     for (int k = 0; k < N_METHODS; k++)
         if (methods_seen[k] == NULL && (methods_seen[k] = PyBytes_FromString(names[k])) == NULL) return NULL;
-    return PyModule_Create(&module);
+    if (PyType_Ready(&TallyType) < 0 || PyType_Ready(&EntryType) < 0) return NULL;
+    if ((str_young = PyUnicode_InternFromString("_young")) == NULL ||
+        (str_deny = PyUnicode_InternFromString("_deny")) == NULL ||
+        (str_slow = PyUnicode_InternFromString("_slow")) == NULL || (zero = PyLong_FromLong(0)) == NULL)
+        return NULL;
+    PyObject *os = PyImport_ImportModule("os");
+    PyObject *seed = os != NULL ? PyObject_CallMethod(os, "urandom", "i", (int)sizeof(rng)) : NULL;
+    Py_XDECREF(os);
+    if (seed == NULL) return NULL;
+    memcpy(rng, PyBytes_AS_STRING(seed), sizeof(rng));
+    Py_DECREF(seed);
+    if (!(rng[0] | rng[1] | rng[2] | rng[3])) rng[0] = 1;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    PyObject *b = PyTuple_New(N_BOUNDS);
+    if (b == NULL) goto fail;
+    for (int k = 0; k < N_BOUNDS; k++) PyTuple_SET_ITEM(b, k, PyFloat_FromDouble(bounds[k]));
+    if (PyModule_AddObject(m, "BUCKETS", b) < 0) {
+        Py_DECREF(b);
+        goto fail;
+    }
+    Py_INCREF(&EntryType);
+    if (PyModule_AddObject(m, "Entry", (PyObject *)&EntryType) < 0) {
+        Py_DECREF(&EntryType);
+        goto fail;
+    }
+    Py_INCREF(&TallyType);
+    if (PyModule_AddObject(m, "Tally", (PyObject *)&TallyType) < 0) {
+        Py_DECREF(&TallyType);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }

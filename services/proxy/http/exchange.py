@@ -23,14 +23,13 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from binascii import hexlify as _hexlify
-from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from services.proxy.attempts import Attempts
 from services.proxy.balancer import StaticRoundRobin, Upstream
 from services.proxy.flow import PEER_FULL, QUEUED
+from services.proxy.http import fast
 from services.proxy.http.errors import error_response
 from services.proxy.http.fast import host_name
 from services.proxy.http.headers import (
@@ -59,7 +58,8 @@ from services.proxy.observability.access_log import iso_time
 from services.proxy.observability.tracing import TraceContext, continue_or_start, from_header
 from services.proxy.proxy_protocol import forwarded_client
 from services.proxy.routes import Route
-from services.proxy.stats import LATENCY_BUCKETS, WHOLE_SLOTS, BackendStats
+from services.proxy.stats import BackendStats
+from services.proxy.stats import tally as _tally
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
@@ -70,12 +70,11 @@ log = get_logger("proxy.http")
 
 _clock = time.perf_counter  # loop.time() is in whole milliseconds under uvloop: too coarse for latencies
 _ids = REQUEST_IDS
+_trace_head = fast.trace_head
 _NO_BACKENDS = StaticRoundRobin([])
 _id_prefix = REQUEST_ID_PREFIX
 _bits = random.Random().getrandbits
 _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
-# BackendStats.whole's first slot for a status (a fast-path status is 200-599): one index, no division.
-_CLASS_SLOT = [s // 100 * WHOLE_SLOTS for s in range(600)]
 
 
 _NO_IDLE: dict[str, list[UpstreamConnection]] = {}
@@ -119,6 +118,7 @@ class Exchange(Attempts):
         "rid",
         "route",
         "route_stats",
+        "route_tally",
         "t0",
         "trace",
         "traceparent",
@@ -144,6 +144,7 @@ class Exchange(Attempts):
         self.rid = b"-"
         self.route: Route | None = None  # with routes: the current request's (its pool is ``balancer``)
         self.route_stats: BackendStats | None = None  # ... and its counters (None: no routes)
+        self.route_tally: Any = None  # ... their fast-path part (route_stats.whole)
         # The response may take the fast path (HTTP/1.1 client, no upgrade, not HEAD, no body left to
         # send): True between requests, so a plain request does not set it.
         self.fast = True
@@ -172,7 +173,7 @@ class Exchange(Attempts):
 
     # -- starting a request --------------------------------------------------------------------
 
-    def start_fast(self, plain: tuple[bytes, ...], size: int) -> bool:
+    def start_fast(self, plain: tuple[Any, ...], size: int) -> bool:
         """A plain request (``ctx.fast_scan``): its head without the blank line and its Host (with routes,
         also the Host's name, the path and the method); no body. False: not taken (with routes: no route
         matched, or the route rewrites the request): the general path has it from the start.
@@ -188,12 +189,13 @@ class Exchange(Attempts):
             head, host = plain
             balancer = self.balancer
         else:
-            head, host, name, path, method, segment = plain
-            route = routes.match_segment(name, segment, path, method, head)
+            head, host, name, path, method, route = plain
+            if route is not None and route.deferred:  # a condition to check, or a longer prefix to try
+                route = route.resolve(routes, name, path, method, head)
             fast_route = ctx.fast_routes[route]
             if fast_route is None:  # no route (404), or one that rewrites the request
                 return False
-            balancer, self.route_stats = fast_route
+            balancer, self.route_stats, self.route_tally = fast_route
             self.balancer = balancer
         conn = self.conn
         ctx.stats.requests += 1
@@ -204,13 +206,9 @@ class Exchange(Attempts):
             wait = simple.admit(conn.client_ip, ctx.loop.time()) if simple is not None else -1
             if wait and self._limited(gate, wait, head, route if routes is not None else None, conn.client_ip):
                 return True
-        trace = ctx.trace_new
-        if trace is not None:  # a new sampled trace per request (tracing.propagate, the default)
-            # New trace and span ids: 24 random bytes in hex, a dash after the first 16 (two C calls, about
-            # 180 ns; formatting two big integers as %032x and %016x took 450 ns more). An all-zero id
-            # (forbidden by W3C Trace Context) has a chance of 2**-64 per request: left to chance.
-            ids = _hexlify(_bits(192).to_bytes(24, "little"), b"-", -16)
-            out = self.head_out = trace % (head, conn.prefix, host, _id_prefix, next(_ids), ids)
+        via = ctx.trace_new
+        if via is not None:  # a new sampled trace per request (tracing.propagate, the default): one C call
+            out = self.head_out = _trace_head(head, conn.prefix, host, _id_prefix, next(_ids), via)
         else:
             out = self.head_out = self._fast_head(head, host)
         conn.deadline = ctx.response_at
@@ -282,11 +280,12 @@ class Exchange(Attempts):
             route = self.route = ctx.routes.match(
                 host_name(req.host or b""), req.target.partition(b"?")[0], req.method, raw
             )
-            self.route_stats = None
+            self.route_stats = self.route_tally = None
             if route is not None:
                 # (a route naming a pool this proxy has no balancer for yet answers 503: no backends)
                 self.balancer = ctx.pools.get(route.pool) or _NO_BACKENDS
-                self.route_stats = ctx.stats.route(route)
+                rs = self.route_stats = ctx.stats.route(route)
+                self.route_tally = rs.whole
         self.open = True
         self.req = req
         self.fast = req.minor == 1 and not req.upgrade and req.method != b"HEAD" and not req.has_body
@@ -623,17 +622,8 @@ class Exchange(Attempts):
         upstream = self.upstream
         self.upstream = None
         self.balancer.finished(upstream, status < 500, latency)  # type: ignore[arg-type]
-        if ctx.metrics_on:
-            bs = up.stats
-            slot = _CLASS_SLOT[status] + bisect_left(LATENCY_BUCKETS, latency)
-            bs.whole[slot] += 1
-            bs.whole_sum += latency
-            bs.request_bytes += self.bytes_in
-            bs.response_bytes += len(out)
-            rs = self.route_stats
-            if rs is not None:
-                rs.whole[slot] += 1
-                rs.whole_sum += latency
+        if ctx.metrics_on:  # one C call: the backend's and the route's counters (stats.tally)
+            _tally(up.tally, self.route_tally, status, latency, self.bytes_in, out)
         if self.open:  # a span or log line, or the general path ran (its start, a retry)
             if ctx.observe_each:
                 self._observe_fast(up, status, latency, len(out))

@@ -22,9 +22,12 @@ same answer and that whatever they accept the general path accepts with the same
 from __future__ import annotations
 
 import os
+import random
 import re
+from binascii import hexlify
 from collections.abc import Callable
 from functools import lru_cache
+from typing import Any
 
 from services.proxy.http.parser import _HOST, _TOKEN, _VCHAR
 
@@ -91,6 +94,16 @@ def request_routed_py(data: bytes, max_target: int, max_head: int) -> Routed | N
     return head, host, host_name(host), path, head[:sp], path[:second] if second > 0 else path
 
 
+def request_route_py(hosts: Any, data: bytes, max_target: int, max_head: int) -> tuple[Any, ...] | None:
+    """``request_routed_py`` with the route table's fast lookup: (head, host, host name, path, method,
+    ``hosts[host name][segment]``) (``hosts``: ``RouteTable.hosts``)."""
+    routed = request_routed_py(data, max_target, max_head)
+    if routed is None:
+        return None
+    head, host, name, path, method, segment = routed
+    return head, host, name, path, method, hosts[name][segment]
+
+
 # -- responses -------------------------------------------------------------------------------------
 
 # The general path relays a plain response's field lines as received (whitespace and all), so the
@@ -149,12 +162,37 @@ def response_py(data: bytes, via_end: bytes) -> tuple[int, bytes, int, int] | No
     return int(status), stripped + via_end + body[:length], missing, 0
 
 
+# -- a new trace per request ---------------------------------------------------------------------------
+
+_bits = random.Random().getrandbits
+
+
+def trace_head_py(head: bytes, prefix: bytes, host: bytes, id_prefix: bytes, n: int, via: bytes) -> bytes:
+    """The fast path's head with a new sampled trace (``headers.FAST_HEAD_NEW_TRACE``; ``via`` is
+    ``headers.FAST_TRACE_VIA``): new trace and span ids, 24 random bytes in hex with a dash after the first
+    16. An all-zero id (forbidden by W3C Trace Context) has a chance of 2**-64 per request: left to chance
+    here; the C twin avoids it."""
+    ids = hexlify(_bits(192).to_bytes(24, "little"), b"-", -16)
+    return b"%s%sX-Forwarded-Host: %s\r\nX-Request-ID: %s-%x%s%s-01\r\n\r\n" % (
+        head,
+        prefix,
+        host,
+        id_prefix,
+        n,
+        via,
+        ids,
+    )
+
+
 # -- the implementation in use ---------------------------------------------------------------------
 
 request: Callable[[bytes, int, int], tuple[bytes, bytes] | None] = request_py
 request_routed: Callable[[bytes, int, int], Routed | None] = request_routed_py
+request_route: Callable[[Any, bytes, int, int], tuple[Any, ...] | None] = request_route_py
 response: Callable[[bytes, bytes], tuple[int, bytes, int, int] | None] = response_py
+trace_head: Callable[[bytes, bytes, bytes, bytes, int, bytes], bytes] = trace_head_py
 COMPILED = False
+EXTENSION: Any = None  # the C module when in use (services.proxy.stats takes its Tally from it)
 if os.environ.get("GOBALANCER_PURE_PYTHON", "") not in ("1", "true", "yes"):
     try:
         from services.proxy.http import _fast  # type: ignore[attr-defined]
@@ -162,4 +200,6 @@ if os.environ.get("GOBALANCER_PURE_PYTHON", "") not in ("1", "true", "yes"):
         pass
     else:
         request, request_routed, response = _fast.request, _fast.request_routed, _fast.response
+        request_route, trace_head = _fast.request_route, _fast.trace_head
+        EXTENSION = _fast
         COMPILED = True

@@ -137,6 +137,9 @@ FAST_SUFFIX_TRACE = _FAST_LINES + b"traceparent: %s\r\n\r\n"
 FAST_HEAD_NEW_TRACE = (
     b"%s%sX-Forwarded-Host: %s\r\nX-Request-ID: %s-%x\r\nVia: " + VIA + b"\r\ntraceparent: 00-%s-01\r\n\r\n"
 )
+# What ``fast.trace_head`` writes between the request id and the new trace's ids (its ``via`` argument):
+# FAST_HEAD_NEW_TRACE is ``...%x`` + this + ``%s-01\r\n\r\n``.
+FAST_TRACE_VIA = b"\r\nVia: " + VIA + b"\r\ntraceparent: 00-"
 
 
 # Response field lines removed on the fast path (one regex substitution over the raw block).

@@ -60,6 +60,7 @@ class UpstreamConnection(asyncio.Protocol):
         "idle_since",
         "reading",
         "stats",
+        "tally",
         "transport",
         "upstream",
     )
@@ -70,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.address = upstream.address
         # This backend's counters (a detached, never-read set when metrics are off: nothing is counted).
         self.stats = ctx.stats.backend(upstream.address) if ctx.metrics_on else BackendStats()
+        self.tally = self.stats.whole  # (what the fast path counts into: stats.tally)
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.ex: Exchange | None = None
         self.closed = False

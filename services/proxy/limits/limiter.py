@@ -82,8 +82,11 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
+
+from services.proxy.http import fast
 
 # After an outage, keys stay on the fallback share (and ask for no grant) until the window this much later
 # has ended: the other replicas retry up to a second apart, and their outage admissions must be in Redis
@@ -97,7 +100,10 @@ _DISARMED = -math.inf
 
 
 class Entry:
-    """The state of one key of one rule (see the module docstring)."""
+    """The state of one key of one rule (see the module docstring). With the C extension built, entries are
+    ``_fast.Entry`` (:data:`_ENTRY`: the same attributes, the hot path's four held as C numbers) and
+    :meth:`Limiter.admit` is ``_fast.admit``, its C twin; this class and ``Limiter.admit_py`` are the
+    reference and the fallback (tests/unit/proxy/limits holds them to the same answers)."""
 
     __slots__ = (
         "asked",  # requests refused since the last sync, plus admissions of windows ended since then
@@ -142,6 +148,11 @@ class Entry:
     win: int
 
 
+# What _new makes: the C entry when the extension is built (typed as Entry: the same attributes).
+_ENTRY: type[Entry] = fast.EXTENSION.Entry if fast.EXTENSION is not None else Entry
+_ADMIT: Callable[[Limiter, str, float], int] | None = fast.EXTENSION.admit if fast.EXTENSION is not None else None
+
+
 @dataclass(slots=True)
 class Pushed:
     """One key of a sync batch."""
@@ -179,7 +190,9 @@ class Limiter:
         fail_closed: bool = False,
         offset: float = 0.0,
         rng: random.Random | None = None,
+        compiled: bool = True,
     ) -> None:
+        """``compiled`` False: the Python reference (Entry, admit_py) even where the C twin is built."""
         if limit < 1 or window <= 0 or burst < 0 or max_keys < 2:
             raise ValueError("limit >= 1, window > 0, burst >= 0 and max_keys >= 2 are required")
         self.name = name
@@ -191,6 +204,12 @@ class Limiter:
         self.fail_closed = fail_closed
         self.offset = offset
         self._rng = rng or random.Random()
+        # The hot path: 0 (admitted) or the seconds to wait; ``_fast.admit`` bound to this limiter when
+        # built, else admit_py (an attribute: one call from the proxy either way).
+        self.admit: Callable[[str, float], int] = self.admit_py
+        self._entry = Entry
+        if compiled and _ADMIT is not None:
+            self.admit, self._entry = partial(_ADMIT, self), _ENTRY
         self._young: dict[str, Entry] = {}
         self._old: dict[str, Entry] = {}
         self._gen = 0
@@ -205,7 +224,7 @@ class Limiter:
 
     # -- the hot path ----------------------------------------------------------------------------
 
-    def admit(self, key: str, now: float) -> int:
+    def admit_py(self, key: str, now: float) -> int:
         """0: admit (and count) the request of ``key``; else refuse it: the seconds to wait (Retry-After)."""
         e = self._young.get(key)
         if e is not None and now < e.end:
@@ -260,7 +279,7 @@ class Limiter:
         return win, (win + 1) * w - self.offset
 
     def _new(self, key: str, now: float) -> Entry:
-        e = Entry()
+        e = self._entry()
         e.key = key
         e.win, e.wend = self._window_of(now)
         e.end = _DISARMED

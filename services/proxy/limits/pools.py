@@ -270,9 +270,10 @@ def limit_pools(
     """The default pool's balancer and the named pools', each wrapped when it has connection limits; and
     the wrappers (metrics, close)."""
     wrapped: list[LimitedBalancer] = []
+    configs = config.pool_configs()
 
     def wrap(name: str, inner: Balancer) -> Balancer:
-        found = connection_limits(config.pool_configs()[name])
+        found = connection_limits(configs[name]) if name in configs else None  # (limits are the config's)
         if found is None:
             return inner
         limited = LimitedBalancer(inner, found[0], found[1], name=name)
@@ -280,6 +281,4 @@ def limit_pools(
         return limited
 
     default = wrap("default", balancer)
-    configured = config.pool_configs()  # (a pool only the store knows has no connection limits)
-    named = {name: wrap(name, b) if name in configured else b for name, b in pools.items() if name != "default"}
-    return default, named, wrapped
+    return default, {name: wrap(name, b) for name, b in pools.items()}, wrapped

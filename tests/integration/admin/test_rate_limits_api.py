@@ -104,3 +104,18 @@ async def test_writes_need_the_token_when_one_is_set(redis_url: str, namespace: 
         )
         assert ok.status_code == 200
     await asyncio.sleep(0)
+
+
+async def test_a_rule_may_apply_to_a_pool_or_route_that_lives_in_the_store(client: Client, store: Store) -> None:
+    from shared.config import RouteConfig
+    from shared.models import PoolSetting, RouteTableSetting
+
+    rules = {"rules": [{"name": "p", "rate": "1/s", "applies_to": "pool:api"}]}
+    assert (await client.put("/rate-limits", json=rules)).status_code == 400  # (no such pool yet)
+    await store.set_pool(PoolSetting(name="api"), mode="create")
+    r = await client.put("/rate-limits", json=rules)
+    assert r.status_code == 200, r.text
+    # A stored route table replaces the config's: its routes are the ones a rule may name.
+    await store.set_routes(RouteTableSetting(routes=[RouteConfig(name="to-api", pool="api")]))
+    r = await client.put("/rate-limits", json={"rules": [{"name": "r", "rate": "1/s", "applies_to": "route:to-api"}]})
+    assert r.status_code == 200, r.text

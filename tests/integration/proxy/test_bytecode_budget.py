@@ -1,4 +1,6 @@
-"""The hot path's budget: a plain keep-alive GET costs at most 400 Python bytecodes in the proxy.
+"""The hot path's budget: a plain keep-alive GET costs at most 360 Python bytecodes in the proxy (issue
+16 asked for 400; 345 today: the budget keeps the C counters' and route lookup's gain), routing over 100
+routes at most 30 more (issue 20: 60; 22 today), one rate-limit rule at most 30 more (21 today).
 
 Bytecodes do not vary from run to run (unlike req/s on a shared machine), so the budget is a test:
 a change that pushes the common path over it fails here, with the functions that cost the most.
@@ -17,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from bench.bytecodes import count_bytecodes
-from bench.proxy import gobalancer_conf, routed_conf
+from bench.proxy import gobalancer_conf, limited_conf, routed_conf
 from shared.redis_server import free_port
 
-BUDGET = 400
+BUDGET = 360
 BODY = b"x" * 100
 REQUESTS = 4000  # as bench bytecodes: background work (sweeps) and connection set-up amortised alike
 CONNECTIONS = 20
@@ -72,18 +74,26 @@ def test_a_plain_keep_alive_get_stays_within_the_budget(tmp_path: Path, nginx_li
     print(f"{per_request:.1f} bytecodes per request: {top}")
 
 
-ROUTING_BUDGET = 60  # issue 20: routing by host and path costs at most this many bytecodes per request
+# What routing by host and path (100 routes, 20 pools) and one rate-limit rule on the client's address may
+# add per request (issues 20 and 21 asked for routing <= 60; both are about 21 today).
+EXTRA_BUDGETS = {"routed": 30, "limited": 30}
+CONFS = {"routed": routed_conf, "limited": limited_conf}
 
 
-def test_routing_over_100_routes_costs_at_most_60_bytecodes_more(tmp_path: Path, nginx_like_backend: int) -> None:
+@pytest.mark.parametrize("variant", ["routed", "limited"])
+def test_routing_and_a_rate_limit_rule_cost_at_most_30_bytecodes_more(
+    tmp_path: Path, nginx_like_backend: int, variant: str
+) -> None:
     """The same requests through 100 routes to 20 pools (``bench.proxy.routed_conf``: exact and wildcard
-    hosts, prefixes of several lengths; the requests match a host with deeper prefixes too)."""
+    hosts, prefixes of several lengths; the requests match a host with deeper prefixes too), or with one
+    rate-limit rule on ``client_ip`` that they stay under (``bench.proxy.limited_conf``)."""
     per_request = {}
-    for name, conf in (("plain", gobalancer_conf), ("routed", routed_conf)):
+    for name, conf in (("plain", gobalancer_conf), (variant, CONFS[variant])):
         port = free_port()
         config = tmp_path / f"{name}.yaml"
         config.write_text(conf(port, [nginx_like_backend]))
         counts = count_bytecodes(config, port, tmp_path / f"{name}.json", REQUESTS, CONNECTIONS, len(BODY))
         per_request[name] = sum(counts.values()) / REQUESTS
-    extra = per_request["routed"] - per_request["plain"]
-    assert 10 < extra <= ROUTING_BUDGET, f"routing costs {extra:.1f} bytecodes per request (budget {ROUTING_BUDGET})"
+    extra = per_request[variant] - per_request["plain"]
+    budget = EXTRA_BUDGETS[variant]
+    assert 5 < extra <= budget, f"{variant} costs {extra:.1f} bytecodes per request (budget {budget})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator
 
@@ -167,3 +168,33 @@ async def test_a_route_table_swapped_under_load_fails_no_request(
         assert len(answers) > 200
         assert {status for status, _ in answers} == {200}
         assert {backend for _, backend in answers} == {"web", "api"}
+
+
+def serve_table(replicas: list[StorePools], table: RouteTableSetting) -> bool:
+    return all(p.routes == table.routes for p in replicas)
+
+
+async def test_a_route_table_reaches_every_replica_within_100_ms_at_p99(
+    redis_url: str, namespace: str, store: Store, backends: Backends
+) -> None:
+    """Three proxy replicas (each its own store connection and watch), 40 route tables written one after the
+    other: the time from the write to the last replica switching tables, p99 <= 100 ms."""
+    await two_pools(store, backends)
+    config = config_for(redis_url, namespace)
+    async with contextlib.AsyncExitStack() as stack:
+        replicas = []
+        for _ in range(3):
+            own = Store.from_url(redis_url, namespace)
+            stack.push_async_callback(own.close)
+            replicas.append(await stack.enter_async_context(open_store_pools(config, own)))
+        delays = []
+        for i in range(40):
+            table = TABLE if i % 2 else RouteTableSetting(routes=[RouteConfig(name=f"r{i}", pool="api")])
+            started = time.monotonic()
+            await store.set_routes(table)
+            await eventually(functools.partial(serve_table, replicas, table), interval=0.001)
+            delays.append(time.monotonic() - started)
+        delays.sort()
+        p99 = delays[int(len(delays) * 0.99) - 1]
+        print(f"route table to 3 replicas: p50 {delays[len(delays) // 2] * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms")
+        assert p99 <= 0.1, delays

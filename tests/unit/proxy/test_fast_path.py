@@ -15,14 +15,18 @@ and on random mutations of it, they give the same answer.
 from __future__ import annotations
 
 import os
+import re
+from bisect import bisect_left
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from services.proxy import stats
 from services.proxy.http import fast
-from services.proxy.http.headers import FAST_HEAD_NEW_TRACE, client_response_head, upstream_request_head
+from services.proxy.http.headers import FAST_HEAD_NEW_TRACE, FAST_TRACE_VIA, client_response_head, upstream_request_head
 from services.proxy.http.parser import HttpError, parse_request_head, parse_response_head
 from services.proxy.http.upstream import VIA_CLOSE_END, VIA_END
 from tests.conftest import in_ci
@@ -36,9 +40,11 @@ try:
     from services.proxy.http import _fast  # type: ignore[attr-defined]
 
     REQUESTS: dict[str, RequestFn] = {"python": fast.request_py, "c": _fast.request}
+    TRACE_HEADS: dict[str, Callable[..., bytes]] = {"python": fast.trace_head_py, "c": _fast.trace_head}
     RESPONSES: dict[str, ResponseFn] = {"python": fast.response_py, "c": _fast.response}
 except ImportError:  # not built: only where no C compiler is (never in CI, see below)
     REQUESTS, RESPONSES = {"python": fast.request_py}, {"python": fast.response_py}
+    TRACE_HEADS = {"python": fast.trace_head_py}
 
 
 def test_the_compiled_fast_path_is_built_and_in_use() -> None:
@@ -120,12 +126,20 @@ def test_a_fast_request_is_a_valid_request_and_is_forwarded_the_same(impl: str, 
     assert req.minor == 1 and req.keep_alive and not req.has_body and not req.upgrade
     assert req.method != b"HEAD" and req.host == host and not req.host_rewritten
     assert req.request_id is None and req.traceparent is None and req.target.startswith(b"/")
-    ids = b"%032x-%016x" % (7, 9)
     prefix = b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: http\r\n"
-    fast = FAST_HEAD_NEW_TRACE % (head, prefix, host, b"abc", 42, ids)
+    out = TRACE_HEADS[impl](head, prefix, host, b"abc", 42, FAST_TRACE_VIA)
+    ids = out[-56:-7]  # (the new trace and span ids before "-01\r\n\r\n")
+    assert re.fullmatch(rb"[0-9a-f]{32}-[0-9a-f]{16}", ids) and out == FAST_HEAD_NEW_TRACE % (
+        head,
+        prefix,
+        host,
+        b"abc",
+        42,
+        ids,
+    )
     traceparent = b"00-" + ids + b"-01"
     general = upstream_request_head(req, "10.0.0.1", b"http", b"abc-2a", b"", False, traceparent, False)
-    assert fast == general
+    assert out == general
 
 
 @pytest.mark.parametrize("impl", REQUESTS)
@@ -306,3 +320,66 @@ def test_every_prefixed_special_name_is_declined_whatever_its_length(impl: str) 
                 assert RESPONSES[impl](resp, VIA_END) is None, name
     control = b"GET / HTTP/1.1\r\nHost: h\r\nProxyx: v\r\n\r\n"
     assert REQUESTS[impl](control, 64, 8192) is not None
+
+
+# -- the fast path's counters (stats.tally) ----------------------------------------------------------
+
+TALLIES: dict[str, tuple[Callable[[], Any], Callable[..., None]]] = {"python": (stats.TallyPy, stats.tally_py)}
+if len(REQUESTS) == 2:
+    TALLIES["c"] = (_fast.Tally, _fast.tally)
+
+
+def test_the_counters_in_use_are_the_compiled_ones_when_built() -> None:
+    assert (stats.Tally, stats.tally) == TALLIES["c" if fast.COMPILED else "python"]
+    if "c" in TALLIES:
+        assert _fast.BUCKETS == stats.LATENCY_BUCKETS  # the C buckets are the histograms' bounds
+
+
+RESPONSES_COUNTED = st.lists(
+    st.tuples(
+        st.integers(100, 599) | st.sampled_from([0, 99, 600, 999]),
+        st.floats(0.0, 100.0) | st.sampled_from(list(stats.LATENCY_BUCKETS)),
+        st.integers(0, 10**6),
+        st.binary(max_size=64),
+        st.booleans(),
+    ),
+    max_size=50,
+)
+
+
+@given(RESPONSES_COUNTED)
+def test_the_c_and_python_counters_agree(responses: list[tuple[int, float, int, bytes, bool]]) -> None:
+    seen = {}
+    for impl, (make, tally) in TALLIES.items():
+        backend, route = make(), make()
+        for status, latency, size, out, routed in responses:
+            tally(backend, route if routed else None, status, latency, size, out)
+        seen[impl] = [(t.counts(), t.sum, t.request_bytes, t.response_bytes) for t in (backend, route)]
+    expected = [0] * (len(stats.CLASS_NAMES) * stats.WHOLE_SLOTS)
+    for status, latency, *_ in responses:
+        expected[
+            stats.CLASS_NAMES.index(stats.status_class(status)) * stats.WHOLE_SLOTS
+            + bisect_left(stats.LATENCY_BUCKETS, latency)
+        ] += 1
+    assert seen["python"][0][0] == expected
+    assert seen["python"][0][2:] == (sum(r[2] for r in responses), sum(len(r[3]) for r in responses))
+    for impl in TALLIES:
+        assert seen[impl] == seen["python"], impl
+
+
+def test_the_counters_refuse_what_they_cannot_count() -> None:
+    for make, tally in TALLIES.values():
+        with pytest.raises((TypeError, AttributeError)):
+            tally(None, None, 200, 0.1, 1, b"")
+        if make is not stats.TallyPy:
+            with pytest.raises(TypeError):
+                tally(make(), None, 200, "0.1", 1, b"")
+
+
+def test_new_trace_ids_are_random_and_never_zero() -> None:
+    for make in TRACE_HEADS.values():
+        seen = {make(b"GET / HTTP/1.1\r\nHost: a", b"\r\n", b"a", b"p", 1, FAST_TRACE_VIA)[-56:-7] for _ in range(1000)}
+        assert len(seen) == 1000
+        assert not any(i.startswith(b"0" * 32) or i.endswith(b"0" * 16) for i in seen)
+    with pytest.raises(TypeError):
+        TRACE_HEADS[max(TRACE_HEADS)](b"", b"", b"", b"", "1", b"")
