@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from services.discovery.seeding import DesiredSettings
 from shared.models import Backend
 
 
@@ -19,15 +20,18 @@ class Desired:
 
     def __init__(self) -> None:
         self.value: dict[str, Backend] | None = None
+        self.settings: DesiredSettings | None = None  # the source's pools and routes (None: it has none)
         self.generation = 0
         self.changed = asyncio.Event()
 
-    def publish(self, backends: Mapping[str, Backend]) -> bool:
-        """Replace the set; True (and waiters woken) when it differs from the current one."""
+    def publish(self, backends: Mapping[str, Backend], settings: DesiredSettings | None = None) -> bool:
+        """Replace the set (and the source's settings); True (and waiters woken) when either differs."""
         new = dict(backends)
-        if self.value == new:  # Backend Structs compare field by field (sources set no timestamps)
+        # Backend Structs compare field by field (sources set no timestamps)
+        if self.value == new and self.settings == settings:
             return False
         self.value = new
+        self.settings = settings
         self.generation += 1
         self.changed.set()
         return True

@@ -17,6 +17,7 @@ import time
 
 from services.discovery import reconcile
 from services.discovery.desired import Desired
+from services.discovery.seeding import Seeder
 from shared.aio import cancel_and_wait
 from shared.logs import get_logger
 from shared.models import Origin
@@ -37,8 +38,10 @@ class Leader:
         fields: tuple[str, ...],
         holder: str,
         ttl: float,
+        seeder: Seeder | None = None,
     ) -> None:
         self.store = store
+        self.seeder = seeder  # pools and routes, written before the backends (which name the pools)
         self.desired = desired
         self.origin: Origin = origin
         self.fields = fields
@@ -89,6 +92,8 @@ class Leader:
         # A reconcile of thousands of backends outlasts the lease: it is renewed meanwhile.
         keeper = asyncio.create_task(self._keep_lease())
         try:
+            if self.seeder is not None:
+                await self.seeder.apply(self.store, self.desired.settings, lease)
             await reconcile.apply(self.store, self.desired.value, self.origin, self.fields, lease, outcome)
         except Fenced:
             self.errors += 1

@@ -15,7 +15,9 @@ import sys
 from services.discovery.desired import Desired
 from services.discovery.leader import Leader
 from services.discovery.metrics import DiscoveryMetrics, registry_for
+from services.discovery.seeding import Seeder
 from services.discovery.sources import make_source
+from services.discovery.sources.static import StaticSource
 from shared.aio import cancel_and_wait
 from shared.config import Config
 from shared.gc_tuning import tune_gc
@@ -42,6 +44,9 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
     store = open_store(config)
     replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     desired = Desired()
+    seeder = Seeder(config)
+    if isinstance(source, StaticSource):
+        source.seeder = seeder  # a reloaded file's new pools are seeded too
     leader = Leader(
         store,
         desired,
@@ -49,6 +54,7 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
         fields=source.fields,
         holder=replica.id,
         ttl=float(config.discovery.lease_ttl_sec),
+        seeder=seeder,
     )
     metrics = DiscoveryMetrics(source.origin, leader=leader, source_running=lambda: not source_task.done())
     log.info("discovery starting", source=config.discovery.type, replica=replica.id)

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from services.discovery.leader import Leader
+from services.discovery.seeding import DesiredSettings
 from services.discovery.sources import Publish
 from shared.models import Backend
 
@@ -47,11 +48,11 @@ class DiscoveryMetrics(Collector):
     # -- hooks -------------------------------------------------------------------------------
 
     def wrap_publish(self, publish: Publish) -> Publish:
-        def published(backends: Mapping[str, Backend]) -> object:
+        def published(backends: Mapping[str, Backend], settings: DesiredSettings | None = None) -> object:
             self.publishes += 1
             self.last_publish = time.time()
             self.desired = len(backends)
-            return publish(backends)
+            return publish(backends, settings)
 
         return published
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from shared.logs import get_logger
-from shared.models import Backend, Origin
+from shared.models import Backend, BackendOverride, Origin
 from shared.store import BackendDenied, BackendNotFound, Lease, OriginMismatch, Store
 
 log = get_logger("discovery.reconcile")
@@ -50,12 +50,20 @@ def plan(
             out.upserts.append(want)
         elif have.origin != origin:
             out.conflicts.append(address)
-        elif any(have.source_value(f) != getattr(want, f) for f in fields):
+        elif any(_source_value(have, f) != getattr(want, f) for f in fields):
             out.upserts.append(want)
     for address in sorted(current):
         if current[address].origin == origin and address not in desired:
             out.removals.append(address)
     return out
+
+
+_OVERRIDABLE = frozenset(BackendOverride.__struct_fields__)
+
+
+def _source_value(backend: Backend, field: str) -> object:
+    """What the source last wrote for ``field``; a field an operator cannot override (``pool``) is the record's."""
+    return backend.source_value(field) if field in _OVERRIDABLE else getattr(backend, field)
 
 
 @dataclass

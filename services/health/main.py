@@ -32,7 +32,8 @@ async def run(config: Config, stop: asyncio.Event) -> None:
         # The checker's series live in the default registry (services/health/metrics.py).
         async with metrics_server(config.metrics.health_listen_address, REGISTRY) as bound:
             replica.info.metrics = bound
-            await HealthService(store, config.health_check, replica.id).run(stop)
+            pools = {name: pool.health_check for name, pool in config.pools.items()}
+            await HealthService(store, config.health_check, replica.id, pools=pools).run(stop)
     finally:
         await cancel_and_wait([heartbeat])
         await replica.deregister()

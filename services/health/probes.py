@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from services.health.http_check import ResponseCheck, build_request
 from services.health.state import Verdict
 from shared.addresses import parse_address
-from shared.config import HealthCheckConfig, parse_status_ranges
+from shared.config import ProbeConfig, parse_status_ranges
 
 _LINGER_RESET = struct.pack("ii", 1, 0)
 CONNECTED = Verdict(True, "connected")
@@ -111,7 +111,7 @@ class _HttpProbe(asyncio.Protocol):
 class Prober:
     """Runs one probe of the configured type against a :class:`ProbeTarget`; never raises."""
 
-    def __init__(self, config: HealthCheckConfig) -> None:
+    def __init__(self, config: ProbeConfig) -> None:
         self.type = config.type
         self.timeout = float(config.timeout_sec)
         self.method = config.method

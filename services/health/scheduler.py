@@ -7,6 +7,13 @@ Each task sleeps until its next due time (``state.Schedule``), takes a slot of t
 ``ProbeState``. A hung backend therefore holds at most one slot for ``timeout_sec`` and delays no one
 else's timer.
 
+Pools: each backend is probed with its pool's health check (``PoolProbe``): the pool's stored
+``PoolSetting.health_check``, else the configuration's ``pools.NAME.health_check``, else the top-level
+``health_check``. The stored pools are followed with the backends (``pool_set`` / ``pool_removed``
+events): when a pool's check changes, its backends' probe tasks are replaced (each resumes from its
+stored status, as on a takeover), the other pools' are untouched. The probe semaphore
+(``concurrency``) is shared by all pools.
+
 Writes: only when the decided status differs from what the store holds (``Target.written``, kept
 in step with the watched snapshot and health events). A passive (outlier) ejection is never cleared
 here: it ends at its own time, whatever the probes say. A failed write (Redis away) is retried after the next probe; a
@@ -19,15 +26,15 @@ import asyncio
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from services.health import metrics
 from services.health.probes import Prober, ProbeTarget
 from services.health.state import ProbeState, Schedule, Verdict
 from shared.aio import cancel_and_wait
-from shared.config import HealthCheckConfig
+from shared.config import DEFAULT_POOL, HealthCheckConfig, ProbeConfig
 from shared.logs import get_logger
-from shared.models import Event, HealthStatus, Snapshot
+from shared.models import Event, HealthStatus, PoolSetting, Snapshot
 from shared.store import STORE_ERRORS, BackendNotFound, Fenced, Lease, Store
 
 log = get_logger("health")
@@ -41,6 +48,17 @@ class LeaseLost(Exception):
     """A write was fenced: another replica holds the health lease."""
 
 
+class PoolProbe:
+    """How the backends of one pool are probed: its health check, prober and schedule."""
+
+    __slots__ = ("config", "prober", "schedule")
+
+    def __init__(self, config: ProbeConfig, prober: Prober | None = None) -> None:
+        self.config = config
+        self.prober = prober or Prober(config)
+        self.schedule = Schedule(float(config.interval_sec), float(config.jitter))
+
+
 class Target:
     """One probed backend: its probe recipe, decision state and bookkeeping."""
 
@@ -50,17 +68,28 @@ class Target:
         "last_start",
         "max_gap",
         "metrics",
+        "pool",
         "probe",
         "probes",
         "reason",
+        "recipe",
         "state",
         "task",
         "written",
     )
 
-    def __init__(self, probe: ProbeTarget, state: ProbeState, written: HealthStatus) -> None:
+    def __init__(
+        self,
+        probe: ProbeTarget,
+        state: ProbeState,
+        written: HealthStatus,
+        pool: str = DEFAULT_POOL,
+        recipe: PoolProbe | None = None,
+    ) -> None:
         self.address = probe.address
         self.probe = probe
+        self.pool = pool
+        self.recipe = recipe  # None only for a Target made outside a Scheduler
         self.state = state
         self.written: HealthStatus = written  # the status the store holds, as far as we know
         self.reason = ""
@@ -93,9 +122,17 @@ class Scheduler:
         rng: random.Random | None = None,
         shards: int = 0,
         on_lost: Callable[[int], None] | None = None,
+        pools: Mapping[str, ProbeConfig] | None = None,
     ) -> None:
+        """``config``: the top-level health check (the default pool's, every pool's fallback) and the
+        service's settings; ``pools``: the configuration's ``pools.NAME.health_check``; ``prober``: the
+        default pool's (tests)."""
         self.store = store
         self.config = config
+        self.config_pools = dict(pools or {})
+        self.stored_pools: dict[str, PoolSetting] = {}  # the store's pool records (health_check None: config's)
+        self.recipes: dict[str, PoolProbe] = {}  # pool -> the recipe its backends are probed with now
+        self.pool_of: dict[str, str] = {}  # every backend: its pool
         self.fence = fence
         self.shards = shards
         self.owned: dict[int, Lease] = {}  # with shards: the shards probed here, and their leases
@@ -147,10 +184,43 @@ class Scheduler:
     def _fence_for(self, address: str) -> Lease | None:
         return self.owned.get(shard_of(address, self.shards)) if self.shards else self.fence
 
+    # -- pools -------------------------------------------------------------------------------
+
+    def probe_config(self, pool: str) -> ProbeConfig:
+        """The health check of ``pool``: stored, else the configuration's section, else the top-level one."""
+        stored = self.stored_pools.get(pool)
+        if stored is not None and stored.health_check is not None:
+            return stored.health_check
+        return self.config_pools.get(pool, self.config)
+
+    def _recipe(self, pool: str) -> PoolProbe:
+        config = self.probe_config(pool)
+        recipe = self.recipes.get(pool)
+        if recipe is None or recipe.config != config:
+            recipe = PoolProbe(config, self.prober if config is self.config else None)
+            self.recipes[pool] = recipe
+        return recipe
+
+    def _refresh_pools(self) -> None:
+        """Re-make the probe tasks of the pools whose health check changed (from their stored status)."""
+        changed = {pool for pool, recipe in self.recipes.items() if recipe.config != self.probe_config(pool)}
+        if not changed:
+            return
+        for pool in sorted(changed):
+            log.info("pool health check changed", pool=pool, type=self.probe_config(pool).type)
+        for address in [a for a, t in self.targets.items() if t.pool in changed]:
+            self._remove(address)
+            self._add(address, self.known.get(address, "unknown"))
+
     def apply(self, item: Snapshot | Event) -> None:
         """Bring the probed set in line with a snapshot or an event from the store."""
         if isinstance(item, Snapshot):
             self.known = {a: v.health.status for a, v in item.backends.items()}
+            self.pool_of = {a: v.backend.pool for a, v in item.backends.items()}
+            self.stored_pools = dict(item.pools)
+            for address in [a for a, t in self.targets.items() if t.pool != self.pool_of.get(a, t.pool)]:
+                self._remove(address)  # moved to another pool meanwhile: re-added below with its check
+            self._refresh_pools()
             for address, view in item.backends.items():
                 target = self.targets.get(address)
                 if target is None:
@@ -164,6 +234,14 @@ class Scheduler:
                 log.info("following", backends=len(self.known), probed_here=len(self.targets), type=self.config.type)
             self.synced.set()
             return
+        if item.kind == "pool_set" and item.pool is not None:
+            self.stored_pools[item.pool.name] = item.pool
+            self._refresh_pools()
+            return
+        if item.kind == "pool_removed" and item.name is not None:
+            self.stored_pools.pop(item.name, None)
+            self._refresh_pools()
+            return
         address = item.address or (item.backend.address if item.backend is not None else "")
         if not address:
             return
@@ -172,10 +250,16 @@ class Scheduler:
         if item.kind in ("backend_added", "backend_updated"):
             if known is None:
                 self.known[address] = "unknown"
+            if item.backend is not None:
+                self.pool_of[address] = item.backend.pool
+                if target is not None and target.pool != item.backend.pool:  # moved: probe with its new pool's check
+                    self._remove(address)
+                    target = None
             if target is None and self._owns(address):
                 self._add(address, self.known[address])
         elif item.kind == "backend_removed":
             self.known.pop(address, None)
+            self.pool_of.pop(address, None)
             self._remove(address)
         elif item.kind == "health" and item.health is not None:
             if known is not None:
@@ -184,13 +268,16 @@ class Scheduler:
                 target.written = item.health.status
 
     def _add(self, address: str, status: HealthStatus) -> None:
+        pool = self.pool_of.get(address, DEFAULT_POOL)
+        recipe = self._recipe(pool)
         try:
-            probe = self.prober.target(address)
+            probe = recipe.prober.target(address)
         except ValueError as exc:
             log.warning("cannot probe backend", backend=address, error=str(exc))
             return
         # A takeover resumes from the stored status (see state.py): no backend flips on a new leader.
-        target = Target(probe, ProbeState(self.config.rise, self.config.fall, status), status)
+        config = recipe.config
+        target = Target(probe, ProbeState(config.rise, config.fall, status), status, pool, recipe)
         target.task = asyncio.create_task(self._probe_loop(target), name=f"probe {address}")
         self.targets[address] = target
         metrics.BACKENDS.set(len(self.targets))
@@ -220,9 +307,13 @@ class Scheduler:
 
     # -- probing -----------------------------------------------------------------------------
 
+    def _schedule(self, target: Target) -> Schedule:
+        return target.recipe.schedule if target.recipe is not None else self.schedule
+
     async def _probe_loop(self, target: Target) -> None:
         loop = asyncio.get_running_loop()
-        due = loop.time() + self.schedule.first_delay(self.rng.random())
+        schedule = self._schedule(target)
+        due = loop.time() + schedule.first_delay(self.rng.random())
         # Also ends when the target is replaced or removed, should a cancellation have been lost (tasks.py).
         while not self._lost.is_set() and self.targets.get(target.address) is target:
             delay = due - loop.time()
@@ -232,12 +323,13 @@ class Scheduler:
                 await self._probe_once(target)
             except Exception as exc:  # a bug must not silently stop probing this backend
                 log.exception("probe loop error", backend=target.address, error=repr(exc))
-            due = self.schedule.next_start(due, loop.time(), self.rng.random())
+            due = schedule.next_start(due, loop.time(), self.rng.random())
 
     async def _probe_once(self, target: Target) -> None:
         async with self._probe_slots:
             started = time.monotonic()
-            verdict = await self.prober.probe(target.probe)
+            prober = target.recipe.prober if target.recipe is not None else self.prober
+            verdict = await prober.probe(target.probe)
             elapsed = time.monotonic() - started
         self._record(target, verdict, started, elapsed)
         status = target.state.status
@@ -261,7 +353,8 @@ class Scheduler:
         if before == "unknown":
             target.reason = f"first probe: {verdict.reason}"
         else:
-            count = self.config.rise if after == "up" else self.config.fall
+            config = target.recipe.config if target.recipe is not None else self.config
+            count = config.rise if after == "up" else config.fall
             target.reason = f"{count} {'passed' if verdict.ok else 'failed'} probes: {verdict.reason}"
         metrics.observe_transition(target.address, after)
         # First verdicts are not changes of mind, and 1,000 of them arrive together at start-up: debug.

@@ -29,12 +29,13 @@ import contextlib
 import hashlib
 import math
 import time
+from collections.abc import Mapping
 
 from services.health import metrics
 from services.health.probes import Prober
 from services.health.scheduler import Scheduler
 from shared.aio import cancel_and_wait
-from shared.config import HealthCheckConfig
+from shared.config import HealthCheckConfig, ProbeConfig
 from shared.logs import get_logger
 from shared.store import STORE_ERRORS, Lease, Store
 
@@ -67,7 +68,9 @@ class HealthService:
         *,
         prober: Prober | None = None,
         shards: int = SHARDS,
+        pools: Mapping[str, ProbeConfig] | None = None,
     ) -> None:
+        """``pools``: the configuration's ``pools.NAME.health_check`` (see ``scheduler.py``)."""
         self.store = store
         self.config = config
         self.holder = holder
@@ -81,7 +84,9 @@ class HealthService:
         self._free_before: set[int] = set()  # shards seen free at the previous round
         self._lost: set[int] = set()  # shards whose writes were fenced (dropped at the next round)
         self.leading = asyncio.Event()  # set while this replica holds at least one shard (tests wait on it)
-        self.scheduler = Scheduler(store, config, prober=self.prober, shards=shards, on_lost=self._lost.add)
+        self.scheduler = Scheduler(
+            store, config, prober=self.prober, shards=shards, on_lost=self._lost.add, pools=pools
+        )
         # Shards in this replica's order of preference (the same order wherever it is computed).
         self._preference = sorted(range(shards), key=lambda s: hashlib.blake2b(f"{holder}/{s}".encode()).digest())
 

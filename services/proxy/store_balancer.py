@@ -385,9 +385,10 @@ class StoreBalancer:
     def policy(self, policy: Policy) -> None:
         # What the hot path calls is decided here, once per policy, not on every request.
         if policy.reads_total and not self._policy.reads_total:  # counts.local_total was not kept
-            # (the local table is the replica's, shared by every pool's balancer: count this view's)
-            backends = self.view.backends
-            self.counts.local_total = sum(n for a, n in self._local.items() if a in backends)
+            # (the local table is the replica's, shared by every pool's balancer: count this pool's, the
+            # backends in its view and those that left it with requests still in flight)
+            backends, departed = self.view.backends, self._departed
+            self.counts.local_total = sum(n for a, n in self._local.items() if a in backends or a in departed)
         self._policy = policy
         self._on_count = policy.count_changed if policy.reads_counts else None
         self._acquire = policy.acquire if policy.counts_acquired else policy.pick

@@ -153,6 +153,28 @@ class DockerDiscoveryConfig(_Struct):
     resync_sec: PositiveSeconds = Seconds(30.0)
 
 
+class KubernetesServiceConfig(_Struct):
+    """One Service followed into one pool (``discovery.kubernetes.services[i]``)."""
+
+    service: str
+    pool: str = DEFAULT_POOL  # created in the store if absent
+    namespace: str = "default"
+    port: str = ""  # the slice port's name ("" = the slice's first port)
+
+    def check(self) -> None:
+        if not _K8S_NAME.fullmatch(self.service):
+            raise ValueError(f"service: {self.service!r} is not a Kubernetes Service name (RFC 1035 label)")
+        if not _K8S_NAME.fullmatch(self.namespace):
+            raise ValueError(f"namespace: {self.namespace!r} is not a Kubernetes namespace name (RFC 1123 label)")
+        try:
+            check_name("pool", self.pool)
+        except ValueError as exc:
+            raise ValueError(f"pool: {exc}") from None
+
+
+_K8S_NAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+
+
 class KubernetesDiscoveryConfig(_Struct):
     namespace: str = "default"
     service: str = ""
@@ -161,6 +183,19 @@ class KubernetesDiscoveryConfig(_Struct):
     watch_timeout_sec: PositiveSeconds = Seconds(300.0)
     # A plain-HTTP API server URL (`kubectl proxy`, tests); when set it wins over in-cluster/kubeconfig.
     api_url: str = ""
+    # More Services, each into its pool (``service`` above, if set, is the default pool's).
+    services: list[KubernetesServiceConfig] = msgspec.field(default_factory=list)
+
+    def check(self) -> None:
+        seen: dict[tuple[str, str], int] = {}
+        if self.service:
+            seen[(self.namespace, self.service)] = -1
+        for i, entry in enumerate(self.services):
+            key = (entry.namespace, entry.service)
+            if key in seen:
+                other = "discovery.kubernetes.service" if seen[key] < 0 else f"services[{seen[key]}]"
+                raise ValueError(f"services[{i}].service: {entry.namespace}/{entry.service} is also {other}")
+            seen[key] = i
 
 
 class DiscoveryConfig(_Struct):

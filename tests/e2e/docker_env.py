@@ -54,6 +54,8 @@ SERVICES = {
     "health": 1,
     "demo-a": 1,
     "demo-b": 1,
+    "demo-web": 1,
+    "demo-api": 1,
 }
 
 
@@ -133,11 +135,12 @@ class Reply:
     body: bytes
 
 
-def get(host: str, port: int, path: str = "/", *, timeout: float = 3.0) -> Reply:
-    """One GET on a fresh connection (``Connection: close``)."""
+def get(host: str, port: int, path: str = "/", *, timeout: float = 3.0, host_header: str = "") -> Reply:
+    """One GET on a fresh connection (``Connection: close``); ``host_header``: a Host other than ``host:port``."""
     conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        headers = {"Connection": "close", **({"Host": host_header} if host_header else {})}
+        conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
         body = resp.read()
         return Reply(resp.status, resp.getheader("X-Backend", ""), body)
@@ -145,12 +148,12 @@ def get(host: str, port: int, path: str = "/", *, timeout: float = 3.0) -> Reply
         conn.close()
 
 
-def backends_seen(host: str, port: int, requests: int, *, timeout: float = 3.0) -> list[str]:
+def backends_seen(host: str, port: int, requests: int, *, timeout: float = 3.0, host_header: str = "") -> list[str]:
     """The X-Backend of ``requests`` GETs (failures are "!<error>")."""
     out: list[str] = []
     for _ in range(requests):
         try:
-            reply = get(host, port, timeout=timeout)
+            reply = get(host, port, timeout=timeout, host_header=host_header)
             out.append(reply.backend if reply.status == 200 else f"!{reply.status}")
         except (OSError, http.client.HTTPException) as exc:
             out.append(f"!{type(exc).__name__}")
@@ -310,8 +313,8 @@ class Stack:
         )
         return image
 
-    def front(self, requests: int) -> list[str]:
-        return backends_seen("127.0.0.1", self.http_port, requests)
+    def front(self, requests: int, host_header: str = "") -> list[str]:
+        return backends_seen("127.0.0.1", self.http_port, requests, host_header=host_header)
 
     def admin(self, method: str, path: str, body: object | None = None) -> tuple[int, Any]:
         return admin_call(self.admin_port, method, path, token=self.token, body=body)

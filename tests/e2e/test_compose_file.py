@@ -52,6 +52,8 @@ def test_every_service_is_there_and_nothing_is_pulled(services: dict[str, Any]) 
         "health",
         "demo-a",
         "demo-b",
+        "demo-web",
+        "demo-api",
     }
     for name, service in services.items():
         assert service["pull_policy"] == "never", name
@@ -171,7 +173,7 @@ def test_networks_keep_backends_away_from_the_control_plane(services: dict[str, 
     networks = yaml.safe_load(COMPOSE_FILE.read_text())["networks"]
     assert networks["control"]["internal"] is True and networks["dockerapi"]["internal"] is True
     on = {name: set(service.get("networks", [])) for name, service in services.items()}
-    assert on["demo-a"] == on["demo-b"] == {"backends"}
+    assert on["demo-a"] == on["demo-b"] == on["demo-web"] == on["demo-api"] == {"backends"}
     assert on["redis"] == {"control"}
     assert on["admin"] == {"control", "admin-port"}
     assert on["front"] == {"clients"}
@@ -180,7 +182,7 @@ def test_networks_keep_backends_away_from_the_control_plane(services: dict[str, 
     assert on["discovery"] == {"control", "dockerapi"}
     # No service but the proxies and health shares a network with the backends.
     with_backends = {name for name, nets in on.items() if "backends" in nets}
-    assert with_backends == {"proxy", "proxy-b", "health", "demo-a", "demo-b"}
+    assert with_backends == {"proxy", "proxy-b", "health", "demo-a", "demo-b", "demo-web", "demo-api"}
     assert services["secrets"]["network_mode"] == "none"
     # Redis loads the ACL file the secrets service writes.
     command = services["redis"]["command"]
@@ -188,9 +190,14 @@ def test_networks_keep_backends_away_from_the_control_plane(services: dict[str, 
 
 
 def test_demo_backends_are_labelled_for_discovery(services: dict[str, Any]) -> None:
-    for name in ("demo-a", "demo-b"):
+    for name in ("demo-a", "demo-b", "demo-web", "demo-api"):
         assert services[name]["labels"]["lb.enable"] == "true"
         assert services[name]["command"][:3] == ["python3", "-m", "shared.demo_backend"]
+    # Two services on two host names, each its own pool (A and B stay the default pool's).
+    labels = {name: s.get("labels", {}) for name, s in services.items()}
+    pools = {name: (label.get("lb.pool"), label.get("lb.host")) for name, label in labels.items()}
+    assert pools["demo-a"] == pools["demo-b"] == (None, None)
+    assert pools["demo-web"] == ("web", "a.localhost") and pools["demo-api"] == ("api", "b.localhost")
 
 
 def test_the_secrets_service_makes_the_configs_once(tmp_path: Path, services: dict[str, Any]) -> None:

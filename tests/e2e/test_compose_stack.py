@@ -38,7 +38,7 @@ from tests.e2e.docker_env import (
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(900)]
 
-APP_SERVICES = ("proxy", "proxy-b", "admin", "discovery", "health", "demo-a", "demo-b")
+APP_SERVICES = ("proxy", "proxy-b", "admin", "discovery", "health", "demo-a", "demo-b", "demo-web", "demo-api")
 
 
 def _ready(stack: Stack) -> None:
@@ -123,6 +123,28 @@ def test_traffic_reaches_both_demo_backends(stack: Stack) -> None:
     assert set(seen) == {"A", "B"}
     # Round robin over two healthy backends: neither is starved.
     assert min(seen.count("A"), seen.count("B")) >= 5, seen
+
+
+def test_two_services_on_two_host_names(stack: Stack) -> None:
+    """demo-web (lb.pool web, lb.host a.localhost) and demo-api (pool api, b.localhost): discovery made their pools
+    and routes, each host answers from its service only, and every other host still reaches the default pool."""
+    _ready(stack)
+    last: dict[str, list[str]] = {}
+
+    def routed() -> bool:
+        last["a"], last["b"] = stack.front(4, "a.localhost"), stack.front(4, "b.localhost")
+        return set(last["a"]) == {"WEB"} and set(last["b"]) == {"API"}
+
+    wait_for(
+        routed,
+        timeout=20,
+        interval=0.2,
+        message=lambda: f"each host answered by its service (last replies: {last})\n" + stack.logs("discovery", 10),
+    )
+    # Every replica serves both hosts: enough requests to cross the front's spread over the four proxies.
+    assert set(stack.front(12, "a.localhost")) == {"WEB"}
+    assert set(stack.front(12, "b.localhost")) == {"API"}
+    assert set(stack.front(12)) == {"A", "B"}  # no route matches the plain address: the default pool
 
 
 def _routes_to(name: str, ip: str) -> bool:

@@ -317,6 +317,13 @@ def test_configmap_and_secret_make_a_valid_config(example: list[dict[str, Any]])
     assert k8s.namespace == "gobalancer"
     followed = one(example, "Service", k8s.service)  # the Service discovery follows exists, with that port name
     assert k8s.port_name in {p["name"] for p in followed["spec"]["ports"]}
+    # Several Services, each into its pool: every one exists with its port, its pool is routed to.
+    assert [(s.service, s.pool) for s in k8s.services] == [("api", "api")]
+    for entry in k8s.services:
+        assert entry.namespace == k8s.namespace
+        assert entry.port in {p["name"] for p in one(example, "Service", entry.service)["spec"]["ports"]}
+        assert entry.pool in config.pools and entry.pool in {r.pool for r in config.routes}
+    assert config.unmatched_pool == "default"
     # Every pod that reads the config reads it whole (renamed with its content hash by kustomize).
     for deployment in find(example, "Deployment"):
         name = deployment["metadata"]["name"]

@@ -8,6 +8,12 @@ Labels (all optional but ``lb.enable``):
 - ``lb.weight``: an integer 1-10000, default 1.
 - ``lb.network``: the network whose address is used. Otherwise ``discovery.docker.network`` when
   the container is on it, else the alphabetically first network that gives it an address.
+- ``lb.pool``: the pool the backend serves, default ``default`` (so containers labelled before pools
+  existed keep serving the default pool); created in the store if absent.
+- ``lb.host`` / ``lb.path_prefix``: the pool's route: a route named ``docker-<pool>`` with that host
+  (exact or ``*.example.com``) and path prefix (default ``/``) sends requests to the pool. It exists
+  while a running labelled container asks for it; when the containers of one pool disagree, the
+  smallest (host, prefix) wins and the disagreement is logged. See ``services.discovery.seeding``.
 An invalid label (or an ``lb.network`` the container is not on) is logged and that container is
 skipped — never silently defaulted.
 
@@ -40,16 +46,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.discovery.seeding import OWNED_PREFIX, DesiredSettings
 from services.discovery.sources import Publish
 from shared.addresses import format_address, normalize_address
 from shared.aio import Backoff
-from shared.config import DockerDiscoveryConfig
+from shared.config import DEFAULT_POOL, DockerDiscoveryConfig, RouteConfig
+from shared.config.routing import check_name
 from shared.logs import get_logger
 from shared.models import Backend, Origin
 
 log = get_logger("discovery.docker")
 
 ENABLE_LABEL = "lb.enable"
+POOL_LABEL = "lb.pool"
+HOST_LABEL = "lb.host"
+PREFIX_LABEL = "lb.path_prefix"
 EVENT_ACTIONS = ("start", "die", "stop", "kill", "pause", "unpause", "health_status")
 EVENT_FILTERS: dict[str, Any] = {"type": "container", "label": f"{ENABLE_LABEL}=true", "event": list(EVENT_ACTIONS)}
 LIST_FILTERS: dict[str, Any] = {"label": f"{ENABLE_LABEL}=true"}
@@ -134,7 +145,36 @@ def container_backend(attrs: Mapping[str, Any], preferred_network: str = "") -> 
         address = normalize_address(format_address(with_ip[chosen], port))
     except ValueError as exc:
         return Skip(f"unusable address: {exc}")
-    return Backend(address=address, weight=weight or 1, origin="docker")
+    pool = container_pool(labels)
+    if isinstance(pool, Skip):
+        return pool
+    route = container_route(labels, pool)
+    if isinstance(route, Skip):
+        return route
+    return Backend(address=address, weight=weight or 1, origin="docker", pool=pool)
+
+
+def container_pool(labels: Mapping[str, str]) -> str | Skip:
+    pool = labels.get(POOL_LABEL, DEFAULT_POOL).strip()
+    try:
+        check_name("pool", pool)
+    except ValueError as exc:
+        return Skip(f"invalid {POOL_LABEL}: {exc}")
+    return pool
+
+
+def container_route(labels: Mapping[str, str], pool: str) -> RouteConfig | Skip | None:
+    """The route a container's ``lb.host`` / ``lb.path_prefix`` ask for its pool (None: neither is set)."""
+    host = labels.get(HOST_LABEL)
+    prefix = labels.get(PREFIX_LABEL)
+    if host is None and prefix is None:
+        return None
+    try:
+        return RouteConfig(name=OWNED_PREFIX + pool, pool=pool, host=(host or "").strip(), path_prefix=prefix or "/")
+    except ValueError as exc:  # "host: route 'docker-web': ..." / a pool name too long for a route's
+        field, _, problem = str(exc).partition(": ")
+        label = {"host": HOST_LABEL, "path_prefix": PREFIX_LABEL}.get(field, POOL_LABEL)
+        return Skip(f"invalid {label}: {problem or exc}")
 
 
 @dataclass
@@ -144,12 +184,14 @@ class _End:
 
 class DockerSource:
     origin: Origin = "docker"
-    fields: tuple[str, ...] = ("weight",)  # no draining from Docker; an operator's drain is kept
+    fields: tuple[str, ...] = ("weight", "pool")  # no draining from Docker; an operator's drain is kept
 
     def __init__(self, config: DockerDiscoveryConfig, *, backoff_cap: float = 5.0) -> None:
         self.config = config
         self.resync = float(config.resync_sec)
         self._entries: dict[str, Backend] = {}  # container id -> backend (eligible ones)
+        self._routes: dict[str, RouteConfig] = {}  # container id -> the route its labels ask for (eligible ones)
+        self._route_conflicts: dict[str, tuple[RouteConfig, ...]] = {}  # pool -> the disagreeing routes (logged)
         self._reasons: dict[str, str] = {}  # container id -> last logged skip reason
         self._seen: set[tuple[str, str, int]] = set()
         self._seen_order: deque[tuple[str, str, int]] = deque()
@@ -202,15 +244,46 @@ class DockerSource:
                 log.warning("container skipped", container=container_name(attrs or {}), reason=result.reason)
             self._reasons[container_id] = result.reason
             self._entries.pop(container_id, None)
+            self._routes.pop(container_id, None)
             return
         self._reasons.pop(container_id, None)
+        self._routes.pop(container_id, None)
         if result is None:
             self._entries.pop(container_id, None)
         else:
             self._entries[container_id] = result
+            labels = ((attrs or {}).get("Config") or {}).get("Labels") or {}
+            route = container_route(labels, result.pool)
+            if isinstance(route, RouteConfig):
+                self._routes[container_id] = route
 
     def desired(self) -> dict[str, Backend]:
         return {b.address: b for _, b in sorted(self._entries.items())}
+
+    def settings(self) -> DesiredSettings:
+        """The pools of the eligible containers, and one route per pool whose containers ask for one."""
+        by_pool: dict[str, set[tuple[str, str]]] = {}
+        for route in self._routes.values():
+            by_pool.setdefault(route.pool, set()).add((route.host, route.path_prefix))
+        routes: list[RouteConfig] = []
+        conflicts: dict[str, tuple[RouteConfig, ...]] = {}
+        for pool in sorted(by_pool):
+            host, prefix = min(by_pool[pool])
+            routes.append(RouteConfig(name=OWNED_PREFIX + pool, pool=pool, host=host, path_prefix=prefix))
+            if len(by_pool[pool]) > 1:
+                conflicts[pool] = tuple(
+                    RouteConfig(name=OWNED_PREFIX + pool, pool=pool, host=h, path_prefix=p)
+                    for h, p in sorted(by_pool[pool])
+                )
+        for pool, seen in sorted(conflicts.items()):
+            if self._route_conflicts.get(pool) != seen:
+                log.warning(
+                    "containers of one pool ask for different routes; the first is used",
+                    pool=pool,
+                    routes=[f"{r.host or '*'}{r.path_prefix}" for r in seen],
+                )
+        self._route_conflicts = conflicts
+        return DesiredSettings(pools=tuple(sorted({b.pool for b in self._entries.values()})), routes=tuple(routes))
 
     def _duplicate(self, event: Mapping[str, Any]) -> bool:
         action = str(event.get("Action") or event.get("status") or "")
@@ -231,7 +304,7 @@ class DockerSource:
             self._update(container_id, None)  # gone: forgets its backend or its skip reason
         for attrs in listed:
             self._update(str(attrs["Id"]), attrs)
-        publish(self.desired())
+        publish(self.desired(), self.settings())
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -293,7 +366,7 @@ class DockerSource:
                 for container_id in ids:
                     self._update(container_id, await asyncio.to_thread(self._inspect, client, container_id))
                 if ids:
-                    publish(self.desired())
+                    publish(self.desired(), self.settings())
                 if ended is not None:
                     reason = str(ended.error) if ended.error else "closed by the engine"
                     log.warning("docker event stream ended; reconnecting", reason=reason)

@@ -39,7 +39,7 @@ import msgspec
 from services.discovery.sources import Publish
 from shared.addresses import format_address, normalize_address
 from shared.aio import Backoff
-from shared.config import KubernetesDiscoveryConfig
+from shared.config import DEFAULT_POOL, KubernetesDiscoveryConfig, KubernetesServiceConfig
 from shared.logs import get_logger
 from shared.models import AdminState, Backend, Origin
 
@@ -103,6 +103,7 @@ def slices_backends(
     *,
     weight: int = 1,
     pod_weights: Mapping[str, int] | None = None,
+    pool: str = DEFAULT_POOL,
 ) -> tuple[dict[str, Backend], list[str]]:
     """Merge raw (camelCase) EndpointSlices into backends; also returns one problem line per bad slice.
 
@@ -131,7 +132,7 @@ def slices_backends(
                 continue
             pod = pod_of(endpoint)
             w = pod_weights.get(pod, weight) if pod is not None else weight
-            out[address] = Backend(address=address, origin="kubernetes", state=state, weight=w)
+            out[address] = Backend(address=address, origin="kubernetes", state=state, weight=w, pool=pool)
     return out, problems
 
 
@@ -141,13 +142,29 @@ class _Gone(Exception):
 
 class KubernetesSource:
     origin: Origin = "kubernetes"
-    fields: tuple[str, ...] = ("weight", "state")  # readiness drives draining
+    fields: tuple[str, ...] = ("weight", "state", "pool")  # readiness drives draining
 
-    def __init__(self, config: KubernetesDiscoveryConfig, *, backoff_cap: float = 5.0) -> None:
-        if not config.service:
-            raise ValueError("discovery.kubernetes.service must be set for kubernetes discovery")
+    def __init__(
+        self,
+        config: KubernetesDiscoveryConfig,
+        *,
+        backoff_cap: float = 5.0,
+        service: KubernetesServiceConfig | None = None,
+    ) -> None:
+        """The Service ``config.service`` into the default pool, or ``service`` (one of
+        ``config.services``) into its pool; the API connection settings are ``config``'s."""
+        if service is None:
+            if not config.service:
+                raise ValueError("discovery.kubernetes.service must be set for kubernetes discovery")
+            service = KubernetesServiceConfig(
+                service=config.service, namespace=config.namespace, port=config.port_name, pool=DEFAULT_POOL
+            )
         self.config = config
-        self.selector = f"{SERVICE_LABEL}={config.service}"
+        self.namespace = service.namespace
+        self.service_name = service.service
+        self.port_name = service.port
+        self.pool = service.pool
+        self.selector = f"{SERVICE_LABEL}={self.service_name}"
         self.timeout = max(1, int(config.watch_timeout_sec))
         self.backoff_cap = backoff_cap
         self._stopping = threading.Event()
@@ -208,10 +225,10 @@ class KubernetesSource:
 
     def _read_service(self) -> bool:
         """The Service's weight annotation and pod selector; True when its weight changed."""
-        service = self._get(f"/api/v1/namespaces/{self.config.namespace}/services/{self.config.service}") or {}
+        service = self._get(f"/api/v1/namespaces/{self.namespace}/services/{self.service_name}") or {}
         weight = parse_weight((service.get("metadata") or {}).get("annotations"))
         if isinstance(weight, str):
-            self._problem(f"service {self.config.service}: {weight}")
+            self._problem(f"service {self.service_name}: {weight}")
             weight = None
         selector = (service.get("spec") or {}).get("selector") or {}
         self._pod_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
@@ -231,7 +248,7 @@ class KubernetesSource:
         self._pods = {}
         if not self._pod_selector:
             return
-        body = self._get(f"/api/v1/namespaces/{self.config.namespace}/pods", labelSelector=self._pod_selector)
+        body = self._get(f"/api/v1/namespaces/{self.namespace}/pods", labelSelector=self._pod_selector)
         for pod in (body or {}).get("items") or []:
             self._pods[str(pod["metadata"]["name"])] = self._pod_weight(pod)
 
@@ -239,14 +256,18 @@ class KubernetesSource:
         """The weights of the pods the slices refer to; a pod not seen yet is read (once)."""
         referenced = {p for s in slices.values() for e in s.get("endpoints") or [] if (p := pod_of(e)) is not None}
         for name in referenced - self._pods.keys():
-            self._pods[name] = self._pod_weight(self._get(f"/api/v1/namespaces/{self.config.namespace}/pods/{name}"))
+            self._pods[name] = self._pod_weight(self._get(f"/api/v1/namespaces/{self.namespace}/pods/{name}"))
         if len(self._pods) > len(referenced):
             self._pods = {n: w for n, w in self._pods.items() if n in referenced}
         return {n: w for n, w in self._pods.items() if w is not None}
 
     def _emit(self, loop: asyncio.AbstractEventLoop, publish: Publish, slices: Mapping[str, Mapping[str, Any]]) -> None:
         backends, problems = slices_backends(
-            slices.values(), self.config.port_name, weight=self._weight, pod_weights=self._pod_weights(slices)
+            slices.values(),
+            self.port_name,
+            weight=self._weight,
+            pod_weights=self._pod_weights(slices),
+            pool=self.pool,
         )
         for problem in sorted(set(problems) - self._problems):
             log.warning("endpoint slice skipped", problem=problem)
@@ -260,7 +281,7 @@ class KubernetesSource:
         # The raw JSON, decoded here, not the client's models: validating 10,000 endpoints into
         # models is one long call that holds the GIL (~250 ms measured), a stall of the event loop.
         response = api.list_namespaced_endpoint_slice(
-            self.config.namespace, label_selector=self.selector, _request_timeout=(5, 30), _preload_content=False
+            self.namespace, label_selector=self.selector, _request_timeout=(5, 30), _preload_content=False
         )
         try:
             status, data = int(response.status), response.data
@@ -284,7 +305,7 @@ class KubernetesSource:
         try:
             for event in w.stream(
                 api.list_namespaced_endpoint_slice,
-                self.config.namespace,
+                self.namespace,
                 label_selector=self.selector,
                 resource_version=rv,
                 allow_watch_bookmarks=True,
@@ -334,7 +355,7 @@ class KubernetesSource:
                 self._list_pods()
                 rv, slices = self._list(api)
                 emit(slices)
-                log.info("endpoint slices listed", service=self.config.service, slices=len(slices), rv=rv)
+                log.info("endpoint slices listed", service=self.service_name, pool=self.pool, slices=len(slices), rv=rv)
                 backoff.reset()
                 while not self._stopping.is_set():
                     rv = self._watch_once(api, rv, slices, emit)  # ended normally: watch again from rv
@@ -375,3 +396,65 @@ class KubernetesSource:
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+def configured_services(config: KubernetesDiscoveryConfig) -> list[KubernetesServiceConfig | None]:
+    """The Services to follow: ``service`` (None here: the default pool's) if set, then ``services``."""
+    out: list[KubernetesServiceConfig | None] = [None] if config.service else []
+    out.extend(config.services)
+    if not out:
+        raise ValueError(
+            "discovery.kubernetes.service or discovery.kubernetes.services must be set for kubernetes discovery"
+        )
+    return out
+
+
+class KubernetesServicesSource:
+    """Several Services, each followed by its own :class:`KubernetesSource` (its own list/watch thread)
+    into its pool. Publishes the union once every one of them has listed (before that, nothing, as a
+    single source does); an address two Services share goes to the first in the configured order
+    (``service``, then ``services`` in order), the other is logged."""
+
+    origin: Origin = "kubernetes"
+    fields: tuple[str, ...] = KubernetesSource.fields
+
+    def __init__(self, config: KubernetesDiscoveryConfig, *, backoff_cap: float = 5.0) -> None:
+        self.sources = [
+            KubernetesSource(config, backoff_cap=backoff_cap, service=entry) for entry in configured_services(config)
+        ]
+        self._sets: list[dict[str, Backend] | None] = [None] * len(self.sources)
+        self._clashes: set[str] = set()
+
+    def _union(self) -> dict[str, Backend] | None:
+        out: dict[str, Backend] = {}
+        clashes: set[str] = set()
+        for i, backends in enumerate(self._sets):
+            if backends is None:
+                return None
+            for address, backend in backends.items():
+                if address in out:
+                    clashes.add(f"{address}: {self.sources[i].service_name} (pool {backend.pool}) ignored")
+                    continue
+                out[address] = backend
+        for clash in sorted(clashes - self._clashes):
+            log.warning("address in two Services' endpoints; the first configured wins", clash=clash)
+        self._clashes = clashes
+        return out
+
+    async def run(self, publish: Publish) -> None:
+        def publisher(i: int) -> Publish:
+            def published(backends: Mapping[str, Backend], settings: object = None) -> None:
+                self._sets[i] = dict(backends)
+                union = self._union()
+                if union is not None:
+                    publish(union)
+
+            return published
+
+        tasks = [asyncio.create_task(src.run(publisher(i))) for i, src in enumerate(self.sources)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

@@ -4,7 +4,9 @@ The file is polled (mtime, size and ctime every ``discovery.file_poll_sec``, the
 bytes) — no inotify dependency, and editors that replace the file by rename are seen too. A changed
 file is loaded with the same ``load_config`` as at startup (environment overrides included); an
 invalid one is refused with its one-line ``ConfigError`` logged once, and the running set is kept.
-Only ``backends`` is applied live; other settings need a restart.
+Applied live: the backends (top-level ``backends`` in pool ``default``, ``pools.NAME.backends`` in pool
+``NAME``) and new pools (created in the store if absent, see ``services.discovery.seeding``); other
+settings need a restart.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import hashlib
 import os
 
+from services.discovery.seeding import DesiredSettings, Seeder
 from services.discovery.sources import Publish
 from shared.config import Config, ConfigError, load_config
 from shared.logs import get_logger
@@ -22,15 +25,40 @@ log = get_logger("discovery.static")
 
 
 def desired_from_config(config: Config) -> dict[str, Backend]:
-    return {b.address: Backend(address=b.address, weight=b.weight, origin="static") for b in config.backends}
+    """The top-level ``backends`` (pool ``default``) and each ``pools.NAME.backends`` (pool ``NAME``).
+
+    The store holds an address in one pool at a time: an address in several pools of the file (fine for
+    a proxy without Redis, which reads the file itself) is written in the first (``default``, then the
+    file's order); :func:`shared_addresses` names the others, for the log."""
+    out: dict[str, Backend] = {}
+    for pool, section in config.pool_configs().items():
+        for b in section.backends:
+            out.setdefault(b.address, Backend(address=b.address, weight=b.weight, origin="static", pool=pool))
+    return out
+
+
+def shared_addresses(config: Config) -> list[str]:
+    """``address: pool X (kept), pool Y (not written)`` for every address the file puts in several pools."""
+    pools: dict[str, list[str]] = {}
+    for pool, section in config.pool_configs().items():
+        for b in section.backends:
+            pools.setdefault(b.address, []).append(pool)
+    return [f"{a}: pool {p[0]} (kept), " + ", ".join(p[1:]) for a, p in sorted(pools.items()) if len(p) > 1]
+
+
+def settings_from_config(config: Config) -> DesiredSettings:
+    """The file's pools, so that a reload adding one (and no backend) still reaches the store at once."""
+    return DesiredSettings(pools=tuple(sorted(config.pools)))
 
 
 class StaticSource:
     origin: Origin = "static"
-    fields: tuple[str, ...] = ("weight",)  # an operator's drain/disable through the API is kept
+    # An operator's drain/disable through the API is kept; a backend moved to another pool in the file moves.
+    fields: tuple[str, ...] = ("weight", "pool")
 
     def __init__(self, config: Config, path: str | None) -> None:
         self.config = config
+        self.seeder: Seeder | None = None  # told of a reloaded file (its new pools are created)
         self.path = path
         self.poll = float(config.discovery.file_poll_sec)
         self.watch = config.discovery.watch_file and path is not None
@@ -52,6 +80,12 @@ class StaticSource:
                 return hashlib.sha256(f.read()).hexdigest()
         except OSError:
             return None
+
+    def _desired(self, config: Config) -> dict[str, Backend]:
+        shared = shared_addresses(config)
+        if shared:
+            log.warning("addresses in several pools of the file: the store holds each in its first", shared=shared)
+        return desired_from_config(config)
 
     def _check(self) -> Config | None:
         """A newly valid config when the file changed, else None (an invalid change is logged once)."""
@@ -76,8 +110,8 @@ class StaticSource:
         if self.watch:
             self._stamp = await asyncio.to_thread(self._stat)
             self._digest = await asyncio.to_thread(self._read_digest)
-        current = desired_from_config(self.config)
-        publish(current)
+        current = self._desired(self.config)
+        publish(current, settings_from_config(self.config))
         if not self.watch:
             await asyncio.Event().wait()
         while True:
@@ -85,8 +119,10 @@ class StaticSource:
             config = await asyncio.to_thread(self._check)
             if config is None:
                 continue
-            new = desired_from_config(config)
+            new = self._desired(config)
             if new != current:
                 log.info("config change applied", backends=len(new), file=self.path)
             current = new
-            publish(current)
+            if self.seeder is not None:
+                self.seeder.config = config
+            publish(current, settings_from_config(config))

@@ -78,3 +78,29 @@ async def test_real_engine_start_pause_stop(engine: tuple[Any, str]) -> None:
         await eventually(lambda: ours() == {address}, timeout=10, message="unpaused back")
         c.stop(timeout=1)
         await eventually(lambda: ours() == set(), timeout=15, message="stopped removed")
+
+
+async def test_real_engine_pool_and_route_labels(engine: tuple[Any, str]) -> None:
+    """``lb.pool`` / ``lb.host`` / ``lb.path_prefix`` read from real containers: the backend's pool, and the
+    pool's ``docker-<pool>`` route while a container asks for it (the stack's own containers may be labelled
+    too on a shared engine: only this test's pools are looked at)."""
+    client, image = engine
+    pool = f"t{os.getpid()}"
+    labels = {LABEL: "1", "lb.enable": "true", "lb.port": "6379", "lb.pool": pool, "lb.host": f"{pool}.localhost"}
+    src = DockerSource(DockerDiscoveryConfig(resync_sec=Seconds(60)))
+    async with running(src) as desired:
+        await eventually(lambda: desired.value is not None, timeout=10)
+        c = client.containers.run(image, detach=True, labels={**labels, "lb.path_prefix": "/v1"})
+        address = f"{_ip(c)}:6379"
+
+        def route() -> tuple[str, str] | None:
+            routes = desired.settings.routes if desired.settings is not None else None
+            mine = [(r.host, r.path_prefix) for r in routes or () if r.name == f"docker-{pool}" and r.pool == pool]
+            return mine[0] if mine else None
+
+        await eventually(lambda: route() == (f"{pool}.localhost", "/v1"), timeout=10, message="route of the pool")
+        assert desired.value is not None and desired.value[address].pool == pool
+        assert desired.settings is not None and pool in desired.settings.pools
+        c.stop(timeout=1)
+        await eventually(lambda: route() is None and address not in (desired.value or {}), timeout=15)
+        assert desired.settings is not None and pool not in desired.settings.pools

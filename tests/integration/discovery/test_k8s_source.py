@@ -154,7 +154,7 @@ async def test_stops_promptly_while_watching(api: FakeKubernetesAPI) -> None:
     api.apply("web-a", [endpoint("10.0.0.1")])
     src = source(api, timeout=300)
     desired_seen = asyncio.Event()
-    task = asyncio.create_task(src.run(lambda d: desired_seen.set()))
+    task = asyncio.create_task(src.run(lambda d, settings=None: desired_seen.set()))
     await asyncio.wait_for(desired_seen.wait(), 5)
     await eventually(lambda: api.open_watches == 1)
     started = time.monotonic()

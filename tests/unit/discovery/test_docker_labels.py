@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
-from services.discovery.sources.docker import Skip, container_backend
+from services.discovery.seeding import DesiredSettings
+from services.discovery.sources.docker import DockerSource, Skip, container_backend
+from shared.config import DockerDiscoveryConfig, RouteConfig
 from shared.models import Backend
 
 
@@ -131,3 +133,71 @@ def test_a_container_of_the_projects_own_image_without_lb_port_gets_port_80() ->
     assert len(ports) >= 2
     got = container_backend(container(exposed=tuple(f"{p}/tcp" for p in ports)))
     assert isinstance(got, Backend) and got.address == "172.17.0.2:80"
+
+
+# -- pools and routes (lb.pool, lb.host, lb.path_prefix) ------------------------------------------
+
+
+def test_lb_pool_names_the_pool_and_its_absence_is_the_default_pool() -> None:
+    got = container_backend(container({"lb.pool": "web"}))
+    assert isinstance(got, Backend) and got.pool == "web"
+    plain = container_backend(container())
+    assert isinstance(plain, Backend) and plain.pool == "default"
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        ({"lb.pool": "no spaces"}, "invalid lb.pool: pool name 'no spaces'"),
+        ({"lb.pool": "p" * 60, "lb.host": "a.localhost"}, "invalid lb.pool: route name 'docker-ppp"),
+        ({"lb.pool": "web", "lb.host": "a.localhost:80"}, "invalid lb.host: route 'docker-web': 'a.localhost:80'"),
+        ({"lb.pool": "web", "lb.path_prefix": "api"}, "invalid lb.path_prefix: route 'docker-web': 'api'"),
+    ],
+)
+def test_invalid_pool_and_route_labels_skip_the_container(labels: dict[str, str], reason: str) -> None:
+    got = container_backend(container(labels))
+    assert isinstance(got, Skip) and got.reason.startswith(reason), got
+
+
+def _source_with(*containers: dict[str, Any]) -> DockerSource:
+    source = DockerSource(DockerDiscoveryConfig())
+    for i, attrs in enumerate(containers):
+        source._update(f"{i:064d}", attrs)
+    return source
+
+
+def test_settings_one_route_per_pool_named_after_it_and_the_pools_of_every_container() -> None:
+    source = _source_with(
+        container({"lb.pool": "web", "lb.host": "A.Localhost"}, {"n": "10.0.0.1"}),
+        container({"lb.pool": "web", "lb.host": "a.localhost"}, {"n": "10.0.0.2"}),
+        container({"lb.pool": "api", "lb.path_prefix": "/v1/"}, {"n": "10.0.0.3"}),
+        container({"lb.pool": "jobs"}, {"n": "10.0.0.4"}),
+        container({}, {"n": "10.0.0.5"}),
+    )
+    settings = source.settings()
+    assert settings.pools == ("api", "default", "jobs", "web")
+    assert settings.routes == (
+        RouteConfig(name="docker-api", pool="api", path_prefix="/v1"),
+        RouteConfig(name="docker-web", pool="web", host="a.localhost"),
+    )
+
+
+def test_settings_disagreeing_containers_of_a_pool_deterministically_use_the_smallest_route() -> None:
+    a = container({"lb.pool": "web", "lb.host": "b.localhost"}, {"n": "10.0.0.1"})
+    b = container({"lb.pool": "web", "lb.host": "a.localhost", "lb.path_prefix": "/x"}, {"n": "10.0.0.2"})
+    first, second = _source_with(a, b).settings(), _source_with(b, a).settings()
+    assert first == second
+    assert first.routes == (RouteConfig(name="docker-web", pool="web", host="a.localhost", path_prefix="/x"),)
+
+
+def test_settings_a_stopped_container_takes_its_route_with_it() -> None:
+    running = container({"lb.pool": "web", "lb.host": "a.localhost"}, {"n": "10.0.0.1"})
+    source = _source_with(running)
+    source._update(f"{0:064d}", container({"lb.pool": "web", "lb.host": "a.localhost"}, Running=False))
+    assert source.settings() == DesiredSettings(pools=(), routes=())
+
+
+def test_settings_a_container_relabelled_invalid_takes_its_route_with_it() -> None:
+    source = _source_with(container({"lb.pool": "web", "lb.host": "a.localhost"}, {"n": "10.0.0.1"}))
+    source._update(f"{0:064d}", container({"lb.pool": "web", "lb.host": "a.localhost:1"}, {"n": "10.0.0.1"}))
+    assert source.settings() == DesiredSettings(pools=(), routes=())

@@ -118,6 +118,26 @@ health_check: {type: http, path: /healthz, expect_status: "200-299,418", rise: 1
             "balancing: {outlier: {base_ejection_sec: 60, max_ejection_sec: 30}}\n",
             "balancing.outlier.max_ejection_sec: must be at least base_ejection_sec",
         ),
+        (
+            "discovery: {kubernetes: {services: [{service: web, pool: 'a b'}]}}\n",
+            "discovery.kubernetes.services[0].pool: pool name 'a b' must be",
+        ),
+        (
+            "discovery: {kubernetes: {services: [{service: Web_1}]}}\n",
+            "discovery.kubernetes.services[0].service: 'Web_1' is not a Kubernetes Service name",
+        ),
+        (
+            "discovery: {kubernetes: {services: [{service: web, namespace: 'x.y'}]}}\n",
+            "discovery.kubernetes.services[0].namespace: 'x.y' is not a Kubernetes namespace name",
+        ),
+        (
+            "discovery: {kubernetes: {service: web, services: [{service: web, pool: web}]}}\n",
+            "discovery.kubernetes.services[0].service: default/web is also discovery.kubernetes.service",
+        ),
+        (
+            "discovery: {kubernetes: {services: [{pool: web}]}}\n",
+            "discovery.kubernetes.services[0]: Object missing required field `service`",
+        ),
         ("a: 1\na: 2\n", "invalid YAML: line 2, column 1: duplicate key 'a'"),
         ("backends: [\n", "invalid YAML"),
         ("- just a list\n", "the top level must be a mapping"),

@@ -225,7 +225,8 @@ async def test_three_proxy_processes_share_a_put_rule_through_redis(
                 assert back.admitted[win] <= 1.05 * LIMIT, ("back", win, sorted(back.admitted.items()))
             assert [await degraded(p, rule) for p in three] == [0, 0, 0]
 
-            # One replica alone (the others stopped cleanly: deregistered) admits the full limit.
+            # One replica alone (the others stopped cleanly: deregistered) admits the full limit, within the
+            # accuracy target (a window's count is read from the client's clock: one CI run saw 103 of 100).
             for p in three[1:]:
                 p.proc.send_signal(signal.SIGTERM)
             for p in three[1:]:
@@ -233,6 +234,10 @@ async def test_three_proxy_processes_share_a_put_rule_through_redis(
             await offer(three[:1], 3 * LIMIT, 1.5)
             alone = await offer(three[:1], 3 * LIMIT, 4.0)
             for win in alone.warm():
-                assert 0.95 * LIMIT <= alone.admitted[win] <= LIMIT + 1, ("alone", win, sorted(alone.admitted.items()))
+                assert 0.95 * LIMIT <= alone.admitted[win] <= 1.05 * LIMIT, (
+                    "alone",
+                    win,
+                    sorted(alone.admitted.items()),
+                )
     finally:
         await store.close()
