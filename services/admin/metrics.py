@@ -37,6 +37,8 @@ class RequestTotals(Collector):
         by_replica: dict[tuple[str, str, str], int] = {}
         for replica in replicas:
             for key, total in replica.totals.items():
+                if key.startswith("rate_limit:"):  # (a rule's refusals, not a backend's requests)
+                    continue
                 address, _, klass = key.rpartition("|")
                 if not address:
                     continue

@@ -142,7 +142,10 @@ async def run(config: Config, stop: asyncio.Event) -> None:
             limits.attach(s.context for s in (server, *extra))
             replica = getattr(inner, "replica", None)
             if replica is not None and config.metrics.enabled:
-                replica.totals_source = StatsTotals(server.context.stats)
+                # (with each rate-limit rule's refusals: the dashboard shows them per rule)
+                replica.totals_source = StatsTotals(
+                    server.context.stats, lambda: limits.gate.limiters if limits.gate is not None else ()
+                )
             info = {"replica": replica.id if replica is not None else f"proxy-{os.getpid()}", "mode": config.mode}
             registry = proxy_registry(
                 lambda: server.context.stats, inner, info, lambda: limits.gate, lambda: limits.sync, limited

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -225,6 +225,19 @@ class Stats:
         self.backends.pop(address, None)
 
 
+RATE_LIMIT_KEY = "rate_limit:"  # a replica total "rate_limit:RULE|limited": requests the rule refused (not a backend)
+
+
+class RuleCounter(Protocol):
+    """A rate-limit rule's limiter as the totals read it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def denied(self) -> int: ...
+
+
 class StatsTotals:
     """The replica's request totals (``shared.replica.TotalsSource``) in a proxy: attempts per backend
     and status class, read from the data plane's own counters (the ones /metrics shows) as the
@@ -232,21 +245,40 @@ class StatsTotals:
     counts nothing, so there are no totals either. In TCP mode a relayed connection counts as "tcp",
     a failed connect as "error"."""
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, limiters: Callable[[], Iterable[RuleCounter]] | None = None) -> None:
         self.stats = stats
         # Each backend's classes as of the last take, with the BackendStats they were read from: one
         # forgotten (Stats.forget) and counted again from zero is not mistaken for the old one.
         self._taken: dict[str, tuple[BackendStats, list[int]]] = {}
+        # The rate-limit rules in force (their ``denied`` counts, published as ``rate_limit:RULE|limited``
+        # for the dashboard), and each one's count as of the last take, with the limiter it was read from.
+        self.limiters = limiters
+        self._limited: dict[str, tuple[RuleCounter, int]] = {}
 
     def _before(self, address: str, b: BackendStats) -> list[int]:
         taken = self._taken.get(address)
         return taken[1] if taken is not None and taken[0] is b else _NONE
 
+    def _limited_deltas(self) -> dict[str, int]:
+        deltas: dict[str, int] = {}
+        for limiter in self.limiters() if self.limiters is not None else ():
+            taken = self._limited.get(limiter.name)
+            before = taken[1] if taken is not None and taken[0] is limiter else 0  # (a new limiter: from 0)
+            if limiter.denied != before:
+                deltas[limiter.name] = limiter.denied - before
+        return deltas
+
     def has_totals(self) -> bool:
-        return any(b.classes_total() != self._before(a, b) for a, b in self.stats.backends.items())
+        return any(b.classes_total() != self._before(a, b) for a, b in self.stats.backends.items()) or bool(
+            self._limited_deltas()
+        )
 
     def take_totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
+        limiters = list(self.limiters()) if self.limiters is not None else []
+        for name, delta in self._limited_deltas().items():
+            totals[f"{RATE_LIMIT_KEY}{name}|limited"] = delta
+        self._limited = {limiter.name: (limiter, limiter.denied) for limiter in limiters}
         backends = self.stats.backends
         if len(self._taken) > len(backends):  # some were forgotten
             self._taken = {a: t for a, t in self._taken.items() if backends.get(a) is t[0]}

@@ -9,15 +9,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import msgspec
 import pytest
 
-from shared.models import Backend, ReplicaInfo
+from services.proxy.stats import RATE_LIMIT_KEY
+from shared.config import RouteConfig
+from shared.config.limits import RateLimitRule
+from shared.models import AlgorithmSetting, Backend, PoolSetting, ReplicaInfo, RouteTableSetting
 from shared.store import Store
+from shared.store.rate_limits import set_rate_limits
 from tests.conftest import unavailable
 from tests.helpers import eventually
 from tests.integration.admin.server import ServedAdmin, admin_config
@@ -355,4 +362,131 @@ async def test_an_override_shows_next_to_the_origin_and_clears_with_its_button(
         await expect(tag).to_have_count(0)
         await eventually(lambda: _weight_is(store, B, 1), timeout=5, message="clearing the override restores weight 1")
         await expect(row(page, B).locator("td.origin .origin-name")).to_have_text("static")
+    assert not errors, errors
+
+
+API_POOL, WEB_POOL = "api", "web"
+D, E = "127.0.0.1:9101", "127.0.0.1:9102"
+RULE = "per-ip"
+
+
+async def seed_pools(store: Store) -> None:
+    """Two named pools beside the default one, a route to each and a rate-limit rule."""
+    await seed(store)
+    await store.set_pool(
+        PoolSetting(name=API_POOL, algorithm=AlgorithmSetting(name="least_connections")), mode="create"
+    )
+    await store.set_pool(PoolSetting(name=WEB_POOL), mode="create")
+    await store.create_backend(Backend(address=D, pool=API_POOL))
+    await store.create_backend(Backend(address=E, pool=WEB_POOL))
+    await store.set_health(D, "up")
+    await store.set_health(E, "down", "refused")
+    routes = [
+        RouteConfig(name="api", pool=API_POOL, host="api.example.com", path_prefix="/v1", methods=["GET"]),
+        RouteConfig(name="site", pool=WEB_POOL, host="*.example.com"),
+    ]
+    await store.set_routes(RouteTableSetting(routes=routes, default_pool="default"))
+    await set_rate_limits(store, [RateLimitRule(name=RULE, rate="100/s", burst=20)])
+
+
+async def pool_traffic(store: Store, stop: asyncio.Event) -> None:
+    """A proxy replica's pushed totals as services/proxy/stats.py StatsTotals makes them: requests per
+    backend (10 per 0.2 s to D in pool api, 5 to A in the default pool) and the rule's refusals (4 per 0.2 s)."""
+    info = ReplicaInfo(id="proxy-pools-1", service="proxy", started_at=time.time(), heartbeat_at=0.0, host="t", pid=1)
+    limited = f"{RATE_LIMIT_KEY}{RULE}|limited"
+    totals = {f"{D}|2xx": 0, f"{A}|2xx": 0, limited: 0}
+    for seq in range(1, 301):
+        totals[f"{D}|2xx"] += 10
+        totals[f"{A}|2xx"] += 5
+        totals[limited] += 4
+        await store.push_counters(info, seq, {}, {}, ttl=10.0, force_absolute=True, totals=dict(totals))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.2)
+        if stop.is_set():
+            return
+
+
+def pool_section(page: Any, name: str) -> Any:
+    return page.locator(f'#backends section.pool[data-pool="{name}"]')
+
+
+async def test_pools_routes_and_rate_limits_show_and_a_new_route_appears_live(
+    browser: Any, redis_url: str, namespace: str, store: Store
+) -> None:
+    """Issues 20/21: backends grouped by pool (algorithm, usable/total, the pool's request rate), the route
+    table, the rate-limit rules with the requests each limited; a route PUT through the API appears live."""
+    from playwright.async_api import expect
+
+    await seed_pools(store)
+    stop = asyncio.Event()
+    pusher = asyncio.create_task(pool_traffic(store, stop))
+    errors: list[str] = []
+    try:
+        with served(redis_url, namespace) as admin:
+            page = await new_page(browser, errors)
+            await page.goto(admin.url + "/")
+            await expect(page.locator("#backends section.pool")).to_have_count(3)
+            order = await page.evaluate(
+                "() => [...document.querySelectorAll('#backends section.pool')].map(s => s.dataset.pool)"
+            )
+            assert order == ["default", API_POOL, WEB_POOL]
+            for pool, addresses in (("default", [A, B, C]), (API_POOL, [D]), (WEB_POOL, [E])):
+                rows = pool_section(page, pool).locator("tbody tr")
+                await expect(rows).to_have_count(len(addresses))
+                assert [await r.get_attribute("data-address") for r in await rows.all()] == addresses
+            await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("algorithm least_connections")
+            await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("1/1 usable")
+            await expect(pool_section(page, WEB_POOL).locator("h3")).to_contain_text("0/1 usable")
+            await expect(page.get_by_role("table", name="Backends of pool api", exact=True)).to_have_count(1)
+
+            # The route table, in order, with the unmatched requests' pool and where the table comes from.
+            routes = page.locator("#routes tbody tr")
+            await expect(routes).to_have_count(2)
+            await expect(routes.nth(0)).to_have_text(re.compile(r"1\s*api\s*api\.example\.com\s*/v1\s*GET.*api"))
+            await expect(routes.nth(1).locator("td.pool")).to_have_text(WEB_POOL)
+            await expect(page.locator("#routes-summary")).to_contain_text("unmatched requests: pool default")
+            await expect(page.locator("#routes-summary")).to_contain_text("from the store")
+
+            # The rule, and the requests it limited (the proxies' pushed totals: 4 per 0.2 s, growing).
+            rule = page.locator(f'#rate-limits tr[data-key="{RULE}"]')
+            await expect(rule).to_contain_text("100/s")
+            await expect(rule.locator("td.limited")).to_have_text(re.compile(r"^[1-9][0-9]*$"))
+
+            # Per-pool rates: the api pool's is D's (~50/s), the web pool (no requests) 0.0.
+            await expect(pool_section(page, API_POOL)).to_have_attribute(
+                "data-rate", re.compile(r"^([2-9][0-9]|[0-9]{3,})\.[0-9]$")
+            )
+            await expect(pool_section(page, WEB_POOL)).to_have_attribute("data-rate", "0.0")
+            await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("requests/s")
+
+            await expect(page.locator("#limits-summary")).to_have_text("1 rule · from the store")
+
+            # A named pool's backend is changed through its pool's path.
+            await page.get_by_role("button", name=f"Drain {D}").click()
+            await eventually(lambda: _is(store, D, "draining"), timeout=5, message="the drain click drains D")
+            await expect(pool_section(page, API_POOL).locator(f'tr[data-address="{D}"]')).to_have_attribute(
+                "data-state", "draining"
+            )
+            await expect(pool_section(page, API_POOL).locator("h3")).to_contain_text("0/1 usable")
+
+            # A route added through the API appears without a reload (the routes event).
+            await page.evaluate("window.__notReloaded = true")
+            table = {
+                "routes": [
+                    *[msgspec.to_builtins(r) for r in (await store.get_routes() or RouteTableSetting()).routes],
+                    {"name": "docs", "pool": WEB_POOL, "host": "docs.example.com", "path_prefix": "/"},
+                ],
+                "default_pool": "default",
+            }
+            async with httpx.AsyncClient(base_url=admin.url) as client:
+                put = await client.put("/routes", json=table)
+            assert put.status_code == 200, put.text
+            await expect(routes).to_have_count(3)
+            await expect(routes.nth(2)).to_contain_text("docs.example.com")
+            assert await page.evaluate("window.__notReloaded === true"), "the page was reloaded"
+            ARTIFACTS.mkdir(exist_ok=True)
+            await page.screenshot(path=str(ARTIFACTS / "dashboard-pools.png"), full_page=True)
+    finally:
+        stop.set()
+        await pusher
     assert not errors, errors

@@ -1,9 +1,12 @@
 // GoBalancer dashboard: plain JavaScript, no build step, talks only to the admin API it was served by.
 //
 // Data flow: /events (Server-Sent Events) tells us the moment anything changes (a `snapshot` first, then
-// one event per change); each event updates its one row in place. A poll every POLL_MS reads /backends
-// (in-flight counts change without events; If-None-Match: a 304 while nothing changed) and /replicas,
-// whose per-replica monotonic request totals give the request rates as deltas between polls. Rows are
+// one event per change); each event updates its one row in place. A poll every POLL_MS reads /pools and
+// each pool's /pools/NAME/backends (in-flight counts change without events; If-None-Match: a 304 while
+// nothing changed) and /replicas, whose per-replica monotonic request totals give the request rates as
+// deltas between polls (per backend, summed per pool; a proxy also pushes "rate_limit:RULE|limited", the
+// requests each rate-limit rule refused). The route table (/routes) and the rate-limit rules
+// (/rate-limits) are read again on their events (`routes`, `rate_limits`) and every ROUTES_EVERY polls. Rows are
 // only written where a shown value differs, so a poll or a snapshot of 1,000 unchanged backends costs
 // no DOM work. With a token in sessionStorage the stream is read with fetch() so it can carry the
 // Authorization header (EventSource cannot send headers; needed when the admin protects reads).
@@ -13,7 +16,11 @@
   const POLL_MS = 2000;
   const WINDOW_MS = 120000;
   const TOKEN_KEY = "gobalancer.admin.token";
-  const EVENT_KINDS = ["backend_added", "backend_updated", "backend_removed", "health", "ejection", "algorithm"];
+  const ROUTES_EVERY = 5;
+  const DEFAULT_POOL = "default";
+  const RATE_LIMIT_KEY = "rate_limit:"; // (services/proxy/stats.py RATE_LIMIT_KEY)
+  const EVENT_KINDS = ["backend_added", "backend_updated", "backend_removed", "health", "ejection", "algorithm",
+    "pool_set", "pool_removed", "routes", "rate_limits"];
   const ERROR_CLASSES = new Set(["5xx", "error"]);
 
   const $ = (id) => document.getElementById(id);
@@ -35,7 +42,16 @@
     changes: 0, // events seen: a /backends read that overlapped one may predate it and is dropped
     dropped: 0, // ... but not forever while events keep coming
     pollTimer: 0,
-    etag: "", // of the last /backends read
+    polls: 0,
+    lists: new Map(), // pool -> {etag, list}: its last /pools/NAME/backends read
+    pools: new Map(), // pool name -> pool as /pools returns it (algorithm, backends, usable)
+    sections: new Map(), // pool name -> {section, tbody, summary}
+    poolRates: new Map(), // pool name -> rps
+    poolsTimer: 0,
+    routes: null, // GET /routes
+    limits: null, // GET /rate-limits
+    limited: new Map(), // rule -> requests refused, all proxies
+    limitedRates: new Map(), // rule -> refused/s
   };
   const NOT_MODIFIED = Symbol("304");
 
@@ -55,9 +71,10 @@
     return t ? { Authorization: "Bearer " + t } : {};
   }
 
-  async function api(method, path, body, etag) {
+  // ``cache``: {etag} of a list read before (If-None-Match; updated from the answer).
+  async function api(method, path, body, cache) {
     const headers = { Accept: "application/json", ...authHeaders() };
-    if (etag) headers["If-None-Match"] = etag;
+    if (cache && cache.etag) headers["If-None-Match"] = cache.etag;
     const init = { method, headers, cache: "no-store" };
     if (body !== undefined) {
       headers["Content-Type"] = "application/json";
@@ -71,7 +88,7 @@
     }
     if (resp.status === 204) return null;
     if (resp.status === 304) return NOT_MODIFIED;
-    if (etag !== undefined) state.etag = resp.headers.get("ETag") || "";
+    if (cache) cache.etag = resp.headers.get("ETag") || "";
     const type = resp.headers.get("content-type") || "";
     const data = type.includes("json") ? await resp.json().catch(() => null) : await resp.text().catch(() => "");
     if (!resp.ok) {
@@ -82,7 +99,13 @@
     return data;
   }
 
-  const backendPath = (address) => "backends/" + encodeURIComponent(address);
+  const poolOf = (b) => (b && b.pool) || DEFAULT_POOL;
+  const poolPath = (name) => "pools/" + encodeURIComponent(name);
+  // The default pool's backends are /backends (the original API); another pool's /pools/NAME/backends.
+  function backendPath(address) {
+    const pool = poolOf(state.backends.get(address));
+    return (pool === DEFAULT_POOL ? "" : poolPath(pool) + "/") + "backends/" + encodeURIComponent(address);
+  }
   const capitalize = (word) => word[0].toUpperCase() + word.slice(1);
 
   // -- errors and notices ---------------------------------------------------------------------
@@ -267,7 +290,7 @@
     return tr ? tr.dataset.address : null;
   }
 
-  const backendsBody = $("backends").tBodies[0];
+  const backendsBody = $("backends"); // (every pool's table: the listeners are shared)
   backendsBody.addEventListener("click", (e) => {
     const button = e.target.closest("button[data-action]");
     const address = button && rowAddress(button);
@@ -388,31 +411,129 @@
     renderSummary();
   }
 
-  // Everything: rows added, removed, re-filled (only what differs) and kept in address order.
+  // -- pools: a section per pool, default first -----------------------------------------------
+
+  const COLUMNS = ["Address", "Health", "State", "Origin", "Weight", "In flight", "Requests/s", "Errors/s", "Actions"];
+  let poolIds = 0;
+
+  function poolNames() {
+    const names = new Set(state.pools.keys());
+    for (const b of state.backends.values()) names.add(poolOf(b));
+    names.delete(DEFAULT_POOL);
+    return [DEFAULT_POOL, ...[...names].sort()];
+  }
+
+  function makeSection(name) {
+    const id = "pool-title-" + ++poolIds;
+    const section = document.createElement("section");
+    section.className = "pool";
+    section.dataset.pool = name;
+    section.setAttribute("aria-labelledby", id);
+    const h3 = document.createElement("h3");
+    h3.id = id;
+    const code = document.createElement("code");
+    code.textContent = name;
+    const summary = document.createElement("span");
+    summary.className = "count pool-summary";
+    h3.append("Pool ", code, " ", summary);
+    const scroll = document.createElement("div");
+    scroll.className = "scroll";
+    const table = document.createElement("table");
+    table.setAttribute("role", "table");
+    table.setAttribute("aria-label", "Backends of pool " + name);
+    const thead = table.createTHead();
+    thead.setAttribute("role", "rowgroup");
+    const tr = thead.insertRow();
+    tr.setAttribute("role", "row");
+    for (const label of COLUMNS) {
+      const th = document.createElement("th");
+      th.scope = "col";
+      th.setAttribute("role", "columnheader");
+      if (/\/s$|In flight/.test(label)) th.className = "num";
+      th.textContent = label;
+      tr.append(th);
+    }
+    const tbody = table.createTBody();
+    tbody.setAttribute("role", "rowgroup");
+    scroll.append(table);
+    section.append(h3, scroll);
+    return { section, tbody, summary, shown: "" };
+  }
+
+  // The sections in order (made, moved or dropped as pools come and go), and each one's summary line.
+  function renderPools() {
+    const box = $("backends");
+    const names = poolNames();
+    for (const [name, sec] of state.sections) {
+      if (!names.includes(name) && !sec.tbody.rows.length) {
+        sec.section.remove();
+        state.sections.delete(name);
+      }
+    }
+    let previous = null;
+    for (const name of names) {
+      let sec = state.sections.get(name);
+      if (!sec) {
+        sec = makeSection(name);
+        state.sections.set(name, sec);
+      }
+      const want = previous ? previous.nextSibling : box.firstChild;
+      if (sec.section !== want) box.insertBefore(sec.section, want);
+      previous = sec.section;
+      renderPoolSummary(name, sec);
+    }
+  }
+
+  function renderPoolSummary(name, sec) {
+    const pool = state.pools.get(name);
+    let count = 0;
+    for (const b of state.backends.values()) if (poolOf(b) === name) count++;
+    const parts = [];
+    if (pool) parts.push("algorithm " + pool.algorithm.name, pool.usable + "/" + pool.backends + " usable");
+    else parts.push(count + " backends");
+    const rate = state.poolRates.get(name);
+    parts.push((rate === undefined ? "-" : rate.toFixed(1)) + " requests/s");
+    const text = parts.join(" · ");
+    if (sec.shown !== text) {
+      sec.shown = text;
+      sec.summary.textContent = text;
+      sec.section.dataset.rate = rate === undefined ? "" : rate.toFixed(1);
+    }
+  }
+
+  function tbodyOf(pool) {
+    if (!state.sections.has(pool)) renderPools();
+    return state.sections.get(pool).tbody;
+  }
+
+  // Everything: rows added, removed, re-filled (only what differs) and kept in address order in their pool.
   function renderBackends() {
-    const tbody = $("backends").tBodies[0];
     for (const [address, row] of state.rows) {
       if (!state.backends.has(address)) {
         row.tr.remove();
         state.rows.delete(address);
       }
     }
-    let previous = null;
+    renderPools();
+    const previous = new Map(); // pool -> the row placed last
     for (const address of [...state.backends.keys()].sort()) {
+      const b = state.backends.get(address);
+      const tbody = tbodyOf(poolOf(b));
       let row = state.rows.get(address);
       if (!row) {
         row = makeRow(address);
         state.rows.set(address, row);
       }
-      fillRow(row, state.backends.get(address));
-      const want = previous ? previous.nextSibling : tbody.firstChild;
+      fillRow(row, b);
+      const before = previous.get(tbody);
+      const want = before ? before.nextSibling : tbody.firstChild;
       if (row.tr !== want) tbody.insertBefore(row.tr, want); // (moving a node keeps its focus and input)
-      previous = row.tr;
+      previous.set(tbody, row.tr);
     }
     renderCounts();
   }
 
-  // One backend, in place (an event): its row filled, added at its place, or removed.
+  // One backend, in place (an event): its row filled, added at its place (in its pool), or removed.
   function renderOne(address) {
     const b = state.backends.get(address);
     let row = state.rows.get(address);
@@ -422,10 +543,12 @@
         state.rows.delete(address);
       }
     } else {
+      const tbody = tbodyOf(poolOf(b));
       if (!row) {
         row = makeRow(address);
         state.rows.set(address, row);
-        const tbody = $("backends").tBodies[0];
+      }
+      if (row.tr.parentNode !== tbody) {
         let before = null;
         for (const tr of tbody.rows) {
           if (tr.dataset.address > address) {
@@ -447,10 +570,22 @@
 
   // -- replicas and rates ---------------------------------------------------------------------
 
+  const ratesKnown = (prev, dt) => Boolean(prev) && dt > 0.2; // (two polls: a rate)
+
   function computeRates(replicas, at) {
     const current = new Map(replicas.map((r) => [r.id, r.totals || {}]));
     const rates = new Map();
     const replicaRates = new Map();
+    const limited = new Map();
+    const limitedRates = new Map();
+    for (const totals of current.values()) {
+      for (const [key, n] of Object.entries(totals)) {
+        if (key.startsWith(RATE_LIMIT_KEY)) {
+          const rule = key.slice(RATE_LIMIT_KEY.length, key.lastIndexOf("|"));
+          limited.set(rule, (limited.get(rule) || 0) + n);
+        }
+      }
+    }
     let total = 0;
     let errors = 0;
     const prev = state.prev;
@@ -464,6 +599,11 @@
           const delta = n - (before[key] || 0);
           if (delta <= 0) continue;
           const cut = key.lastIndexOf("|");
+          if (key.startsWith(RATE_LIMIT_KEY)) {
+            const rule = key.slice(RATE_LIMIT_KEY.length, cut);
+            limitedRates.set(rule, (limitedRates.get(rule) || 0) + delta / dt);
+            continue;
+          }
           const address = key.slice(0, cut);
           const rate = delta / dt;
           const entry = rates.get(address) || { rps: 0, eps: 0 };
@@ -483,12 +623,25 @@
     state.prev = { at, totals: current };
     state.rates = rates;
     state.replicaRates = replicaRates;
+    state.limited = limited;
+    state.limitedRates = ratesKnown(prev, dt) ? limitedRates : new Map();
+    // A pool's rate: its backends' summed (a backend without requests counts 0 once rates are known).
+    const poolRates = new Map();
+    if (ratesKnown(prev, dt)) {
+      for (const name of poolNames()) poolRates.set(name, 0);
+      for (const [address, r] of rates) {
+        const pool = poolOf(state.backends.get(address));
+        poolRates.set(pool, (poolRates.get(pool) || 0) + r.rps);
+      }
+    }
+    state.poolRates = poolRates;
     const cutoff = at - WINDOW_MS;
     while (state.history.length && state.history[0].t < cutoff) state.history.shift();
-    const known = prev && dt > 0.2;
-    $("rate-total").textContent = known ? total.toFixed(1) : "-";
-    $("rate-errors").textContent = known ? errors.toFixed(1) : "-";
+    $("rate-total").textContent = ratesKnown(prev, dt) ? total.toFixed(1) : "-";
+    $("rate-errors").textContent = ratesKnown(prev, dt) ? errors.toFixed(1) : "-";
     for (const [address, row] of state.rows) fillRate(row, address);
+    renderPools();
+    renderLimits();
   }
 
   function renderReplicas(replicas) {
@@ -507,6 +660,94 @@
     $("no-replicas").hidden = rows.length > 0;
     const proxies = replicas.filter((r) => r.service === "proxy").length;
     $("replica-count").textContent = replicas.length + " live, " + proxies + " prox" + (proxies === 1 ? "y" : "ies");
+  }
+
+  // -- routes and rate limits -----------------------------------------------------------------
+
+  function fillTable(id, rows, empty) {
+    const trs = rows.map(([key, header, values, classes]) => {
+      const tr = document.createElement("tr");
+      tr.dataset.key = key;
+      const th = document.createElement("th");
+      th.scope = "row";
+      th.textContent = header;
+      tr.append(th);
+      values.forEach((v, i) => {
+        const td = document.createElement("td");
+        td.textContent = v;
+        if (classes[i]) td.className = classes[i];
+        tr.append(td);
+      });
+      return tr;
+    });
+    $(id).tBodies[0].replaceChildren(...trs);
+    $(empty).hidden = trs.length > 0;
+  }
+
+  function renderRoutes() {
+    const data = state.routes;
+    if (!data) return;
+    const rows = data.routes.map((r, i) => {
+      const rewrite = [r.strip_prefix ? "strip prefix" : "", r.rewrite_host ? "host " + r.rewrite_host : ""].filter(Boolean);
+      const headers = Object.entries(r.headers || {}).map(([k, v]) => k + ": " + v);
+      return [r.name, String(i + 1), [r.name, r.host || "any", r.path_prefix || "/", (r.methods || []).join(", ") || "any",
+        headers.join("; ") || "-", r.pool, rewrite.join(", ") || "-"], ["", "", "path", "", "", "pool", ""]];
+    });
+    fillTable("routes", rows, "no-routes");
+    for (const tr of $("routes").tBodies[0].rows) tr.firstChild.className = "num";
+    const unmatched = data.default_pool ? "pool " + data.default_pool : "404";
+    setText($("routes-summary"), data.routes.length + " in order · unmatched requests: " + unmatched + " · from the " + data.source);
+  }
+
+  function renderLimits() {
+    const data = state.limits;
+    if (!data) return;
+    const rows = data.rules.map((r) => {
+      const n = state.limited.get(r.name);
+      const rate = state.limitedRates.get(r.name);
+      return [r.name, r.name, [r.applies_to, r.key, r.rate, String(r.burst), r.fail_closed ? "refuse (fail closed)" : "allow (fail open)",
+        n === undefined ? "0" : String(n), rate === undefined ? "-" : rate.toFixed(1)], ["", "", "", "num", "", "num limited", "num"]];
+    });
+    const shown = JSON.stringify(rows);
+    if (shown === state.limitsShown) return;
+    state.limitsShown = shown;
+    fillTable("rate-limits", rows, "no-limits");
+    setText($("limits-summary"), data.rules.length + (data.rules.length === 1 ? " rule" : " rules") + " · from the " + data.source);
+  }
+
+  async function refreshRoutes() {
+    try {
+      state.routes = await api("GET", "routes");
+      renderRoutes();
+    } catch (err) {
+      readFailed("routes", err);
+    }
+  }
+
+  async function refreshLimits() {
+    try {
+      state.limits = await api("GET", "rate-limits");
+      renderLimits();
+    } catch (err) {
+      readFailed("rate limits", err);
+    }
+  }
+
+  function setPools(list) {
+    state.pools = new Map(list.map((p) => [p.name, p]));
+    renderPools();
+  }
+
+  // Usable counts change with health and state: /pools read again shortly after such events.
+  function schedulePools() {
+    clearTimeout(state.poolsTimer);
+    state.poolsTimer = setTimeout(async () => {
+      try {
+        setPools((await api("GET", "pools")).pools);
+      } catch (err) {
+        readFailed("pools", err);
+      }
+    }, 300);
   }
 
   // -- chart ----------------------------------------------------------------------------------
@@ -634,11 +875,34 @@
     showError("read", "Cannot load " + what + ": " + err.message);
   }
 
+  // Every pool's backends: /pools/NAME/backends each (a 304 reuses the pool's last list); NOT_MODIFIED
+  // when no pool's list changed.
+  async function readBackends(names) {
+    const reads = names.map(async (name) => {
+      let cache = state.lists.get(name);
+      if (!cache) state.lists.set(name, (cache = { etag: "", list: [] }));
+      try {
+        const got = await api("GET", poolPath(name) + "/backends", undefined, cache);
+        if (got === NOT_MODIFIED) return false;
+        cache.list = got;
+      } catch (err) {
+        if (err.status !== 404) throw err; // (a pool removed meanwhile: none)
+        cache.list = [];
+      }
+      return true;
+    });
+    const changed = await Promise.all(reads);
+    for (const name of state.lists.keys()) if (!names.includes(name)) state.lists.delete(name);
+    if (!changed.some(Boolean) && names.length === state.lists.size) return NOT_MODIFIED;
+    return [...state.lists.values()].flatMap((c) => c.list);
+  }
+
   async function refreshBackends() {
     const seen = state.changes;
     try {
-      const backends = await api("GET", "backends", undefined, state.etag);
-      applyRead(seen, backends);
+      const pools = (await api("GET", "pools")).pools;
+      setPools(pools);
+      applyRead(seen, await readBackends(pools.map((p) => p.name)));
       clearError("read");
     } catch (err) {
       readFailed("backends", err);
@@ -652,7 +916,7 @@
       setBackends(backends);
     } else {
       state.dropped++;
-      state.etag = ""; // (what was dropped must be read again in full)
+      for (const cache of state.lists.values()) cache.etag = ""; // (what was dropped must be read again in full)
       renderBackends();
     }
   }
@@ -666,13 +930,19 @@
     clearTimeout(state.pollTimer);
     const seen = state.changes;
     try {
-      const [backends, replicas] = await Promise.all([api("GET", "backends", undefined, state.etag), api("GET", "replicas")]);
+      const [pools, replicas] = await Promise.all([api("GET", "pools"), api("GET", "replicas")]);
+      const backends = await readBackends(pools.pools.map((p) => p.name));
       state.readsNeedToken = false;
       clearError("read");
+      setPools(pools.pools);
       computeRates(replicas, Date.now());
       // An event during the read may be newer than what was read; the refresh it scheduled follows.
       applyRead(seen, backends);
       renderReplicas(replicas);
+      if (state.polls++ % ROUTES_EVERY === 0) {
+        refreshRoutes();
+        refreshLimits();
+      }
       if (!state.stream) connectEvents();
     } catch (err) {
       readFailed("the state", err);
@@ -685,7 +955,10 @@
     state.changes++;
     state.version = snap.version;
     state.algorithm = snap.algorithm ? snap.algorithm.algorithm : state.algorithm;
+    if (snap.pools) state.pools = new Map(snap.pools.map((p) => [p.name, p]));
     setBackends(snap.backends);
+    refreshRoutes(); // (a stored table, or none: the configuration's, which only GET /routes tells)
+    refreshLimits();
   }
 
   // An event changes one backend: its row is updated in place (no read, no re-render of the others).
@@ -695,7 +968,15 @@
     if (kind === "algorithm" && event.algorithm) {
       state.algorithm = event.algorithm.name;
       renderSummary();
+      schedulePools();
       return;
+    }
+    if (kind === "routes") return void refreshRoutes();
+    if (kind === "rate_limits") return void refreshLimits();
+    if (kind === "pool_set" || kind === "pool_removed") {
+      if (kind === "pool_removed") state.pools.delete(event.name);
+      renderPools();
+      return void schedulePools();
     }
     const address = event.address;
     if (!address) return;
@@ -705,6 +986,7 @@
       b.weight = event.backend.weight;
       b.state = event.backend.state;
       b.origin = event.backend.origin;
+      b.pool = poolOf(event.backend);
       b.override = event.backend.override || null;
       b.discovered = event.backend.discovered || null;
       state.backends.set(address, b);
@@ -720,6 +1002,7 @@
       return;
     }
     renderOne(address);
+    schedulePools();
   }
 
   function dispatch(kind, data) {

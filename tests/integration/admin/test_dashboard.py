@@ -42,7 +42,8 @@ async def test_the_page_is_html_with_only_local_assets(client: Client) -> None:
     csp = r.headers["content-security-policy"]
     assert "script-src 'self'" in csp and "connect-src 'self'" in csp and "default-src 'none'" in csp
     html = r.text
-    assert '<table id="backends" role="table">' in html and '<canvas id="chart"' in html
+    assert '<div id="backends">' in html and '<canvas id="chart"' in html
+    assert '<table id="routes">' in html and '<table id="rate-limits">' in html
     refs = local_refs(html)
     assets = sorted(ref.split("?")[0] for ref in refs if ref.startswith("static/"))
     assert assets == ["static/dashboard.css", "static/dashboard.js"]

@@ -6,8 +6,9 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from services.proxy.balancer import StaticRoundRobin, Upstream
+from services.proxy.limits.limiter import Limiter
 from services.proxy.observability.metrics import proxy_registry
-from services.proxy.stats import LATENCY_BUCKETS, Histogram, Stats, StatsTotals, status_class
+from services.proxy.stats import LATENCY_BUCKETS, RATE_LIMIT_KEY, Histogram, Stats, StatsTotals, status_class
 
 
 def samples(text: bytes) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -82,3 +83,21 @@ def test_request_totals_are_what_the_counters_gained_since_the_last_take() -> No
     stats.backend("a:1").finished(200, 0.01, None)
     stats.backend("b:1").finished(404, 0.01, None)
     assert totals.take_totals() == {"a:1|2xx": 1, "b:1|4xx": 1}
+
+
+def test_request_totals_carry_each_rate_limit_rules_refusals() -> None:
+    """A rule's refusals go out with the totals as ``rate_limit:RULE|limited`` deltas (the dashboard shows
+    them); a limiter swapped in under the same name (a new table) counts from zero again."""
+    stats = Stats()
+    limiters = [Limiter("per-ip", 2, 60.0)]
+    totals = StatsTotals(stats, lambda: limiters)
+    assert not totals.has_totals()
+    refused = [limiters[0].admit("10.0.0.1", 1.0) > 0 for _ in range(5)]
+    assert refused == [False, False, True, True, True]
+    assert totals.has_totals()
+    assert totals.take_totals() == {f"{RATE_LIMIT_KEY}per-ip|limited": 3}
+    assert not totals.has_totals() and totals.take_totals() == {}
+    limiters = [Limiter("per-ip", 1, 60.0)]  # (the new table's limiter, counting from 0)
+    limiters[0].admit("10.0.0.1", 1.0)
+    limiters[0].admit("10.0.0.1", 1.0)
+    assert totals.take_totals() == {f"{RATE_LIMIT_KEY}per-ip|limited": 1}

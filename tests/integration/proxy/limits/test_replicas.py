@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.proxy.stats import RATE_LIMIT_KEY
 from shared.config.limits import RateLimitRule
 from shared.models import Backend as StoredBackend
 from shared.redis_server import RedisServer, free_port
@@ -140,6 +141,11 @@ async def rule_in_force(proxy: Proxy, name: str) -> bool:
     return ("gobalancer_proxy_rate_limit_keys", (("rule", name),)) in samples
 
 
+async def limited(proxy: Proxy, name: str) -> float:
+    samples = await scrape(proxy.metrics)
+    return samples.get(("gobalancer_proxy_rate_limited_total", (("rule", name),)), 0.0)
+
+
 async def degraded(proxy: Proxy, name: str) -> float | None:
     samples = await scrape(proxy.metrics)
     return samples.get(("gobalancer_proxy_rate_limit_degraded", (("rule", name),)))
@@ -194,6 +200,16 @@ async def test_three_proxy_processes_share_a_put_rule_through_redis(
             assert parse_list(got.refusal.header("ratelimit-policy") or "") == [(rule, {"q": LIMIT, "w": 1})]
             ((policy, params),) = parse_list(got.refusal.header("ratelimit") or "")
             assert policy == rule and params["r"] == 0 and params["t"] == int(retry)
+            # Each replica pushes the rule's refusals with its request totals (the dashboard's per-rule
+            # count): in Redis they add up to what the proxies' /metrics count.
+            key = f"{RATE_LIMIT_KEY}{rule}|limited"
+
+            async def refusals_pushed() -> bool:
+                counted = sum([await limited(p, rule) for p in three])
+                pushed = sum(r.totals.get(key, 0) for r in await store.replicas("proxy"))
+                return pushed == counted >= got.refused > 0
+
+            await eventually(refusals_pushed, timeout=5, message="the refusals pushed with the replica totals")
 
             # Redis stopped: each replica on its share (a third), said in /metrics; nothing blocks.
             server.stop()
