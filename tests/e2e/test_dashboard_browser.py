@@ -165,6 +165,7 @@ async def test_lists_backends_drains_and_turns_red_live(
             await page.wait_for_timeout(2500)  # one more poll: the chart has a line, not a point
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+            await page.close()  # (while the admin still runs: see the pools test)
     finally:
         stop.set()
         await pusher
@@ -486,6 +487,8 @@ async def test_pools_routes_and_rate_limits_show_and_a_new_route_appears_live(
             assert await page.evaluate("window.__notReloaded === true"), "the page was reloaded"
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "dashboard-pools.png"), full_page=True)
+            # Closed while the admin still runs: a poll after it stopped would be a refused connection.
+            await page.close()
     finally:
         stop.set()
         await pusher
