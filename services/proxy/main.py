@@ -108,7 +108,7 @@ async def run(config: Config, stop: asyncio.Event) -> None:
     tune_gc()  # (everything is imported by now)
     workers: Workers | None = None
     if config.proxy.workers > 1:
-        workers = Workers(config.proxy.workers - 1, config.metrics.proxy_listen_address)
+        workers = Workers(config.proxy.workers - 1, config.metrics.proxy_listen_address, config.proxy.cpu_affinity)
         await workers.start()
     delay = float(config.proxy.shutdown_delay_sec)
     readiness = Readiness()

@@ -35,18 +35,41 @@ def restart_delay(deaths: int) -> float:
     return min(BACKOFF_MAX_SEC, BACKOFF_MIN_SEC * 2.0 ** (deaths - 2))
 
 
-class Workers:
-    """``count`` worker processes (numbered 1..count), each watched by a task that restarts it."""
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on, in order ([] where the platform cannot tell)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return []
 
-    def __init__(self, count: int, metrics_address: str) -> None:
+
+def pin(pid: int, index: int, cpus: list[int]) -> None:
+    """Process ``pid`` (0: this one) on the ``index``-th of ``cpus`` (modulo their number); a refusal is logged,
+    not fatal (the process runs where the scheduler puts it)."""
+    if not cpus:
+        return
+    cpu = cpus[index % len(cpus)]
+    try:
+        os.sched_setaffinity(pid, {cpu})
+    except OSError as exc:
+        log.warning("cannot pin a proxy process to a CPU", pid=pid or os.getpid(), cpu=cpu, error=str(exc))
+
+
+class Workers:
+    """``count`` worker processes (numbered 1..count), each watched by a task that restarts it. With
+    ``cpu_affinity``, worker i runs on the i-th usable CPU and this process (worker 0) on the first."""
+
+    def __init__(self, count: int, metrics_address: str, cpu_affinity: bool = False) -> None:
         self.count = count
         self.metrics_address = metrics_address
+        self.cpus = usable_cpus() if cpu_affinity else []
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.restarts = 0
         self._stopping = asyncio.Event()
         self._watchers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
+        pin(0, 0, self.cpus)
         for i in range(1, self.count + 1):
             self.procs[i] = await self._spawn(i)
         self._watchers = [asyncio.create_task(self._watch(i)) for i in self.procs]
@@ -56,9 +79,11 @@ class Workers:
         env = dict(os.environ, GOBALANCER_PROXY_WORKERS="1")
         if self.metrics_address:
             env["GOBALANCER_METRICS_PROXY_LISTEN_ADDRESS"] = with_port_offset(self.metrics_address, i)
-        return await asyncio.create_subprocess_exec(
+        proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "services.proxy", env=env, preexec_fn=die_with_parent
         )
+        pin(proc.pid, i, self.cpus)
+        return proc
 
     async def _watch(self, i: int) -> None:
         loop = asyncio.get_running_loop()

@@ -68,6 +68,10 @@ async def test_workers_share_the_listener_and_stop_together(tmp_path: Path, back
         # The kernel spreads the connections over the listeners: more than one process answered.
         assert sum(served) == 30, served
         assert sum(1 for n in served if n > 0) >= 2, f"requests per process: {served}"
+        # proxy.cpu_affinity (the default): process i on the i-th usable CPU, modulo their number.
+        cpus = sorted(os.sched_getaffinity(0))
+        pinned = [os.sched_getaffinity(pid) for pid in [proc.pid, *sorted(workers)]]
+        assert pinned == [{cpus[i % len(cpus)]} for i in range(WORKERS)], pinned
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(proc.wait, 30) == 0
         await eventually(lambda: not _alive(workers), timeout=10, message="the workers stopped")
