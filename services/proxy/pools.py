@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from services.proxy.outlier import OutlierDetector
-from services.proxy.store_balancer import APPLY_BATCH, SERVICE, StoreBalancer
+from services.proxy.store_balancer import APPLY_BATCH, StoreBalancer, proxy_replica
 from shared.aio import cancel_and_wait
 from shared.config import DEFAULT_POOL, Config, RouteConfig
 from shared.logs import get_logger
@@ -317,14 +317,7 @@ async def open_store_pools(
     given, the heartbeat) run inside the context and are stopped on exit."""
     own_replica = replica is None
     if replica is None:
-        replica = Replica(
-            store,
-            SERVICE,
-            ttl=config.redis.replica_ttl_sec,
-            heartbeat=config.redis.heartbeat_sec,
-            flush_interval=float(config.redis.counts_sync_sec),
-            listen=listen,
-        )
+        replica = proxy_replica(config, store, listen)
     options.setdefault("refresh_interval", float(config.redis.counts_sync_sec))
     pools = StorePools(config, store, replica, **options)
     tasks = [

@@ -617,6 +617,18 @@ class StoreBalancer:
         await self.built()
 
 
+def proxy_replica(config: Config, store: Store, listen: str = "") -> Replica:
+    """This proxy process as a replica of the store: its heartbeat and in-flight counters."""
+    return Replica(
+        store,
+        SERVICE,
+        ttl=config.redis.replica_ttl_sec,
+        heartbeat=config.redis.heartbeat_sec,
+        flush_interval=float(config.redis.counts_sync_sec),
+        listen=listen,
+    )
+
+
 @contextlib.asynccontextmanager
 async def open_store_balancer(
     config: Config,
@@ -631,14 +643,7 @@ async def open_store_balancer(
     tasks run inside the context and are stopped on exit (the replica deregistered if we own it)."""
     own_replica = replica is None
     if replica is None:
-        replica = Replica(
-            store,
-            SERVICE,
-            ttl=config.redis.replica_ttl_sec,
-            heartbeat=config.redis.heartbeat_sec,
-            flush_interval=float(config.redis.counts_sync_sec),
-            listen=listen,
-        )
+        replica = proxy_replica(config, store, listen)
     options.setdefault("refresh_interval", float(config.redis.counts_sync_sec))
     balancer = StoreBalancer(config, store, replica, **options)
     tasks = [

@@ -732,7 +732,6 @@ PyMODINIT_FUNC PyInit__fast(void) {
     init_classes();
     for (int k = 0; k < N_METHODS; k++)
         if (methods_seen[k] == NULL && (methods_seen[k] = PyBytes_FromString(names[k])) == NULL) return NULL;
-    if (PyType_Ready(&TallyType) < 0 || PyType_Ready(&EntryType) < 0) return NULL;
     if ((str_young = PyUnicode_InternFromString("_young")) == NULL ||
         (str_deny = PyUnicode_InternFromString("_deny")) == NULL ||
         (str_slow = PyUnicode_InternFromString("_slow")) == NULL || (zero = PyLong_FromLong(0)) == NULL)
@@ -753,16 +752,7 @@ PyMODINIT_FUNC PyInit__fast(void) {
         Py_DECREF(b);
         goto fail;
     }
-    Py_INCREF(&EntryType);
-    if (PyModule_AddObject(m, "Entry", (PyObject *)&EntryType) < 0) {
-        Py_DECREF(&EntryType);
-        goto fail;
-    }
-    Py_INCREF(&TallyType);
-    if (PyModule_AddObject(m, "Tally", (PyObject *)&TallyType) < 0) {
-        Py_DECREF(&TallyType);
-        goto fail;
-    }
+    if (PyModule_AddType(m, &EntryType) < 0 || PyModule_AddType(m, &TallyType) < 0) goto fail;
     return m;
 fail:
     Py_DECREF(m);

@@ -165,12 +165,17 @@ async def test_a_route_table_swapped_under_load_fails_no_request(
         clients = [asyncio.create_task(client(h)) for h in ("api.example.com", "www.example.com") * 4]
         for i in range(20):
             await store.set_routes(flipped if i % 2 == 0 else TABLE)
-            await asyncio.sleep(0.02)
+            # (requests under way across every swap: the next one waits for 10 more answers)
+            await eventually(functools.partial(answered_more, answers, len(answers) + 10), interval=0.001)
         stop.set()
         await asyncio.gather(*clients)
         assert len(answers) > 200
         assert {status for status, _ in answers} == {200}
         assert {backend for _, backend in answers} == {"web", "api"}
+
+
+def answered_more(answers: list[tuple[int, str | None]], count: int) -> bool:
+    return len(answers) >= count
 
 
 def serve_table(replicas: list[StorePools], table: RouteTableSetting) -> bool:
