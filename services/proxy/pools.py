@@ -28,8 +28,8 @@ from typing import Any
 import msgspec
 
 from services.proxy.outlier import OutlierDetector
-from services.proxy.store_balancer import APPLY_BATCH, StoreBalancer, proxy_replica
-from shared.aio import cancel_and_wait
+from services.proxy.store_balancer import APPLY_BATCH, APPLY_SLICE_SEC, StoreBalancer, proxy_replica
+from shared.aio import Turns, cancel_and_wait
 from shared.config import DEFAULT_POOL, Config, RouteConfig
 from shared.logs import get_logger
 from shared.models import AlgorithmSetting, BackendView, Event, PoolSetting, RouteTableSetting, Snapshot
@@ -239,7 +239,7 @@ class StorePools:
     # -- background tasks --------------------------------------------------------------------
 
     async def follow(self, items: AsyncIterable[Snapshot | Event]) -> None:
-        applied = 0
+        turns = Turns(APPLY_BATCH, APPLY_SLICE_SEC)
         async for item in items:
             if isinstance(item, Snapshot):
                 await self.apply_snapshot(item)
@@ -247,9 +247,7 @@ class StorePools:
                 self.apply_event(item)
             for listener in self.apply_listeners:
                 listener(item)
-            applied += 1
-            if applied % APPLY_BATCH == 0:
-                await asyncio.sleep(0)
+            await turns.after_item()
 
     async def watch(self) -> None:
         while True:

@@ -38,7 +38,7 @@ from services.proxy.policies import Counts, Journaled, Policy, PolicyEnv, build_
 from services.proxy.policies.ewma import record as record_latency
 from services.proxy.stats import Histogram
 from services.proxy.view import RETIRE_SLICE, Candidates, LocalView, ViewState, compute_candidates
-from shared.aio import Backoff, cancel_and_wait
+from shared.aio import Backoff, Turns, cancel_and_wait
 from shared.config import Config
 from shared.gc_tuning import freeze_new_objects
 from shared.logs import get_logger
@@ -56,8 +56,10 @@ SYNC_BUILD_MAX_SEC = 0.008
 # collection walking the new policy's containers would take longer than the loop may stall. Below,
 # it costs a few ms and nothing is frozen.
 FREEZE_MIN_BACKENDS = 50_000
-# Events applied back to back before the loop gets a turn (each costs a few µs at 100,000 backends).
+# Events applied back to back before the loop gets a turn (each costs a few µs at 100,000 backends, twice
+# that while a build shares the GIL): at most this many, for at most this long.
 APPLY_BATCH = 100
+APPLY_SLICE_SEC = 0.002
 # Picks tried with a policy older than the view before scanning it for a usable backend.
 STALE_PICK_TRIES = 16
 
@@ -150,6 +152,7 @@ class StoreBalancer:
         self.first_snapshot = asyncio.Event()
         self.changed = asyncio.Event()  # set whenever the view changes (tests and diagnostics wait on it)
         self.rebuilds = 0
+        self.turns = Turns(APPLY_BATCH, APPLY_SLICE_SEC)  # given to the loop while applying bursts
         self.snapshots = 0  # full snapshots applied (1, plus one per re-sync)
         self.refresh_rounds = 0  # periods of the refresh task so far (tests wait on it)
         # Observability (read by the proxy's /metrics collector at scrape time).
@@ -342,9 +345,15 @@ class StoreBalancer:
                     self.policy = Journaled(self.policy)  # remembers count changes during the build
                 built = await loop.run_in_executor(None, _build, *self._build_inputs(copy=True))
                 large = len(built.result.candidates) >= FREEZE_MIN_BACKENDS
+                retired: list[object] = []
                 if self.rebuilds == installs:  # else a synchronous rebuild() installed a newer one meanwhile
-                    self._install(built)
-                del built  # (the previous policy went with the install: freed before the freeze)
+                    retired = self._install(built)
+                del built
+                # What the install replaced is freed one piece a turn (each ~1 ms at 100,000: deallocating
+                # a large container is one C call that no GIL switch interrupts), before the freeze.
+                while retired:
+                    await asyncio.sleep(0)
+                    retired.pop()
                 if large:
                     freeze_new_objects()  # no collection walks its new per-backend containers
                 # The install and the next copy of the view (~5 ms each at 100,000): in separate turns
@@ -358,11 +367,13 @@ class StoreBalancer:
             self._building = None
             self._settle()
 
-    def _install(self, built: Built) -> None:
+    def _install(self, built: Built) -> list[object]:
         """Swap a built policy in (on the loop, O(1) but for the count changes to replay): its
         upstreams (first: a pick must find one), the view's bookkeeping, rotation carried over,
-        count changes seen while it was built elsewhere replayed."""
+        count changes seen while it was built elsewhere replayed. Returns what it replaced, for the
+        caller to let go of (the previous policy and upstreams)."""
         result, policy = built.result, built.policy
+        retired: list[object] = [self._upstreams]
         self._upstreams = built.upstreams
         self.view.commit(result)
         previous = self.policy
@@ -374,8 +385,10 @@ class StoreBalancer:
         for address in changed:
             policy.count_changed(address)
         self.policy = policy
+        retired.append(previous)
         self._next_change = min(result.next_change, self.view.carry_until)
         self.rebuilds += 1
+        return retired
 
     @property
     def policy(self) -> Policy:
@@ -517,13 +530,11 @@ class StoreBalancer:
 
     async def follow(self, items: AsyncIterable[Snapshot | Event]) -> None:
         """Apply what the store's watch yields. A burst of events may arrive already buffered (no
-        await in between would suspend): every ``APPLY_BATCH`` of them the loop gets a turn."""
-        applied = 0
+        await in between would suspend): the loop gets a turn every ``APPLY_BATCH`` of them or
+        ``APPLY_SLICE_SEC``, whichever comes first."""
         async for item in items:
             self.apply(item)
-            applied += 1
-            if applied % APPLY_BATCH == 0:
-                await asyncio.sleep(0)
+            await self.turns.after_item()
 
     async def watch(self) -> None:
         while True:

@@ -252,9 +252,9 @@ class LocalView:
         addresses, when they are to be sorted again, are then sorted by the computation."""
         if copy:
             return ViewState(
-                backends=dict(self.backends),
+                backends=self.backends.copy(),  # (not dict(): that one re-inserts every entry once any was deleted)
                 order=tuple(self._order) if self._order is not None else None,
-                local_ejections=dict(self.local_ejections),
+                local_ejections=self.local_ejections.copy(),
                 known=self._known,  # replaced by commit(), never mutated: no copy needed
                 start_healthy=self.start_healthy,
                 members=self._members,

@@ -207,8 +207,10 @@ async def test_100k_ip_hash_rebuild_off_the_loop(collector: Pauses) -> None:
     assert {c.address for c in balancer.policy.candidates} == set(addresses) - down - removed
     assert watch.bad == []
     assert watch.stale_picks > 100  # picks went on during the builds, with the previous policy
-    # The build itself takes 1-3 s; what runs on the loop is the copy of the view (~5 ms at 100k) and
-    # the swap (~1 ms), and a wait for the GIL (the switch interval is 5 ms).
+    # The build itself takes 1-3 s; what runs on the loop is the copy of the view (~1.5 ms at 100k),
+    # the swap (~1-2 ms), what it replaced freed a piece a turn (~1 ms each), event batches (<= 2 ms)
+    # and waits for the GIL (the switch interval is 1 ms). Measured largest gaps, 2 ms tick included:
+    # 6-8 ms on a quiet machine, 9-14 ms with two busy processes beside it (before these: 8-15 and 21 ms).
     stalls = f"largest loop gap {watch.max_gap * 1000:.1f} ms; {collector}"
     assert collector.longest < MAX_STALL, stalls
     assert watch.max_gap < MAX_STALL, stalls
@@ -225,13 +227,16 @@ async def test_burst_of_changes_coalesces_and_the_last_one_wins(algorithm: str, 
     removed: set[str] = set()
     watch = Watch(balancer, lambda a: a in removed)
     tasks = watch.start()
+    turns = balancer.turns.count
     down, gone, builds = await burst(balancer, addresses)
+    turns = balancer.turns.count - turns
     removed |= gone
     await watch.finish(tasks)
     # The running build, then more with the latest view: a build (~20-50 ms at 6,000) may end while
-    # changes are still landing, APPLY_BATCH at a time; a new one starts only at one of those turns,
-    # so the 2,110 changes make at most 1 + ceil(2,110 / APPLY_BATCH) builds (measured: 2 to 4).
-    assert 2 <= builds <= 1 + math.ceil(2110 / APPLY_BATCH), builds
+    # changes are still landing, APPLY_BATCH at a time (or fewer when slow); a new one starts only at
+    # one of those turns, so the 2,110 changes make at most 1 + turns builds (measured: 2 to 4).
+    assert math.ceil(2110 / APPLY_BATCH) <= turns
+    assert 2 <= builds <= 1 + turns, (builds, turns)
     assert {c.address for c in balancer.policy.candidates} == set(addresses) - down - removed
     assert not isinstance(balancer.policy, Journaled)
     assert watch.bad == []
