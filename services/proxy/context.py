@@ -18,6 +18,7 @@ from services.proxy.http.pool import Pool, Pooled
 from services.proxy.limits.gate import Gate
 from services.proxy.observability.access_log import AccessLog
 from services.proxy.observability.tracing import SpanExporter, make_exporter
+from services.proxy.outbox import Outbox
 from services.proxy.proxy_protocol import TrustedNetworks
 from services.proxy.routes import Route, RouteTable
 from services.proxy.stats import BackendStats, RetryBudget, Stats
@@ -73,6 +74,7 @@ class Context:
         self.pool_name = pool_name  # the pool of a request no route sent elsewhere (a listener's own pool)
         self.budget = RetryBudget(p.retry_budget)
         self.pool: Pool[Pooled] = Pool(p.pool_size, float(t.backend_idle_sec), loop)
+        self.outbox = Outbox(loop)  # the hot path's writes, sent together when the loop's turn ends
         # Routing (config.routes, or the store's table): None with no routes, so the one-pool path pays one
         # test per request. ``routed`` False: a listener of one pool.
         self.routed = routed
@@ -203,6 +205,7 @@ class Context:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
+        self.outbox.flush()
         if self.access_log is not None:
             self.access_log.close()
         self.pool.close()

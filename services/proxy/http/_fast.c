@@ -702,6 +702,140 @@ static PyObject *fast_trace_head(PyObject *self, PyObject *const *args, Py_ssize
     return result;
 }
 
+/* Outbox: services/proxy/outbox.py's class in C (see there for why and for the order argument).
+ * ``items`` is a list: transport, data, transport, data, ... ``write`` appends a pair and, for the
+ * first pair of a turn, schedules ``flush`` with the loop's call_soon; ``flush`` takes the list, puts
+ * a new one in its place, and writes each pair whose transport is not closing. A write that raises
+ * does not stop the others: the first error is raised once all were tried. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *call_soon;
+    PyObject *items;
+} Outbox;
+
+static PyObject *str_flush, *str_is_closing, *str_write, *str_call_soon;
+
+static int outbox_init(PyObject *op, PyObject *args, PyObject *kwds) {
+    Outbox *self = (Outbox *)op;
+    PyObject *loop;
+    static char *kwlist[] = {"loop", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Outbox", kwlist, &loop)) return -1;
+    PyObject *call_soon = PyObject_GetAttr(loop, str_call_soon);
+    if (call_soon == NULL) return -1;
+    PyObject *items = PyList_New(0);
+    if (items == NULL) {
+        Py_DECREF(call_soon);
+        return -1;
+    }
+    Py_XSETREF(self->call_soon, call_soon);
+    Py_XSETREF(self->items, items);
+    return 0;
+}
+
+static int outbox_traverse(PyObject *op, visitproc visit, void *arg) {
+    Outbox *self = (Outbox *)op;
+    Py_VISIT(self->call_soon);
+    Py_VISIT(self->items);
+    return 0;
+}
+
+static int outbox_clear(PyObject *op) {
+    Outbox *self = (Outbox *)op;
+    Py_CLEAR(self->call_soon);
+    Py_CLEAR(self->items);
+    return 0;
+}
+
+static void outbox_dealloc(PyObject *op) {
+    PyObject_GC_UnTrack(op);
+    outbox_clear(op);
+    Py_TYPE(op)->tp_free(op);
+}
+
+static PyObject *outbox_write(PyObject *op, PyObject *const *args, Py_ssize_t nargs) {
+    Outbox *self = (Outbox *)op;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "write(transport, data)");
+        return NULL;
+    }
+    if (self->items == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Outbox not initialised");
+        return NULL;
+    }
+    if (PyList_GET_SIZE(self->items) == 0) {
+        PyObject *flush = PyObject_GetAttr(op, str_flush);
+        if (flush == NULL) return NULL;
+        PyObject *handle = PyObject_CallOneArg(self->call_soon, flush);
+        Py_DECREF(flush);
+        if (handle == NULL) return NULL;
+        Py_DECREF(handle);
+    }
+    if (PyList_Append(self->items, args[0]) < 0 || PyList_Append(self->items, args[1]) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *outbox_flush(PyObject *op, PyObject *unused) {
+    (void)unused;
+    Outbox *self = (Outbox *)op;
+    PyObject *items = self->items;
+    if (items == NULL || PyList_GET_SIZE(items) == 0) Py_RETURN_NONE;
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL) return NULL;
+    self->items = fresh; /* the old list's reference is ours now */
+    PyObject *exc = NULL, *exc_type = NULL, *exc_tb = NULL; /* the first error (3.11: its three parts) */
+    Py_ssize_t n = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i + 1 < n; i += 2) {
+        PyObject *transport = PyList_GET_ITEM(items, i), *data = PyList_GET_ITEM(items, i + 1);
+        PyObject *closing = PyObject_CallMethodNoArgs(transport, str_is_closing);
+        int skip = closing == NULL ? -1 : PyObject_IsTrue(closing);
+        Py_XDECREF(closing);
+        if (skip == 0) {
+            PyObject *r = PyObject_CallMethodOneArg(transport, str_write, data);
+            if (r != NULL) {
+                Py_DECREF(r);
+                continue;
+            }
+        } else if (skip > 0)
+            continue;
+        if (exc_type == NULL)
+            PyErr_Fetch(&exc_type, &exc, &exc_tb);
+        else
+            PyErr_Clear();
+    }
+    Py_DECREF(items);
+    if (exc_type != NULL) {
+        PyErr_Restore(exc_type, exc, exc_tb);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef outbox_methods[] = {
+    {"write", (PyCFunction)(void (*)(void))outbox_write, METH_FASTCALL,
+     "write(transport, data): queue data for transport; sent by flush() (scheduled by the turn's first write)."},
+    {"flush", outbox_flush, METH_NOARGS, "flush(): write what is queued, in order, to the transports not closing."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef outbox_members[] = {
+    {"items", T_OBJECT, offsetof(Outbox, items), READONLY, "transport, data, ... queued this turn"},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyTypeObject OutboxType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "services.proxy.http._fast.Outbox",
+    .tp_basicsize = sizeof(Outbox),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Outbox(loop): the hot path's writes, sent together when the loop's turn ends.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = outbox_init,
+    .tp_dealloc = outbox_dealloc,
+    .tp_traverse = outbox_traverse,
+    .tp_clear = outbox_clear,
+    .tp_methods = outbox_methods,
+    .tp_members = outbox_members,
+};
+
 static PyMethodDef methods[] = {
     {"request", (PyCFunction)(void (*)(void))fast_request, METH_FASTCALL,
      "request(data, max_target, max_head) -> (head, host) | None: one plain request head, whole."},
@@ -734,7 +868,11 @@ PyMODINIT_FUNC PyInit__fast(void) {
         if (methods_seen[k] == NULL && (methods_seen[k] = PyBytes_FromString(names[k])) == NULL) return NULL;
     if ((str_young = PyUnicode_InternFromString("_young")) == NULL ||
         (str_deny = PyUnicode_InternFromString("_deny")) == NULL ||
-        (str_slow = PyUnicode_InternFromString("_slow")) == NULL || (zero = PyLong_FromLong(0)) == NULL)
+        (str_slow = PyUnicode_InternFromString("_slow")) == NULL || (zero = PyLong_FromLong(0)) == NULL ||
+        (str_flush = PyUnicode_InternFromString("flush")) == NULL ||
+        (str_is_closing = PyUnicode_InternFromString("is_closing")) == NULL ||
+        (str_write = PyUnicode_InternFromString("write")) == NULL ||
+        (str_call_soon = PyUnicode_InternFromString("call_soon")) == NULL)
         return NULL;
     PyObject *os = PyImport_ImportModule("os");
     PyObject *seed = os != NULL ? PyObject_CallMethod(os, "urandom", "i", (int)sizeof(rng)) : NULL;
@@ -752,7 +890,9 @@ PyMODINIT_FUNC PyInit__fast(void) {
         Py_DECREF(b);
         goto fail;
     }
-    if (PyModule_AddType(m, &EntryType) < 0 || PyModule_AddType(m, &TallyType) < 0) goto fail;
+    if (PyModule_AddType(m, &EntryType) < 0 || PyModule_AddType(m, &TallyType) < 0 ||
+        PyModule_AddType(m, &OutboxType) < 0)
+        goto fail;
     return m;
 fail:
     Py_DECREF(m);

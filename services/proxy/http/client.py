@@ -98,7 +98,6 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client_ip = peer[0] if isinstance(peer, tuple) else "unix"
         self.prefix = forwarding_prefix(self.client_ip, self.proto)
-        self.ex.write = transport.write
         ctx = self.ctx
         ctx.connections.add(self)
         ctx.stats.connections += 1
@@ -408,6 +407,8 @@ class ClientConnection(asyncio.Protocol):
         self.state = CLOSED
         self.pauses.closed = True
         self.deadline = NEVER
+        if self.ctx.outbox.items:  # a response queued this turn goes out before the close
+            self.ctx.outbox.flush()
         self.transport.close()
         self.ex.abort()
 

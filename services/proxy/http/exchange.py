@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from services.proxy.attempts import Attempts
@@ -80,10 +79,6 @@ _HEAD = 0  # ClientConnection's HEAD state (client.py imports this module)
 _NO_IDLE: dict[str, list[UpstreamConnection]] = {}
 
 
-def _unconnected(data: bytes) -> None:
-    raise RuntimeError("no client transport yet")
-
-
 # A response head and body (or several body pieces) up to this size are joined into one write (one
 # send()); beyond it they go as writelines, not copied.
 JOIN_MAX = 65536
@@ -106,6 +101,7 @@ class Exchange(Attempts):
         "head_out",
         "idle",
         "keep_alive",
+        "later",
         "open",
         "pending",
         "pending_size",
@@ -126,7 +122,6 @@ class Exchange(Attempts):
         "up",
         "upstream_sec",
         "via_end",
-        "write",
     )
 
     def __init__(self, conn: ClientConnection) -> None:
@@ -136,7 +131,7 @@ class Exchange(Attempts):
         self.client = ""  # general path: the client's address (from a trusted X-Forwarded-For, else the peer)
         # The pool's idle connections by address (read on every request); the HTTP side pools only these.
         self.idle = cast("dict[str, list[UpstreamConnection]]", ctx.pool.idle)
-        self.write: Callable[[bytes], object] = _unconnected  # the client transport's write, once connected
+        self.later = ctx.outbox.write  # the hot path's writes: sent when the loop's turn ends (see Outbox)
         self.up: UpstreamConnection | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.open = False  # a request started and not yet ended (end())
@@ -225,7 +220,7 @@ class Exchange(Attempts):
             return True
         up = self.up = idle.pop()  # (never while the client is paused for writing: see client_blocked)
         up.ex = self
-        up.transport.write(out)
+        self.later(up.transport, out)
         return True
 
     def _fast_head(self, head: bytes, host: bytes) -> bytes:
@@ -616,7 +611,8 @@ class Exchange(Attempts):
         rewritten for the client, and body (``fast.response``). The other half of the hot path."""
         self.up = None  # detached before the write: a pause_writing it triggers must not pause ``up``
         up.ex = None
-        self.write(out)
+        conn = self.conn
+        self.later(conn.transport, out)
         ctx = self.ctx
         latency = _clock() - self.started_at
         upstream = self.upstream
@@ -635,7 +631,6 @@ class Exchange(Attempts):
             idle.append(up)
         else:
             ctx.pool.put(up.address, up)
-        conn = self.conn
         if conn.plain:
             conn.state = _HEAD
             conn.deadline = ctx.idle_at

@@ -140,6 +140,32 @@ async def test_pipelined_requests_answered_in_order(backends: Backends, start_pr
     assert bodies == [b"/1", b"/2", b"/3"]
 
 
+async def test_a_queued_fast_response_goes_out_before_what_follows_it(
+    backends: Backends, start_proxy: StartProxy
+) -> None:
+    """The fast path queues a whole response in the outbox until the loop's turn ends: a pipelined
+    request answered by the proxy itself (a 400) comes after it, and a close does not lose it."""
+
+    async def delayed(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bool:
+        await asyncio.sleep(0.05)
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(req.target), req.target.encode()))
+        return True
+
+    b = await backends.add(Backend(delayed))
+    proxy = await start_proxy([b])
+    reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+    writer.write(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")  # one plain head: the fast path
+    await asyncio.sleep(0.01)  # (so that the next bytes arrive in a read of their own)
+    writer.write(b"GET /second HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n")  # pipelined, refused
+    first = await asyncio.wait_for(read_response(reader), 5)
+    second = await asyncio.wait_for(read_response(reader), 5)
+    assert (first.status, first.body, second.status) == (200, b"/first", 400)
+    writer.close()
+    for _ in range(20):  # the last response of a connection: queued, then the close
+        resp = await request(proxy.port, b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        assert (resp.status, resp.body, resp.header("Connection")) == (200, b"/last", "close")
+
+
 async def test_a_long_pipeline_of_refused_requests_is_answered_in_full(start_proxy: StartProxy) -> None:
     """5,000 pipelined requests each answered at once (503: no backend): no recursion, no drop."""
     proxy = await start_proxy([])

@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.proxy import stats
+from services.proxy import outbox, stats
 from services.proxy.http import fast
 from services.proxy.http.headers import FAST_HEAD_NEW_TRACE, FAST_TRACE_VIA, client_response_head, upstream_request_head
 from services.proxy.http.parser import HttpError, parse_request_head, parse_response_head
@@ -52,10 +52,12 @@ def test_the_compiled_fast_path_is_built_and_in_use() -> None:
     bytecode budget and the benchmarks count it). Only a machine without a C compiler runs without."""
     if os.environ.get("GOBALANCER_PURE_PYTHON") == "1":  # the suite's second run (Makefile: PURE_PYTHON_TESTS)
         assert not fast.COMPILED and fast.request is fast.request_py and fast.response is fast.response_py
+        assert outbox.Outbox is outbox.OutboxPy
         return
     if not in_ci() and "c" not in REQUESTS:
         pytest.skip("the C fast path is not built here (scripts/build-ext found no compiler)")
     assert "c" in REQUESTS and fast.COMPILED and fast.request is REQUESTS["c"] and fast.response is RESPONSES["c"]
+    assert outbox.Outbox is fast.EXTENSION.Outbox
 
 
 NAMES = [
