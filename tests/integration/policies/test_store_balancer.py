@@ -104,8 +104,10 @@ async def test_three_replicas_keep_least_connections_balanced_under_uneven_durat
         await asyncio.sleep(0.02)
     await asyncio.gather(*tasks)
     steady = spreads[len(spreads) // 2 :]
-    # Round robin would hold 3x more in flight on the slow backend (a spread of ~50 here).
-    assert sum(steady) / len(steady) <= 15, steady
+    # Round robin would hold 3x more in flight on the slow backend (a spread of ~50 here). Quiet, the
+    # mean is well under 15; a loaded CI machine delays the 50 ms pushes and 100 ms refreshes (staler
+    # counts, wider spreads), hence 20: still far from what ignoring the other replicas gives.
+    assert sum(steady) / len(steady) <= 20, steady
     assert received[ADDRS[0]] < 0.6 * received[ADDRS[1]]
 
 
