@@ -18,7 +18,7 @@ from services.proxy.http.pool import Pool, Pooled
 from services.proxy.limits.gate import Gate
 from services.proxy.observability.access_log import AccessLog
 from services.proxy.observability.tracing import SpanExporter, make_exporter
-from services.proxy.outbox import Outbox
+from services.proxy.outbox import Outbox, flush_first
 from services.proxy.proxy_protocol import TrustedNetworks
 from services.proxy.routes import Route, RouteTable
 from services.proxy.stats import BackendStats, RetryBudget, Stats
@@ -205,7 +205,7 @@ class Context:
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        self.outbox.flush()
+        flush_first(self.outbox)
         if self.access_log is not None:
             self.access_log.close()
         self.pool.close()

@@ -12,14 +12,17 @@ backend and a whole plain response to its client: they are queued, and one callb
 the first of the turn, sends them all at the start of the next turn, before the loop polls again.
 The proxy's CPU per request went down too (fewer wake-ups, fewer preemptions).
 
-Order. A transport's bytes go out in the order they were written, because nothing writes to a
-transport with queued bytes before the flush:
+Order. A transport's bytes go out in the order they were written, and a graceful close loses
+none of them:
 - a queued request is the whole request (the fast path takes no body), and nothing else goes to
   its backend connection until the response, which cannot come before the request has left;
-- a queued response is the whole response; what may follow on the same client connection in the
-  same turn is the next pipelined request, which starts from a callback scheduled after the flush,
-  or a close, which flushes first (``ClientConnection.close``; an abort drops what is queued, as it
-  drops what the transport buffers).
+- a queued response is the whole response. What may follow on the same client connection in the
+  same turn: the next request, read from the same batch of ready sockets (a pipelining client)
+  or from a callback scheduled after the flush; its response is queued behind, or written at once
+  by ``ClientConnection.write_now`` / ``writelines_now`` (an error, a 429, a streamed response),
+  which flush first; a close, which flushes first (``ClientConnection.close``); the client's FIN,
+  after which uvloop closes the transport itself: ``eof_received`` flushes first. An abort drops
+  what is queued, as it drops what the transport buffers.
 A transport closing by the time of the flush gets nothing. Back-pressure is unchanged: the
 transport's ``pause_writing`` comes during the flush instead of during the write.
 """
@@ -30,6 +33,9 @@ import asyncio
 from typing import Any
 
 from services.proxy.http import fast
+from shared.logs import get_logger
+
+log = get_logger("proxy.http")
 
 
 class OutboxPy:
@@ -70,3 +76,12 @@ class OutboxPy:
 
 
 Outbox: type[OutboxPy] = fast.EXTENSION.Outbox if fast.EXTENSION is not None else OutboxPy
+
+
+def flush_first(outbox: OutboxPy) -> None:
+    """Before writing or closing directly: what is queued goes first. A queued write that raised (a
+    bug) is logged, not raised into the caller, which goes on writing or closing."""
+    try:
+        outbox.flush()
+    except Exception as exc:
+        log.error("queued write failed", error=str(exc) or repr(exc))

@@ -28,6 +28,7 @@ from services.proxy.http.exchange import Exchange
 from services.proxy.http.headers import forwarding_prefix, new_request_id
 from services.proxy.http.parser import HEAD_END, HttpError, check_incomplete_head, parse_request_head
 from services.proxy.http.upstream import UpstreamConnection
+from services.proxy.outbox import flush_first
 from services.proxy.proxy_protocol import ProxyProtocolError, parse_proxy_header
 from shared.logs import get_logger
 
@@ -51,6 +52,7 @@ class ClientConnection(asyncio.Protocol):
         "deadline",
         "eof",
         "ex",
+        "outbox",
         "pauses",
         "plain",
         "prefix",
@@ -62,6 +64,7 @@ class ClientConnection(asyncio.Protocol):
 
     def __init__(self, ctx: Context, tls: bool = False) -> None:
         self.ctx = ctx
+        self.outbox = ctx.outbox  # the hot path's queued writes: flushed before any direct write or close
         self.proto = b"https" if tls else b"http"
         self.transport: asyncio.Transport = cast(asyncio.Transport, None)
         self.pauses = cast(ReadPauses, None)
@@ -113,6 +116,8 @@ class ClientConnection(asyncio.Protocol):
         self.ex.abort()
 
     def eof_received(self) -> bool | None:
+        if self.outbox.items:  # (uvloop may close the transport on return: a queued response goes first)
+            flush_first(self.outbox)
         state = self.state
         if state == TUNNEL:
             up = self.ex.up
@@ -254,7 +259,7 @@ class ClientConnection(asyncio.Protocol):
     def _reject(self, exc: HttpError) -> None:
         self.ctx.stats.error(exc.status)
         if self.state != CLOSED:
-            self.transport.write(error_response(exc.status, new_request_id(), close=True))
+            self.write_now(error_response(exc.status, new_request_id(), close=True))
             self.close()
 
     # -- called by the exchange ----------------------------------------------------------------
@@ -329,6 +334,8 @@ class ClientConnection(asyncio.Protocol):
 
     def tunnel_peer_eof(self) -> None:
         if self.transport.can_write_eof():
+            if self.outbox.items:
+                flush_first(self.outbox)
             self.transport.write_eof()
             self._tunnel_eof()
         else:
@@ -407,10 +414,23 @@ class ClientConnection(asyncio.Protocol):
         self.state = CLOSED
         self.pauses.closed = True
         self.deadline = NEVER
-        if self.ctx.outbox.items:  # a response queued this turn goes out before the close
-            self.ctx.outbox.flush()
+        if self.outbox.items:  # a response queued this turn goes out before the close
+            flush_first(self.outbox)
         self.transport.close()
         self.ex.abort()
+
+    # -- writing at once (the hot path queues its writes instead: services/proxy/outbox.py) ---------
+
+    def write_now(self, data: bytes) -> None:
+        """Write to the client now; a response queued earlier in this turn goes first."""
+        if self.outbox.items:
+            flush_first(self.outbox)
+        self.transport.write(data)
+
+    def writelines_now(self, parts: list[bytes]) -> None:
+        if self.outbox.items:
+            flush_first(self.outbox)
+        self.transport.writelines(parts)
 
     def abort(self) -> None:
         self.close()

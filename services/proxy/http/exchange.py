@@ -368,7 +368,7 @@ class Exchange(Attempts):
         conn = self.conn
         if conn.closed:
             return
-        conn.transport.write(response)
+        conn.write_now(response)
         self.bytes_out += len(response)
         self.resp_status = 429
         if close:
@@ -658,7 +658,7 @@ class Exchange(Attempts):
 
     def informational(self, head: ResponseHead) -> None:
         if self.req is None or self.req.minor >= 1:
-            self.conn.transport.write(client_response_head(head, 1, True, rechunk=False, tunnel=False))
+            self.conn.write_now(client_response_head(head, 1, True, rechunk=False, tunnel=False))
 
     def response_head(self, up: UpstreamConnection, head: ResponseHead, fast_head: bytes | None = None) -> None:
         """The response head arrived (``fast_head``: already rewritten by the fast path)."""
@@ -677,7 +677,7 @@ class Exchange(Attempts):
             self.last_response()
             out = client_response_head(head, 1, False, False, True)
             self.bytes_out += len(out)
-            conn.transport.write(out)
+            conn.write_now(out)
             conn.start_tunnel(up)
             return
         req = self.req
@@ -693,18 +693,18 @@ class Exchange(Attempts):
             self.resp_head = client_response_head(head, minor, self.keep_alive, self.rechunk, False)
 
     def send(self, data: bytes) -> None:
-        transport = self.conn.transport
+        conn = self.conn
         head = self.resp_head
         if head is not None:
             self.resp_head = None
             self.bytes_out += len(head) + len(data)
             if len(data) <= JOIN_MAX:
-                transport.write(head + data)
+                conn.write_now(head + data)
             else:
-                transport.writelines([head, data])
+                conn.writelines_now([head, data])
             return
         self.bytes_out += len(data)
-        transport.write(data)
+        conn.write_now(data)
 
     def send_pieces(self, pieces: list[bytes]) -> None:
         out: list[bytes] = []
@@ -718,9 +718,9 @@ class Exchange(Attempts):
         size = sum(map(len, out))
         self.bytes_out += size
         if size <= JOIN_MAX:
-            self.conn.transport.write(b"".join(out))
+            self.conn.write_now(b"".join(out))
         else:
-            self.conn.transport.writelines(out)
+            self.conn.writelines_now(out)
 
     def response_end(self, up: UpstreamConnection, reusable: bool) -> None:
         if up is not self.up:
@@ -734,7 +734,7 @@ class Exchange(Attempts):
             self.resp_head = None
         if tail:
             self.bytes_out += len(tail)
-            self.conn.transport.write(tail)
+            self.conn.write_now(tail)
         status = self.resp_status
         latency = self.upstream_sec = _clock() - self.started_at
         self.finish_ok(latency, status)
@@ -828,7 +828,7 @@ class Exchange(Attempts):
         response = error_response(
             status, self.request_id(), close=close, minor=req.minor if req is not None else 1, why=why
         )
-        conn.transport.write(response)
+        conn.write_now(response)
         self.bytes_out += len(response)
         self.resp_status = status
         if close:

@@ -24,6 +24,7 @@ from tests.integration.proxy.backends import (
     read_response,
     request,
     reset,
+    serving,
     slow,
     status,
 )
@@ -164,6 +165,49 @@ async def test_a_queued_fast_response_goes_out_before_what_follows_it(
     for _ in range(20):  # the last response of a connection: queued, then the close
         resp = await request(proxy.port, b"GET /last HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
         assert (resp.status, resp.body, resp.header("Connection")) == (200, b"/last", "close")
+
+
+@pytest.mark.parametrize("then", ["refused request", "half-close"])
+async def test_a_queued_fast_response_goes_first_when_the_client_is_read_in_the_same_turn(
+    start_proxy: StartProxy, then: str
+) -> None:
+    """The backend's response and the client's next bytes reach the proxy in one batch of ready sockets
+    (both written here before the loop polls again): the response, queued in the outbox, still leaves
+    first, before the 400 the proxy writes itself for a bad pipelined request, and before the close that
+    follows the client's FIN (uvloop closes the transport when ``eof_received`` returns)."""
+    requested: asyncio.Future[asyncio.StreamWriter] = asyncio.get_running_loop().create_future()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        requested.set_result(writer)
+        await reader.read()  # until the proxy closes
+
+    async with serving(serve) as address:
+        proxy = await start_proxy([address])
+        loop = asyncio.get_running_loop()
+        client = socket.socket()  # a plain socket: its send() and shutdown() reach the kernel at once
+        client.setblocking(False)
+        await loop.sock_connect(client, ("127.0.0.1", proxy.port))
+        try:
+            await loop.sock_sendall(client, b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")  # the fast path
+            backend = await asyncio.wait_for(requested, 5)
+            backend.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")  # ready first in the batch
+            if then == "half-close":
+                client.shutdown(socket.SHUT_WR)
+            else:
+                client.send(b"GET /second HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n")
+            received = bytearray()
+            async with asyncio.timeout(5):
+                while data := await loop.sock_recv(client, 65536):  # until the proxy closes
+                    received += data
+        finally:
+            client.close()
+    first, _, rest = bytes(received).partition(b"first")
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n"), received
+    if then == "refused request":
+        assert rest.startswith(b"HTTP/1.1 400 "), received
+    else:
+        assert rest == b"", received
 
 
 async def test_a_long_pipeline_of_refused_requests_is_answered_in_full(start_proxy: StartProxy) -> None:
