@@ -20,13 +20,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from services.proxy.balancer import Balancer, Upstream
 from shared.logs import get_logger
 
 if TYPE_CHECKING:
     from services.proxy.context import Context
+    from services.proxy.limits.pools import LimitedBalancer
 
 log = get_logger("proxy.attempts")
 
@@ -87,6 +88,17 @@ class Attempts:
             self.upstream = None
             self.last = upstream.address
             self.balancer.finished(upstream, status < 500, latency)
+
+    async def admitted(self, ticket: Upstream) -> Upstream | str:
+        """A pool at its connection limits answered a pick with a ticket (``port < 0``, limits/pools.py):
+        wait for the backend it grants, now the current attempt's; or the reason of the 503 (the attempt
+        is over: nothing to finish)."""
+        got = await cast("LimitedBalancer", self.balancer).wait(ticket)
+        if isinstance(got, str):
+            self.upstream = None
+        else:
+            self.upstream, self.last = got, got.address
+        return got
 
     async def connect(self, upstream: Upstream, factory: Callable[[], asyncio.Protocol]) -> Any:
         """A new connection's protocol, or None after a failure (counted, reported, logged)."""

@@ -148,13 +148,14 @@ class Context:
         if not self.routed or (not routes and self.routes is None):
             return
         table = RouteTable.build(routes, unmatched_pool)
+        every = [r for r in (*table.routes, table.unmatched) if r is not None]
         fast_routes = FastRoutes(
             (r, (self.pools[r.pool], rs, rs.whole))
-            for r in [*table.routes, table.unmatched]
-            if r is not None and not (r.strip_prefix or r.rewrite_host) and r.pool in self.pools
+            for r in every
+            if not (r.strip_prefix or r.rewrite_host) and r.pool in self.pools
             for rs in (self.stats.route(r),)
         )
-        self.stats.keep_routes({r.label for r in [*table.routes, table.unmatched] if r is not None})
+        self.stats.keep_routes({r.label for r in every})
         self.fast_routes, self.routes = fast_routes, table
         self.fast_scan = partial(fast.request_route, table.hosts)
 

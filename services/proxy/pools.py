@@ -27,8 +27,7 @@ from typing import Any
 
 import msgspec
 
-from services.proxy.outlier import OutlierDetector
-from services.proxy.store_balancer import APPLY_BATCH, APPLY_SLICE_SEC, StoreBalancer, proxy_replica
+from services.proxy.store_balancer import APPLY_BATCH, APPLY_SLICE_SEC, StoreBalancer, running_replica, watch_store
 from shared.aio import Turns, cancel_and_wait
 from shared.config import DEFAULT_POOL, Config, RouteConfig
 from shared.logs import get_logger
@@ -229,12 +228,9 @@ class StorePools:
 
     def _configure(self, name: str, balancer: StoreBalancer) -> None:
         """A store record's outlier settings, in force at once (a new detector: its counts start over)."""
-        setting = self.settings.get(name)
-        wanted = self.pool_config(name, setting).balancing.outlier
-        if balancer.outlier.config != wanted:
-            balancer.config = self.pool_config(name, setting)
-            balancer.outlier = OutlierDetector(wanted, self.replica.id)
-            balancer._failing = balancer.outlier.failing
+        config = self.pool_config(name, self.settings.get(name))
+        if balancer.outlier.config != config.balancing.outlier:
+            balancer.reconfigure(config)
 
     # -- background tasks --------------------------------------------------------------------
 
@@ -250,12 +246,7 @@ class StorePools:
             await turns.after_item()
 
     async def watch(self) -> None:
-        while True:
-            try:
-                await self.follow(self.store.watch())
-            except Exception as exc:  # anything but an outage (watch() rides those out): keep going
-                log.error("store watch failed; restarting it", error=str(exc) or repr(exc))
-                await asyncio.sleep(1.0)
+        await watch_store(self.store, self.follow)
 
     async def refresh(self) -> None:
         """Every pool's refresh in one: the other replicas' in-flight counts read once (when any pool's
@@ -297,7 +288,7 @@ class StorePools:
     async def close(self) -> None:
         tasks: list[asyncio.Task[Any]] = list(self._publishers.values())
         for balancer in self.balancers.values():
-            tasks += [t for t in (balancer._building, balancer._retiring) if t is not None]
+            tasks += balancer.background()
         await cancel_and_wait(tasks)
 
 
@@ -313,22 +304,16 @@ async def open_store_pools(
 ) -> AsyncIterator[StorePools]:
     """Running :class:`StorePools`: the watch, the refresh, each pool's publisher (and, unless ``replica`` is
     given, the heartbeat) run inside the context and are stopped on exit."""
-    own_replica = replica is None
-    if replica is None:
-        replica = proxy_replica(config, store, listen)
     options.setdefault("refresh_interval", float(config.redis.counts_sync_sec))
-    pools = StorePools(config, store, replica, **options)
-    tasks = [
-        asyncio.create_task(pools.watch(), name="pools-watch"),
-        asyncio.create_task(pools.refresh(), name="pools-refresh"),
-    ]
-    if own_replica:
-        tasks.append(asyncio.create_task(replica.run(), name="replica-heartbeat"))
-    try:
-        await pools.start_from(first_snapshot_timeout)
-        yield pools
-    finally:
-        await cancel_and_wait(tasks)
-        await pools.close()
-        if own_replica:
-            await replica.deregister()
+    async with running_replica(config, store, replica, listen) as replica:
+        pools = StorePools(config, store, replica, **options)
+        tasks = [
+            asyncio.create_task(pools.watch(), name="pools-watch"),
+            asyncio.create_task(pools.refresh(), name="pools-refresh"),
+        ]
+        try:
+            await pools.start_from(first_snapshot_timeout)
+            yield pools
+        finally:
+            await cancel_and_wait(tasks)
+            await pools.close()

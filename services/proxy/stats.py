@@ -259,9 +259,12 @@ class StatsTotals:
         taken = self._taken.get(address)
         return taken[1] if taken is not None and taken[0] is b else _NONE
 
-    def _limited_deltas(self) -> dict[str, int]:
+    def _rules(self) -> list[RuleCounter]:
+        return list(self.limiters()) if self.limiters is not None else []
+
+    def _limited_deltas(self, limiters: list[RuleCounter]) -> dict[str, int]:
         deltas: dict[str, int] = {}
-        for limiter in self.limiters() if self.limiters is not None else ():
+        for limiter in limiters:
             taken = self._limited.get(limiter.name)
             before = taken[1] if taken is not None and taken[0] is limiter else 0  # (a new limiter: from 0)
             if limiter.denied != before:
@@ -270,13 +273,13 @@ class StatsTotals:
 
     def has_totals(self) -> bool:
         return any(b.classes_total() != self._before(a, b) for a, b in self.stats.backends.items()) or bool(
-            self._limited_deltas()
+            self._limited_deltas(self._rules())
         )
 
     def take_totals(self) -> dict[str, int]:
         totals: dict[str, int] = {}
-        limiters = list(self.limiters()) if self.limiters is not None else []
-        for name, delta in self._limited_deltas().items():
+        limiters = self._rules()
+        for name, delta in self._limited_deltas(limiters).items():
             totals[f"{RATE_LIMIT_KEY}{name}|limited"] = delta
         self._limited = {limiter.name: (limiter, limiter.denied) for limiter in limiters}
         backends = self.stats.backends

@@ -27,7 +27,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Collection, Mapping
 from typing import Any, NamedTuple
 
 from redis.exceptions import RedisError
@@ -537,12 +537,7 @@ class StoreBalancer:
             await self.turns.after_item()
 
     async def watch(self) -> None:
-        while True:
-            try:
-                await self.follow(self.store.watch())
-            except Exception as exc:  # anything but an outage (watch() rides those out): keep going
-                log.error("store watch failed; restarting it", error=str(exc) or repr(exc))
-                await asyncio.sleep(1.0)
+        await watch_store(self.store, self.follow)
 
     def prune(self) -> int:
         """Forget the backends that left the view and have nothing in flight from here any more
@@ -615,6 +610,18 @@ class StoreBalancer:
                 if self._pending_ejections.get(address) is ejection:
                     del self._pending_ejections[address]
 
+    def background(self) -> list[asyncio.Task[None]]:
+        """The build and retire tasks running now (stopped with the balancer's own tasks)."""
+        return [t for t in (self._building, self._retiring) if t is not None]
+
+    def reconfigure(self, config: Config) -> None:
+        """Run with ``config`` (a pool's settings changed in the store); new outlier settings take effect at
+        once, with a new detector (its counts start over)."""
+        self.config = config
+        if self.outlier.config != config.balancing.outlier:
+            self.outlier = OutlierDetector(config.balancing.outlier, self.replica.id)
+            self._failing = self.outlier.failing
+
     async def start_from(self, wait: float) -> None:
         """Wait up to ``wait`` seconds for the store's first snapshot; else serve the config's backends."""
         with contextlib.suppress(TimeoutError):
@@ -626,6 +633,17 @@ class StoreBalancer:
         if self._dirty:  # (else the rebuild scheduled by the snapshot already ran)
             self._refresh_policy()
         await self.built()
+
+
+async def watch_store(store: Store, follow: Callable[[AsyncIterable[Snapshot | Event]], Awaitable[None]]) -> None:
+    """``follow`` what ``store.watch()`` yields, for ever: the watch rides out outages itself; anything else
+    (a bug) is logged and the watch starts again (with a fresh snapshot)."""
+    while True:
+        try:
+            await follow(store.watch())
+        except Exception as exc:
+            log.error("store watch failed; restarting it", error=str(exc) or repr(exc))
+            await asyncio.sleep(1.0)
 
 
 def proxy_replica(config: Config, store: Store, listen: str = "") -> Replica:
@@ -641,6 +659,22 @@ def proxy_replica(config: Config, store: Store, listen: str = "") -> Replica:
 
 
 @contextlib.asynccontextmanager
+async def running_replica(config: Config, store: Store, replica: Replica | None, listen: str) -> AsyncIterator[Replica]:
+    """``replica`` if given (its owner runs it); else this process's own (:func:`proxy_replica`), its heartbeat
+    running inside the context, deregistered on exit."""
+    if replica is not None:
+        yield replica
+        return
+    own = proxy_replica(config, store, listen)
+    heartbeat = asyncio.create_task(own.run(), name="replica-heartbeat")
+    try:
+        yield own
+    finally:
+        await cancel_and_wait([heartbeat])
+        await own.deregister()
+
+
+@contextlib.asynccontextmanager
 async def open_store_balancer(
     config: Config,
     store: Store,
@@ -652,25 +686,16 @@ async def open_store_balancer(
 ) -> AsyncIterator[StoreBalancer]:
     """A running StoreBalancer: its watch, refresh, publish (and, unless ``replica`` is given, heartbeat)
     tasks run inside the context and are stopped on exit (the replica deregistered if we own it)."""
-    own_replica = replica is None
-    if replica is None:
-        replica = proxy_replica(config, store, listen)
     options.setdefault("refresh_interval", float(config.redis.counts_sync_sec))
-    balancer = StoreBalancer(config, store, replica, **options)
-    tasks = [
-        asyncio.create_task(balancer.watch(), name="balancer-watch"),
-        asyncio.create_task(balancer.refresh(), name="balancer-refresh"),
-        asyncio.create_task(balancer.publish(), name="balancer-publish"),
-    ]
-    if own_replica:
-        tasks.append(asyncio.create_task(replica.run(), name="replica-heartbeat"))
-    try:
-        await balancer.start_from(first_snapshot_timeout)
-        yield balancer
-    finally:
-        for task in (balancer._building, balancer._retiring):
-            if task is not None:
-                tasks.append(task)
-        await cancel_and_wait(tasks)  # re-cancels: 3.11 can lose a cancel inside redis-py
-        if own_replica:
-            await replica.deregister()
+    async with running_replica(config, store, replica, listen) as replica:
+        balancer = StoreBalancer(config, store, replica, **options)
+        tasks = [
+            asyncio.create_task(balancer.watch(), name="balancer-watch"),
+            asyncio.create_task(balancer.refresh(), name="balancer-refresh"),
+            asyncio.create_task(balancer.publish(), name="balancer-publish"),
+        ]
+        try:
+            await balancer.start_from(first_snapshot_timeout)
+            yield balancer
+        finally:
+            await cancel_and_wait([*tasks, *balancer.background()])  # re-cancels: 3.11 can lose a cancel in redis-py

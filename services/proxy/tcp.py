@@ -16,7 +16,7 @@ import asyncio
 import ipaddress
 import struct
 import time
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from services.proxy.attempts import Attempts
 from services.proxy.balancer import Upstream
@@ -25,9 +25,6 @@ from services.proxy.flow import PEER_FULL, QUEUED, ReadPauses
 from services.proxy.proxy_protocol import ProxyProtocolError, TrustedNetworks, parse_proxy_header
 from services.proxy.stats import TCP_RELAYED
 from shared.logs import get_logger
-
-if TYPE_CHECKING:
-    from services.proxy.limits.pools import LimitedBalancer
 
 log = get_logger("proxy.tcp")
 
@@ -157,14 +154,12 @@ class TcpClient(asyncio.Protocol):
         upstream = attempts.first(key)
         while upstream is not None:
             if upstream.port < 0:  # a pool at its connection limits: queued or refused (limits/pools.py)
-                got = await cast("LimitedBalancer", attempts.balancer).wait(upstream)
+                got = await attempts.admitted(upstream)
                 if isinstance(got, str):
-                    attempts.upstream = None
                     ctx.stats.error(503)
                     self._close()
                     return
-                upstream = attempts.upstream = got
-                attempts.last = got.address
+                upstream = got
             start = time.perf_counter()  # loop.time() is in whole ms under uvloop
             proto = await attempts.connect(upstream, lambda: _UpstreamSide(self))
             if proto is None:

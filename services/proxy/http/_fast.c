@@ -265,7 +265,6 @@ static PyObject *fast_request_routed(PyObject *self, PyObject *const *args, Py_s
     return result;
 }
 
-/* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
 /* request_route(hosts, data, max_target, max_head) -> (head, host, host_name, path, method, route) | None:
    request_routed() with the route table's fast lookup done here: ``route`` is
    ``hosts[host_name][segment]`` (``RouteTable.hosts``: dicts whose __missing__ answers the other hosts
@@ -296,6 +295,7 @@ static PyObject *fast_request_route(PyObject *self, PyObject *const *args, Py_ss
     return result;
 }
 
+/* Response names that are not relayed as they are (parser._RESPONSE_SPECIAL). */
 static int response_special(const unsigned char *s, Py_ssize_t n) {
     int special = 0;
     switch (n) {

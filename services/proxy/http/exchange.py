@@ -63,7 +63,6 @@ from shared.logs import get_logger
 
 if TYPE_CHECKING:
     from services.proxy.http.client import ClientConnection
-    from services.proxy.limits.pools import LimitedBalancer
 
 log = get_logger("proxy.http")
 
@@ -542,14 +541,12 @@ class Exchange(Attempts):
     async def _connect(self, upstream: Upstream) -> None:
         ctx = self.ctx
         if upstream.port < 0:  # a pool at its connection limits: queued or refused (limits/pools.py)
-            got = await cast("LimitedBalancer", self.balancer).wait(upstream)
+            got = await self.admitted(upstream)
             if isinstance(got, str):
                 self.connecting = None
-                self.upstream = None
                 self.fail(503, got)
                 return
-            upstream = self.upstream = got
-            self.last = got.address
+            upstream = got
             self.started_at = _clock()
             req = self.req
             if req is not None and req.host is None and self.pending and self.pending[0] is self.head_out:

@@ -187,7 +187,6 @@ def trace_head_py(head: bytes, prefix: bytes, host: bytes, id_prefix: bytes, n: 
 # -- the implementation in use ---------------------------------------------------------------------
 
 request: Callable[[bytes, int, int], tuple[bytes, bytes] | None] = request_py
-request_routed: Callable[[bytes, int, int], Routed | None] = request_routed_py
 request_route: Callable[[Any, bytes, int, int], tuple[Any, ...] | None] = request_route_py
 response: Callable[[bytes, bytes], tuple[int, bytes, int, int] | None] = response_py
 trace_head: Callable[[bytes, bytes, bytes, bytes, int, bytes], bytes] = trace_head_py
@@ -199,7 +198,7 @@ if os.environ.get("GOBALANCER_PURE_PYTHON", "") not in ("1", "true", "yes"):
     except ImportError:  # not built (no C compiler at install): the Python twin
         pass
     else:
-        request, request_routed, response = _fast.request, _fast.request_routed, _fast.response
-        request_route, trace_head = _fast.request_route, _fast.trace_head
+        request, request_route = _fast.request, _fast.request_route
+        response, trace_head = _fast.response, _fast.trace_head
         EXTENSION = _fast
         COMPILED = True

@@ -15,7 +15,7 @@ slot frees (a request of the pool ends, or the refresh shows the others' counts 
 ``queue_timeout_sec`` passes; a request that finds the queue full is refused at once. ``pick`` cannot
 wait, so it answers a *ticket*: an ``Upstream`` with a negative port (``-1`` queued, ``-2`` refused, its
 address naming the reason) that the attempt turns into a backend with :meth:`LimitedBalancer.wait` where it
-would connect (``Exchange._connect``, ``tcp``'s ``_connect``): a backend, or the reason of a 503
+would connect (``Attempts.admitted``, for HTTP and TCP alike): a backend, or the reason of a 503
 (``X-GoBalancer-Reason``: ``pool-saturated`` when there is no queue, ``queue-full``, ``queue-timeout``;
 ``backend-saturated`` when every backend the pool could use is at its own limit and the pool has no queue).
 A client that leaves while queued gives its place up (the slot, if it was granted meanwhile, too).
@@ -56,11 +56,6 @@ REFUSED_PORT = -2
 REPLICAS_EVERY_SEC = 1.0
 
 _REFUSED = {reason: Upstream(reason, "", REFUSED_PORT) for reason in REASONS}
-
-
-def is_ticket(upstream: Upstream) -> bool:
-    """A ticket of a limited pool (queued or refused), not a backend."""
-    return upstream.port < 0
 
 
 class _Waiter:

@@ -60,18 +60,18 @@ class ProxyCollector(Collector):
         stats: Callable[[], Stats | None],
         balancer: Any,
         info: Mapping[str, str],
-        gate: Gate | Callable[[], Gate | None] | None = None,
-        sync: RateLimitSync | Callable[[], RateLimitSync | None] | None = None,
+        gate: Callable[[], Gate | None] = lambda: None,
+        sync: Callable[[], RateLimitSync | None] = lambda: None,
         limited: Sequence[LimitedBalancer] = (),
     ) -> None:
-        """``gate`` and ``sync``: the rate limits' (or a function answering the ones in force: they change
-        with ``PUT /rate-limits``); ``limited``: the pools with connection limits."""
+        """``gate`` and ``sync``: the rate limits' in force, read at each scrape (they change with
+        ``PUT /rate-limits``); ``limited``: the pools with connection limits."""
         self._limited = list(limited)
         self._stats = stats
         self._balancer = balancer
         self._info = dict(info)
-        self._gate = gate if callable(gate) else lambda: gate
-        self._sync = sync if callable(sync) else lambda: sync
+        self._gate = gate
+        self._sync = sync
 
     def collect(self) -> Iterable[Metric]:
         info = GaugeMetricFamily(P + "info", "This proxy process (value 1).", labels=list(self._info))
@@ -226,8 +226,8 @@ def proxy_registry(
     stats: Callable[[], Stats | None],
     balancer: Any,
     info: Mapping[str, str],
-    gate: Gate | Callable[[], Gate | None] | None = None,
-    sync: RateLimitSync | Callable[[], RateLimitSync | None] | None = None,
+    gate: Callable[[], Gate | None] = lambda: None,
+    sync: Callable[[], RateLimitSync | None] = lambda: None,
     limited: Sequence[LimitedBalancer] = (),
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)

@@ -147,17 +147,21 @@ async def test_a_queued_fast_response_goes_out_before_what_follows_it(
     """The fast path queues a whole response in the outbox until the loop's turn ends: a pipelined
     request answered by the proxy itself (a 400) comes after it, and a close does not lose it."""
 
-    async def delayed(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bool:
-        await asyncio.sleep(0.05)
+    arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def held(backend: Backend, req: Request, w: asyncio.StreamWriter) -> bool:
+        arrived.set()
+        await release.wait()  # (the first request only: every later one finds it set)
         w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(req.target), req.target.encode()))
         return True
 
-    b = await backends.add(Backend(delayed))
+    b = await backends.add(Backend(held))
     proxy = await start_proxy([b])
     reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
     writer.write(b"GET /first HTTP/1.1\r\nHost: h\r\n\r\n")  # one plain head: the fast path
-    await asyncio.sleep(0.01)  # (so that the next bytes arrive in a read of their own)
+    await asyncio.wait_for(arrived.wait(), 5)  # forwarded: the next bytes are a read of their own
     writer.write(b"GET /second HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n")  # pipelined, refused
+    release.set()
     first = await asyncio.wait_for(read_response(reader), 5)
     second = await asyncio.wait_for(read_response(reader), 5)
     assert (first.status, first.body, second.status) == (200, b"/first", 400)

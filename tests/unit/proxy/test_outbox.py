@@ -95,8 +95,8 @@ async def test_writes_of_a_turn_leave_together_in_order(kind: str, sink: tuple[S
     await s.until([b"a1 a2 a3", b"b1 ", b"c1 "])
     outbox.write(b, b"b2")  # a new turn: a new callback
     assert scheduled == 2
-    outbox.flush()  # early (as before a close): sent now, and the callback finds nothing left
-    await asyncio.sleep(0)
+    outbox.flush()  # early (as before a close): sent now
+    await asyncio.sleep(0)  # the turn ends: the callback scheduled by that write finds nothing left
     await s.until([b"a1 a2 a3", b"b1 b2", b"c1 "])
 
 

@@ -47,7 +47,7 @@ async def test_over_the_limit_a_429_with_its_headers_and_nothing_reaches_a_backe
     assert headers["x-request-id"]
     assert proxy.context.stats.errors[429] == 3
     # /metrics counts the refusals per rule.
-    registry = proxy_registry(lambda: proxy.context.stats, proxy.balancer, {}, proxy.context.gate)
+    registry = proxy_registry(lambda: proxy.context.stats, proxy.balancer, {}, lambda: proxy.context.gate)
     assert registry.get_sample_value("gobalancer_proxy_rate_limited_total", {"rule": "per-client"}) == 3
 
 
