@@ -17,7 +17,6 @@ from services.discovery.leader import Leader
 from services.discovery.metrics import DiscoveryMetrics, registry_for
 from services.discovery.seeding import Seeder
 from services.discovery.sources import make_source
-from services.discovery.sources.static import StaticSource
 from shared.aio import cancel_and_wait
 from shared.config import Config
 from shared.gc_tuning import tune_gc
@@ -45,8 +44,6 @@ async def run(config: Config, stop: asyncio.Event, config_path: str | None = Non
     replica = Replica(store, SERVICE, ttl=config.redis.replica_ttl_sec, heartbeat=config.redis.heartbeat_sec)
     desired = Desired()
     seeder = Seeder(config)
-    if isinstance(source, StaticSource):
-        source.seeder = seeder  # a reloaded file's new pools are seeded too
     leader = Leader(
         store,
         desired,

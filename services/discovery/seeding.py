@@ -21,7 +21,6 @@ backends, so the pools its backends name exist by the time they are written:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.config import DEFAULT_POOL, Config, RouteConfig, RouteTableError
@@ -43,11 +42,13 @@ def owned_route(name: str) -> bool:
 
 @dataclass(frozen=True)
 class DesiredSettings:
-    """What a source wants in the store besides backends: pools that must exist, and (``routes`` not
-    None) the whole set of discovery-owned routes."""
+    """What a source wants in the store besides backends: pools that must exist, (``routes`` not None) the
+    whole set of discovery-owned routes, and (``config`` not None: the static source's reloaded file) the
+    configuration to seed from from now on."""
 
     pools: tuple[str, ...] = ()
     routes: tuple[RouteConfig, ...] | None = None
+    config: Config | None = None
 
 
 def config_pools(config: Config) -> dict[str, PoolSetting]:
@@ -62,13 +63,10 @@ def config_pools(config: Config) -> dict[str, PoolSetting]:
     return out
 
 
-def _same(a: Iterable[RouteConfig], b: Iterable[RouteConfig]) -> bool:
-    return list(a) == list(b)
-
-
 class Seeder:
     """Seeds the store from ``config`` and keeps a source's pools and routes in it (see the module docs).
-    ``config`` may be replaced (the static source's reload): its new pools are created at the next pass."""
+    A source's settings may carry a new ``config`` (the static source's reload): its new pools are created
+    at that pass."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -79,6 +77,8 @@ class Seeder:
     async def apply(self, store: Store, settings: DesiredSettings | None, fence: Lease | None) -> None:
         """One pass; raises the store's errors (``Fenced`` included) for the leader to handle."""
         settings = settings or DesiredSettings()
+        if settings.config is not None:
+            self.config = settings.config
         wanted = config_pools(self.config)
         for name in settings.pools:
             wanted.setdefault(name, PoolSetting(name=name))
@@ -91,9 +91,10 @@ class Seeder:
                 _, record = await store.set_pool(wanted[name], mode="create", fence=fence)
             except PoolExists as exc:  # an operator's create won the race: theirs stays
                 record = exc.pool
+            else:
+                self.created += 1
+                log.info("pool created", pool=name, algorithm=record.algorithm.name)
             stored[name] = record
-            self.created += 1
-            log.info("pool created", pool=name, algorithm=record.algorithm.name)
         await self._routes(store, settings.routes, set(stored) | {DEFAULT_POOL}, fence)
 
     async def _routes(
@@ -113,7 +114,7 @@ class Seeder:
             base = [r for r in current.routes if not owned_route(r.name)]
             default_pool = current.default_pool
         routes = base + sorted(owned or (), key=lambda r: r.name)
-        if current is not None and current.default_pool == default_pool and _same(current.routes, routes):
+        if current is not None and current.default_pool == default_pool and current.routes == routes:
             return
         try:
             check_route_table(routes, pools, default_pool)

@@ -83,13 +83,13 @@ class Target:
         probe: ProbeTarget,
         state: ProbeState,
         written: HealthStatus,
-        pool: str = DEFAULT_POOL,
-        recipe: PoolProbe | None = None,
+        pool: str,
+        recipe: PoolProbe,
     ) -> None:
         self.address = probe.address
         self.probe = probe
         self.pool = pool
-        self.recipe = recipe  # None only for a Target made outside a Scheduler
+        self.recipe = recipe
         self.state = state
         self.written: HealthStatus = written  # the status the store holds, as far as we know
         self.reason = ""
@@ -139,7 +139,6 @@ class Scheduler:
         self.on_lost = on_lost  # a shard's write was fenced (another replica holds it now)
         self.known: dict[str, HealthStatus] = {}  # every backend: its stored status
         self.prober = prober or Prober(config)
-        self.schedule = Schedule(float(config.interval_sec), float(config.jitter))
         self.rng = rng or random.Random()
         self.targets: dict[str, Target] = {}
         self.synced = asyncio.Event()  # set once the first snapshot is applied
@@ -307,12 +306,9 @@ class Scheduler:
 
     # -- probing -----------------------------------------------------------------------------
 
-    def _schedule(self, target: Target) -> Schedule:
-        return target.recipe.schedule if target.recipe is not None else self.schedule
-
     async def _probe_loop(self, target: Target) -> None:
         loop = asyncio.get_running_loop()
-        schedule = self._schedule(target)
+        schedule = target.recipe.schedule
         due = loop.time() + schedule.first_delay(self.rng.random())
         # Also ends when the target is replaced or removed, should a cancellation have been lost (tasks.py).
         while not self._lost.is_set() and self.targets.get(target.address) is target:
@@ -328,8 +324,7 @@ class Scheduler:
     async def _probe_once(self, target: Target) -> None:
         async with self._probe_slots:
             started = time.monotonic()
-            prober = target.recipe.prober if target.recipe is not None else self.prober
-            verdict = await prober.probe(target.probe)
+            verdict = await target.recipe.prober.probe(target.probe)
             elapsed = time.monotonic() - started
         self._record(target, verdict, started, elapsed)
         status = target.state.status
@@ -353,7 +348,7 @@ class Scheduler:
         if before == "unknown":
             target.reason = f"first probe: {verdict.reason}"
         else:
-            config = target.recipe.config if target.recipe is not None else self.config
+            config = target.recipe.config
             count = config.rise if after == "up" else config.fall
             target.reason = f"{count} {'passed' if verdict.ok else 'failed'} probes: {verdict.reason}"
         metrics.observe_transition(target.address, after)

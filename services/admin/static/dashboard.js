@@ -486,11 +486,13 @@
 
   function renderPoolSummary(name, sec) {
     const pool = state.pools.get(name);
-    let count = 0;
-    for (const b of state.backends.values()) if (poolOf(b) === name) count++;
     const parts = [];
     if (pool) parts.push("algorithm " + pool.algorithm.name, pool.usable + "/" + pool.backends + " usable");
-    else parts.push(count + " backends");
+    else {
+      let count = 0; // (no record from /pools yet: count the listing's)
+      for (const b of state.backends.values()) if (poolOf(b) === name) count++;
+      parts.push(count + " backends");
+    }
     const rate = state.poolRates.get(name);
     parts.push((rate === undefined ? "-" : rate.toFixed(1)) + " requests/s");
     const text = parts.join(" · ");
@@ -570,8 +572,6 @@
 
   // -- replicas and rates ---------------------------------------------------------------------
 
-  const ratesKnown = (prev, dt) => Boolean(prev) && dt > 0.2; // (two polls: a rate)
-
   function computeRates(replicas, at) {
     const current = new Map(replicas.map((r) => [r.id, r.totals || {}]));
     const rates = new Map();
@@ -590,7 +590,8 @@
     let errors = 0;
     const prev = state.prev;
     const dt = prev ? (at - prev.at) / 1000 : 0;
-    if (prev && dt > 0.2) {
+    const known = Boolean(prev) && dt > 0.2; // (two polls: a rate)
+    if (known) {
       for (const [id, totals] of current) {
         const before = prev.totals.get(id);
         if (!before) continue; // a new replica: its totals are the baseline for the next poll
@@ -624,10 +625,10 @@
     state.rates = rates;
     state.replicaRates = replicaRates;
     state.limited = limited;
-    state.limitedRates = ratesKnown(prev, dt) ? limitedRates : new Map();
+    state.limitedRates = limitedRates; // (empty until rates are known)
     // A pool's rate: its backends' summed (a backend without requests counts 0 once rates are known).
     const poolRates = new Map();
-    if (ratesKnown(prev, dt)) {
+    if (known) {
       for (const name of poolNames()) poolRates.set(name, 0);
       for (const [address, r] of rates) {
         const pool = poolOf(state.backends.get(address));
@@ -637,8 +638,8 @@
     state.poolRates = poolRates;
     const cutoff = at - WINDOW_MS;
     while (state.history.length && state.history[0].t < cutoff) state.history.shift();
-    $("rate-total").textContent = ratesKnown(prev, dt) ? total.toFixed(1) : "-";
-    $("rate-errors").textContent = ratesKnown(prev, dt) ? errors.toFixed(1) : "-";
+    $("rate-total").textContent = known ? total.toFixed(1) : "-";
+    $("rate-errors").textContent = known ? errors.toFixed(1) : "-";
     for (const [address, row] of state.rows) fillRate(row, address);
     renderPools();
     renderLimits();

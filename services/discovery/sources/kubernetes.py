@@ -38,7 +38,7 @@ import msgspec
 
 from services.discovery.sources import Publish
 from shared.addresses import format_address, normalize_address
-from shared.aio import Backoff
+from shared.aio import Backoff, cancel_and_wait
 from shared.config import DEFAULT_POOL, KubernetesDiscoveryConfig, KubernetesServiceConfig
 from shared.logs import get_logger
 from shared.models import AdminState, Backend, Origin
@@ -455,6 +455,4 @@ class KubernetesServicesSource:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(tasks)

@@ -15,7 +15,7 @@ import asyncio
 import hashlib
 import os
 
-from services.discovery.seeding import DesiredSettings, Seeder
+from services.discovery.seeding import DesiredSettings
 from services.discovery.sources import Publish
 from shared.config import Config, ConfigError, load_config
 from shared.logs import get_logger
@@ -48,7 +48,7 @@ def shared_addresses(config: Config) -> list[str]:
 
 def settings_from_config(config: Config) -> DesiredSettings:
     """The file's pools, so that a reload adding one (and no backend) still reaches the store at once."""
-    return DesiredSettings(pools=tuple(sorted(config.pools)))
+    return DesiredSettings(pools=tuple(sorted(config.pools)), config=config)
 
 
 class StaticSource:
@@ -58,7 +58,6 @@ class StaticSource:
 
     def __init__(self, config: Config, path: str | None) -> None:
         self.config = config
-        self.seeder: Seeder | None = None  # told of a reloaded file (its new pools are created)
         self.path = path
         self.poll = float(config.discovery.file_poll_sec)
         self.watch = config.discovery.watch_file and path is not None
@@ -123,6 +122,4 @@ class StaticSource:
             if new != current:
                 log.info("config change applied", backends=len(new), file=self.path)
             current = new
-            if self.seeder is not None:
-                self.seeder.config = config
             publish(current, settings_from_config(config))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +12,7 @@ import pytest
 
 from services.health.scheduler import Scheduler
 from shared.aio import cancel_and_wait
-from shared.config import HealthCheckConfig
+from shared.config import DEFAULT_POOL, HealthCheckConfig, ProbeConfig
 from shared.models import Backend, Snapshot
 from shared.store import Lease, Store
 from tests.integration.health.backends import HttpBackend, Mode
@@ -69,13 +69,16 @@ async def recorder(store: Store) -> AsyncIterator[Recorder]:
 
 @pytest.fixture
 async def start_scheduler(store: Store) -> AsyncIterator[Callable[..., Any]]:
-    """``await start_scheduler(fence=None, **health_check_settings)`` -> a running Scheduler."""
+    """``await start_scheduler(fence=None, pools=None, **health_check_settings)`` -> a running Scheduler
+    (``pools``: the configuration's ``pools.NAME.health_check`` sections)."""
     running: list[asyncio.Task[None]] = []
 
-    async def start(fence: Lease | None = None, **settings: Any) -> Scheduler:
+    async def start(
+        fence: Lease | None = None, pools: Mapping[str, ProbeConfig] | None = None, **settings: Any
+    ) -> Scheduler:
         settings.setdefault("timeout_sec", 0.5)
         config = HealthCheckConfig(**settings)
-        scheduler = Scheduler(store, config, fence=fence)
+        scheduler = Scheduler(store, config, fence=fence, pools=pools)
         running.append(asyncio.create_task(scheduler.run()))
         await asyncio.wait_for(scheduler.synced.wait(), 5)
         return scheduler
@@ -86,15 +89,16 @@ async def start_scheduler(store: Store) -> AsyncIterator[Callable[..., Any]]:
 
 @pytest.fixture
 async def backends(store: Store) -> AsyncIterator[Callable[..., Any]]:
-    """``await backends(n, mode="ok", register=True)`` -> started HttpBackends (added to the store)."""
+    """``await backends(n, mode="ok", register=True, pool="default")`` -> started HttpBackends (added to the
+    store, in ``pool``); all stopped at the end of the test."""
     started: list[HttpBackend] = []
 
-    async def make(n: int = 1, mode: Mode = "ok", register: bool = True) -> list[HttpBackend]:
+    async def make(n: int = 1, mode: Mode = "ok", register: bool = True, pool: str = DEFAULT_POOL) -> list[HttpBackend]:
         out = [await HttpBackend(mode).start() for _ in range(n)]
         started.extend(out)
         if register:
             for b in out:
-                await store.create_backend(Backend(address=b.address))
+                await store.create_backend(Backend(address=b.address, pool=pool))
         return out
 
     yield make
