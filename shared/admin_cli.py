@@ -273,19 +273,27 @@ def _print_routes(data: dict[str, Any], out: TextIO) -> None:
     print(f"unmatched requests: {unmatched}; source: {data['source']}", file=out)
 
 
+def read_data(path: str) -> Any:
+    """What a JSON or YAML file holds (``-``: stdin); an ApiError saying why it could not be read."""
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApiError(_one_line(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")) from None
+    try:
+        return json.loads(text)
+    except ValueError:
+        import yaml  # (YAML only for what is not JSON: the rest of this client is the standard library)
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ApiError(_one_line(f"{path}: not YAML or JSON: {exc}")) from None
+
+
 def read_table(path: str) -> dict[str, Any]:
     """A route table from a YAML or JSON file (``-``: stdin): ``{routes: [...], default_pool: ...}`` (a config
     file's keys) or a bare list of routes."""
-    import yaml  # (a runtime dependency: the configuration is YAML)
-
-    try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()  # noqa: SIM115
-    except OSError as exc:
-        raise ApiError(_one_line(f"cannot read {path}: {exc.strerror or exc}")) from None
-    try:
-        data = yaml.safe_load(text)  # (JSON is YAML)
-    except yaml.YAMLError as exc:
-        raise ApiError(_one_line(f"{path}: not YAML or JSON: {exc}")) from None
+    data = read_data(path)
     if isinstance(data, list):
         return {"routes": data}
     if not isinstance(data, dict) or "routes" not in data:
@@ -306,22 +314,9 @@ def _print_rate_limits(data: dict[str, Any], out: TextIO) -> None:
 
 
 def read_rules(path: str) -> list[Any]:
-    """The rules in a YAML or JSON file: a list of rules, ``rules: [...]``, or a config file's
+    """The rules in a YAML or JSON file (``-``: stdin): a list of rules, ``rules: [...]``, or a config file's
     ``rate_limits: {rules: [...]}`` (checked by the API, which names the field at fault)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ApiError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        data = json.loads(text)
-    except ValueError:
-        import yaml  # (YAML only for what is not JSON: the rest of this client is the standard library)
-
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise ApiError(f"{path}: not YAML or JSON: {_one_line(str(exc))}") from None
+    data = read_data(path)
     if isinstance(data, dict) and isinstance(data.get("rate_limits"), dict):
         data = data["rate_limits"]
     if isinstance(data, dict) and "rules" in data:

@@ -21,7 +21,7 @@ from services.admin.context import AdminContext
 from services.admin.problems import InvalidRequest, problem_responses
 from services.admin.schemas import RequestBody
 from shared.config import Config
-from shared.config.limits import RateLimitRule
+from shared.config.limits import RateLimitRule, check_rule_targets, check_unique_names
 from shared.logs import get_logger
 from shared.store import Store
 from shared.store.rate_limits import get_rate_limits, set_rate_limits
@@ -35,11 +35,7 @@ class RateLimitsUpdate(RequestBody):
     rules: list[RateLimitRule]
 
     def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for i, rule in enumerate(self.rules):
-            if rule.name in seen:
-                raise ValueError(f"rules[{i}].name: duplicate name {rule.name!r}")
-            seen.add(rule.name)
+        check_unique_names(self.rules, "rules[{i}].name")
 
 
 class RateLimitsOut(msgspec.Struct, kw_only=True):
@@ -59,14 +55,12 @@ def check_targets(
 ) -> None:
     """Every ``applies_to: pool:NAME`` / ``route:NAME`` names a pool or route that exists: the config's pools
     and the store's, the store's route table (else the config's)."""
-    pools = sorted({*config.pool_names(), *stored_pools})
     routes = stored_routes if stored_routes is not None else [r.name for r in config.routes]
-    for i, rule in enumerate(rules):
-        kind, _, name = rule.applies_to.partition(":")
-        have = pools if kind == "pool" else routes
-        if kind != "all" and name not in have:
-            known = ", ".join(sorted(have)) or "none"
-            raise InvalidRequest(f"rules[{i}].applies_to", f"{kind} {name!r} does not exist ({kind}s: {known})")
+    try:
+        check_rule_targets(rules, {*config.pool_names(), *stored_pools}, routes)
+    except ValueError as exc:
+        field, _, detail = str(exc).partition(": ")
+        raise InvalidRequest(field, detail) from None
 
 
 async def _current(ctx: AdminContext, store: Store, changed: bool | None = None) -> RateLimitsOut:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Collection
 from typing import Annotated
 
 import msgspec
@@ -120,11 +121,7 @@ class RateLimitsConfig(_Struct):
     sync_sec: Annotated[float, msgspec.Meta(gt=0.0, le=10.0)] = 0.1
 
     def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for i, rule in enumerate(self.rules):
-            if rule.name in seen:
-                raise ValueError(f"rules: rules[{i}]: duplicate name {rule.name!r}")
-            seen.add(rule.name)
+        check_unique_names(self.rules)
         if not math.isfinite(self.sync_sec):
             raise ValueError("sync_sec: must be a finite number of seconds")
 
@@ -139,11 +136,29 @@ class RateLimitsDocument(_Struct):
     updated_at: float = 0.0
 
     def __post_init__(self) -> None:
-        seen: set[str] = set()
-        for i, rule in enumerate(self.rules):
-            if rule.name in seen:
-                raise ValueError(f"rules: rules[{i}]: duplicate name {rule.name!r}")
-            seen.add(rule.name)
+        check_unique_names(self.rules)
+
+
+def check_unique_names(rules: list[RateLimitRule], where: str = "rules: rules[{i}]") -> None:
+    """ValueError(``where`` formatted with the index: "duplicate name ...") for a rule named twice."""
+    seen: set[str] = set()
+    for i, rule in enumerate(rules):
+        if rule.name in seen:
+            raise ValueError(f"{where.format(i=i)}: duplicate name {rule.name!r}")
+        seen.add(rule.name)
+
+
+def check_rule_targets(
+    rules: list[RateLimitRule], pools: Collection[str], routes: Collection[str], field: str = "rules"
+) -> None:
+    """ValueError("FIELD[i].applies_to: ...") for a rule whose ``applies_to`` names a pool or route not among
+    ``pools`` / ``routes`` (the config's, or with the store's, in the admin)."""
+    for i, rule in enumerate(rules):
+        kind, _, name = rule.applies_to.partition(":")
+        have = pools if kind == "pool" else routes
+        if kind != "all" and name not in have:
+            known = ", ".join(sorted(have)) or "none"
+            raise ValueError(f"{field}[{i}].applies_to: {kind} {name!r} does not exist ({kind}s: {known})")
 
 
 # -- connection limits (circuit breaking) ---------------------------------------------------------

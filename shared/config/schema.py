@@ -16,7 +16,14 @@ import msgspec
 
 from shared.addresses import normalize_address, parse_address
 from shared.config.durations import PositiveSeconds, Seconds, positive_fields
-from shared.config.limits import MaxConnections, MaxPending, QueueTimeout, RateLimitsConfig, check_connection_limits
+from shared.config.limits import (
+    MaxConnections,
+    MaxPending,
+    QueueTimeout,
+    RateLimitsConfig,
+    check_connection_limits,
+    check_rule_targets,
+)
 from shared.config.routing import (
     DEFAULT_POOL,
     RouteTableError,
@@ -530,12 +537,7 @@ class Config(_Struct):
             check_route_table(self.routes, pools, self.default_pool)
         except RouteTableError as exc:
             raise ValueError(str(exc)) from None
-        routes = {r.name for r in self.routes}
-        for i, rule in enumerate(self.rate_limits.rules):
-            kind, _, name = rule.applies_to.partition(":")
-            if (kind == "pool" and name not in pools) or (kind == "route" and name not in routes):
-                have = known if kind == "pool" else ", ".join(sorted(routes)) or "none"
-                raise ValueError(f"rate_limits.rules[{i}].applies_to: {kind} {name!r} does not exist ({kind}s: {have})")
+        check_rule_targets(self.rate_limits.rules, pools, {r.name for r in self.routes}, "rate_limits.rules")
 
     def pool_names(self) -> list[str]:
         """``default`` and the named pools."""
